@@ -1,0 +1,55 @@
+# Throttle — every target installs what it needs first and says what it is doing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DURATION ?= 3m
+PYTEST_ARGS ?=
+
+.PHONY: help venv deps testenv lint format test test-fast demo bench chaos clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	@echo "==> Python virtualenv in $(VENV) (package + dev tools)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip
+	@$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/.installed  ## create the virtualenv with the package and dev tools
+
+deps:  ## install redis-server and PostgreSQL from Debian's packages if missing
+	@bash scripts/deps.sh
+
+testenv:  ## build kube-apiserver, etcd, kubectl, helm from the Go module proxy (cached)
+	@bash scripts/testenv.sh
+
+lint: venv  ## ruff and mypy
+	@echo "==> ruff"
+	@$(BIN)/ruff check throttle tests bench
+	@$(BIN)/ruff format --check throttle tests bench
+	@echo "==> mypy (strict)"
+	@$(BIN)/mypy
+
+format: venv  ## apply ruff's formatting and safe fixes
+	@$(BIN)/ruff check --fix throttle tests bench
+	@$(BIN)/ruff format throttle tests bench
+
+test: venv deps testenv lint  ## the whole suite against real Redis, PostgreSQL, kube-apiserver
+	@echo "==> pytest (real Redis, PostgreSQL and kube-apiserver started by the fixtures)"
+	@$(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: venv deps  ## the suite without slow tests, no lint
+	@$(BIN)/pytest -m 'not slow' $(PYTEST_ARGS)
+
+demo: venv deps  ## run everything locally with the HubSpot simulator driving traffic
+	@$(BIN)/python -m throttle.demo --duration $(DURATION)
+
+bench: venv deps  ## run the benchmarks and print their tables
+	@for b in bench/*.py; do echo "==> $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:  ## remove the virtualenv, caches and local data (not the ~/.cache/throttle build cache)
+	rm -rf $(VENV) .local demo-output .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the server binaries the tests and the demo run as child processes: Redis and PostgreSQL
+# from Debian's packages. Does nothing when they are already there.
+set -euo pipefail
+
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  need+=(postgresql postgresql-client)
+fi
+if [ ${#need[@]} -eq 0 ]; then
+  echo "deps: redis-server and PostgreSQL already installed"
+  exit 0
+fi
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null 2>&1 || { echo "deps: need root or sudo to install ${need[*]}" >&2; exit 1; }
+  sudo="sudo"
+fi
+echo "deps: installing ${need[*]} from Debian's packages"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# Debian starts the packaged services; the project runs its own on free ports, so stop those.
+for svc in redis-server postgresql; do
+  $sudo service "$svc" stop >/dev/null 2>&1 || true
+done
+echo "deps: done"

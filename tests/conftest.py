@@ -1,0 +1,5 @@
+"""Every test talks to real services; the plugins below start them once per session."""
+
+pytest_plugins = [
+    "tests.fixtures.services",
+]

@@ -1,0 +1,107 @@
+"""Settings: a missing or malformed variable stops a command with one line naming it."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from throttle.settings import SettingsError, load_settings
+
+SECRET = "s3cr3t-value-that-must-not-leak-0123456789"
+
+
+def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.isupper() or k in ("PATH", "HOME")}
+    return subprocess.run(
+        [sys.executable, "-m", "throttle.cli", *args],
+        env={**base, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def full_env() -> dict[str, str]:
+    return {
+        "REDIS_URL": "redis://127.0.0.1:1/0",
+        "DATABASE_URL": "postgresql://u:p@127.0.0.1:1/db",
+        "HUBSPOT_CLIENT_ID": "id",
+        "HUBSPOT_CLIENT_SECRET": SECRET,
+        "PUBLIC_URL": "https://throttle.example.com",
+        "SECRET_KEY_BASE": SECRET,
+        "ENCRYPTION_KEY": base64.b64encode(b"k" * 32).decode(),
+    }
+
+
+def test_webhook_without_redis_url_names_it_in_one_line(tmp_path: Path) -> None:
+    env = full_env()
+    del env["REDIS_URL"]
+    result = run_cli(["webhook"], env, tmp_path)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "REDIS_URL" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_malformed_value_is_named_but_never_echoed(tmp_path: Path) -> None:
+    env = {**full_env(), "DATABASE_URL": f"mysql://root:{SECRET}@db/x"}
+    result = run_cli(["webhook"], env, tmp_path)
+    assert result.returncode == 2
+    assert "DATABASE_URL" in result.stderr
+    assert SECRET not in result.stderr + result.stdout
+
+
+def test_public_url_must_be_https_outside_localhost() -> None:
+    with pytest.raises(SettingsError, match="PUBLIC_URL must be https://"):
+        load_settings(_env_file=None, public_url="http://throttle.example.com")
+    assert load_settings(_env_file=None, public_url="http://127.0.0.1:8080/").public_url == (
+        "http://127.0.0.1:8080"
+    )
+
+
+def test_env_file_is_read_and_environment_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env").write_text(
+        "export REDIS_URL=redis://from-file:6379/0\nHUBSPOT_CLIENT_ID=from-file\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HUBSPOT_CLIENT_ID", "from-env")
+    settings = load_settings()
+    assert settings.redis_url == "redis://from-file:6379/0"
+    assert settings.hubspot_client_id == "from-env"
+
+
+def test_seed_ecto_database_url_is_accepted() -> None:
+    settings = load_settings(_env_file=None, database_url="ecto://u:p@db.internal/throttle")
+    assert settings.database_url == "postgresql://u:p@db.internal/throttle"
+
+
+def test_encryption_keys_rotate_newest_first() -> None:
+    new, old = base64.b64encode(b"n" * 32).decode(), (b"o" * 32).hex()
+    keys = load_settings(_env_file=None, encryption_key=f"{new},{old}").encryption_keys
+    assert [k.material for k in keys] == [b"n" * 32, b"o" * 32]
+    assert keys[0].key_id != keys[1].key_id
+    with pytest.raises(SettingsError, match="ENCRYPTION_KEY each key must be 32 bytes"):
+        load_settings(_env_file=None, encryption_key="too-short")
+
+
+def test_every_command_has_help(tmp_path: Path) -> None:
+    result = run_cli(["--help"], {}, tmp_path)
+    assert result.returncode == 0
+    commands = [
+        line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line.strip()
+    ]
+    assert {"webhook", "dispatcher", "operator", "migrate"} <= set(commands)
+    for command in commands:
+        sub = run_cli([command, "--help"], {}, tmp_path)
+        assert sub.returncode == 0, (command, sub.stderr)
+        assert "Usage:" in sub.stdout

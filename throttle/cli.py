@@ -1,0 +1,110 @@
+"""`throttle`: one command starts each part (webhook, dispatcher, operator, migrate) and the tools.
+
+Each command names the settings it needs; a missing or malformed one ends the process with one
+line naming the variable (exit code 2), before anything starts. Components are imported lazily so
+`throttle --help` is instant and a tool never pays for the others' imports.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import click
+
+from throttle import __version__
+from throttle.logs import configure_logging
+from throttle.settings import Settings, SettingsError, describe, load_settings
+
+
+def fail(message: str) -> NoReturn:
+    click.echo(f"throttle: error: {message}", err=True)
+    sys.exit(2)
+
+
+def settings_for(*required: str, **overrides: Any) -> Settings:
+    """Load settings, check the ones this command needs, and set up logging with secrets masked."""
+    try:
+        settings = load_settings(**overrides).require(*required)
+    except SettingsError as exc:
+        fail(str(exc))
+    configure_logging(settings.log_level, settings.log_format, settings.secret_values())
+    return settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="throttle")
+def main() -> None:
+    """Throttle: hold HubSpot workflow executions and release them at the rate you choose."""
+
+
+@main.command()
+@click.option("--port", type=int, default=None, help="Port to listen on (default: PORT or 8080).")
+def webhook(port: int | None) -> None:
+    """Serve the HubSpot action endpoint, config API, OAuth flow, health and metrics."""
+    overrides = {"port": port} if port else {}
+    settings = settings_for(
+        "redis_url",
+        "database_url",
+        "hubspot_client_id",
+        "hubspot_client_secret",
+        "public_url",
+        "secret_key_base",
+        "encryption_key",
+        **overrides,
+    )
+    from throttle.webhook_service.app import serve
+
+    serve(settings)
+
+
+@main.command()
+def dispatcher() -> None:
+    """Release queued executions at each policy's rate and complete them in HubSpot."""
+    settings = settings_for(
+        "redis_url", "database_url", "hubspot_client_id", "hubspot_client_secret", "encryption_key"
+    )
+    from throttle.dispatcher.run import serve
+
+    serve(settings)
+
+
+@main.command()
+@click.option("--namespace", "-n", multiple=True, help="Watch only these namespaces.")
+def operator(namespace: tuple[str, ...]) -> None:
+    """Reconcile ThrottlePolicy resources into the engine (kopf operator)."""
+    settings = settings_for("redis_url")
+    from throttle.operator.main import serve
+
+    serve(settings, namespaces=list(namespace))
+
+
+@main.command()
+def migrate() -> None:
+    """Apply PostgreSQL migrations (idempotent; safe from several pods at once)."""
+    settings = settings_for("database_url")
+    from throttle.history import migrate_command
+
+    migrate_command(settings)
+
+
+@main.command(name="settings")
+def settings_table() -> None:
+    """List every setting: environment variable, default, meaning."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("variable", "default", "description", title="Throttle settings")
+    for name, default, description in describe():
+        table.add_row(name, default, description)
+    Console().print(table)
+
+
+def add_command(command: Callable[..., Any]) -> None:
+    """Let tool modules register themselves (kept for later issues' commands)."""
+    main.add_command(command)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,367 @@
+"""Real Redis and PostgreSQL servers as child processes, for tests, benchmarks and `make demo`.
+
+Each server runs on a free loopback port with its data in a folder the caller owns, so a test
+session or a demo never touches a system service. PostgreSQL refuses to run as root (CI runs as
+root), so when we are root its processes run as the unprivileged `nobody` user.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import redis
+
+
+class ServiceError(RuntimeError):
+    """A server could not be found, started or reached; the message says which and why."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def find_binary(name: str) -> str:
+    """Find a server binary on PATH or in Debian's versioned PostgreSQL folder."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for candidate in sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True):
+        return candidate
+    raise ServiceError(f"{name} not found: run `make deps` (installs Redis and PostgreSQL)")
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+@dataclass
+class _Process:
+    """One child process with its log file; stopped by signal, killed if it lingers."""
+
+    name: str
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = None
+
+    def start(self, argv: Sequence[str], **kwargs: Any) -> None:
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            list(argv), stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, **kwargs
+        )
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+        if self._log:
+            self._log.close()
+            self._log = None
+
+
+def _wait(check: Any, what: str, proc: _Process, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.running:
+            raise ServiceError(f"{what} exited during start:\n{tail(proc.log_path)}")
+        try:
+            if check():
+                return
+        except Exception:  # noqa: S110 - not up yet; retried until the deadline
+            pass
+        time.sleep(0.05)
+    raise ServiceError(f"{what} did not become ready in {timeout:.0f}s:\n{tail(proc.log_path)}")
+
+
+@dataclass
+class RedisServer:
+    """A `redis-server` on 127.0.0.1; `appendonly` gives the durability the chart configures."""
+
+    workdir: Path
+    port: int = 0
+    appendonly: bool = False
+    cluster: bool = False
+    extra_args: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        self._proc = _Process(f"redis:{self.port}", self.workdir / "redis.log")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def argv(self) -> list[str]:
+        args = [
+            find_binary("redis-server"),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
+            "--protected-mode",
+            "no",
+            "--daemonize",
+            "no",
+        ]
+        if self.cluster:
+            args += [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "5000",
+            ]
+        return args + self.extra_args
+
+    def start(self) -> RedisServer:
+        self._proc.start(self.argv())
+        _wait(lambda: self.sync_client().ping(), f"redis-server on port {self.port}", self._proc)
+        return self
+
+    def stop(self, kill: bool = False) -> None:
+        self._proc.stop(signal.SIGKILL if kill else signal.SIGTERM)
+
+    def restart(self, kill: bool = False) -> None:
+        self.stop(kill=kill)
+        self.start()
+
+    def sync_client(self) -> redis.Redis[bytes]:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def client(self, **kwargs: Any) -> Any:
+        import redis.asyncio as aioredis
+
+        return aioredis.Redis.from_url(self.url, **kwargs)
+
+    def log_tail(self) -> str:
+        return tail(self._proc.log_path)
+
+
+@dataclass
+class RedisCluster:
+    """Three masters with all 16384 slots spread across them: enough to prove hash tags hold."""
+
+    workdir: Path
+    nodes: list[RedisServer] = field(default_factory=list)
+
+    def start(self) -> RedisCluster:
+        self.nodes = [
+            RedisServer(self.workdir / f"node{i}", cluster=True).start() for i in range(3)
+        ]
+        cli = find_binary("redis-cli")
+        subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        first = self.nodes[0].sync_client()
+        deadline = time.monotonic() + 30
+        while first.execute_command("CLUSTER INFO").decode().find("cluster_state:ok") < 0:
+            if time.monotonic() > deadline:
+                raise ServiceError("Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+        return self
+
+    @property
+    def startup_nodes(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", n.port) for n in self.nodes]
+
+    @property
+    def urls(self) -> list[str]:
+        return [n.url for n in self.nodes]
+
+    def client(self, **kwargs: Any) -> Any:
+        from redis.asyncio.cluster import ClusterNode
+        from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+        return AsyncRedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in self.startup_nodes], **kwargs
+        )
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def log_tail(self) -> str:
+        return "\n".join(n.log_tail() for n in self.nodes)
+
+
+def _demote() -> dict[str, Any]:
+    """Popen arguments that run PostgreSQL as `nobody` when we are root (initdb refuses root)."""
+    if os.geteuid() != 0:
+        return {}
+    return {"user": "nobody", "group": "nogroup", "extra_groups": []}
+
+
+@dataclass
+class PostgresServer:
+    """A throwaway PostgreSQL cluster: initdb once, then start/stop at will (outage tests)."""
+
+    workdir: Path
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        self.datadir = self.workdir / "data"
+        self._proc = _Process(f"postgres:{self.port}", self.workdir / "postgres.log")
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def url_for(self, database: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _chown(self) -> None:
+        if os.geteuid() == 0:
+            shutil.chown(self.workdir, "nobody", "nogroup")
+            os.chmod(self.workdir, 0o700)
+            for parent in self.workdir.parents:
+                if parent == Path("/") or os.stat(parent).st_mode & 0o001:
+                    break
+                # `nobody` must be able to traverse into its data folder, nothing more.
+                os.chmod(parent, os.stat(parent).st_mode | 0o711)  # noqa: S103
+
+    def init(self) -> None:
+        if (self.datadir / "PG_VERSION").exists():
+            return
+        self._chown()
+        result = subprocess.run(
+            [
+                find_binary("initdb"),
+                "-D",
+                str(self.datadir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            **_demote(),
+        )
+        if result.returncode != 0:
+            raise ServiceError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
+
+    def start(self) -> PostgresServer:
+        self.init()
+        self._proc.start(
+            [
+                find_binary("postgres"),
+                "-D",
+                str(self.datadir),
+                "-p",
+                str(self.port),
+                "-h",
+                "127.0.0.1",
+                "-k",
+                str(self.workdir),
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=300",
+                "-c",
+                "log_min_messages=warning",
+            ],
+            **_demote(),
+        )
+        _wait(self._ready, f"postgres on port {self.port}", self._proc)
+        return self
+
+    def _ready(self) -> bool:
+        result = subprocess.run(
+            [find_binary("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"],
+            capture_output=True,
+            check=False,
+        )
+        return result.returncode == 0
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        result = subprocess.run(
+            [
+                find_binary("psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-qAt",
+                "-c",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise ServiceError(f"psql failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def create_database(self, name: str) -> str:
+        self.psql(f'CREATE DATABASE "{name}"')
+        return self.url_for(name)
+
+    def stop(self, kill: bool = False) -> None:
+        # SIGINT is PostgreSQL's "fast" shutdown: clients are disconnected, nothing is lost.
+        self._proc.stop(signal.SIGKILL if kill else signal.SIGINT)
+
+    def log_tail(self) -> str:
+        return tail(self._proc.log_path)

@@ -1,0 +1,315 @@
+"""The one settings object: every environment variable Throttle reads, its default and its meaning.
+
+Settings come from the environment, then from a `.env` file in the working folder (the original
+Elixir setup sourced one); the environment wins. Each command says which settings it needs with
+`Settings.require`, so `throttle simulator` runs without a database while `throttle webhook`
+stops at start with one line naming whatever is missing — never a traceback, never a value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message names the variable, never its value."""
+
+
+@dataclass(frozen=True)
+class EncryptionKey:
+    """One AES-256 key; `key_id` is stored beside each ciphertext so rotation knows which key."""
+
+    key_id: str
+    material: bytes
+
+
+def _decode_key(text: str) -> bytes:
+    """Accept the forms people paste: base64 or hex of 32 bytes, or 32 raw characters."""
+    text = text.strip()
+    if len(text) == 64:
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            pass
+    for decoder in (base64.b64decode, base64.urlsafe_b64decode):
+        try:
+            raw = decoder(text + "=" * (-len(text) % 4))
+        except (binascii.Error, ValueError):
+            continue
+        if len(raw) == 32:
+            return raw
+    if len(text.encode()) == 32:
+        return text.encode()
+    raise ValueError(
+        "each key must be 32 bytes, given as base64, 64 hex characters or 32 characters"
+    )
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host in (None, ""):
+        return False
+    if host == "localhost" or (host or "").endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """Every setting, named as its environment variable (upper case)."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", validate_default=True
+    )
+
+    # --- the seed's settings -------------------------------------------------------------------
+    database_url: str | None = Field(
+        None,
+        description="PostgreSQL URL for history, tokens and local policies "
+        "(postgresql://user:pass@host:5432/db; the seed's ecto:// form is accepted).",
+    )
+    redis_url: str | None = Field(
+        None,
+        description="Redis URL holding queues and rate state (redis://host:6379/0, rediss://).",
+    )
+    redis_cluster: bool = Field(False, description="Treat REDIS_URL as a Redis Cluster seed node.")
+    hubspot_client_id: str | None = Field(None, description="The HubSpot app's client id.")
+    hubspot_client_secret: SecretStr | None = Field(
+        None,
+        description="The HubSpot app's client secret: signs requests and exchanges OAuth codes.",
+    )
+    hubspot_client_secret_previous: SecretStr | None = Field(
+        None,
+        description="The previous client secret, still accepted for signatures while rotating.",
+    )
+    encryption_key: SecretStr | None = Field(
+        None, description="AES-256 key(s) for OAuth tokens at rest, comma-separated, newest first."
+    )
+    secret_key_base: SecretStr | None = Field(
+        None, description="At least 32 characters; signs the OAuth `state` parameter."
+    )
+
+    # --- HubSpot ---------------------------------------------------------------------------------
+    hubspot_api_base: str = Field(
+        "https://api.hubapi.com", description="HubSpot API base URL (the simulator's URL in tests)."
+    )
+    hubspot_app_base: str = Field(
+        "https://app.hubspot.com", description="HubSpot app base URL, for the OAuth authorize page."
+    )
+    hubspot_app_id: int | None = Field(None, description="The HubSpot app id (register-action).")
+    hubspot_developer_api_key: SecretStr | None = Field(
+        None, description="Developer API key used by `throttle hubspot register-action`."
+    )
+    hubspot_portal_budget: int = Field(
+        100, ge=1, le=110, description="HubSpot API calls per portal per rolling window, all pods."
+    )
+    hubspot_budget_window_seconds: float = Field(
+        10.0, gt=0, description="Length of the rolling window for HUBSPOT_PORTAL_BUDGET."
+    )
+
+    # --- the webhook service ---------------------------------------------------------------------
+    public_url: str | None = Field(
+        None, description="The URL HubSpot calls (https://throttle.example.com): signatures, OAuth."
+    )
+    throttle_api_token: SecretStr | None = Field(
+        None, description="Bearer token for the config API (/api/config)."
+    )
+    host: str = Field("0.0.0.0", description="Address the HTTP server binds.")  # noqa: S104
+    port: int = Field(8080, ge=1, le=65535, description="Port of the webhook service.")
+    metrics_port: int = Field(
+        9090, ge=0, le=65535, description="Port for /metrics, /healthz of dispatcher and operator."
+    )
+    trusted_proxies: str = Field(
+        "", description="Comma-separated CIDRs whose X-Forwarded-Proto/-Host are believed."
+    )
+    allow_signature_v1: bool = Field(
+        False, description="Accept v1 signatures (they sign neither URL nor time)."
+    )
+
+    # --- operations ------------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Log level."
+    )
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="Log format: json when stderr is not a terminal (auto), or forced."
+    )
+    history_retention_days: int = Field(
+        30, ge=1, description="Execution history older than this many days is pruned."
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.startswith("ecto://"):
+            value = "postgresql://" + value.removeprefix("ecto://")
+        parts = urlsplit(value)
+        if parts.scheme not in ("postgres", "postgresql") or not parts.hostname:
+            raise ValueError("must look like postgresql://user:password@host:5432/database")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError("has no host (redis://host:6379/0)")
+        return value
+
+    @field_validator("hubspot_api_base", "hubspot_app_base")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be the https:// URL HubSpot calls")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            raise ValueError(
+                "must be https:// (HubSpot only calls HTTPS); http:// is allowed only for localhost"
+            )
+        return value.rstrip("/")
+
+    @field_validator("secret_key_base")
+    @classmethod
+    def _secret_key_base(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters")
+        return value
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _encryption_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parts = [p for p in value.get_secret_value().split(",") if p.strip()]
+            if not parts:
+                raise ValueError("is empty")
+            for part in parts:
+                _decode_key(part)
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, value: str) -> str:
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            try:
+                ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise ValueError(f"{part!r} is not an IP network (e.g. 10.0.0.0/8)") from None
+        return value
+
+    # --- derived values --------------------------------------------------------------------------
+    @property
+    def encryption_keys(self) -> list[EncryptionKey]:
+        """The keys, newest first; the first encrypts, all decrypt."""
+        if self.encryption_key is None:
+            return []
+        keys = []
+        for part in self.encryption_key.get_secret_value().split(","):
+            if part.strip():
+                material = _decode_key(part)
+                keys.append(EncryptionKey(hashlib.sha256(material).hexdigest()[:8], material))
+        return keys
+
+    @property
+    def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [
+            ipaddress.ip_network(p.strip(), strict=False)
+            for p in self.trusted_proxies.split(",")
+            if p.strip()
+        ]
+
+    @property
+    def client_secrets(self) -> list[str]:
+        """Secrets a signature may be made with: the current one, then the previous one."""
+        return [
+            s.get_secret_value()
+            for s in (self.hubspot_client_secret, self.hubspot_client_secret_previous)
+            if s is not None
+        ]
+
+    def secret_values(self) -> list[str]:
+        """Every secret's value, so the log filter can mask them wherever they might appear."""
+        values = [
+            s.get_secret_value()
+            for s in (
+                self.hubspot_client_secret,
+                self.hubspot_client_secret_previous,
+                self.encryption_key,
+                self.secret_key_base,
+                self.throttle_api_token,
+                self.hubspot_developer_api_key,
+            )
+            if s is not None
+        ]
+        for url in (self.database_url, self.redis_url):
+            password = urlsplit(url).password if url else None
+            if password:
+                values.append(password)
+        return [v for v in values if len(v) >= 4]
+
+    def require(self, *names: str) -> Settings:
+        """Stop with a clear message if any of these settings (field names) is unset."""
+        for name in names:
+            if getattr(self, name) in (None, ""):
+                field = type(self).model_fields[name]
+                raise SettingsError(f"{name.upper()} is not set: {field.description}")
+        return self
+
+
+def env_name(loc: tuple[Any, ...]) -> str:
+    return str(loc[0]).upper() if loc else "settings"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings; turn pydantic's errors into one line per variable without its value."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise SettingsError(f"{env_name(first['loc'])} {message}") from None
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, default, description) of every setting, for README and `throttle settings`."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = (
+            ""
+            if default is None
+            else str(default).lower()
+            if isinstance(default, bool)
+            else str(default)
+        )
+        rows.append((name.upper(), shown, field.description or ""))
+    return rows
