@@ -10,6 +10,7 @@ import logging
 import re
 import sys
 from collections.abc import Iterable
+from typing import IO
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -57,10 +58,16 @@ class RedactingFilter(logging.Filter):
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
 
 
-def configure_logging(level: str = "INFO", fmt: str = "auto", secrets: Iterable[str] = ()) -> None:
-    """Send every logger to stderr in one format, with secrets masked."""
-    handler = logging.StreamHandler(sys.stderr)
-    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+def configure_logging(
+    level: str = "INFO",
+    fmt: str = "auto",
+    secrets: Iterable[str] = (),
+    stream: IO[str] | None = None,
+) -> None:
+    """Send every logger to stderr (or `stream`) in one format, with secrets masked."""
+    stream = stream or sys.stderr
+    handler = logging.StreamHandler(stream)
+    use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     if use_json:
         handler.setFormatter(
             JsonFormatter(
