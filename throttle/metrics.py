@@ -1,0 +1,150 @@
+"""Every Prometheus metric Throttle exports, built on a registry the caller passes in.
+
+No module-level metric objects: each process (and each test) builds one `Metrics` on its own
+`CollectorRegistry`, so tests never see each other's counts. Queue depth and age are not
+counters the hot path updates but a snapshot read at scrape time (`QueueSnapshot`), refreshed
+by a background task from Redis, because a scrape must not call Redis itself.
+
+Other components add their metrics as attributes in `Metrics.__init__` (one small block each).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+
+@dataclass(frozen=True)
+class QueueStat:
+    """One policy's queue figures at the time of the last refresh."""
+
+    portal_id: int
+    policy: str
+    depth: int
+    in_flight: int
+    oldest_age_seconds: float
+
+
+@dataclass(eq=False)
+class QueueSnapshot(Collector):
+    """The latest per-policy queue figures, exported at scrape time."""
+
+    stats: list[QueueStat] = field(default_factory=list)
+
+    def update(self, stats: Iterable[QueueStat]) -> None:
+        self.stats = list(stats)
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "throttle_queue_depth",
+            "Executions waiting in a policy's queues.",
+            labels=["portal", "policy"],
+        )
+        flight = GaugeMetricFamily(
+            "throttle_in_flight",
+            "Executions released and not yet acknowledged.",
+            labels=["portal", "policy"],
+        )
+        age = GaugeMetricFamily(
+            "throttle_queue_oldest_age_seconds",
+            "Age of the oldest execution waiting in a policy's queues.",
+            labels=["portal", "policy"],
+        )
+        for s in self.stats:
+            labels = [str(s.portal_id), s.policy]
+            depth.add_metric(labels, s.depth)
+            flight.add_metric(labels, s.in_flight)
+            age.add_metric(labels, s.oldest_age_seconds)
+        yield depth
+        yield flight
+        yield age
+
+
+class Metrics:
+    """The metrics of one process; build one per registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+
+        # --- engine: queues and dispatcher -------------------------------------------------------
+        self.queues = QueueSnapshot()
+        r.register(self.queues)
+        self.enqueued = Counter(
+            "throttle_enqueued_total",
+            "Executions offered to a queue, by result (queued, duplicate, overflow).",
+            ["result"],
+            registry=r,
+        )
+        self.released = Counter(
+            "throttle_released_total",
+            "Executions released from their queue by the rate.",
+            ["portal", "policy"],
+            registry=r,
+        )
+        self.acked = Counter(
+            "throttle_acked_total",
+            "Released executions completed and acknowledged.",
+            ["portal", "policy"],
+            registry=r,
+        )
+        self.failed = Counter(
+            "throttle_failed_total",
+            "Executions recorded as failed, by reason kind (terminal, expired, stopped).",
+            ["portal", "policy", "reason"],
+            registry=r,
+        )
+        self.requeued = Counter(
+            "throttle_requeued_total",
+            "Released executions put back at the head of their queue after a retryable failure.",
+            ["portal", "policy"],
+            registry=r,
+        )
+        self.reaped = Counter(
+            "throttle_reaped_total",
+            "Executions whose lease ran out (a dispatcher died) and went back to their queue.",
+            registry=r,
+        )
+        self.take_seconds = Histogram(
+            "throttle_take_duration_seconds",
+            "Duration of one take round trip (all shards polled in one loop iteration).",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
+        self.loop_lag = Histogram(
+            "throttle_dispatcher_loop_lag_seconds",
+            "How late a queue was taken after its due time.",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=r,
+        )
+        self.completion_seconds = Histogram(
+            "throttle_completion_duration_seconds",
+            "Duration of one completer call for one portal's released executions.",
+            registry=r,
+        )
+
+        # --- engine: execution history ------------------------------------------------------------
+        self.history_written = Counter(
+            "throttle_history_events_written_total",
+            "History events committed to PostgreSQL.",
+            registry=r,
+        )
+        self.history_dropped = Counter(
+            "throttle_history_events_dropped_total",
+            "History events lost because the Redis buffer overflowed while PostgreSQL was behind.",
+            registry=r,
+        )
+        self.history_errors = Counter(
+            "throttle_history_write_errors_total",
+            "Failed attempts to commit a batch of history to PostgreSQL.",
+            registry=r,
+        )
+        self.history_backlog = Gauge(
+            "throttle_history_backlog_events",
+            "History events read from Redis and not yet committed to PostgreSQL.",
+            registry=r,
+        )
