@@ -1,0 +1,208 @@
+"""The API server itself enforces the ThrottlePolicy schema: defaults, enums, bounds, CEL rules.
+
+Each case is a manifest the real kube-apiserver must refuse with a message that names the field,
+so a `kubectl apply` of a bad policy fails at once instead of reaching the operator.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.fixtures.kube import KubeEnv
+from tests.operator.conftest import CRD_FILE, policy_manifest
+
+pytestmark = [pytest.mark.kube, pytest.mark.usefixtures("throttle_crd")]
+
+
+def create(kube: KubeEnv, namespace: str, manifest: dict[str, Any], check: bool = True) -> Any:
+    return kube.kubectl(
+        "create", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest), check=check
+    )
+
+
+def test_crd_file_is_what_the_api_server_serves(kube: KubeEnv) -> None:
+    crd = kube.kubectl_json("get", "crd", "throttlepolicies.throttle.dev")
+    assert crd["spec"]["names"]["shortNames"] == ["tp"]
+    assert crd["spec"]["names"]["categories"] == ["throttle"]
+    assert crd["spec"]["scope"] == "Namespaced"
+    version = crd["spec"]["versions"][0]
+    assert version["name"] == "v1alpha1"
+    assert version["subresources"] == {"status": {}}
+    columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
+    assert columns == ["Portal", "Action", "Rate", "Queued", "In Flight", "Ready", "Age"]
+    # The shipped file is a single document (the chart copies it verbatim).
+    assert len(list(yaml.safe_load_all(CRD_FILE.read_text()))) == 1
+
+
+def test_valid_manifest_gets_defaults(kube: KubeEnv, namespace: str) -> None:
+    manifest = policy_manifest(
+        "defaults",
+        rate={"limit": 5},
+        dailyCap={"limit": 100},
+        schedule={"windows": [{"start": "09:00", "end": "17:00"}]},
+    )
+    create(kube, namespace, manifest)
+    spec = kube.kubectl_json("get", "tp", "defaults", "-n", namespace)["spec"]
+    assert spec == {
+        "portalId": 1234,
+        "rate": {"limit": 5, "period": "1m", "burst": 0},
+        "dailyCap": {"limit": 100, "timeZone": "UTC"},
+        "schedule": {"timeZone": "UTC", "windows": [{"start": "09:00", "end": "17:00"}]},
+        "scope": "Shared",
+        "expiration": "P7D",
+        "overflow": "Block",
+        "paused": False,
+        "onDelete": "Drain",
+    }
+
+
+def test_unknown_fields_are_refused_by_name(kube: KubeEnv, namespace: str) -> None:
+    """A typo must not silently become a default (kubectl validates fields strictly)."""
+    manifest = policy_manifest("typo")
+    manifest["spec"]["ratee"] = {"limit": 1}
+    proc = create(kube, namespace, manifest, check=False)
+    assert proc.returncode != 0
+    assert 'unknown field "spec.ratee"' in proc.stderr
+
+
+def test_every_feature_together_is_accepted(kube: KubeEnv, namespace: str) -> None:
+    manifest = policy_manifest(
+        "everything",
+        actionId="987654",
+        rate={"limit": 100, "period": "PT1M", "burst": 20},
+        dailyCap={"limit": 5000, "timeZone": "America/New_York"},
+        schedule={
+            "timeZone": "Europe/Berlin",
+            "windows": [
+                {"days": ["Mon", "Tue", "Wed", "Thu", "Fri"], "start": "09:00", "end": "17:30"},
+                {"days": ["Sat"], "start": "10:00", "end": "24:00"},
+            ],
+        },
+        scope="PerWorkflow",
+        expiration="P2DT12H",
+        overflow="Fail",
+        paused=True,
+        onDelete="Succeed",
+    )
+    create(kube, namespace, manifest)
+    spec = kube.kubectl_json("get", "tp", "everything", "-n", namespace)["spec"]
+    assert spec["rate"] == {"limit": 100, "period": "PT1M", "burst": 20}
+    assert spec["schedule"]["windows"][1]["end"] == "24:00"
+
+
+# (id, spec overrides, text the refusal must contain: the field and the reason)
+REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
+    # CEL rules
+    (
+        "cel-burst-above-limit",
+        {"rate": {"limit": 10, "burst": 11}},
+        ["spec.rate.burst", "rate.burst must not exceed rate.limit"],
+    ),
+    (
+        "cel-window-end-before-start",
+        {"schedule": {"windows": [{"start": "17:00", "end": "09:00"}]}},
+        ["spec.schedule.windows[0].end", "end must be after its start"],
+    ),
+    (
+        "cel-window-empty",
+        {"schedule": {"windows": [{"start": "09:00", "end": "09:00"}]}},
+        ["spec.schedule.windows[0].end", "end must be after its start"],
+    ),
+    (
+        "cel-daily-cap-below-rate",
+        {"rate": {"limit": 100}, "dailyCap": {"limit": 50}},
+        ["spec.dailyCap.limit", "dailyCap.limit must be at least rate.limit"],
+    ),
+    # schema: required, enums, bounds, patterns, sets
+    ("missing-portal", {"portalId": None}, ["spec.portalId", "Required value"]),
+    ("missing-rate", {"rate": None}, ["spec.rate", "Required value"]),
+    ("zero-limit", {"rate": {"limit": 0}}, ["spec.rate.limit", "greater than or equal to 1"]),
+    ("negative-burst", {"rate": {"limit": 5, "burst": -1}}, ["spec.rate.burst"]),
+    ("bad-period", {"rate": {"limit": 5, "period": "soon"}}, ["spec.rate.period"]),
+    ("empty-iso-period", {"rate": {"limit": 5, "period": "PT"}}, ["spec.rate.period"]),
+    ("bad-expiration", {"expiration": "7 days"}, ["spec.expiration"]),
+    ("bad-scope", {"scope": "Global"}, ["spec.scope", "Unsupported value"]),
+    ("bad-overflow", {"overflow": "Drop"}, ["spec.overflow", "Unsupported value"]),
+    ("bad-on-delete", {"onDelete": "Forget"}, ["spec.onDelete", "Unsupported value"]),
+    ("bad-action-id", {"actionId": "abc"}, ["spec.actionId"]),
+    ("zero-portal", {"portalId": 0}, ["spec.portalId"]),
+    (
+        "bad-window-time",
+        {"schedule": {"windows": [{"start": "9:00", "end": "17:00"}]}},
+        ["spec.schedule.windows[0].start"],
+    ),
+    (
+        "bad-day",
+        {"schedule": {"windows": [{"days": ["Funday"], "start": "09:00", "end": "17:00"}]}},
+        ["spec.schedule.windows[0].days[0]", "Unsupported value"],
+    ),
+    (
+        "duplicate-day",
+        {"schedule": {"windows": [{"days": ["Mon", "Mon"], "start": "09:00", "end": "10:00"}]}},
+        ["spec.schedule.windows[0].days[1]", "Duplicate value"],
+    ),
+    ("no-windows", {"schedule": {"windows": []}}, ["spec.schedule.windows"]),
+    ("bad-zone-shape", {"dailyCap": {"limit": 10, "timeZone": "New York"}}, ["timeZone"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"), [c[1:] for c in REFUSED], ids=[c[0] for c in REFUSED]
+)
+def test_api_server_refuses_invalid_manifest(
+    kube: KubeEnv, namespace: str, spec: dict[str, Any], expected: list[str]
+) -> None:
+    proc = create(kube, namespace, policy_manifest("bad", **spec), check=False)
+    assert proc.returncode != 0, f"accepted: {spec}"
+    for text in expected:
+        assert text in proc.stderr, proc.stderr
+    assert kube.kubectl("get", "tp", "-n", namespace, "-o", "name").stdout.strip() == ""
+
+
+# CEL transition rules: fields that may not change once a policy exists.
+IMMUTABLE: list[tuple[str, dict[str, Any], dict[str, Any], list[str]]] = [
+    ("portal", {}, {"portalId": 99}, ["spec.portalId", "portalId is immutable"]),
+    ("scope", {}, {"scope": "PerWorkflow"}, ["spec.scope", "scope is immutable"]),
+    (
+        "action-changed",
+        {"actionId": "1"},
+        {"actionId": "2"},
+        ["spec.actionId", "actionId is immutable"],
+    ),
+    ("action-added", {}, {"actionId": "2"}, ["spec.actionId", "cannot be added or removed"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("initial", "patch", "expected"), [c[1:] for c in IMMUTABLE], ids=[c[0] for c in IMMUTABLE]
+)
+def test_api_server_refuses_changing_identity_fields(
+    kube: KubeEnv,
+    namespace: str,
+    initial: dict[str, Any],
+    patch: dict[str, Any],
+    expected: list[str],
+) -> None:
+    create(kube, namespace, policy_manifest("fixed", **initial))
+    proc = kube.kubectl(
+        "patch",
+        "tp",
+        "fixed",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": patch}),
+        check=False,
+    )
+    assert proc.returncode != 0, "patch accepted"
+    for text in expected:
+        assert text in proc.stderr, proc.stderr
+    # Fields outside the identity still change freely.
+    kube.kubectl(
+        "patch", "tp", "fixed", "-n", namespace, "--type=merge", "-p", '{"spec":{"paused":true}}'
+    )
