@@ -1,0 +1,432 @@
+"""The one place that talks to HubSpot's API (or the simulator standing in for it).
+
+Every call returns a typed result instead of raising on HTTP status, so callers decide with a
+`match`: completion callers need to tell "wait for the window" from "try again" from "refresh the
+token" from "this callback is dead". Tokens are never put in a log line, an exception message or a
+`repr`; URLs that carry a token (introspection) are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 100
+RATE_LIMIT_WINDOW_S = 10.0
+
+
+# --- results ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Success:
+    """2xx. `remaining` is X-HubSpot-RateLimit-Remaining when HubSpot sent it."""
+
+    remaining: int | None = None
+
+
+@dataclass(frozen=True)
+class RateLimited:
+    """429: the portal must not call again for `wait_seconds` (the window rolling, at least)."""
+
+    wait_seconds: float
+    policy_name: str = ""
+
+
+@dataclass(frozen=True)
+class Retryable:
+    """5xx, a timeout or a broken connection: nothing is known to have happened; try again."""
+
+    reason: str
+    status: int | None = None
+
+
+@dataclass(frozen=True)
+class Unauthorized:
+    """401 (or 403 for scopes): the access token is expired, revoked or lacks a scope."""
+
+    reason: str
+    status: int = 401
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """Another 4xx: the request itself is wrong and repeating it will not help."""
+
+    status: int
+    reason: str
+    category: str = ""
+    callback_ids: tuple[str, ...] = ()
+
+
+CallResult = Success | RateLimited | Retryable | Unauthorized | Rejected
+
+
+@dataclass(frozen=True)
+class TokenGrant:
+    """What the token endpoint returned; tokens are kept out of repr."""
+
+    access_token: str = field(repr=False)
+    refresh_token: str = field(repr=False)
+    expires_in: int
+    hub_id: int | None = None
+    scopes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenRefused:
+    """400/401 from the token endpoint: bad code, or a refresh token HubSpot no longer honours."""
+
+    status: int
+    error: str
+    message: str = ""
+
+
+TokenResult = TokenGrant | TokenRefused | Retryable | RateLimited
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """Introspection of an access token."""
+
+    hub_id: int
+    app_id: int | None
+    scopes: tuple[str, ...]
+    expires_in: int
+    hub_domain: str = ""
+
+
+IntrospectResult = TokenInfo | Unauthorized | Retryable | RateLimited | Rejected
+
+
+@dataclass(frozen=True)
+class CallbackCompletion:
+    """One `inputs[]` entry of the batch completion call."""
+
+    callback_id: str
+    output_fields: Mapping[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"callbackId": self.callback_id, "outputFields": dict(self.output_fields)}
+
+
+@dataclass(frozen=True)
+class DeveloperAuth:
+    """How action-definition calls authenticate: a developer API key or a bearer token."""
+
+    api_key: str | None = field(default=None, repr=False)
+    bearer: str | None = field(default=None, repr=False)
+
+
+class HubSpotError(Exception):
+    """A definition call failed; raised only by the admin calls used from the CLI."""
+
+
+# --- the client ---------------------------------------------------------------------------------
+class HubSpotClient:
+    """HubSpot API over one shared aiohttp session (connection reuse, per-call timeouts)."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        api_base: str,
+        client_id: str = "",
+        client_secret: str = "",
+        timeout_s: float = 10.0,
+        on_response: Callable[[str, int | None], None] | None = None,
+    ) -> None:
+        """`on_response(operation, status or None)` is called after every request (for metrics)."""
+        self._session = session
+        self._base = api_base.rstrip("/")
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._on_response = on_response
+
+    # completion --------------------------------------------------------------------------------
+    async def complete_batch(
+        self, access_token: str, inputs: Sequence[CallbackCompletion]
+    ) -> CallResult:
+        """One batch completion request (≤ 100 inputs); 204 means every callback is complete."""
+        if not 0 < len(inputs) <= MAX_BATCH:
+            raise ValueError(f"a batch holds 1 to {MAX_BATCH} callbacks, not {len(inputs)}")
+        body = {"inputs": [entry.as_json() for entry in inputs]}
+        return await self._call(
+            "POST",
+            "/automation/v4/actions/callbacks/complete",
+            "complete_batch",
+            bearer=access_token,
+            json_body=body,
+        )
+
+    async def complete_one(self, access_token: str, entry: CallbackCompletion) -> CallResult:
+        path = f"/automation/v4/actions/callbacks/{quote(entry.callback_id, safe='')}/complete"
+        return await self._call(
+            "POST",
+            path,
+            "complete_one",
+            bearer=access_token,
+            json_body={"outputFields": dict(entry.output_fields)},
+        )
+
+    # OAuth ------------------------------------------------------------------------------------
+    async def exchange_code(self, code: str, redirect_uri: str) -> TokenResult:
+        return await self._token(
+            {"grant_type": "authorization_code", "redirect_uri": redirect_uri, "code": code}
+        )
+
+    async def refresh_token(self, refresh_token: str) -> TokenResult:
+        return await self._token({"grant_type": "refresh_token", "refresh_token": refresh_token})
+
+    async def introspect(self, access_token: str) -> IntrospectResult:
+        path = f"/oauth/v1/access-tokens/{quote(access_token, safe='')}"
+        outcome = await self._request("GET", path, "introspect")
+        if not isinstance(outcome, _Response):
+            return outcome
+        if outcome.status == 200:
+            data = outcome.json()
+            return TokenInfo(
+                hub_id=int(data["hub_id"]),
+                app_id=int(data["app_id"]) if data.get("app_id") is not None else None,
+                scopes=tuple(data.get("scopes") or ()),
+                expires_in=int(data.get("expires_in") or 0),
+                hub_domain=str(data.get("hub_domain") or ""),
+            )
+        if outcome.status in (401, 404):
+            return Unauthorized(f"introspection answered {outcome.status}", outcome.status)
+        result = _classify(outcome)
+        return Retryable(f"HTTP {outcome.status}") if isinstance(result, Success) else result
+
+    async def _token(self, form: dict[str, str]) -> TokenResult:
+        form = {**form, "client_id": self._client_id, "client_secret": self._client_secret}
+        outcome = await self._request("POST", "/oauth/v1/token", "token", form=form)
+        if not isinstance(outcome, _Response):
+            return outcome
+        if outcome.status == 200:
+            data = outcome.json()
+            scopes = data.get("scopes") or data.get("scope") or ()
+            if isinstance(scopes, str):
+                scopes = scopes.split()
+            return TokenGrant(
+                access_token=str(data["access_token"]),
+                refresh_token=str(data["refresh_token"]),
+                expires_in=int(data["expires_in"]),
+                hub_id=int(data["hub_id"]) if data.get("hub_id") is not None else None,
+                scopes=tuple(scopes),
+            )
+        if outcome.status in (400, 401, 403):
+            data = outcome.json_or_empty()
+            return TokenRefused(
+                outcome.status,
+                str(data.get("status") or data.get("error") or "BAD_REQUEST"),
+                str(data.get("message") or "")[:200],
+            )
+        result = _classify(outcome)
+        if isinstance(result, RateLimited | Retryable):
+            return result
+        return TokenRefused(outcome.status, "UNEXPECTED_STATUS")
+
+    # action definitions ------------------------------------------------------------------------
+    async def list_definitions(self, app_id: int, auth: DeveloperAuth) -> list[dict[str, Any]]:
+        results: list[dict[str, Any]] = []
+        after: str | None = None
+        while True:
+            params = {"limit": "100", **({"after": after} if after else {})}
+            data = await self._admin("GET", f"/automation/v4/actions/{app_id}", auth, params=params)
+            results.extend(data.get("results", []))
+            after = ((data.get("paging") or {}).get("next") or {}).get("after")
+            if not after:
+                return results
+
+    async def create_definition(
+        self, app_id: int, definition: Mapping[str, Any], auth: DeveloperAuth
+    ) -> dict[str, Any]:
+        return await self._admin(
+            "POST", f"/automation/v4/actions/{app_id}", auth, body=dict(definition)
+        )
+
+    async def update_definition(
+        self, app_id: int, definition_id: str, definition: Mapping[str, Any], auth: DeveloperAuth
+    ) -> dict[str, Any]:
+        path = f"/automation/v4/actions/{app_id}/{quote(definition_id, safe='')}"
+        return await self._admin("PATCH", path, auth, body=dict(definition))
+
+    async def archive_definition(
+        self, app_id: int, definition_id: str, auth: DeveloperAuth
+    ) -> None:
+        path = f"/automation/v4/actions/{app_id}/{quote(definition_id, safe='')}"
+        await self._admin("DELETE", path, auth)
+
+    async def _admin(
+        self,
+        method: str,
+        path: str,
+        auth: DeveloperAuth,
+        body: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        params = dict(params or {})
+        if auth.api_key:
+            params["hapikey"] = auth.api_key
+        outcome = await self._request(
+            method, path, "definitions", bearer=auth.bearer, json_body=body, params=params
+        )
+        if not isinstance(outcome, _Response):
+            raise HubSpotError(f"{method} {path}: {_describe(outcome)}")
+        if outcome.status >= 300:
+            data = outcome.json_or_empty()
+            raise HubSpotError(
+                f"{method} {path} answered {outcome.status}: {str(data.get('message', ''))[:300]}"
+            )
+        return outcome.json() if outcome.body else {}
+
+    # transport --------------------------------------------------------------------------------
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        operation: str,
+        bearer: str | None = None,
+        json_body: Any = None,
+    ) -> CallResult:
+        outcome = await self._request(method, path, operation, bearer=bearer, json_body=json_body)
+        if not isinstance(outcome, _Response):
+            return outcome
+        return _classify(outcome)
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        operation: str,
+        bearer: str | None = None,
+        json_body: Any = None,
+        form: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> _Response | Retryable:
+        headers = {"Accept": "application/json"}
+        if bearer:
+            headers["Authorization"] = f"Bearer {bearer}"
+        started = time.monotonic()
+        try:
+            async with self._session.request(
+                method,
+                self._base + path,
+                headers=headers,
+                json=json_body,
+                data=form,
+                params=params,
+                timeout=self._timeout,
+            ) as response:
+                body = await response.read()
+                outcome = _Response(response.status, dict(response.headers), body)
+        except TimeoutError:
+            log.warning("hubspot %s timed out", operation)
+            self._observe(operation, None)
+            return Retryable("timeout")
+        except aiohttp.ClientError as exc:
+            # The exception text may carry the URL (introspection URLs hold a token): log the type.
+            log.warning("hubspot %s failed: %s", operation, type(exc).__name__)
+            self._observe(operation, None)
+            return Retryable(f"connection error: {type(exc).__name__}")
+        self._observe(operation, outcome.status)
+        log.debug(
+            "hubspot %s answered %s in %.0f ms",
+            operation,
+            outcome.status,
+            (time.monotonic() - started) * 1000,
+        )
+        return outcome
+
+    def _observe(self, operation: str, status: int | None) -> None:
+        if self._on_response is not None:
+            self._on_response(operation, status)
+
+
+@dataclass(frozen=True)
+class _Response:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def json_or_empty(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.body) if self.body else {}
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def header_int(self, name: str) -> int | None:
+        value = self.headers.get(name)
+        try:
+            return int(value) if value is not None else None
+        except ValueError:
+            return None
+
+
+def _classify(outcome: _Response) -> CallResult:
+    status = outcome.status
+    if 200 <= status < 300:
+        return Success(outcome.header_int("X-HubSpot-RateLimit-Remaining"))
+    data = outcome.json_or_empty()
+    if status == 429:
+        return RateLimited(_wait_after_429(outcome), str(data.get("policyName") or ""))
+    if status == 401:
+        return Unauthorized(str(data.get("category") or "UNAUTHORIZED"), 401)
+    if status == 403 and data.get("category") in ("MISSING_SCOPES", "INVALID_AUTHENTICATION"):
+        return Unauthorized(str(data["category"]), 403)
+    if status >= 500 or status in (408, 425):
+        return Retryable(f"HTTP {status}", status)
+    return Rejected(
+        status,
+        str(data.get("message") or f"HTTP {status}")[:300],
+        str(data.get("category") or ""),
+        _callback_ids_in(data),
+    )
+
+
+def _wait_after_429(outcome: _Response) -> float:
+    """The whole interval (the contract's Decision), or longer if Retry-After asks for longer."""
+    interval_ms = outcome.header_int("X-HubSpot-RateLimit-Interval-Milliseconds")
+    window = interval_ms / 1000 if interval_ms else RATE_LIMIT_WINDOW_S
+    retry_after = outcome.header_int("Retry-After") or 0
+    if outcome.json_or_empty().get("policyName") == "DAILY":
+        return max(3600.0, retry_after)
+    return max(window, float(retry_after))
+
+
+def _callback_ids_in(data: Mapping[str, Any]) -> tuple[str, ...]:
+    """Callback ids HubSpot named in `errors[].context.callbackId` (if it names any)."""
+    found: list[str] = []
+    for error in data.get("errors") or []:
+        if not isinstance(error, dict):
+            continue
+        context = error.get("context") or {}
+        ids = context.get("callbackId") or context.get("callbackIds") or []
+        if isinstance(ids, str):
+            ids = [ids]
+        found.extend(str(i) for i in ids)
+    return tuple(found)
+
+
+def _describe(result: Retryable | RateLimited | Unauthorized | Rejected) -> str:
+    match result:
+        case Retryable(reason=reason):
+            return reason
+        case RateLimited(wait_seconds=wait):
+            return f"rate limited for {wait:.0f} s"
+        case Unauthorized(reason=reason):
+            return f"unauthorized ({reason})"
+        case Rejected(status=status, reason=reason):
+            return f"HTTP {status}: {reason}"
+    return "failed"
