@@ -148,3 +148,47 @@ class Metrics:
             "History events read from Redis and not yet committed to PostgreSQL.",
             registry=r,
         )
+
+        # --- HubSpot: API calls, budget, tokens, installs -----------------------------------------
+        self.hubspot_requests = Counter(
+            "throttle_hubspot_requests_total",
+            "Calls to the HubSpot API, by operation and HTTP status (0 = timeout/connection).",
+            ["operation", "status"],
+            registry=r,
+        )
+        self.hubspot_rate_limited = Counter(
+            "throttle_hubspot_rate_limited_total",
+            "429 answers from HubSpot, by portal (each holds the portal for a whole window).",
+            ["portal"],
+            registry=r,
+        )
+        self.hubspot_budget_waits = Counter(
+            "throttle_hubspot_budget_waits_total",
+            "Times a portal's completions waited because its API budget for the window was spent.",
+            ["portal"],
+            registry=r,
+        )
+        self.hubspot_callbacks = Counter(
+            "throttle_hubspot_callbacks_total",
+            "Callbacks sent to HubSpot's completion API, by result (completed, retry, failed).",
+            ["result"],
+            registry=r,
+        )
+        self.token_refreshes = Counter(
+            "throttle_token_refreshes_total",
+            "OAuth access token refreshes, by result (ok, refused, error).",
+            ["result"],
+            registry=r,
+        )
+        self.portals_uninstalled = Counter(
+            "throttle_portals_uninstalled_total",
+            "Portals marked uninstalled, by cause (refresh_refused, uninstall_webhook).",
+            ["cause"],
+            registry=r,
+        )
+        self.oauth_installs = Counter(
+            "throttle_oauth_installs_total",
+            "OAuth install callbacks, by result (installed, bad_state, denied, exchange_failed).",
+            ["result"],
+            registry=r,
+        )
