@@ -54,6 +54,19 @@ def _decode_key(text: str) -> bytes:
     )
 
 
+def parse_budget_overrides(text: str) -> dict[int, int]:
+    """`portal:calls,portal:calls` → {portal: calls} (HUBSPOT_PORTAL_BUDGET_OVERRIDES)."""
+    overrides: dict[int, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        portal, sep, limit = part.partition(":")
+        if not sep or not portal.strip().isdigit() or not limit.strip().isdigit():
+            raise ValueError(f"{part!r} is not portal:calls (e.g. 12345:50)")
+        if not 1 <= int(limit) <= 110:
+            raise ValueError(f"{part!r}: a portal's budget must be 1 to 110 calls per window")
+        overrides[int(portal)] = int(limit)
+    return overrides
+
+
 def _is_loopback(host: str | None) -> bool:
     if host in (None, ""):
         return False
@@ -115,6 +128,13 @@ class Settings(BaseSettings):
     )
     hubspot_budget_window_seconds: float = Field(
         10.0, gt=0, description="Length of the rolling window for HUBSPOT_PORTAL_BUDGET."
+    )
+    hubspot_portal_budget_overrides: str = Field(
+        "", description="Per-portal budgets, comma-separated portal:calls (e.g. 12345:50,678:110)."
+    )
+    hubspot_token_refresh_margin_seconds: float = Field(
+        300.0, gt=0, description="Refresh an access token this long before it expires "
+        "(at most half its lifetime)."
     )
 
     # --- the webhook service ---------------------------------------------------------------------
@@ -216,6 +236,12 @@ class Settings(BaseSettings):
                 _decode_key(part)
         return value
 
+    @field_validator("hubspot_portal_budget_overrides")
+    @classmethod
+    def _budget_overrides(cls, value: str) -> str:
+        parse_budget_overrides(value)
+        return value
+
     @field_validator("trusted_proxies")
     @classmethod
     def _trusted_proxies(cls, value: str) -> str:
@@ -238,6 +264,10 @@ class Settings(BaseSettings):
                 material = _decode_key(part)
                 keys.append(EncryptionKey(hashlib.sha256(material).hexdigest()[:8], material))
         return keys
+
+    @property
+    def hubspot_budget_overrides(self) -> dict[int, int]:
+        return parse_budget_overrides(self.hubspot_portal_budget_overrides)
 
     @property
     def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
