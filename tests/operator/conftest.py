@@ -25,7 +25,7 @@ def throttle_crd(kube: KubeEnv) -> str:
     return CRD_NAME
 
 
-def policy_manifest(name: str | None = None, **spec: Any) -> dict[str, Any]:
+def policy_manifest(name: str | None = None, /, **spec: Any) -> dict[str, Any]:
     """A minimal valid ThrottlePolicy; keyword arguments replace top-level spec fields."""
     body: dict[str, Any] = {"portalId": 1234, "rate": {"limit": 10, "period": "1m"}}
     body.update(copy.deepcopy(spec))

@@ -43,7 +43,7 @@ def test_valid_manifest_gets_defaults(kube: KubeEnv, namespace: str) -> None:
         "defaults",
         rate={"limit": 5},
         dailyCap={"limit": 100},
-        schedule={"windows": [{"start": "09:00", "end": "17:00"}]},
+        schedule={"windows": [{"days": ["Mon"], "start": "09:00", "end": "17:00"}]},
     )
     create(kube, namespace, manifest)
     spec = kube.kubectl_json("get", "tp", "defaults", "-n", namespace)["spec"]
@@ -51,7 +51,10 @@ def test_valid_manifest_gets_defaults(kube: KubeEnv, namespace: str) -> None:
         "portalId": 1234,
         "rate": {"limit": 5, "period": "1m", "burst": 0},
         "dailyCap": {"limit": 100, "timeZone": "UTC"},
-        "schedule": {"timeZone": "UTC", "windows": [{"start": "09:00", "end": "17:00"}]},
+        "schedule": {
+            "timeZone": "UTC",
+            "windows": [{"days": ["Mon"], "start": "09:00", "end": "17:00"}],
+        },
         "scope": "Shared",
         "expiration": "P7D",
         "overflow": "Block",
@@ -72,7 +75,7 @@ def test_unknown_fields_are_refused_by_name(kube: KubeEnv, namespace: str) -> No
 def test_every_feature_together_is_accepted(kube: KubeEnv, namespace: str) -> None:
     manifest = policy_manifest(
         "everything",
-        actionId="987654",
+        actionId=987654,
         rate={"limit": 100, "period": "PT1M", "burst": 20},
         dailyCap={"limit": 5000, "timeZone": "America/New_York"},
         schedule={
@@ -104,12 +107,12 @@ REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
     ),
     (
         "cel-window-end-before-start",
-        {"schedule": {"windows": [{"start": "17:00", "end": "09:00"}]}},
+        {"schedule": {"windows": [{"days": ["Mon"], "start": "17:00", "end": "09:00"}]}},
         ["spec.schedule.windows[0].end", "end must be after its start"],
     ),
     (
         "cel-window-empty",
-        {"schedule": {"windows": [{"start": "09:00", "end": "09:00"}]}},
+        {"schedule": {"windows": [{"days": ["Mon"], "start": "09:00", "end": "09:00"}]}},
         ["spec.schedule.windows[0].end", "end must be after its start"],
     ),
     (
@@ -128,11 +131,12 @@ REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
     ("bad-scope", {"scope": "Global"}, ["spec.scope", "Unsupported value"]),
     ("bad-overflow", {"overflow": "Drop"}, ["spec.overflow", "Unsupported value"]),
     ("bad-on-delete", {"onDelete": "Forget"}, ["spec.onDelete", "Unsupported value"]),
-    ("bad-action-id", {"actionId": "abc"}, ["spec.actionId"]),
-    ("zero-portal", {"portalId": 0}, ["spec.portalId"]),
+    ("bad-action-id", {"actionId": 0}, ["spec.actionId"]),
+    ("negative-portal", {"portalId": -1}, ["spec.portalId"]),
+    ("bad-name", {"name": "Not_A_Name"}, ["spec.name"]),
     (
         "bad-window-time",
-        {"schedule": {"windows": [{"start": "9:00", "end": "17:00"}]}},
+        {"schedule": {"windows": [{"days": ["Mon"], "start": "9:00", "end": "17:00"}]}},
         ["spec.schedule.windows[0].start"],
     ),
     (
@@ -146,6 +150,16 @@ REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
         ["spec.schedule.windows[0].days[1]", "Duplicate value"],
     ),
     ("no-windows", {"schedule": {"windows": []}}, ["spec.schedule.windows"]),
+    (
+        "window-without-days",
+        {"schedule": {"windows": [{"start": "09:00", "end": "17:00"}]}},
+        ["spec.schedule.windows[0].days", "Required value"],
+    ),
+    (
+        "window-no-day",
+        {"schedule": {"windows": [{"days": [], "start": "09:00", "end": "17:00"}]}},
+        ["spec.schedule.windows[0].days"],
+    ),
     ("bad-zone-shape", {"dailyCap": {"limit": 10, "timeZone": "New York"}}, ["timeZone"]),
 ]
 
@@ -167,13 +181,10 @@ def test_api_server_refuses_invalid_manifest(
 IMMUTABLE: list[tuple[str, dict[str, Any], dict[str, Any], list[str]]] = [
     ("portal", {}, {"portalId": 99}, ["spec.portalId", "portalId is immutable"]),
     ("scope", {}, {"scope": "PerWorkflow"}, ["spec.scope", "scope is immutable"]),
-    (
-        "action-changed",
-        {"actionId": "1"},
-        {"actionId": "2"},
-        ["spec.actionId", "actionId is immutable"],
-    ),
-    ("action-added", {}, {"actionId": "2"}, ["spec.actionId", "cannot be added or removed"]),
+    ("action-changed", {"actionId": 1}, {"actionId": 2}, ["spec.actionId", "is immutable"]),
+    ("action-added", {}, {"actionId": 2}, ["spec.actionId", "cannot be added or removed"]),
+    ("name-changed", {"name": "a"}, {"name": "b"}, ["spec.name", "name is immutable"]),
+    ("name-added", {}, {"name": "b"}, ["spec.name", "cannot be added or removed"]),
 ]
 
 
