@@ -1,0 +1,143 @@
+"""Every Redis key Throttle uses, in one place.
+
+Layout. A policy (`portal:name`) lives in one of `SHARDS` shards, chosen by a stable hash of its
+identity; every key of the policy and of its queues carries the shard's hash tag `{tN}`, so a
+script touching a policy, its queues, the shard's due schedule, its lease index and its history
+stream works unchanged on Redis Cluster (one slot). The due schedule is therefore sharded too: no
+single key is hot, and a dispatcher drains one shard per script call.
+
+    throttle:{tN}:due                       zset  queue ref -> due time (ms)
+    throttle:{tN}:leases                    zset  "ref|callbackId" -> lease deadline (ms)
+    throttle:{tN}:events                    stream history events (received, released, ...)
+    throttle:{tN}:evseq                     int   sequence number of the shard's events
+    throttle:{tN}:p:<portal>:<name>:params  hash  rate parameters (Policy.redis_fields)
+    throttle:{tN}:p:<portal>:<name>:queues  set   queue ids of the policy ("shared", "wf<id>")
+    throttle:{tN}:p:<portal>:<name>:meta    hash  callbackId -> "seq,enq_us,exp_us,attempts,qid"
+    throttle:{tN}:p:<portal>:<name>:done    zset  callbackId -> forget-after ms (dedupe when done)
+    throttle:{tN}:p:<portal>:<name>:stats   hash  counters (received, released, acked, ...)
+    throttle:{tN}:q:<portal>:<name>:<qid>:list   list  callback ids, head = next to release
+    throttle:{tN}:q:<portal>:<name>:<qid>:state  hash  GCRA state, daily-cap count, hold-until, seq
+
+A queue ref is `<portal>:<name>:<qid>`. The scripts that visit many queues of a shard (take, ack,
+reap) build the per-policy and per-queue keys from the shard prefix and the ref with exactly the
+suffixes above (`tests/engine/test_keys.py` checks that they agree with these builders).
+
+The policy registry (what PolicyIndex loads) is global and small: `throttle:{reg}:policies`
+(hash `portal:name` -> JSON) and `throttle:{reg}:rev` (bumped on every change).
+
+`SHARDS` is part of the data layout: changing it moves policies to other shards, so it is a
+constant, not a setting.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+PREFIX = "throttle"
+SHARDS = 32
+
+
+def shard_of(policy_key: str) -> int:
+    """The shard of a policy identity `portal:name` (stable across processes and versions)."""
+    return zlib.crc32(policy_key.encode()) % SHARDS
+
+
+def shard_prefix(shard: int) -> str:
+    return f"{PREFIX}:{{t{shard}}}:"
+
+
+def policy_key(portal_id: int, name: str) -> str:
+    return f"{portal_id}:{name}"
+
+
+def queue_ref(policy_key_: str, queue_id: str) -> str:
+    return f"{policy_key_}:{queue_id}"
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """(`portal:name`, qid) of a queue ref."""
+    policy, _, qid = ref.rpartition(":")
+    return policy, qid
+
+
+# --- per shard ------------------------------------------------------------------------------------
+def due(shard: int) -> str:
+    return shard_prefix(shard) + "due"
+
+
+def leases(shard: int) -> str:
+    return shard_prefix(shard) + "leases"
+
+
+def events(shard: int) -> str:
+    return shard_prefix(shard) + "events"
+
+
+def event_seq(shard: int) -> str:
+    return shard_prefix(shard) + "evseq"
+
+
+# --- per policy -----------------------------------------------------------------------------------
+def _policy(pkey: str, suffix: str) -> str:
+    return f"{shard_prefix(shard_of(pkey))}p:{pkey}:{suffix}"
+
+
+def params(pkey: str) -> str:
+    return _policy(pkey, "params")
+
+
+def queues(pkey: str) -> str:
+    return _policy(pkey, "queues")
+
+
+def meta(pkey: str) -> str:
+    return _policy(pkey, "meta")
+
+
+def done(pkey: str) -> str:
+    return _policy(pkey, "done")
+
+
+def stats(pkey: str) -> str:
+    return _policy(pkey, "stats")
+
+
+# --- per queue ------------------------------------------------------------------------------------
+def queue_list(pkey: str, qid: str) -> str:
+    return f"{shard_prefix(shard_of(pkey))}q:{pkey}:{qid}:list"
+
+
+def queue_state(pkey: str, qid: str) -> str:
+    return f"{shard_prefix(shard_of(pkey))}q:{pkey}:{qid}:state"
+
+
+# --- global ---------------------------------------------------------------------------------------
+REGISTRY = f"{PREFIX}:{{reg}}:policies"
+REGISTRY_REV = f"{PREFIX}:{{reg}}:rev"
+REAPER_LOCK = f"{PREFIX}:{{reg}}:reaper"
+HISTORY_GROUP = "history"
+
+
+# --- HubSpot (per portal; all keys of a portal share the tag {hs<portal>}) ------------------------
+#     throttle:{hs<portal>}:budget      zset   the portal's API calls in the rolling window (ms)
+#     throttle:{hs<portal>}:hold        string set after a 429; its TTL is the wait
+#     throttle:{hs<portal>}:token-lock  string the single-flight token refresh lock
+#     throttle:oauth-state:<nonce>      string an OAuth `state` already used (single use)
+def _hubspot(portal_id: int, suffix: str) -> str:
+    return f"{PREFIX}:{{hs{portal_id}}}:{suffix}"
+
+
+def hubspot_budget(portal_id: int) -> str:
+    return _hubspot(portal_id, "budget")
+
+
+def hubspot_hold(portal_id: int) -> str:
+    return _hubspot(portal_id, "hold")
+
+
+def hubspot_token_lock(portal_id: int) -> str:
+    return _hubspot(portal_id, "token-lock")
+
+
+def oauth_state_used(nonce: str) -> str:
+    return f"{PREFIX}:oauth-state:{nonce}"
