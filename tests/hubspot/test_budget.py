@@ -1,0 +1,72 @@
+"""The per-portal HubSpot budget in real Redis: counted across pods, held after a 429."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from throttle.dispatcher.budget import PortalBudget
+from throttle.settings import parse_budget_overrides as parse_overrides
+
+
+async def test_budget_counts_calls_in_the_rolling_window(redis: Any) -> None:
+    budget = PortalBudget(redis, limit=5, window_s=1.0)
+    grants = [await budget.try_take(1) for _ in range(6)]
+    assert [g.granted for g in grants] == [True] * 5 + [False]
+    assert 0 < grants[-1].wait_seconds <= 1.0
+    assert (await budget.try_take(2)).granted  # another portal has its own budget
+    await asyncio.sleep(grants[-1].wait_seconds)
+    assert (await budget.try_take(1)).granted
+
+
+async def test_hold_blocks_every_pod_and_only_grows(redis: Any, redis_server: Any) -> None:
+    other_pod = redis_server.client()
+    try:
+        budget_a = PortalBudget(redis, limit=100, window_s=10.0)
+        budget_b = PortalBudget(other_pod, limit=100, window_s=10.0)
+        assert await budget_a.hold(7, 2.0) == 2.0
+        assert await budget_b.hold(7, 0.5) > 1.9  # a shorter hold does not shorten it
+        grant = await budget_b.try_take(7)
+        assert not grant.granted
+        assert 1.5 < grant.wait_seconds <= 2.0
+        assert (await budget_b.take(7, max_wait_s=0.1)).granted is False
+    finally:
+        await other_pod.aclose()
+
+
+async def test_three_pods_never_exceed_the_budget(redis: Any, redis_server: Any) -> None:
+    """Many concurrent takers on three clients: no 0.5 s window ever holds more than 20 calls."""
+    clients = [redis] + [redis_server.client() for _ in range(2)]
+    budgets = [PortalBudget(c, limit=20, window_s=0.5) for c in clients]
+    granted_at: list[float] = []
+
+    async def taker(budget: PortalBudget) -> None:
+        end = time.monotonic() + 1.6
+        while time.monotonic() < end:
+            grant = await budget.take(9, max_wait_s=0.6)
+            if grant.granted:
+                granted_at.append(time.monotonic())
+
+    try:
+        await asyncio.gather(*(taker(b) for b in budgets for _ in range(4)))
+    finally:
+        for c in clients[1:]:
+            await c.aclose()
+    granted_at.sort()
+    assert len(granted_at) >= 40
+    for i, start in enumerate(granted_at):
+        # Allow 5 ms of clock granularity between Redis TIME and the client's clock.
+        in_window = [t for t in granted_at[i:] if t < start + 0.5 - 0.005]
+        assert len(in_window) <= 20
+
+
+def test_overrides_parse_and_refuse_nonsense() -> None:
+    assert parse_overrides("1:50, 2:10") == {1: 50, 2: 10}
+    assert parse_overrides("") == {}
+    with pytest.raises(ValueError, match="portal:calls"):
+        parse_overrides("abc")
+    with pytest.raises(ValueError, match="1 to 110"):
+        parse_overrides("1:500")
