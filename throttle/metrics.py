@@ -192,3 +192,30 @@ class Metrics:
             ["result"],
             registry=r,
         )
+
+        # --- webhook: the HubSpot action endpoint -------------------------------------------------
+        self.webhook_answers = Counter(
+            "throttle_webhook_answers_total",
+            "Action requests answered, by answer (block, duplicate, continue, fail, not_installed, "
+            "no_policy, unavailable).",
+            ["answer"],
+            registry=r,
+        )
+        self.webhook_rejected = Counter(
+            "throttle_webhook_rejected_total",
+            "HubSpot requests refused before queueing, by reason (signature, payload).",
+            ["endpoint", "reason"],
+            registry=r,
+        )
+        self.webhook_signatures = Counter(
+            "throttle_webhook_signatures_total",
+            "Valid signatures by version and secret (current, previous: rotation still underway).",
+            ["version", "secret"],
+            registry=r,
+        )
+        self.webhook_action_seconds = Histogram(
+            "throttle_webhook_action_duration_seconds",
+            "Time to answer one action request (verify, parse, enqueue), as measured in-process.",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
