@@ -155,6 +155,27 @@ class Settings(BaseSettings):
     allow_signature_v1: bool = Field(
         False, description="Accept v1 signatures (they sign neither URL nor time)."
     )
+    webhook_max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body the webhook reads (413 beyond)."
+    )
+    require_installed_portal: bool = Field(
+        True,
+        description="Answer FAIL_CONTINUE to actions from portals that have not installed the app.",
+    )
+    webhook_access_log: bool = Field(
+        True, description="Log one line per HTTP request (method, path without query, status)."
+    )
+    config_backend: Literal["local", "cluster"] = Field(
+        "local",
+        description="Where the config API stores policies: local = PostgreSQL + reconcile, "
+        "cluster = ThrottlePolicy resources.",
+    )
+    config_namespace: str = Field(
+        "default", description="Namespace of the ThrottlePolicy resources the config API writes."
+    )
+    kubeconfig: str | None = Field(
+        None, description="Kubeconfig for the config API's cluster mode (in-cluster if unset)."
+    )
 
     # --- operations ------------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
