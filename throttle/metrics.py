@@ -27,6 +27,14 @@ class QueueStat:
     depth: int
     in_flight: int
     oldest_age_seconds: float
+    # For autoscaling and alerts (the chart's KEDA trigger, PrometheusRule and dashboard):
+    releasable: int = 0
+    """Executions the policy's rate lets out now: min(depth, what the rate state allows); 0 while
+    paused or outside the release window. Dispatchers scale on this, not on depth."""
+    limit_per_second: float | None = None
+    """The policy's steady rate (limit / period), to plot releases against; None: unknown."""
+    expiration_seconds: float | None = None
+    """How long an execution may wait before HubSpot expires it; None: unknown."""
 
 
 @dataclass(eq=False)
@@ -54,14 +62,37 @@ class QueueSnapshot(Collector):
             "Age of the oldest execution waiting in a policy's queues.",
             labels=["portal", "policy"],
         )
+        releasable = GaugeMetricFamily(
+            "throttle_releasable_backlog",
+            "Executions a policy's rate lets out now (0 while paused or outside its window).",
+            labels=["portal", "policy"],
+        )
+        limit = GaugeMetricFamily(
+            "throttle_policy_limit_per_second",
+            "A policy's steady release rate (limit / period).",
+            labels=["portal", "policy"],
+        )
+        expiration = GaugeMetricFamily(
+            "throttle_policy_expiration_seconds",
+            "How long an execution of a policy may wait before HubSpot expires it.",
+            labels=["portal", "policy"],
+        )
         for s in self.stats:
             labels = [str(s.portal_id), s.policy]
             depth.add_metric(labels, s.depth)
             flight.add_metric(labels, s.in_flight)
             age.add_metric(labels, s.oldest_age_seconds)
+            releasable.add_metric(labels, s.releasable)
+            if s.limit_per_second is not None:
+                limit.add_metric(labels, s.limit_per_second)
+            if s.expiration_seconds is not None:
+                expiration.add_metric(labels, s.expiration_seconds)
         yield depth
         yield flight
         yield age
+        yield releasable
+        yield limit
+        yield expiration
 
 
 class Metrics:
