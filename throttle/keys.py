@@ -116,6 +116,8 @@ REGISTRY = f"{PREFIX}:{{reg}}:policies"
 REGISTRY_REV = f"{PREFIX}:{{reg}}:rev"
 REAPER_LOCK = f"{PREFIX}:{{reg}}:reaper"
 HISTORY_GROUP = "history"
+INSTALLED_PORTALS = f"{PREFIX}:{{reg}}:installed"
+"""JSON {installed: [...], stopped: {portal: reason}}: the webhook's mirror of hubspot_portals."""
 
 
 # --- HubSpot (per portal; all keys of a portal share the tag {hs<portal>}) ------------------------
