@@ -89,6 +89,22 @@ def migrate() -> None:
     migrate_command(settings)
 
 
+@main.command()
+@click.option("--watch", "-w", is_flag=True, help="Refresh the table until Ctrl-C.")
+@click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds (--watch).")
+def status(watch: bool, interval: float) -> None:
+    """Policies at a glance: rate, queued, in flight, oldest wait, released, projected drain."""
+    import asyncio
+    import contextlib
+
+    settings = settings_for("redis_url")
+    from throttle.status import show
+
+    assert settings.redis_url is not None
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(show(settings.redis_url, settings.redis_cluster, watch, interval))
+
+
 @main.command(name="settings")
 def settings_table() -> None:
     """List every setting: environment variable, default, meaning."""

@@ -16,14 +16,15 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from throttle import keys
-from throttle.policy import Policy
-from throttle.scripts import Scripts
+from throttle.policy import Policy, local_day
+from throttle.queue import PolicyStats, Queue
 
 
 @dataclass(frozen=True)
@@ -62,33 +63,22 @@ def _short(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-def _int(counters: dict[str, str], name: str) -> int:
-    try:
-        return int(float(counters.get(name, "0")))
-    except ValueError:
-        return 0
-
-
-def row_from_stats(policy: Policy, raw: Sequence[Any], now: float) -> StatusRow:
-    """Turn the `stats` script's answer into a row (see lua/stats.lua for its layout)."""
-    values = [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
-    now_us, depth, oldest_us = int(values[0]), int(values[1]), int(values[2])
-    counters = dict(zip(values[4::2], values[5::2], strict=False))
-    oldest = (now_us - oldest_us) / 1e6 if oldest_us else 0.0
-    drain = 0.0 if depth == 0 else policy.projected_wait(depth, now)
-    today = counters.get("released_today")
+def row_from_stats(
+    policy: Policy, stats: PolicyStats, now: float, today: int | None = None
+) -> StatusRow:
+    drain = 0.0 if stats.depth == 0 else policy.projected_wait(stats.depth, now)
     return StatusRow(
         portal_id=policy.portal_id,
         name=policy.name,
         rate=describe_rate(policy),
         paused=policy.paused,
-        queued=depth,
-        in_flight=_int(counters, "inflight"),
-        oldest_wait_s=max(0.0, oldest),
-        released_total=_int(counters, "released"),
-        released_today=int(today) if today is not None else None,
-        completed_total=_int(counters, "acked"),
-        failed_total=_int(counters, "failed") + _int(counters, "expired"),
+        queued=stats.depth,
+        in_flight=stats.in_flight,
+        oldest_wait_s=stats.oldest_age_seconds,
+        released_total=stats.released,
+        released_today=today,
+        completed_total=stats.acked,
+        failed_total=stats.failed + stats.expired,
         drain_s=drain,
     )
 
@@ -98,7 +88,7 @@ class StatusReader:
 
     def __init__(self, redis: Any) -> None:
         self.redis = redis
-        self.scripts = Scripts(redis)
+        self.queue = Queue(redis)
 
     @classmethod
     def from_url(cls, url: str, cluster: bool = False) -> StatusReader:
@@ -121,16 +111,24 @@ class StatusReader:
         return sorted(found, key=lambda p: (p.portal_id, p.name))
 
     async def row(self, policy: Policy) -> StatusRow:
-        pkey = policy.key
-        raw = await self.scripts.stats(
-            keys.queues(pkey),
-            keys.meta(pkey),
-            keys.stats(pkey),
-            now_offset_ms=0,
-            prefix=keys.shard_prefix(keys.shard_of(pkey)),
-            policy=pkey,
-        )
-        return row_from_stats(policy, raw, time.time())
+        now = time.time()
+        stats = await self.queue.stats(policy)
+        return row_from_stats(policy, stats, now, await self.released_today(policy, now))
+
+    async def released_today(self, policy: Policy, now: float) -> int | None:
+        """Today's count under the daily cap (the engine counts per cap day only when capped)."""
+        if policy.daily_cap is None:
+            return None
+        today = local_day(ZoneInfo(policy.daily_cap.time_zone), now)
+        total = 0
+        for qid in await self.redis.smembers(keys.queues(policy.key)):
+            queue_id = qid.decode() if isinstance(qid, bytes) else str(qid)
+            day, count = await self.redis.hmget(
+                keys.queue_state(policy.key, queue_id), "cday", "ccnt"
+            )
+            if day is not None and int(day) == today:
+                total += int(count or 0)
+        return total
 
     async def rows(self) -> list[StatusRow]:
         policies = await self.policies()
@@ -199,25 +197,3 @@ async def show(redis_url: str, cluster: bool, watch: bool, interval: float) -> N
                 await asyncio.sleep(interval)
     finally:
         await reader.close()
-
-
-async def release_history(
-    database_url: str, policies: Sequence[str]
-) -> dict[str, list[tuple[float, float]]]:
-    """(received, released) epoch seconds of every released execution of these policies."""
-    import asyncpg
-
-    conn = await asyncpg.connect(database_url)
-    try:
-        rows = await conn.fetch(
-            "SELECT policy, extract(epoch FROM received_at)::float8 AS received, "
-            "extract(epoch FROM released_at)::float8 AS released FROM action_executions "
-            "WHERE released_at IS NOT NULL AND policy = ANY($1::text[])",
-            list(policies),
-        )
-    finally:
-        await conn.close()
-    out: dict[str, list[tuple[float, float]]] = {name: [] for name in policies}
-    for row in rows:
-        out.setdefault(row["policy"], []).append((row["received"], row["released"]))
-    return out

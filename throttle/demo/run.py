@@ -297,14 +297,32 @@ async def _sample(probe: Probe, t: float) -> Sample:
     return sample
 
 
-async def _release_history(
-    stack: Stack, scenario: Scenario
-) -> dict[str, list[tuple[float, float]]]:
-    """(received, released) epoch seconds of every released execution, per policy, from the
-    PostgreSQL history (written by the engine's history writers, off the hot path)."""
-    from throttle.status import release_history
+@dataclass
+class Releases:
+    """Per policy name: release instants and waits (seconds queued), from the history streams."""
 
-    return await release_history(stack.database_url, [p.name for p in scenario.policies])
+    times: dict[str, list[float]] = field(default_factory=dict)
+    waits: dict[str, list[float]] = field(default_factory=dict)
+
+
+async def _release_history(stack: Stack, scenario: Scenario) -> Releases:
+    """Every release of the run, read back from the engine's history streams in Redis (Redis'
+    clock, one entry per take, so no sampling and no skew between dispatchers)."""
+    import redis.asyncio as aioredis
+
+    from throttle.demo.events import read_release_log
+
+    client: Any = aioredis.Redis.from_url(stack.redis_url)
+    try:
+        log = await read_release_log(client)
+    finally:
+        await client.aclose()
+    releases = Releases()
+    for policy in scenario.policies:
+        key = f"{policy.portal_id}:{policy.name}"
+        releases.times[policy.name] = log.times(key)
+        releases.waits[policy.name] = [r - q for q, r in log.waits.get(key, [])]
+    return releases
 
 
 def _drive_problems(drives: dict[str, dict[str, Any]]) -> list[str]:
@@ -323,7 +341,7 @@ def _results(
     drives: dict[str, dict[str, Any]],
     final: dict[str, Any],
     report: dict[str, Any],
-    history: dict[str, list[tuple[float, float]]],
+    history: Releases,
     options: DemoOptions,
 ) -> tuple[list[PolicyResult], list[PortalResult]]:
     portals = []
@@ -347,9 +365,8 @@ def _results(
         stats = final.get(name)
         held = (stats.queued + stats.in_flight) if stats is not None else 0
         completed = stats.completed_total if stats is not None else 0
-        released_rows = history.get(name, [])
-        release_times = sorted(r for _received, r in released_rows)
-        waits = [r - q for q, r in released_rows]
+        release_times = history.times.get(name, [])
+        waits = history.waits.get(name, [])
         result = PolicyResult(
             name=name,
             portal_id=policy.portal_id,
@@ -409,12 +426,12 @@ def _plot(
     path: Path,
     scenario: Scenario,
     samples: list[Sample],
-    history: dict[str, list[tuple[float, float]]],
+    history: Releases,
 ) -> Path:
     origin = _epoch_origin(samples)
     seconds = math.ceil(scenario.duration_s)
     series = {
-        p.name: measure.per_second([r for _q, r in history.get(p.name, [])], origin, seconds)
+        p.name: measure.per_second(history.times.get(p.name, []), origin, seconds)
         for p in scenario.policies
     }
     limits = {p.name: p.rate_per_s for p in scenario.policies}
