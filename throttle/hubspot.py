@@ -18,6 +18,9 @@ from urllib.parse import quote
 
 import aiohttp
 
+from throttle.metrics import Metrics
+from throttle.settings import Settings
+
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 100
@@ -149,6 +152,25 @@ class HubSpotClient:
         self._client_secret = client_secret
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._on_response = on_response
+
+    @classmethod
+    def from_settings(
+        cls, session: aiohttp.ClientSession, settings: Settings, metrics: Metrics | None = None
+    ) -> HubSpotClient:
+        secret = settings.hubspot_client_secret
+        observe = None
+        if metrics is not None:
+
+            def observe(operation: str, status: int | None) -> None:
+                metrics.hubspot_requests.labels(operation, str(status or 0)).inc()
+
+        return cls(
+            session,
+            settings.hubspot_api_base,
+            settings.hubspot_client_id or "",
+            secret.get_secret_value() if secret is not None else "",
+            on_response=observe,
+        )
 
     # completion --------------------------------------------------------------------------------
     async def complete_batch(
