@@ -26,26 +26,35 @@ deps:  ## install redis-server and PostgreSQL from Debian's packages if missing
 testenv:  ## build kube-apiserver, etcd, kubectl, helm from the Go module proxy (cached)
 	@bash scripts/testenv.sh
 
-lint: venv  ## ruff and mypy
+lint: venv  ## ruff, mypy, bandit and pip-audit
 	@echo "==> ruff"
 	@$(BIN)/ruff check throttle tests bench
 	@$(BIN)/ruff format --check throttle tests bench
 	@echo "==> mypy (strict)"
 	@$(BIN)/mypy
+	@echo "==> bandit (config and justifications in pyproject.toml [tool.bandit])"
+	@$(BIN)/bandit -q -c pyproject.toml -r throttle 2>&1 | grep -v 'nosec encountered'; \
+		test $${PIPESTATUS[0]} -eq 0
+	@echo "==> pip-audit (installed dependencies against known vulnerabilities)"
+	@out=$$($(BIN)/pip-audit --skip-editable --progress-spinner off 2>&1) \
+		|| { echo "$$out"; exit 1; }; echo "$$out" | head -n 1
 
 format: venv  ## apply ruff's formatting and safe fixes
 	@$(BIN)/ruff check --fix throttle tests bench
 	@$(BIN)/ruff format throttle tests bench
 
 test: venv deps testenv lint  ## the whole suite against real Redis, PostgreSQL, kube-apiserver
-	@echo "==> pytest (real Redis, PostgreSQL and kube-apiserver started by the fixtures)"
-	@$(BIN)/pytest $(PYTEST_ARGS)
+	@echo "==> pytest (real Redis, PostgreSQL and kube-apiserver; long fault tests are in make chaos)"
+	@$(BIN)/pytest -m 'not (chaos and slow)' $(PYTEST_ARGS)
 
 test-fast: venv deps  ## the suite without slow tests, no lint
 	@$(BIN)/pytest -m 'not slow' $(PYTEST_ARGS)
 
 demo: venv deps  ## run everything locally with the HubSpot simulator driving traffic
 	@$(BIN)/python -m throttle.demo --duration $(DURATION)
+
+chaos: venv deps  ## every fault against real processes; prints the fault table into docs/reliability.md
+	@$(BIN)/python -m throttle.chaos --write docs/reliability.md
 
 bench: venv deps  ## run the benchmarks and print their tables
 	@for b in bench/*.py; do echo "==> $$b"; $(BIN)/python $$b || exit 1; done

@@ -141,7 +141,7 @@ class HubSpotClient:
         session: aiohttp.ClientSession,
         api_base: str,
         client_id: str = "",
-        client_secret: str = "",
+        client_secret: str = "",  # empty means "not configured"  # nosec B107
         timeout_s: float = 10.0,
         on_response: Callable[[str, int | None], None] | None = None,
     ) -> None:

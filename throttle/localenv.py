@@ -92,7 +92,7 @@ def _wait(check: Any, what: str, proc: _Process, timeout: float = 30.0) -> None:
         try:
             if check():
                 return
-        except Exception:  # noqa: S110 - not up yet; retried until the deadline
+        except Exception:  # noqa: S110 - not up yet; retried until the deadline  # nosec B110
             pass
         time.sleep(0.05)
     raise ServiceError(f"{what} did not become ready in {timeout:.0f}s:\n{tail(proc.log_path)}")

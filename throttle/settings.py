@@ -144,7 +144,7 @@ class Settings(BaseSettings):
     throttle_api_token: SecretStr | None = Field(
         None, description="Bearer token for the config API (/api/config)."
     )
-    host: str = Field("0.0.0.0", description="Address the HTTP server binds.")  # noqa: S104
+    host: str = Field("0.0.0.0", description="Address the HTTP server binds.")  # noqa: S104  # nosec B104
     port: int = Field(8080, ge=1, le=65535, description="Port of the webhook service.")
     metrics_port: int = Field(
         9090, ge=0, le=65535, description="Port for /metrics, /healthz of dispatcher and operator."

@@ -45,7 +45,7 @@ def throttle_argv(*args: str) -> list[str]:
 def http_ok(url: str, timeout: float = 1.0) -> bool:
     """True when `url` answers 2xx: readiness of a component that serves HTTP."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback  # nosec B310
             return 200 <= int(response.status) < 300
     except (urllib.error.URLError, OSError, ValueError):
         return False

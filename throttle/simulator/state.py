@@ -283,7 +283,7 @@ class Simulator:
             refresh_token = f"na1-{uuid.uuid4().hex[:4]}-{uuid.uuid4()}"
             self.refresh_tokens[refresh_token] = RefreshToken(portal_id, scopes)
         body: dict[str, Any] = {
-            "token_type": "bearer",
+            "token_type": "bearer",  # a type name  # nosec B105
             "access_token": access,
             "refresh_token": refresh_token,
             "expires_in": self.config.access_token_ttl_s,
@@ -312,7 +312,7 @@ class Simulator:
             "app_id": self.config.app_id,
             "expires_in": int(access.expires_at - now),
             "user_id": 1,
-            "token_type": "access",
+            "token_type": "access",  # a type name  # nosec B105
         }
 
     def refresh_token_info(self, token: str) -> dict[str, Any]:
@@ -325,7 +325,7 @@ class Simulator:
             "hub_id": refresh.portal_id,
             "scopes": list(refresh.scopes),
             "client_id": self.config.client_id,
-            "token_type": "refresh",
+            "token_type": "refresh",  # a type name  # nosec B105
         }
 
     def revoke_refresh_token(self, token: str) -> None:
