@@ -1,0 +1,195 @@
+"""The Redis layer's operations, each on a single Redis and on the 3-node Redis Cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.engine.helpers import item, policy
+from throttle import keys
+from throttle.operator.reconcile import reconcile, retire
+from throttle.queue import Queue
+
+
+async def test_enqueue_dedupes_and_marks_the_queue_due(queue: Queue, engine_redis: Any) -> None:
+    p = policy()
+    first = await queue.enqueue(item("cb-1"), p)
+    again = await queue.enqueue(item("cb-1"), p)
+    assert (first.status, first.depth) == ("queued", 1)
+    assert (again.status, again.depth) == ("duplicate", 1)
+    shard = keys.shard_of(p.key)
+    assert await engine_redis.zscore(keys.due(shard), keys.queue_ref(p.key, "shared")) is not None
+    # the first enqueue wrote the policy's parameters (they were missing)
+    assert await engine_redis.hget(keys.params(p.key), "lim") == b"10"
+    assert await engine_redis.llen(keys.queue_list(p.key, "shared")) == 1
+
+
+async def test_lua_builds_the_same_keys_as_keys_py(queue: Queue, engine_redis: Any) -> None:
+    p = policy(scope="PerWorkflow")
+    await reconcile(queue, p)
+    await queue.enqueue(item("cb-1", workflow=42), p)
+    taken = await queue.take()
+    assert [r.callback_id for r in taken.released] == ["cb-1"]
+    shard = keys.shard_of(p.key)
+    member = f"{keys.queue_ref(p.key, 'wf42')}|cb-1"
+    assert await engine_redis.zscore(keys.leases(shard), member) is not None
+    assert await engine_redis.hget(keys.stats(p.key), "released") == b"1"
+    assert await engine_redis.hexists(keys.queue_state(p.key, "wf42"), "a")
+    assert await engine_redis.xlen(keys.events(shard)) == 2  # received, released
+    await queue.ack(taken.released)
+    assert await engine_redis.zscore(keys.done(p.key), "cb-1") is not None
+    assert not await engine_redis.hexists(keys.meta(p.key), "cb-1")
+
+
+async def test_take_respects_rate_and_burst_with_redis_time(queue: Queue) -> None:
+    p = policy(rate={"limit": 10, "period": "1s", "burst": 2})
+    await reconcile(queue, p)
+    for i in range(40):
+        await queue.enqueue(item(f"cb-{i}"), p)
+    now = await queue.redis_time()
+    queue.time_offset_ms = 0
+    first = await queue.take()
+    assert len(first.released) == 3  # 1 + burst after an idle spell
+    assert len((await queue.take()).released) == 0
+    # taking every 50 ms for one period releases `limit` more: one per emission interval
+    released = 0
+    for step in range(1, 21):
+        queue.time_offset_ms = step * 50
+        released += len((await queue.take()).released)
+    assert released in (10, 11)  # 10 in the period, 11 if the last step lands on its end
+    # after a long idle spell only 1 + burst go at once (no accumulated catch-up)
+    queue.time_offset_ms = 60_000
+    assert len((await queue.take()).released) == 3
+    due = (await queue.take()).next_due
+    assert min(due.values()) > now + 60
+
+
+async def test_requeue_puts_items_back_at_the_head_in_order(queue: Queue) -> None:
+    p = policy(rate={"limit": 100, "period": "1s", "burst": 10})
+    await reconcile(queue, p)
+    for i in range(8):
+        await queue.enqueue(item(f"cb-{i}"), p)
+    taken = (await queue.take()).released
+    assert [r.callback_id for r in taken] == [f"cb-{i}" for i in range(8)]
+    await queue.ack(taken[:2])
+    assert await queue.requeue(list(reversed(taken[2:])), 0.0, "503") == 6
+    queue.time_offset_ms = 1000
+    again = (await queue.take()).released
+    assert [r.callback_id for r in again] == [f"cb-{i}" for i in range(2, 8)]
+    assert all(r.attempts == 2 for r in again)
+
+
+async def test_requeue_backoff_holds_the_queue(queue: Queue) -> None:
+    p = policy(rate={"limit": 100, "period": "1s", "burst": 10})
+    await reconcile(queue, p)
+    await queue.enqueue(item("cb-1"), p)
+    taken = (await queue.take()).released
+    await queue.requeue(taken, delay_seconds=5, reason="429")
+    queue.time_offset_ms = 4000
+    assert (await queue.take()).released == []
+    queue.time_offset_ms = 5100
+    assert [r.callback_id for r in (await queue.take()).released] == ["cb-1"]
+
+
+async def test_expired_lease_returns_to_the_head(queue: Queue) -> None:
+    p = policy(rate={"limit": 100, "period": "1s", "burst": 10})
+    await reconcile(queue, p)
+    for i in range(3):
+        await queue.enqueue(item(f"cb-{i}"), p)
+    held = (await queue.take()).released
+    assert len(held) == 3
+    assert await queue.reap_expired_leases() == 0
+    queue.time_offset_ms = 31_000  # the lease is 30 s
+    assert await queue.reap_expired_leases() == 3
+    again = (await queue.take()).released
+    assert [r.callback_id for r in again] == ["cb-0", "cb-1", "cb-2"]
+    # the first holder finishing late does not lead to a second completion
+    assert await queue.ack(held) == 3
+    assert await queue.ack(again) == 0
+    stats = await queue.stats(p)
+    assert (stats.depth, stats.in_flight, stats.acked) == (0, 0, 3)
+
+
+async def test_ack_of_a_reaped_item_still_queued_removes_it(queue: Queue) -> None:
+    p = policy()
+    await reconcile(queue, p)
+    await queue.enqueue(item("cb-1"), p)
+    held = (await queue.take()).released
+    queue.time_offset_ms = 31_000
+    await queue.reap_expired_leases()
+    assert await queue.ack(held) == 1
+    assert (await queue.take()).released == []
+    assert (await queue.stats(p)).depth == 0
+
+
+async def test_fail_records_terminal_failures(queue: Queue) -> None:
+    p = policy()
+    await reconcile(queue, p)
+    await queue.enqueue(item("cb-1"), p)
+    held = (await queue.take()).released
+    assert await queue.fail([(held[0], "callback expired at HubSpot")]) == 1
+    stats = await queue.stats(p)
+    assert (stats.failed, stats.in_flight, stats.depth) == (1, 0, 0)
+    assert (await queue.enqueue(item("cb-1"), p)).duplicate
+
+
+async def test_expired_items_are_dropped_not_released(queue: Queue) -> None:
+    p = policy(expiration="PT1M", rate={"limit": 1, "period": "1h"})
+    await reconcile(queue, p)
+    await queue.enqueue(item("cb-1"), p)
+    await queue.enqueue(item("cb-2"), p)
+    assert len((await queue.take()).released) == 1
+    queue.time_offset_ms = 3_600_000
+    taken = await queue.take()
+    assert (taken.released, taken.expired) == ([], 1)
+    assert (await queue.stats(p)).expired == 1
+
+
+async def test_pause_and_resume(queue: Queue) -> None:
+    p = policy(rate={"limit": 100, "period": "1s", "burst": 100})
+    await reconcile(queue, p.model_copy(update={"paused": True}))
+    for i in range(5):
+        await queue.enqueue(item(f"cb-{i}"), p.model_copy(update={"paused": True}))
+    queue.time_offset_ms = 10_000
+    assert (await queue.take()).released == []
+    await reconcile(queue, p)
+    assert len((await queue.take()).released) == 5
+
+
+async def test_stale_revision_never_overwrites(queue: Queue) -> None:
+    p = policy()
+    newer = await reconcile(
+        queue, p.model_copy(update={"rate": p.rate.model_copy(update={"limit": 50})})
+    )
+    assert newer.params == "written"
+    assert await queue.apply_policy(p.with_revision(newer.revision - 1)) == "stale"
+    assert await queue.redis.hget(keys.params(p.key), "lim") == b"50"
+    again = await reconcile(
+        queue, p.model_copy(update={"rate": p.rate.model_copy(update={"limit": 50})})
+    )
+    assert (again.changed, again.params) == (False, "unchanged")
+
+
+async def test_overflow_refuses_beyond_what_fits_in_the_expiration(queue: Queue) -> None:
+    p = policy(rate={"limit": 1, "period": "1m"}, expiration="PT5M", overflow="Fail")
+    await reconcile(queue, p)
+    statuses = [(await queue.enqueue(item(f"cb-{i}"), p)).status for i in range(8)]
+    assert statuses[:6] == ["queued"] * 6
+    assert statuses[6:] == ["overflow", "overflow"]
+    blocking = p.model_copy(update={"overflow": "Block"})
+    assert (await queue.enqueue(item("cb-x"), blocking)).status == "queued"
+
+
+async def test_retire_drain_and_flush(queue: Queue) -> None:
+    p = policy(rate={"limit": 1, "period": "1h"})
+    await reconcile(queue, p)
+    for i in range(4):
+        await queue.enqueue(item(f"cb-{i}"), p)
+    first = await retire(queue, p, "FAIL_CONTINUE")
+    assert first.remaining == 4
+    taken = (await queue.take()).released
+    assert {r.execution_state for r in taken} == {"FAIL_CONTINUE"}
+    assert len(taken) == 4
+    assert (await retire(queue, p, "FAIL_CONTINUE")).remaining == 4  # still in flight
+    await queue.ack(taken)
+    assert (await retire(queue, p, "FAIL_CONTINUE")).done
+    assert await queue.redis.exists(keys.params(p.key), keys.queue_list(p.key, "shared")) == 0

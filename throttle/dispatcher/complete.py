@@ -1,0 +1,58 @@
+"""The completion interface: what the dispatcher hands over once the rate lets executions go.
+
+The dispatcher groups released executions by portal and calls `Completer.complete` once per
+portal with all it holds for that portal; the completer (HubSpot's, or a recording one in tests)
+splits them into API batches, respects the portal's budget, and says what became of each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Released:
+    """One execution the rate allowed out of its queue (leased to this dispatcher)."""
+
+    callback_id: str
+    portal_id: int
+    policy: str
+    queue: str
+    enqueued_at: float
+    attempts: int
+    wait_seconds: float
+    execution_state: str = "SUCCESS"
+    """What to complete it with: SUCCESS normally; FAIL_CONTINUE or SUCCESS when its policy was
+    deleted with "complete now" (the execution never waited out the rate)."""
+
+    @property
+    def policy_key(self) -> str:
+        return f"{self.portal_id}:{self.policy}"
+
+    @property
+    def ref(self) -> str:
+        """The queue ref in Redis (`portal:policy:queue`)."""
+        return f"{self.portal_id}:{self.policy}:{self.queue}"
+
+
+@dataclass
+class CompletionResult:
+    """What became of each released execution of one portal."""
+
+    completed: list[str] = field(default_factory=list)
+    """Callback ids HubSpot accepted: acknowledged."""
+    retry: list[str] = field(default_factory=list)
+    """Transient failure: back to the head of the queue."""
+    retry_after: float = 0.0
+    """Seconds the portal must wait before its next call (applies to `retry`)."""
+    failed: dict[str, str] = field(default_factory=dict)
+    """Callback id -> reason: terminal, recorded as failed."""
+    portal_stopped: str | None = None
+    """Set when the portal can no longer be served (e.g. "uninstalled: refresh token revoked");
+    every item not otherwise accounted for is recorded as failed with this reason."""
+
+
+class Completer(Protocol):
+    async def complete(self, portal_id: int, items: Sequence[Released]) -> CompletionResult: ...

@@ -1,0 +1,204 @@
+-- _lib.lua: helpers shared by every script. throttle/scripts.py prepends this file to each
+-- script before loading it, so it has no KEYS, ARGV or return value of its own.
+--
+-- Conventions: times are integers in microseconds (`_us`) or milliseconds (`_ms`) since the
+-- epoch, read from Redis' own clock (TIME) plus a debug offset that only tests set. Numbers
+-- written back to Redis go through fmt() because Lua's default number-to-string conversion keeps
+-- only 14 significant digits. Key suffixes mirror throttle/keys.py exactly.
+
+local function fmt(x)
+  return string.format("%d", x)
+end
+
+local function clock_us(offset_ms)
+  local t = redis.call("TIME")
+  return tonumber(t[1]) * 1000000 + tonumber(t[2]) + math.floor(tonumber(offset_ms) * 1000)
+end
+
+local function policy_keys(prefix, pol)
+  local b = prefix .. "p:" .. pol .. ":"
+  return { params = b .. "params", queues = b .. "queues", meta = b .. "meta",
+           done = b .. "done", stats = b .. "stats" }
+end
+
+local function queue_keys(prefix, ref)
+  local b = prefix .. "q:" .. ref .. ":"
+  return b .. "list", b .. "state"
+end
+
+-- "portal:name:qid" -> "portal:name", "qid"
+local function split_ref(ref)
+  return string.match(ref, "^(.*):([^:]*)$")
+end
+
+-- meta value "seq,enqueued_us,expires_us,attempts,qid"
+local function meta_parse(m)
+  local seq, enq, exp, att, qid = string.match(m, "^(%d+),(%d+),(%d+),(%d+),(.*)$")
+  return tonumber(seq), tonumber(enq), tonumber(exp), tonumber(att), qid
+end
+
+local function meta_format(seq, enq, exp, att, qid)
+  return fmt(seq) .. "," .. fmt(enq) .. "," .. fmt(exp) .. "," .. fmt(att) .. "," .. qid
+end
+
+local function hash_table(key)
+  local flat = redis.call("HGETALL", key)
+  local t = {}
+  for i = 1, #flat, 2 do t[flat[i]] = flat[i + 1] end
+  return t
+end
+
+-- Append one history event to the shard's stream; `n` numbers the shard's events so the
+-- history writer can count what a trimmed (overflowing) stream lost.
+local function emit(prefix, maxlen, fields)
+  local n = redis.call("INCR", prefix .. "evseq")
+  local args = { prefix .. "events", "MAXLEN", "~", maxlen, "*", "n", n }
+  for i = 1, #fields do args[#args + 1] = fields[i] end
+  redis.call("XADD", unpack(args))
+end
+
+-- Put items back at the head of their queues, oldest (lowest seq) first.
+-- groups: ref -> list of {seq, callbackId}
+local function push_back(prefix, groups)
+  for ref, items in pairs(groups) do
+    table.sort(items, function(x, y) return x[1] > y[1] end)
+    local list = queue_keys(prefix, ref)
+    local chunk = {}
+    for i = 1, #items do
+      chunk[#chunk + 1] = items[i][2]
+      if #chunk == 500 then redis.call("LPUSH", list, unpack(chunk)); chunk = {} end
+    end
+    if #chunk > 0 then redis.call("LPUSH", list, unpack(chunk)) end
+  end
+end
+
+-- Time zones: "t:o,t:o,..." = UTC second of each offset change and the offset (seconds) from
+-- then on, computed by throttle.policy.encode_transitions from the IANA database.
+local function tz_parse(s)
+  local tz = { ts = {}, os = {} }
+  for t, o in string.gmatch(s or "", "(%-?%d+):(%-?%d+)") do
+    tz.ts[#tz.ts + 1] = tonumber(t)
+    tz.os[#tz.os + 1] = tonumber(o)
+  end
+  return tz
+end
+
+local function tz_offset(tz, t)
+  local ts = tz.ts
+  if #ts == 0 then return 0 end
+  if t < ts[1] then return tz.os[1] end
+  local lo, hi = 1, #ts
+  while lo < hi do
+    local mid = math.floor((lo + hi + 1) / 2)
+    if ts[mid] <= t then lo = mid else hi = mid - 1 end
+  end
+  return tz.os[lo]
+end
+
+local function tz_next_change(tz, t)
+  for i = 1, #tz.ts do
+    if tz.ts[i] > t then return tz.ts[i] end
+  end
+  return nil
+end
+
+-- local day number (days since 1970-01-01) and minute of day (float) at UTC second t
+local function local_day_minute(tz, t)
+  local l = t + tz_offset(tz, math.floor(t))
+  local day = math.floor(l / 86400)
+  return day, (l - day * 86400) / 60
+end
+
+-- UTC second of local wall-clock second l (inside a DST gap: somewhere around it; callers check)
+local function local_to_utc(tz, l)
+  local o = tz_offset(tz, l - tz_offset(tz, l))
+  local u = l - o
+  local o2 = tz_offset(tz, u)
+  if o2 ~= o then u = l - o2 end
+  return u
+end
+
+local function next_local_midnight(tz, t)
+  local day = local_day_minute(tz, t)
+  local u = local_to_utc(tz, (day + 1) * 86400)
+  if u <= t then u = t + 3600 end
+  return u
+end
+
+-- Schedule windows: "weekday,startMinute,endMinute;..." with Monday = 0.
+local function wins_parse(s)
+  local w = {}
+  for d, a, b in string.gmatch(s or "", "(%d+),(%d+),(%d+)") do
+    w[#w + 1] = { d = tonumber(d), s = tonumber(a), e = tonumber(b) }
+  end
+  return w
+end
+
+local function in_window(wins, tz, t)
+  local day, minute = local_day_minute(tz, t)
+  local wd = (day + 3) % 7 -- 1970-01-01 was a Thursday
+  for i = 1, #wins do
+    local w = wins[i]
+    if w.d == wd and minute >= w.s and minute < w.e then return true end
+  end
+  return false
+end
+
+-- Earliest UTC second after t inside a window (looks 8 days ahead); nil if none.
+local function next_window_start(wins, tz, t)
+  local day = local_day_minute(tz, t)
+  local best = nil
+  for d = day - 1, day + 8 do
+    local wd = (d + 3) % 7
+    for i = 1, #wins do
+      local w = wins[i]
+      if w.d == wd then
+        local u = local_to_utc(tz, d * 86400 + w.s * 60)
+        if not in_window(wins, tz, u) then
+          -- the window opens inside a DST gap: it opens when the clock jumps forward
+          local change = tz_next_change(tz, u)
+          if change and in_window(wins, tz, change) then u = change else u = nil end
+        end
+        if u and u > t and (best == nil or u < best) then best = u end
+      end
+    end
+  end
+  return best
+end
+
+-- GCRA over integers. State: anchor a (us) and count n; the theoretical arrival time of the
+-- next item is TAT = a + n*per/lim (per = period in us, lim = limit), tolerance tau = burst*per/lim.
+-- The k-th item from now (k = 1, 2, ...) may go iff (n + k - 1 - burst) * per <= (now - a) * lim.
+-- Keeping n < lim and moving a by whole periods keeps every product exact (no drift).
+local function gcra_load(st, lim, per, now)
+  local a, n = tonumber(st.a), tonumber(st.n)
+  if a == nil or n == nil then return now, 0 end
+  local slim, sper = tonumber(st.lim), tonumber(st.per)
+  if slim ~= lim or sper ~= per then
+    -- the rate changed: keep the theoretical arrival time, so there is no catch-up burst
+    a = math.ceil(a + n * sper / slim)
+    n = 0
+  end
+  if a + n * per / lim < now then
+    -- idle: the bucket refilled, but never beyond burst
+    a = now
+    n = 0
+  end
+  return a, n
+end
+
+local function gcra_allowed(a, n, lim, per, burst, now)
+  local k = math.floor((now - a) * lim / per) + burst - n + 1
+  if k < 0 then k = 0 end
+  return k
+end
+
+local function gcra_normalize(a, n, lim, per)
+  local q = math.floor(n / lim)
+  return a + q * per, n - q * lim
+end
+
+-- earliest instant (us) the next item may go
+local function gcra_next(a, n, lim, per, burst)
+  return math.ceil(a + (n - burst) * per / lim)
+end

@@ -1,0 +1,45 @@
+-- ack.lua: executions HubSpot accepted; forget them (keeping their ids for dedupe).
+-- An item whose lease already ran out and went back to its queue is taken out of the queue
+-- again, so a slow completion never leads to a second one.
+--
+-- KEYS[1]  leases  zset  the shard's leases ("ref|callbackId" -> deadline ms)
+-- ARGV[1]  now_offset_ms  added to Redis TIME; tests only, production passes 0
+-- ARGV[2]  prefix         the shard key prefix "throttle:{tN}:"
+-- ARGV[3]  events_maxlen  approximate bound of the shard's event stream
+-- ARGV[4]  done_ms        how long a finished callback id stays deduplicated
+-- ARGV[5..] pairs: ref, callbackId
+-- Returns the number of items acknowledged (items already finished are skipped)
+
+local now = clock_us(ARGV[1])
+local now_ms = math.floor(now / 1000)
+local prefix, maxlen = ARGV[2], ARGV[3]
+local done_ms = tonumber(ARGV[4])
+
+local acked = 0
+local by_queue = {}
+for i = 5, #ARGV, 2 do
+  local ref, cb = ARGV[i], ARGV[i + 1]
+  local pol = split_ref(ref)
+  local pk = policy_keys(prefix, pol)
+  local held = redis.call("ZREM", KEYS[1], ref .. "|" .. cb) == 1
+  local known = redis.call("HDEL", pk.meta, cb) == 1
+  if held or known then
+    if held then
+      redis.call("HINCRBY", pk.stats, "inflight", -1)
+    else
+      redis.call("LREM", (queue_keys(prefix, ref)), 1, cb)
+    end
+    redis.call("ZADD", pk.done, fmt(now_ms + done_ms), cb)
+    redis.call("HINCRBY", pk.stats, "acked", 1)
+    acked = acked + 1
+    local group = by_queue[ref]
+    if not group then group = {}; by_queue[ref] = group end
+    group[#group + 1] = cb
+  end
+end
+for ref, cbs in pairs(by_queue) do
+  local pol, qid = split_ref(ref)
+  emit(prefix, maxlen, { "t", "done", "pol", pol, "q", qid, "ts", fmt(now),
+                         "cbs", table.concat(cbs, ",") })
+end
+return acked

@@ -1,0 +1,98 @@
+-- enqueue.lua: accept one execution into its queue (the webhook's single round trip).
+-- Drops a duplicate callbackId (HubSpot retries), refuses when the queue is over the depth
+-- that fits in the expiration (only for overflow Continue/Fail), appends to the queue, marks the
+-- queue due in the shard's schedule (ZADD NX in the same script: the policy's keys and the
+-- shard's schedule share one hash tag, so this is one slot on Redis Cluster and no wake-up can be
+-- lost between two commands), and appends a "received" history event.
+--
+-- KEYS[1]  due      zset  the shard's due schedule (ref -> due ms)
+-- KEYS[2]  params   hash  the policy's parameters (may be missing: see return [3])
+-- KEYS[3]  meta     hash  callbackId -> "seq,enqueued_us,expires_us,attempts,qid" (queued or in flight)
+-- KEYS[4]  done     zset  callbackId -> forget-after ms (finished; still deduplicated)
+-- KEYS[5]  queues   set   the policy's queue ids
+-- KEYS[6]  list     list  the queue (RPUSH here, released from the head)
+-- KEYS[7]  state    hash  the queue's rate state (read for the projected wait; seq counter)
+-- KEYS[8]  stats    hash  the policy's counters
+-- ARGV[1]  now_offset_ms   added to Redis TIME; tests only, production passes 0
+-- ARGV[2]  prefix          the shard key prefix "throttle:{tN}:" (for the event stream)
+-- ARGV[3]  ref             queue ref "portal:name:qid"
+-- ARGV[4]  qid             queue id
+-- ARGV[5]  callback_id
+-- ARGV[6]  expiration_ms   the policy's expiration (item expires at enqueued + this)
+-- ARGV[7]  revision        registry revision of the caller's policy (see return [3])
+-- ARGV[8]  max_depth       refuse (overflow) when the queue already holds this many; -1 = never
+-- ARGV[9]  events_maxlen   approximate bound of the shard's event stream
+-- ARGV[10] enqueued_us     original arrival time when rebuilding from history (recover); 0 = now
+-- ARGV[11] event           the "received" event's JSON body (workflow, action, object, inputs)
+-- Returns {status, depth, params_state, first_wait_us, cap_used, now_us}
+--   status       1 queued, 0 duplicate, 2 overflow (not queued), 3 already expired (not queued)
+--   depth        queue length after the call
+--   params_state 0 parameters present and current, 1 missing or older than ARGV[7] (caller
+--                re-applies the policy it has)
+--   first_wait_us how long until the rate lets the queue's next item go (0 if now)
+--   cap_used     releases already counted against today's daily cap (0 without a cap)
+
+local now = clock_us(ARGV[1])
+local now_ms = math.floor(now / 1000)
+local prefix, ref, qid, cb = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local expiration_ms = tonumber(ARGV[6])
+local revision = tonumber(ARGV[7])
+local max_depth = tonumber(ARGV[8])
+local maxlen = ARGV[9]
+local enqueued = tonumber(ARGV[10])
+local body = ARGV[11]
+
+local p = hash_table(KEYS[2])
+local params_state = 0
+if p.lim == nil or tonumber(p.rev or "0") < revision then params_state = 1 end
+
+local function rate_view(depth)
+  local wait, cap_used = 0, 0
+  if p.lim ~= nil then
+    local st = hash_table(KEYS[7])
+    local lim, per, burst = tonumber(p.lim), tonumber(p.per), tonumber(p.burst)
+    local a, n = gcra_load(st, lim, per, now)
+    wait = math.max(0, gcra_next(a, n, lim, per, burst) - now)
+    if tonumber(p.cap) > 0 and st.cday then
+      local day = local_day_minute(tz_parse(p.ctz), now / 1000000)
+      if tonumber(st.cday) == day then cap_used = tonumber(st.ccnt) end
+    end
+  end
+  return wait, cap_used
+end
+
+if redis.call("HEXISTS", KEYS[3], cb) == 1 or redis.call("ZSCORE", KEYS[4], cb) then
+  local depth = redis.call("LLEN", KEYS[6])
+  local wait, cap_used = rate_view(depth)
+  return { 0, depth, params_state, fmt(wait), cap_used, fmt(now) }
+end
+
+local depth = redis.call("LLEN", KEYS[6])
+if max_depth >= 0 and depth >= max_depth then
+  local wait, cap_used = rate_view(depth)
+  return { 2, depth, params_state, fmt(wait), cap_used, fmt(now) }
+end
+
+if enqueued <= 0 then enqueued = now end
+local expires = enqueued + expiration_ms * 1000
+if expires <= now then
+  return { 3, depth, params_state, 0, 0, fmt(now) }
+end
+
+-- forget finished callback ids whose dedupe window passed (amortised: a few per call)
+local old = redis.call("ZRANGEBYSCORE", KEYS[4], "-inf", now_ms, "LIMIT", 0, 16)
+if #old > 0 then redis.call("ZREM", KEYS[4], unpack(old)) end
+
+local seq = redis.call("HINCRBY", KEYS[7], "seq", 1)
+redis.call("HSET", KEYS[3], cb, meta_format(seq, enqueued, expires, 0, qid))
+depth = redis.call("RPUSH", KEYS[6], cb)
+redis.call("SADD", KEYS[5], qid)
+if p.paused ~= "1" then
+  redis.call("ZADD", KEYS[1], "NX", now_ms, ref)
+end
+redis.call("HINCRBY", KEYS[8], "received", 1)
+local pol = split_ref(ref)
+emit(prefix, maxlen, { "t", "recv", "pol", pol, "q", qid, "cb", cb, "ts", fmt(now),
+                       "enq", fmt(enqueued), "exp", fmt(expires), "body", body })
+local wait, cap_used = rate_view(depth)
+return { 1, depth, params_state, fmt(wait), cap_used, fmt(now) }

@@ -1,0 +1,37 @@
+-- fail.lua: record executions as finished with a terminal failure (HubSpot refused them, the
+-- portal uninstalled the app, ...). They leave the engine; their ids stay deduplicated.
+--
+-- KEYS[1]  leases  zset  the shard's leases ("ref|callbackId" -> deadline ms)
+-- ARGV[1]  now_offset_ms  added to Redis TIME; tests only, production passes 0
+-- ARGV[2]  prefix         the shard key prefix "throttle:{tN}:"
+-- ARGV[3]  events_maxlen  approximate bound of the shard's event stream
+-- ARGV[4]  done_ms        how long a finished callback id stays deduplicated
+-- ARGV[5..] triples: ref, callbackId, reason
+-- Returns the number of items recorded as failed
+
+local now = clock_us(ARGV[1])
+local now_ms = math.floor(now / 1000)
+local prefix, maxlen = ARGV[2], ARGV[3]
+local done_ms = tonumber(ARGV[4])
+
+local count = 0
+for i = 5, #ARGV, 3 do
+  local ref, cb, reason = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local pol, qid = split_ref(ref)
+  local pk = policy_keys(prefix, pol)
+  local held = redis.call("ZREM", KEYS[1], ref .. "|" .. cb) == 1
+  local known = redis.call("HDEL", pk.meta, cb) == 1
+  if held or known then
+    if held then
+      redis.call("HINCRBY", pk.stats, "inflight", -1)
+    else
+      redis.call("LREM", (queue_keys(prefix, ref)), 1, cb)
+    end
+    redis.call("ZADD", pk.done, fmt(now_ms + done_ms), cb)
+    redis.call("HINCRBY", pk.stats, "failed", 1)
+    emit(prefix, maxlen, { "t", "fail", "pol", pol, "q", qid, "ts", fmt(now), "cb", cb,
+                           "err", reason })
+    count = count + 1
+  end
+end
+return count

@@ -1,0 +1,47 @@
+-- reap.lua: leases that ran out (their dispatcher died or stalled) go back to the head of their
+-- queue, oldest first, and the queue is scheduled so another dispatcher releases them.
+--
+-- KEYS[1]  leases  zset  the shard's leases ("ref|callbackId" -> deadline ms)
+-- KEYS[2]  due     zset  the shard's due schedule
+-- ARGV[1]  now_offset_ms  added to Redis TIME; tests only, production passes 0
+-- ARGV[2]  prefix         the shard key prefix "throttle:{tN}:"
+-- ARGV[3]  events_maxlen  approximate bound of the shard's event stream
+-- ARGV[4]  limit          return at most this many leases in this call
+-- Returns the number of items returned to their queues
+
+local now = clock_us(ARGV[1])
+local now_ms = math.floor(now / 1000)
+local prefix, maxlen = ARGV[2], ARGV[3]
+local limit = tonumber(ARGV[4])
+
+local expired = redis.call("ZRANGEBYSCORE", KEYS[1], "-inf", now_ms, "LIMIT", 0, limit)
+local groups, cbs_by_queue = {}, {}
+local count = 0
+for i = 1, #expired do
+  local member = expired[i]
+  redis.call("ZREM", KEYS[1], member)
+  local ref, cb = string.match(member, "^([^|]*)|(.*)$")
+  local pol = split_ref(ref)
+  local pk = policy_keys(prefix, pol)
+  redis.call("HINCRBY", pk.stats, "inflight", -1)
+  local m = redis.call("HGET", pk.meta, cb)
+  if m then
+    local seq = meta_parse(m)
+    if not groups[ref] then groups[ref] = {}; cbs_by_queue[ref] = {} end
+    local g = groups[ref]
+    g[#g + 1] = { seq, cb }
+    local c = cbs_by_queue[ref]
+    c[#c + 1] = cb
+    count = count + 1
+  end
+end
+push_back(prefix, groups)
+for ref, cbs in pairs(cbs_by_queue) do
+  local pol, qid = split_ref(ref)
+  if redis.call("HGET", policy_keys(prefix, pol).params, "paused") ~= "1" then
+    redis.call("ZADD", KEYS[2], "NX", now_ms, ref)
+  end
+  emit(prefix, maxlen, { "t", "reap", "pol", pol, "q", qid, "ts", fmt(now),
+                         "cbs", table.concat(cbs, ",") })
+end
+return count

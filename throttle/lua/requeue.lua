@@ -1,0 +1,57 @@
+-- requeue.lua: released executions that failed in a retryable way go back to the head of their
+-- queue in their original order, and the queue waits `delay_ms` before releasing again.
+--
+-- KEYS[1]  leases  zset  the shard's leases ("ref|callbackId" -> deadline ms)
+-- KEYS[2]  due     zset  the shard's due schedule
+-- ARGV[1]  now_offset_ms  added to Redis TIME; tests only, production passes 0
+-- ARGV[2]  prefix         the shard key prefix "throttle:{tN}:"
+-- ARGV[3]  events_maxlen  approximate bound of the shard's event stream
+-- ARGV[4]  delay_ms       backoff before the queue releases again (0 = as the rate allows)
+-- ARGV[5]  reason         why (recorded in history as the last error)
+-- ARGV[6..] pairs: ref, callbackId
+-- Returns the number of items put back (items whose lease was already gone are skipped: the
+-- reaper returned them)
+
+local now = clock_us(ARGV[1])
+local now_ms = math.floor(now / 1000)
+local prefix, maxlen = ARGV[2], ARGV[3]
+local delay_ms = tonumber(ARGV[4])
+local reason = ARGV[5]
+
+local groups, cbs_by_queue = {}, {}
+local count = 0
+for i = 6, #ARGV, 2 do
+  local ref, cb = ARGV[i], ARGV[i + 1]
+  if redis.call("ZREM", KEYS[1], ref .. "|" .. cb) == 1 then
+    local pol = split_ref(ref)
+    local pk = policy_keys(prefix, pol)
+    local m = redis.call("HGET", pk.meta, cb)
+    redis.call("HINCRBY", pk.stats, "inflight", -1)
+    if m then
+      local seq = meta_parse(m)
+      if not groups[ref] then groups[ref] = {}; cbs_by_queue[ref] = {} end
+      local g = groups[ref]
+      g[#g + 1] = { seq, cb }
+      local c = cbs_by_queue[ref]
+      c[#c + 1] = cb
+      redis.call("HINCRBY", pk.stats, "requeued", 1)
+      count = count + 1
+    end
+  end
+end
+push_back(prefix, groups)
+for ref, cbs in pairs(cbs_by_queue) do
+  local pol, qid = split_ref(ref)
+  local _, state = queue_keys(prefix, ref)
+  local due_ms = now_ms + delay_ms
+  if delay_ms > 0 then
+    redis.call("HSET", state, "hold", fmt(due_ms * 1000))
+  end
+  local params = policy_keys(prefix, pol).params
+  if redis.call("HGET", params, "paused") ~= "1" then
+    redis.call("ZADD", KEYS[2], fmt(due_ms), ref)
+  end
+  emit(prefix, maxlen, { "t", "retry", "pol", pol, "q", qid, "ts", fmt(now),
+                         "cbs", table.concat(cbs, ","), "err", reason })
+end
+return count

@@ -1,0 +1,44 @@
+-- retire.lua: a policy is being deleted. Drain keeps releasing at its rate until empty;
+-- SUCCESS / FAIL_CONTINUE releases everything at once with that state (the dispatcher completes
+-- them so). When nothing is queued or in flight any more, every key of the policy is deleted.
+-- Call it again until it returns 0.
+--
+-- KEYS[1]  params  hash  the policy's parameters
+-- KEYS[2]  queues  set   the policy's queue ids
+-- KEYS[3]  due     zset  the shard's due schedule
+-- KEYS[4]  meta    hash  the policy's queued / in-flight items
+-- KEYS[5]  done    zset  finished ids (dedupe)
+-- KEYS[6]  stats   hash  the policy's counters
+-- ARGV[1]  now_offset_ms  added to Redis TIME; tests only, production passes 0
+-- ARGV[2]  prefix         the shard key prefix "throttle:{tN}:"
+-- ARGV[3]  policy         "portal:name"
+-- ARGV[4]  mode           Drain | SUCCESS | FAIL_CONTINUE
+-- Returns the number of items still queued or in flight (0 = retired and deleted)
+
+local now = clock_us(ARGV[1])
+local now_ms = math.floor(now / 1000)
+local prefix, pol, mode = ARGV[2], ARGV[3], ARGV[4]
+
+local remaining = redis.call("HLEN", KEYS[4])
+local qids = redis.call("SMEMBERS", KEYS[2])
+if remaining == 0 then
+  for i = 1, #qids do
+    local ref = pol .. ":" .. qids[i]
+    local list, state = queue_keys(prefix, ref)
+    redis.call("DEL", list, state)
+    redis.call("ZREM", KEYS[3], ref)
+  end
+  redis.call("DEL", KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6])
+  return 0
+end
+if redis.call("EXISTS", KEYS[1]) == 1 then
+  redis.call("HSET", KEYS[1], "retiring", mode, "flush", mode == "Drain" and "" or mode)
+  for i = 1, #qids do
+    local ref = pol .. ":" .. qids[i]
+    if redis.call("LLEN", (queue_keys(prefix, ref))) > 0 and (mode ~= "Drain" or
+        redis.call("HGET", KEYS[1], "paused") ~= "1") then
+      redis.call("ZADD", KEYS[3], now_ms, ref)
+    end
+  end
+end
+return remaining

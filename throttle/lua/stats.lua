@@ -1,0 +1,32 @@
+-- stats.lua: one policy's figures (read only).
+--
+-- KEYS[1]  queues  set   the policy's queue ids
+-- KEYS[2]  meta    hash  the policy's queued / in-flight items
+-- KEYS[3]  stats   hash  the policy's counters
+-- ARGV[1]  now_offset_ms  added to Redis TIME; tests only, production passes 0
+-- ARGV[2]  prefix         the shard key prefix "throttle:{tN}:"
+-- ARGV[3]  policy         "portal:name"
+-- Returns {now_us, depth, oldest_enqueued_us (0 = none), queues, counters...} where counters
+-- are the stats hash as field, value pairs (received, released, acked, failed, expired,
+-- requeued, inflight, last_release_us)
+
+local now = clock_us(ARGV[1])
+local prefix, pol = ARGV[2], ARGV[3]
+local qids = redis.call("SMEMBERS", KEYS[1])
+local depth, oldest = 0, 0
+for i = 1, #qids do
+  local list = queue_keys(prefix, pol .. ":" .. qids[i])
+  depth = depth + redis.call("LLEN", list)
+  local head = redis.call("LINDEX", list, 0)
+  if head then
+    local m = redis.call("HGET", KEYS[2], head)
+    if m then
+      local _, enq = meta_parse(m)
+      if oldest == 0 or enq < oldest then oldest = enq end
+    end
+  end
+end
+local out = { fmt(now), depth, fmt(oldest), #qids }
+local counters = redis.call("HGETALL", KEYS[3])
+for i = 1, #counters do out[#out + 1] = counters[i] end
+return out

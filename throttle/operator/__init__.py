@@ -1,0 +1,1 @@
+"""The Kubernetes operator: ThrottlePolicy resources reconciled into the engine."""
