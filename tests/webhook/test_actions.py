@@ -1,0 +1,164 @@
+"""The action endpoint end to end on real Redis: answers, duplicates, overflow, bad input."""
+
+from __future__ import annotations
+
+import json
+
+from tests.webhook.conftest import PORTAL, Webhook, execution, policy
+
+
+async def test_queued_execution_is_blocked_with_the_policy_expiration(webhook: Webhook) -> None:
+    p = await webhook.add_policy(policy(expiration="P2D"))
+    status, body = await webhook.post_action(execution())
+    assert status == 200
+    assert body == {
+        "outputFields": {"hs_execution_state": "BLOCK", "hs_expiration_duration": "P2D"}
+    }
+    assert await webhook.depth(p) == 1
+
+
+async def test_v2_signature_is_accepted(webhook: Webhook) -> None:
+    p = await webhook.add_policy(policy())
+    status, body = await webhook.post_action(execution(), version="v2")
+    assert status == 200
+    assert body["outputFields"]["hs_execution_state"] == "BLOCK"
+    assert await webhook.depth(p) == 1
+
+
+async def test_duplicate_callback_gets_the_same_answer_and_is_queued_once(webhook: Webhook) -> None:
+    p = await webhook.add_policy(policy())
+    first = await webhook.post_action(execution("ap-dup"))
+    second = await webhook.post_action(execution("ap-dup"))
+    assert first == second
+    assert first[1]["outputFields"]["hs_execution_state"] == "BLOCK"
+    assert await webhook.depth(p) == 1
+
+
+async def test_resolution_falls_back_to_the_portal_default(webhook: Webhook) -> None:
+    default = await webhook.add_policy(policy("default", expiration="PT12H"))
+    status, body = await webhook.post_action(execution(inputFields={}))
+    assert status == 200
+    assert body["outputFields"]["hs_expiration_duration"] == "PT12H"
+    assert await webhook.depth(default) == 1
+
+
+async def test_no_policy_at_all_fails_continue_with_a_reason(webhook: Webhook) -> None:
+    status, body = await webhook.post_action(execution())
+    assert status == 200
+    fields = body["outputFields"]
+    assert fields["hs_execution_state"] == "FAIL_CONTINUE"
+    assert "no policy 'enrichment'" in fields["throttle_reason"]
+
+
+async def test_overflow_continue_answers_success(webhook: Webhook) -> None:
+    # 1 per day with a 1-minute expiration: capacity 1 (+burst 0), the second does not fit.
+    p = await webhook.add_policy(
+        policy(rate={"limit": 1, "period": "P1D"}, expiration="PT1M", overflow="Continue")
+    )
+    answers = [(await webhook.post_action(execution(f"cb-{i}")))[1] for i in range(3)]
+    states = [a["outputFields"]["hs_execution_state"] for a in answers]
+    assert states[0] == "BLOCK"
+    assert states[-1] == "SUCCESS"
+    assert answers[-1]["outputFields"]["throttle_status"] == "passed"
+    assert await webhook.depth(p) == states.count("BLOCK")
+
+
+async def test_overflow_fail_answers_fail_continue_with_reason(webhook: Webhook) -> None:
+    p = await webhook.add_policy(
+        policy(rate={"limit": 1, "period": "P1D"}, expiration="PT1M", overflow="Fail")
+    )
+    answers = [(await webhook.post_action(execution(f"cb-{i}")))[1] for i in range(3)]
+    last = answers[-1]["outputFields"]
+    assert answers[0]["outputFields"]["hs_execution_state"] == "BLOCK"
+    assert last["hs_execution_state"] == "FAIL_CONTINUE"
+    assert "expiration PT1M" in last["throttle_reason"]
+    assert last["throttle_policy"] == "enrichment"
+    assert await webhook.depth(p) < 3
+
+
+async def test_overflow_block_queues_anyway(webhook: Webhook) -> None:
+    p = await webhook.add_policy(
+        policy(rate={"limit": 1, "period": "P1D"}, expiration="PT1M", overflow="Block")
+    )
+    for i in range(3):
+        _status, body = await webhook.post_action(execution(f"cb-{i}"))
+        assert body["outputFields"]["hs_execution_state"] == "BLOCK"
+    assert await webhook.depth(p) == 3
+
+
+async def test_paused_and_failing_policy_fails_continue(webhook: Webhook) -> None:
+    p = await webhook.add_policy(policy(paused=True, overflow="Fail"))
+    _status, body = await webhook.post_action(execution())
+    assert body["outputFields"]["hs_execution_state"] == "FAIL_CONTINUE"
+    assert await webhook.depth(p) == 0
+
+
+async def test_uninstalled_and_unknown_portals_fail_continue(start_webhook) -> None:  # type: ignore[no-untyped-def]
+    webhook = await start_webhook(require_installed_portal=True)
+    p = await webhook.add_policy(policy())
+    await webhook.install(PORTAL, stopped={555: "refresh token refused"})
+    _, body = await webhook.post_action(execution())
+    assert body["outputFields"]["hs_execution_state"] == "BLOCK"
+
+    await webhook.add_policy(policy(portal=555))
+    _, body = await webhook.post_action(execution("cb-x", portal=555))
+    assert body["outputFields"]["hs_execution_state"] == "FAIL_CONTINUE"
+    assert "uninstalled" in body["outputFields"]["throttle_reason"]
+
+    await webhook.add_policy(policy(portal=777))
+    _status, body = await webhook.post_action(execution("cb-y", portal=777))
+    assert body["outputFields"]["hs_execution_state"] == "FAIL_CONTINUE"
+    assert "not installed" in body["outputFields"]["throttle_reason"]
+    assert await webhook.depth(p) == 1
+
+
+async def test_unknown_fields_are_accepted(webhook: Webhook) -> None:
+    await webhook.add_policy(policy())
+    payload = execution(newTopLevel={"x": [1, 2]})
+    payload["origin"]["extensionDefinitionId"] = 9
+    status, body = await webhook.post_action(payload)
+    assert status == 200
+    assert body["outputFields"]["hs_execution_state"] == "BLOCK"
+
+
+async def test_payload_errors_name_the_field(webhook: Webhook) -> None:
+    p = await webhook.add_policy(policy())
+    cases = {
+        "callbackId": execution(callbackId=""),
+        "origin": {k: v for k, v in execution().items() if k != "origin"},
+        "origin.portalId": execution(origin={"portalId": "abc", "actionDefinitionId": 1}),
+        "origin.actionDefinitionId": execution(origin={"portalId": 5}),
+        "object.objectType": execution(object={"objectId": 1}),
+        "inputFields.policy": execution(inputFields={"policy": 12}),
+    }
+    for field, payload in cases.items():
+        status, body = await webhook.post_action(payload)
+        assert status == 400, field
+        assert body["field"] == field, body
+        assert body["error"] == "invalid_payload"
+    for raw in (b"{not json", b"[1,2]", b'"x"', b"[" * 100 + b"]" * 100):
+        status, body = await webhook.post_action(raw)
+        assert status == 400, raw
+        assert set(body) >= {"error", "detail"}
+    assert await webhook.depth(p) == 0
+
+
+async def test_body_over_the_limit_is_413(start_webhook) -> None:  # type: ignore[no-untyped-def]
+    webhook = await start_webhook(webhook_max_body_bytes=2048)
+    payload = execution(inputFields={"policy": "enrichment", "pad": "x" * 4096})
+    status, body = await webhook.post_action(payload)
+    assert status == 413
+    assert body["error"] == "request_entity_too_large"
+
+
+async def test_signature_failures_are_401_and_queue_nothing(webhook: Webhook) -> None:
+    p = await webhook.add_policy(policy())
+    body = json.dumps(execution()).encode()
+    wrong = await webhook.client.post(
+        "/api/hubspot/action", data=body, headers=webhook.signed(body, secret="not-the-secret")
+    )
+    assert wrong.status == 401
+    assert (await wrong.json())["error"] == "invalid_signature"
+    missing = await webhook.client.post("/api/hubspot/action", data=body)
+    assert missing.status == 401
+    assert await webhook.depth(p) == 0

@@ -1,0 +1,183 @@
+"""`POST /api/hubspot/action`: verify → parse → resolve the policy → ONE enqueue → answer.
+
+This is the hottest path and the one open to the internet, so it does only in-memory work plus
+the single Redis round trip of `Queue.enqueue`: the policy comes from the in-process
+`PolicyIndex`, the installed portals from `InstalledPortals`; never PostgreSQL, Kubernetes or
+HubSpot.
+
+Answers (HTTP 200 with a JSON body unless the request itself is bad):
+- queued or a duplicate callbackId → `BLOCK` with the policy's expiration (a duplicate is the
+  same answer, not enqueued twice);
+- the queue is already longer than the expiration can drain → the policy's `overflow`:
+  `Block` (queued anyway), `Continue` (`SUCCESS` now), `Fail` (`FAIL_CONTINUE` with a reason);
+- the portal has not installed the app (or uninstalled it), or no policy applies →
+  `FAIL_CONTINUE` with the reason in `throttle_reason`: the workflow moves on at once and the
+  reason is visible in the workflow's history. A 4xx would do the same for HubSpot but hides the
+  reason; BLOCK would hold records that nothing can ever release (no token, no rate).
+- bad signature → 401, bad payload → 400 naming the field (HubSpot treats both as a failed
+  action and continues); Redis unreachable → 503, which HubSpot retries with backoff for days:
+  nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from throttle.policy import Policy
+from throttle.queue import QueueItem
+from throttle.webhook_service.appkeys import (
+    INSTALLED,
+    METRICS,
+    POLICY_INDEX,
+    QUEUE,
+    SETTINGS,
+    VERIFIER,
+)
+from throttle.webhook_service.errors import ApiError
+from throttle.webhook_service.payloads import ActionRequest, parse
+
+log = logging.getLogger(__name__)
+
+POLICY_FIELD = "policy"
+"""The action's input field naming the policy (see throttle/hubspot_action.json)."""
+
+REASON_FIELD = "throttle_reason"
+STATUS_FIELD = "throttle_status"
+POLICY_OUT_FIELD = "throttle_policy"
+
+
+def block(policy: Policy) -> dict[str, Any]:
+    return {
+        "outputFields": {
+            "hs_execution_state": "BLOCK",
+            "hs_expiration_duration": policy.expiration_iso,
+        }
+    }
+
+
+def passed(policy: Policy, reason: str) -> dict[str, Any]:
+    return {
+        "outputFields": {
+            "hs_execution_state": "SUCCESS",
+            STATUS_FIELD: "passed",
+            POLICY_OUT_FIELD: policy.name,
+            "throttle_wait_seconds": 0,
+            REASON_FIELD: reason,
+        }
+    }
+
+
+def failed(reason: str, policy: Policy | None = None) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "hs_execution_state": "FAIL_CONTINUE",
+        STATUS_FIELD: "failed",
+        REASON_FIELD: reason,
+    }
+    if policy is not None:
+        fields[POLICY_OUT_FIELD] = policy.name
+    return {"outputFields": fields}
+
+
+def requested_policy(payload: ActionRequest) -> str | None:
+    value = payload.input_fields.get(POLICY_FIELD)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ApiError(
+            400,
+            "invalid_payload",
+            f"inputFields.{POLICY_FIELD}: must be a string",
+            f"inputFields.{POLICY_FIELD}",
+        )
+    return value.strip() or None
+
+
+def overflow_reason(policy: Policy, depth: int) -> str:
+    return (
+        f"policy {policy.name!r} already holds {depth} executions, more than it can release "
+        f"within its expiration {policy.expiration_iso}"
+    )
+
+
+async def answer_action(app: web.Application, payload: ActionRequest) -> tuple[str, dict[str, Any]]:
+    """(answer kind for metrics, body) for one verified, parsed execution."""
+    portal_id = payload.origin.portal_id
+    if app[SETTINGS].require_installed_portal:
+        state = app[INSTALLED].state(portal_id)
+        if state is not None and not state.installed:
+            return "not_installed", failed(f"portal {portal_id}: {state.reason}")
+
+    name = requested_policy(payload)
+    policy = app[POLICY_INDEX].resolve(portal_id, payload.origin.action_definition_id, name)
+    if policy is None:
+        wanted = f"policy {name!r}" if name else "a throttle policy"
+        return "no_policy", failed(
+            f"portal {portal_id} has no {wanted} for action {payload.origin.action_definition_id}"
+            " and there is no default policy"
+        )
+
+    item = QueueItem(
+        callback_id=payload.callback_id,
+        portal_id=portal_id,
+        action_definition_id=payload.origin.action_definition_id,
+        workflow_id=payload.context.workflow_id,
+        object_type=payload.object.object_type if payload.object else "",
+        object_id=str(payload.object.object_id) if payload.object else "",
+        policy=name,
+        input_fields={
+            k: v if isinstance(v, str) else json.dumps(v) for k, v in payload.input_fields.items()
+        },
+    )
+    result = await app[QUEUE].enqueue(item, policy)
+    if result.status == "duplicate":
+        return "duplicate", block(policy)
+    if result.status == "overflow":
+        reason = overflow_reason(policy, result.depth)
+        if policy.overflow == "Continue":
+            return "continue", passed(policy, reason)
+        return "fail", failed(reason, policy)
+    if result.status == "expired":
+        return "fail", failed("the execution expired before it was queued", policy)
+    return "block", block(policy)
+
+
+async def action(request: web.Request) -> web.Response:
+    app = request.app
+    metrics = app[METRICS]
+    started = time.perf_counter()
+    body = await request.read()
+    check = app[VERIFIER].check(request, body)
+    if not check.ok:
+        metrics.webhook_rejected.labels("action", "signature").inc()
+        log.info("action refused: %s", check.reason)
+        raise ApiError(401, "invalid_signature", check.reason)
+    metrics.webhook_signatures.labels(
+        check.version, "current" if check.secret_index == 0 else "previous"
+    ).inc()
+    try:
+        payload = parse(ActionRequest, body)
+        kind, answer = await answer_action(app, payload)
+    except ApiError:
+        metrics.webhook_rejected.labels("action", "payload").inc()
+        raise
+    except (RedisError, OSError) as exc:
+        metrics.webhook_answers.labels("unavailable").inc()
+        log.warning("action not queued, asking HubSpot to retry: Redis %s", type(exc).__name__)
+        raise ApiError(
+            503,
+            "unavailable",
+            "the queue is unreachable; retry later",
+            headers={"Retry-After": "10"},
+        ) from None
+    metrics.webhook_answers.labels(kind).inc()
+    metrics.webhook_action_seconds.observe(time.perf_counter() - started)
+    return web.Response(body=json.dumps(answer).encode(), content_type="application/json")
+
+
+routes = [web.post("/api/hubspot/action", action)]

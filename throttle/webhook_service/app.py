@@ -1,0 +1,274 @@
+"""The webhook service's app factory and server: no module globals, every client in a cleanup_ctx.
+
+`create_app(settings)` builds the application tests and `serve` both run. Each client opens and
+closes in its own cleanup context (Redis + the engine's Queue, the policy table refresher, the
+installed-portals refresher, the PostgreSQL pool, the HTTP session with the HubSpot client and
+token manager, the config API's policy store), so a test gets a fresh set and shutdown closes
+them in reverse order.
+
+Start-up does not wait for PostgreSQL or HubSpot: the action endpoint needs neither. Redis being
+down at start is logged; `/readyz` stays 503 until it answers and the policies are loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from prometheus_client import CollectorRegistry
+
+from throttle.metrics import Metrics
+from throttle.settings import Settings
+from throttle.webhook_service import actions, config_api, health, openapi, options
+from throttle.webhook_service.appkeys import (
+    DB_POOL,
+    HTTP,
+    HUBSPOT,
+    INSTALLED,
+    METRICS,
+    POLICY_INDEX,
+    POLICY_STORE,
+    QUEUE,
+    REDIS,
+    SETTINGS,
+    TOKENS,
+    VERIFIER,
+)
+from throttle.webhook_service.errors import json_errors
+from throttle.webhook_service.portals import InstalledPortals
+from throttle.webhook_service.verification import SignatureVerifier
+
+log = logging.getLogger(__name__)
+
+POLICY_REFRESH_S = 2.0
+PORTALS_REFRESH_S = 5.0
+SHUTDOWN_TIMEOUT_S = 15.0
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request: method, path WITHOUT the query string (it may carry an OAuth code
+    or state), status, duration. No headers: they carry signatures and bearer tokens."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            "%s %s %s %.1fms",
+            request.method,
+            request.path,
+            response.status,
+            time * 1000,
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": response.status,
+                "duration_ms": round(time * 1000, 2),
+                "remote": request.remote,
+            },
+        )
+
+
+# --- cleanup contexts ---------------------------------------------------------------------------
+
+
+def _redis_client(settings: Settings) -> Any:
+    from redis.asyncio import Redis, RedisCluster
+
+    url = settings.redis_url or "redis://127.0.0.1:6379/0"
+    if settings.redis_cluster:
+        return RedisCluster.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+    return Redis.from_url(
+        url, socket_timeout=5.0, socket_connect_timeout=5.0, health_check_interval=30
+    )
+
+
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    from throttle.queue import Queue
+
+    redis = _redis_client(app[SETTINGS])
+    app[REDIS] = redis
+    app[QUEUE] = Queue(redis)
+    try:
+        await app[QUEUE].scripts.load()
+    except Exception as exc:
+        log.warning("Redis not reachable at start (%s); /readyz will say so", type(exc).__name__)
+    yield
+    await redis.aclose()
+
+
+async def _loop(name: str, interval: float, step: Any) -> None:
+    while True:
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("%s refresh failed (%s)", name, type(exc).__name__)
+        await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def _background(name: str, interval: float, step: Any) -> AsyncIterator[None]:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(step(), 5.0)
+    task = asyncio.create_task(_loop(name, interval, step), name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def policy_index_ctx(app: web.Application) -> AsyncIterator[None]:
+    from throttle.policy_index import PolicyIndex
+
+    index = PolicyIndex(app[REDIS], interval=POLICY_REFRESH_S)
+    app[POLICY_INDEX] = index
+    async with _background("policy index", POLICY_REFRESH_S, index.refresh):
+        yield
+
+
+async def db_ctx(app: web.Application) -> AsyncIterator[None]:
+    """A lazy pool: no connection until the config API or OAuth needs one."""
+    import asyncpg
+
+    dsn = app[SETTINGS].database_url
+    if dsn is None:
+        app[DB_POOL] = None
+        yield
+        return
+    pool = await asyncpg.create_pool(dsn, min_size=0, max_size=4, command_timeout=10)
+    app[DB_POOL] = pool
+    yield
+    await asyncio.wait_for(pool.close(), 10)
+
+
+async def http_ctx(app: web.Application) -> AsyncIterator[None]:
+    from throttle.hubspot import HubSpotClient
+
+    settings = app[SETTINGS]
+    metrics = app[METRICS]
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
+    app[HTTP] = session
+
+    def count(operation: str, status: int | None) -> None:
+        metrics.hubspot_requests.labels(operation, str(status or 0)).inc()
+
+    secret = settings.hubspot_client_secret
+    app[HUBSPOT] = HubSpotClient(
+        session,
+        settings.hubspot_api_base,
+        client_id=settings.hubspot_client_id or "",
+        client_secret=secret.get_secret_value() if secret else "",
+        on_response=count,
+    )
+    app[TOKENS] = _token_manager(app)
+    yield
+    await session.close()
+
+
+def _token_manager(app: web.Application) -> Any:
+    """The OAuth flow's token manager, when encryption keys and a database are configured."""
+    from throttle.crypto import TokenCipher
+    from throttle.tokens import TokenManager, TokenStore
+
+    settings = app[SETTINGS]
+    if app[DB_POOL] is None or not settings.encryption_keys:
+        return None
+    store = TokenStore(app[DB_POOL], TokenCipher(settings.encryption_keys))
+    return TokenManager(
+        store,
+        app[HUBSPOT],
+        app[REDIS],
+        app[METRICS],
+        refresh_margin_s=settings.hubspot_token_refresh_margin_seconds,
+    )
+
+
+async def installed_ctx(app: web.Application) -> AsyncIterator[None]:
+    tokens = app[TOKENS]
+    load = tokens.store.installations if tokens is not None else None
+    portals = InstalledPortals(app[REDIS], load)
+    app[INSTALLED] = portals
+    async with _background("installed portals", PORTALS_REFRESH_S, portals.refresh):
+        yield
+
+
+async def policy_store_ctx(app: web.Application) -> AsyncIterator[None]:
+    from throttle.policy_store import KubePolicyStore, LocalPolicyStore
+
+    settings = app[SETTINGS]
+    if settings.config_backend == "cluster":
+        from throttle.operator.connection import api_client, client_configuration
+
+        client = api_client(client_configuration(settings.kubeconfig))
+        app[POLICY_STORE] = KubePolicyStore(client, settings.config_namespace)
+        yield
+        client.close()
+        return
+    from throttle.operator.reconcile import reconcile, retire
+
+    queue = app[QUEUE]
+
+    async def apply(policy: Any) -> Any:
+        return await reconcile(queue, policy)
+
+    async def remove(policy: Any) -> Any:
+        return await retire(queue, policy, "Drain")
+
+    app[POLICY_STORE] = LocalPolicyStore(app[DB_POOL], apply, remove)
+    yield
+
+
+# --- the app ------------------------------------------------------------------------------------
+
+
+def _oauth_routes() -> list[web.RouteDef]:
+    """The HubSpot engineer's install flow (throttle/webhook_service/oauth.py)."""
+    try:
+        module = importlib.import_module("throttle.webhook_service.oauth")
+    except ModuleNotFoundError:
+        log.warning("OAuth routes not available (throttle.webhook_service.oauth missing)")
+        return []
+    return list(module.routes())
+
+
+def create_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> web.Application:
+    app = web.Application(
+        client_max_size=settings.webhook_max_body_bytes,
+        middlewares=[json_errors, config_api.store_errors],
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics(registry if registry is not None else CollectorRegistry())
+    app[VERIFIER] = SignatureVerifier(settings)
+    app.cleanup_ctx.extend(
+        [redis_ctx, policy_index_ctx, db_ctx, http_ctx, installed_ctx, policy_store_ctx]
+    )
+    app.add_routes(actions.routes)
+    app.add_routes(options.routes)
+    app.add_routes(config_api.routes)
+    app.add_routes(health.routes)
+    app.add_routes(openapi.routes)
+    app.add_routes(_oauth_routes())
+    return app
+
+
+def serve(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT; then stop accepting, finish in-flight requests, close clients."""
+    app = create_app(settings)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        access_log=logging.getLogger("throttle.access") if settings.webhook_access_log else None,
+        access_log_class=AccessLogger,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        print=None,
+        handle_signals=True,
+    )

@@ -1,0 +1,242 @@
+"""The config API: policies over REST, for scripts and for users without `kubectl`.
+
+Every route needs `Authorization: Bearer <THROTTLE_API_TOKEN>` (compared in constant time); a
+missing or wrong token is a 401 that changes nothing. Bodies are the policy spec as JSON (the
+same camelCase fields as a ThrottlePolicy's `spec`), validated with the engine's `Policy`, so a
+bad body is a 400 naming the field. The store behind it is PostgreSQL + reconcile locally, or
+ThrottlePolicy resources in a cluster (`throttle.policy_store`).
+
+Routes:
+    POST   /api/config                                  create or replace (name from the body)
+    GET    /api/config[?portalId=]                      list
+    GET    /api/config/{portalId}/{actionId}            the policy of one action (the seed's)
+    DELETE /api/config/{portalId}/{actionId}
+    GET|PUT|DELETE /api/config/{portalId}/default       the portal's default policy
+    GET|PUT|DELETE /api/config/{portalId}/policies/{name}
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from throttle.policy import DEFAULT_POLICY_NAME, Policy, policy_errors
+from throttle.policy_store import PolicyConflict, StoreUnavailable
+from throttle.webhook_service.appkeys import POLICY_STORE, SETTINGS
+from throttle.webhook_service.errors import ApiError
+from throttle.webhook_service.payloads import check_depth
+
+log = logging.getLogger(__name__)
+
+MAX_ID = 2**53 - 1
+"""Portal and action ids are JSON numbers; beyond 2^53 they cannot round-trip anyway."""
+
+
+def require_token(request: web.Request) -> None:
+    """401 unless the request carries the configured bearer token."""
+    token = request.app[SETTINGS].throttle_api_token
+    challenge = {"WWW-Authenticate": 'Bearer realm="throttle-config"'}
+    if token is None or not token.get_secret_value():
+        raise ApiError(
+            401,
+            "unauthorized",
+            "the config API is disabled: THROTTLE_API_TOKEN is not set",
+            headers=challenge,
+        )
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "send Authorization: Bearer <THROTTLE_API_TOKEN>",
+            headers=challenge,
+        )
+    if not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
+        raise ApiError(401, "unauthorized", "the bearer token is not valid", headers=challenge)
+
+
+def _id(text: str, field: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ApiError(400, "invalid_parameter", f"{field} must be an integer", field) from None
+    if not 0 <= value <= MAX_ID:
+        raise ApiError(400, "invalid_parameter", f"{field} is out of range", field)
+    return value
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    check_depth(raw)
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(
+            400, "invalid_policy", "body must be a JSON object (the policy spec)", "body"
+        )
+    return data
+
+
+def _validate(data: dict[str, Any]) -> Policy:
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as exc:
+        field, message = policy_errors(exc)[0]
+        raise ApiError(400, "invalid_policy", f"{field}: {message}", field) from None
+    if policy.portal_id > MAX_ID:
+        raise ApiError(400, "invalid_policy", "portalId: is out of range", "portalId")
+    if policy.action_id is not None and policy.action_id > MAX_ID:
+        raise ApiError(400, "invalid_policy", "actionId: is out of range", "actionId")
+    return policy
+
+
+def _same(data: dict[str, Any], key: str, value: Any) -> None:
+    """A PUT's path decides identity; a body that disagrees is a mistake worth reporting."""
+    if key in data and data[key] is not None and data[key] != value:
+        raise ApiError(400, "invalid_policy", f"{key}: must match the URL ({value})", key)
+    data[key] = value
+
+
+def _answer(policy: Policy, status: int = 200) -> web.Response:
+    return web.json_response(policy.spec(), status=status)
+
+
+async def _put(request: web.Request, policy: Policy) -> web.Response:
+    store = request.app[POLICY_STORE]
+    try:
+        result = await store.put(policy)
+    except PolicyConflict as exc:
+        raise ApiError(409, "conflict", str(exc), "actionId") from None
+    log.info(
+        "policy %s %s:%s via config API",
+        "created" if result.created else "updated",
+        policy.portal_id,
+        policy.name,
+    )
+    return _answer(result.policy, 201 if result.created else 200)
+
+
+async def create_or_replace(request: web.Request) -> web.Response:
+    require_token(request)
+    data = await _body(request)
+    if not data.get("name"):
+        # Convenience: one policy per action, or the portal default, need no invented name.
+        action = data.get("actionId")
+        data["name"] = f"action-{action}" if isinstance(action, int) else DEFAULT_POLICY_NAME
+    return await _put(request, _validate(data))
+
+
+async def list_policies(request: web.Request) -> web.Response:
+    require_token(request)
+    portal = request.query.get("portalId")
+    portal_id = _id(portal, "portalId") if portal is not None else None
+    policies = await request.app[POLICY_STORE].list(portal_id)
+    return web.json_response({"policies": [p.spec() for p in policies]})
+
+
+async def _by_action(request: web.Request) -> Policy:
+    portal_id = _id(request.match_info["portal_id"], "portalId")
+    action_id = _id(request.match_info["action_id"], "actionId")
+    policy = await request.app[POLICY_STORE].find(portal_id, action_id)
+    if policy is None:
+        raise ApiError(404, "not_found", f"portal {portal_id} has no policy for action {action_id}")
+    return policy
+
+
+async def get_for_action(request: web.Request) -> web.Response:
+    require_token(request)
+    return _answer(await _by_action(request))
+
+
+async def delete_for_action(request: web.Request) -> web.Response:
+    require_token(request)
+    policy = await _by_action(request)
+    await request.app[POLICY_STORE].delete(policy.portal_id, policy.name)
+    return web.Response(status=204)
+
+
+def _named(request: web.Request) -> tuple[int, str]:
+    portal_id = _id(request.match_info["portal_id"], "portalId")
+    return portal_id, request.match_info.get("name", DEFAULT_POLICY_NAME)
+
+
+async def get_named(request: web.Request) -> web.Response:
+    require_token(request)
+    portal_id, name = _named(request)
+    policy = await request.app[POLICY_STORE].get(portal_id, name)
+    if policy is None:
+        raise ApiError(404, "not_found", f"portal {portal_id} has no policy named {name!r}")
+    return _answer(policy)
+
+
+async def put_named(request: web.Request) -> web.Response:
+    require_token(request)
+    portal_id, name = _named(request)
+    data = await _body(request)
+    _same(data, "portalId", portal_id)
+    _same(data, "name", name)
+    if name == DEFAULT_POLICY_NAME and data.get("actionId") is not None:
+        raise ApiError(
+            400, "invalid_policy", "actionId: a portal default applies to every action", "actionId"
+        )
+    return await _put(request, _validate(data))
+
+
+async def delete_named(request: web.Request) -> web.Response:
+    require_token(request)
+    portal_id, name = _named(request)
+    if not await request.app[POLICY_STORE].delete(portal_id, name):
+        raise ApiError(404, "not_found", f"portal {portal_id} has no policy named {name!r}")
+    return web.Response(status=204)
+
+
+@web.middleware
+async def store_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Map the store's failures to JSON answers (kept here: only config routes touch a store)."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except StoreUnavailable as exc:
+        raise ApiError(503, "store_unavailable", str(exc), headers={"Retry-After": "5"}) from None
+    except Exception as exc:
+        status = getattr(exc, "status", None)
+        if type(exc).__name__ == "ApiException" and isinstance(status, int):
+            if status == 422:
+                reason = _kube_message(exc)
+                raise ApiError(400, "invalid_policy", reason) from None
+            log.warning("Kubernetes API answered %s to a config API call", status)
+            raise ApiError(
+                503, "store_unavailable", f"the Kubernetes API answered {status}"
+            ) from None
+        raise
+
+
+def _kube_message(exc: Any) -> str:
+    try:
+        return str(json.loads(exc.body).get("message") or "rejected by the API server")
+    except (TypeError, ValueError, AttributeError):
+        return "rejected by the API server"
+
+
+_PORTAL = r"{portal_id:\d{1,16}}"
+
+routes = [
+    web.post("/api/config", create_or_replace),
+    web.get("/api/config", list_policies),
+    web.get(f"/api/config/{_PORTAL}/default", get_named),
+    web.put(f"/api/config/{_PORTAL}/default", put_named),
+    web.delete(f"/api/config/{_PORTAL}/default", delete_named),
+    web.get(f"/api/config/{_PORTAL}/policies/{{name}}", get_named),
+    web.put(f"/api/config/{_PORTAL}/policies/{{name}}", put_named),
+    web.delete(f"/api/config/{_PORTAL}/policies/{{name}}", delete_named),
+    web.get(f"/api/config/{_PORTAL}/{{action_id:\\d{{1,16}}}}", get_for_action),
+    web.delete(f"/api/config/{_PORTAL}/{{action_id:\\d{{1,16}}}}", delete_for_action),
+]

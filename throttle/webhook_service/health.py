@@ -1,0 +1,95 @@
+"""Liveness, readiness and metrics.
+
+`/healthz` says only that the process answers (a restart would not fix Redis being down).
+`/readyz` says whether this pod can take HubSpot's traffic: Redis answers, the engine's scripts
+are loaded and the policy table has been read once — otherwise the ingress should send the request
+to another pod. `/metrics` renders the process' own registry (never the global default one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import logging
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from throttle.scripts import ENGINE_SCRIPTS, lua_source
+from throttle.webhook_service.appkeys import METRICS, POLICY_INDEX, QUEUE, REDIS
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 2.0
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _check_redis(request: web.Request) -> str:
+    try:
+        await asyncio.wait_for(request.app[REDIS].ping(), READY_TIMEOUT_S)
+    except Exception as exc:
+        return f"unreachable ({type(exc).__name__})"
+    return "ok"
+
+
+@functools.cache
+def script_shas() -> tuple[str, ...]:
+    return tuple(
+        hashlib.sha1(lua_source(name).encode(), usedforsecurity=False).hexdigest()
+        for name in ENGINE_SCRIPTS
+    )
+
+
+def _all_true(answer: Any) -> bool:
+    """SCRIPT EXISTS answers a list of flags (a dict of lists per node on Redis Cluster)."""
+    if isinstance(answer, dict):
+        return all(_all_true(v) for v in answer.values())
+    if isinstance(answer, list | tuple):
+        return all(_all_true(v) for v in answer)
+    return bool(answer)
+
+
+async def _check_scripts(request: web.Request) -> str:
+    redis = request.app[REDIS]
+    try:
+        loaded = _all_true(
+            await asyncio.wait_for(redis.script_exists(*script_shas()), READY_TIMEOUT_S)
+        )
+        if not loaded:
+            # Load them now (e.g. after a Redis restart), so the next probe finds them.
+            await asyncio.wait_for(request.app[QUEUE].scripts.load(), READY_TIMEOUT_S)
+            return "loading"
+    except Exception as exc:
+        return f"unknown ({type(exc).__name__})"
+    return "ok"
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks = {"redis": await _check_redis(request)}
+    checks["scripts"] = await _check_scripts(request) if checks["redis"] == "ok" else "unknown"
+    checks["policies"] = "ok" if request.app[POLICY_INDEX].revision >= 0 else "not loaded yet"
+    ready = all(value == "ok" for value in checks.values())
+    return web.json_response(
+        {"status": "ready" if ready else "not ready", "checks": checks},
+        status=200 if ready else 503,
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    response = web.Response(body=body)
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    response.charset = "utf-8"
+    return response
+
+
+routes = [
+    web.get("/healthz", healthz),
+    web.get("/readyz", readyz),
+    web.get("/metrics", metrics),
+]

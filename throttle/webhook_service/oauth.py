@@ -1,0 +1,184 @@
+"""The app's install flow and the uninstall webhook.
+
+- `GET /api/oauth/authorize` sends the browser to HubSpot's authorize page with the client id,
+  the scopes (`automation oauth`), `redirect_uri` = PUBLIC_URL + `/api/oauth/callback`, and a
+  signed, expiring, single-use `state`.
+- `GET /api/oauth/callback` checks `state` (wrong, expired or replayed → 400, nothing stored),
+  exchanges the code, learns the portal (token response `hub_id`, else introspection), stores the
+  tokens encrypted, and shows a plain page. JSON instead of HTML when the client asks for it.
+- `POST /api/hubspot/uninstall`: HubSpot documents no uninstall payload, so this endpoint takes
+  its webhook shape: a JSON array (or one object) of events `{subscriptionType: "app.uninstall",
+  portalId, appId?, ...}`, signed like HubSpot's other calls (v3, else v2; the webhook's
+  verifier). Each such portal is marked uninstalled with the reason; the dispatcher then stops it
+  and records its queued executions as failed with that reason.
+
+Codes and tokens never reach a log line or a page.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from throttle.hubspot import (
+    HubSpotClient,
+    RateLimited,
+    Retryable,
+    TokenGrant,
+    TokenInfo,
+    TokenRefused,
+)
+from throttle.oauth_state import OAuthStateSigner, StateError
+from throttle.webhook_service.appkeys import HUBSPOT, METRICS, REDIS, SETTINGS, TOKENS, VERIFIER
+from throttle.webhook_service.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+SCOPES = ("automation", "oauth")
+CALLBACK_PATH = "/api/oauth/callback"
+UNINSTALL_PATH = "/api/hubspot/uninstall"
+
+
+def _signer(request: web.Request) -> OAuthStateSigner:
+    secret = request.app[SETTINGS].secret_key_base
+    if secret is None:
+        raise ApiError(503, "not_configured", "SECRET_KEY_BASE is not set")
+    return OAuthStateSigner(secret.get_secret_value())
+
+
+def _redirect_uri(request: web.Request) -> str:
+    public_url = request.app[SETTINGS].public_url
+    if not public_url:
+        raise ApiError(503, "not_configured", "PUBLIC_URL is not set")
+    return public_url + CALLBACK_PATH
+
+
+def _wants_json(request: web.Request) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
+
+
+def _page(request: web.Request, status: int, title: str, text: str) -> web.Response:
+    if _wants_json(request):
+        if status >= 400:
+            raise ApiError(status, title.lower().replace(" ", "_"), text)
+        return web.json_response({"status": "installed", "detail": text}, status=status)
+    body = (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>Throttle: {html.escape(title)}</title></head>"
+        f"<body><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p></body></html>"
+    )
+    return web.Response(status=status, text=body, content_type="text/html")
+
+
+def _count(request: web.Request, result: str) -> None:
+    request.app[METRICS].oauth_installs.labels(result).inc()
+
+
+async def authorize(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    if not settings.hubspot_client_id:
+        raise ApiError(503, "not_configured", "HUBSPOT_CLIENT_ID is not set")
+    params = {
+        "client_id": settings.hubspot_client_id,
+        "redirect_uri": _redirect_uri(request),
+        "scope": " ".join(SCOPES),
+        "state": _signer(request).issue(),
+    }
+    raise web.HTTPFound(f"{settings.hubspot_app_base}/oauth/authorize?{urlencode(params)}")
+
+
+async def callback(request: web.Request) -> web.StreamResponse:
+    query = request.query
+    signer = _signer(request)
+    try:
+        state = signer.verify(query.get("state"))
+    except StateError as exc:
+        _count(request, "bad_state")
+        return _page(request, 400, "Install refused", str(exc))
+    if "error" in query:
+        _count(request, "denied")
+        description = query.get("error_description") or query["error"]
+        return _page(request, 400, "Install cancelled", f"HubSpot answered: {description[:200]}")
+    code = query.get("code")
+    if not code:
+        _count(request, "bad_request")
+        return _page(request, 400, "Install refused", "the code parameter is missing")
+    try:
+        await signer.claim(request.app[REDIS], state)
+    except StateError as exc:
+        _count(request, "bad_state")
+        return _page(request, 400, "Install refused", str(exc))
+
+    tokens = request.app[TOKENS]
+    if tokens is None:
+        raise ApiError(503, "not_configured", "DATABASE_URL and ENCRYPTION_KEY are needed")
+    client: HubSpotClient = request.app[HUBSPOT]
+    grant = await client.exchange_code(code, _redirect_uri(request))
+    if isinstance(grant, TokenRefused):
+        _count(request, "exchange_failed")
+        log.warning("OAuth code exchange refused: HTTP %s %s", grant.status, grant.error)
+        return _page(request, 400, "Install refused", f"HubSpot refused the code ({grant.error})")
+    if isinstance(grant, Retryable | RateLimited):
+        _count(request, "exchange_failed")
+        return _page(request, 502, "HubSpot unavailable", "try the install again in a minute")
+    assert isinstance(grant, TokenGrant)
+    portal_id, hub_domain = grant.hub_id, None
+    info = await client.introspect(grant.access_token)
+    if isinstance(info, TokenInfo):
+        portal_id, hub_domain = info.hub_id, info.hub_domain or None
+    if portal_id is None:
+        _count(request, "exchange_failed")
+        return _page(request, 502, "HubSpot unavailable", "could not learn which portal installed")
+    await tokens.install(portal_id, grant, hub_domain)
+    _count(request, "installed")
+    log.info("portal %s installed the app", portal_id)
+    return _page(
+        request, 200, "Throttle is installed", f"Throttle is installed for portal {portal_id}."
+    )
+
+
+async def uninstall(request: web.Request) -> web.StreamResponse:
+    body = await request.read()
+    request.app[VERIFIER].require(request, body)
+    try:
+        data: Any = json.loads(body)
+    except ValueError:
+        raise ApiError(400, "invalid_json", "the body is not JSON") from None
+    events = data if isinstance(data, list) else [data]
+    app_id = request.app[SETTINGS].hubspot_app_id
+    tokens = request.app[TOKENS]
+    if tokens is None:
+        raise ApiError(503, "not_configured", "DATABASE_URL and ENCRYPTION_KEY are needed")
+    portals: list[int] = []
+    for index, event in enumerate(events):
+        if not isinstance(event, dict):
+            raise ApiError(400, "invalid_event", "each event must be an object", f"[{index}]")
+        kind = str(event.get("subscriptionType", ""))
+        if "uninstall" not in kind.lower():
+            continue
+        if app_id is not None and event.get("appId") not in (None, app_id, str(app_id)):
+            continue
+        portal = event.get("portalId")
+        if (
+            isinstance(portal, bool)
+            or not isinstance(portal, int | str)
+            or not str(portal).isdigit()
+        ):
+            raise ApiError(400, "invalid_event", "portalId must be a number", f"[{index}].portalId")
+        portals.append(int(portal))
+    for portal_id in portals:
+        await tokens.uninstall(portal_id, "uninstalled: app uninstall webhook", "uninstall_webhook")
+    return web.json_response({"uninstalled": portals})
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get("/api/oauth/authorize", authorize),
+        web.get(CALLBACK_PATH, callback),
+        web.post(UNINSTALL_PATH, uninstall),
+    ]

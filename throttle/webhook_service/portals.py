@@ -1,0 +1,99 @@
+"""Which portals installed the app, known in memory so the action endpoint never asks PostgreSQL.
+
+The installs live in PostgreSQL (`hubspot_portals`, written by the OAuth flow and by uninstalls).
+A background loop reads them every few seconds and mirrors them into one Redis key, so a pod that
+starts while PostgreSQL is down still knows the portals (from Redis) and keeps serving. Until
+either source has answered once, nothing is refused for being unknown: refusing every portal
+because the database was slow at start would fail real workflows.
+
+A portal installed a moment ago may be unknown to other pods for up to one refresh interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from throttle import keys
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PortalState:
+    installed: bool
+    reason: str | None = None
+
+
+class InstalledPortals:
+    """Snapshot of installs; `state(portal)` is None while nothing has been loaded yet."""
+
+    def __init__(
+        self,
+        redis: Any,
+        load_installations: Callable[[], Awaitable[Sequence[Any]]] | None,
+        key: str = keys.INSTALLED_PORTALS,
+    ) -> None:
+        self._redis = redis
+        self._load = load_installations
+        self._key = key
+        self._installed: frozenset[int] = frozenset()
+        self._stopped: dict[int, str] = {}
+        self.loaded = False
+
+    def state(self, portal_id: int) -> PortalState | None:
+        if not self.loaded:
+            return None
+        if portal_id in self._installed:
+            return PortalState(True)
+        reason = self._stopped.get(portal_id)
+        if reason is not None:
+            return PortalState(False, f"the app was uninstalled ({reason})")
+        return PortalState(False, "the app is not installed in this portal")
+
+    def _set(self, installed: Sequence[int], stopped: dict[int, str]) -> None:
+        self._installed = frozenset(installed)
+        self._stopped = dict(stopped)
+        self.loaded = True
+
+    async def refresh(self) -> None:
+        """PostgreSQL first (the truth), mirrored to Redis; Redis alone when PostgreSQL fails."""
+        if self._load is not None:
+            try:
+                rows = await self._load()
+            except Exception as exc:  # any database failure: fall back to the Redis mirror
+                log.debug("installed portals: PostgreSQL unavailable (%s)", type(exc).__name__)
+            else:
+                installed = [r.portal_id for r in rows if r.status == "installed"]
+                stopped = {
+                    r.portal_id: r.uninstall_reason or "no reason recorded"
+                    for r in rows
+                    if r.status != "installed"
+                }
+                self._set(installed, stopped)
+                mirror = json.dumps({"installed": installed, "stopped": stopped})
+                with contextlib.suppress(Exception):
+                    await self._redis.set(self._key, mirror)
+                return
+        raw = await self._redis.get(self._key)
+        if raw is None:
+            if self._load is None:
+                self._set([], {})
+            return
+        data = json.loads(raw)
+        self._set(data["installed"], {int(k): v for k, v in data["stopped"].items()})
+
+    async def run(self, interval: float) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("installed portals: refresh failed (%s)", type(exc).__name__)
+            await asyncio.sleep(interval)

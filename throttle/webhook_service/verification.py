@@ -1,0 +1,84 @@
+"""Which URL HubSpot called, and whether the request really came from HubSpot.
+
+Behind an ingress the pod sees its own host and maybe plain HTTP, but HubSpot signed the public
+URL. So the URL is rebuilt from `PUBLIC_URL` plus the path and raw query as received — or from
+`X-Forwarded-Proto` / `X-Forwarded-Host`, but only when the peer is a trusted proxy: anyone else
+could set those headers to whatever makes a replayed signature fit.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from throttle.settings import Settings
+from throttle.webhook_service.errors import ApiError
+from throttle.webhook_service.signatures import SignatureCheck, verify
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _first(value: str | None) -> str | None:
+    """The client-facing value of a possibly comma-joined forwarded header."""
+    if not value:
+        return None
+    first = value.split(",", 1)[0].strip()
+    return first or None
+
+
+def peer_is_trusted(peer: str | None, networks: list[Network]) -> bool:
+    if not peer or not networks:
+        return False
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
+
+
+def called_url(request: web.BaseRequest, public_url: str | None, trusted: list[Network]) -> str:
+    """The full URL (scheme, host, path, raw query in original order) the caller used."""
+    raw_path = request.raw_path  # path + "?" + query exactly as on the wire
+    if peer_is_trusted(request.remote, trusted):
+        proto = _first(request.headers.get("X-Forwarded-Proto"))
+        host = _first(request.headers.get("X-Forwarded-Host"))
+        if proto and host:
+            return f"{proto.lower()}://{host}{raw_path}"
+    if public_url:
+        base = urlsplit(public_url)
+        prefix = base.path.rstrip("/")
+        path = raw_path if not prefix or raw_path.startswith(prefix + "/") else prefix + raw_path
+        return f"{base.scheme}://{base.netloc}{path}"
+    return f"{request.scheme}://{request.host}{raw_path}"
+
+
+class SignatureVerifier:
+    """Settings-bound signature check for HubSpot's calls (action and options endpoints)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.public_url = settings.public_url
+        self.trusted = settings.trusted_proxy_networks
+        self.secrets = settings.client_secrets
+        self.allow_v1 = settings.allow_signature_v1
+
+    def check(self, request: web.Request, body: bytes) -> SignatureCheck:
+        url = called_url(request, self.public_url, self.trusted)
+        return verify(
+            request.headers,
+            request.method,
+            url,
+            body,
+            self.secrets,
+            int(time.time() * 1000),
+            self.allow_v1,
+        )
+
+    def require(self, request: web.Request, body: bytes) -> SignatureCheck:
+        """Raise 401 (JSON, with the reason) unless the request is signed by HubSpot."""
+        result = self.check(request, body)
+        if not result.ok:
+            raise ApiError(401, "invalid_signature", result.reason)
+        return result
