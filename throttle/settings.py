@@ -133,8 +133,10 @@ class Settings(BaseSettings):
         "", description="Per-portal budgets, comma-separated portal:calls (e.g. 12345:50,678:110)."
     )
     hubspot_token_refresh_margin_seconds: float = Field(
-        300.0, gt=0, description="Refresh an access token this long before it expires "
-        "(at most half its lifetime)."
+        300.0,
+        gt=0,
+        description="Refresh an access token this long before it expires "
+        "(at most half its lifetime).",
     )
 
     # --- the webhook service ---------------------------------------------------------------------
@@ -177,6 +179,30 @@ class Settings(BaseSettings):
         None, description="Kubeconfig for the config API's cluster mode (in-cluster if unset)."
     )
 
+    # --- the operator ----------------------------------------------------------------------------
+    operator_lease_name: str = Field(
+        "throttle-operator", description="Name of the Lease that picks the one active operator."
+    )
+    operator_lease_namespace: str | None = Field(
+        None,
+        description="Namespace of the operator's Lease (default: the pod's namespace, else default).",
+    )
+    operator_lease_seconds: float = Field(
+        15.0, ge=2, description="How long a silent operator replica keeps the Lease."
+    )
+    operator_identity: str | None = Field(
+        None, description="Name this replica holds the Lease under (default: host name and pid)."
+    )
+    operator_status_interval: float = Field(
+        10.0, gt=0, description="Seconds between status refreshes of each ThrottlePolicy."
+    )
+    operator_check_interval: float = Field(
+        2.0, gt=0, description="Seconds between checks that Redis still holds every policy."
+    )
+    operator_retire_poll_interval: float = Field(
+        5.0, gt=0, description="Seconds between checks of a deleted policy's remaining queue."
+    )
+
     # --- operations ------------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="Log level."
@@ -186,6 +212,34 @@ class Settings(BaseSettings):
     )
     history_retention_days: int = Field(
         30, ge=1, description="Execution history older than this many days is pruned."
+    )
+    history_buffer_events: int = Field(
+        100_000,
+        ge=100,
+        description="History events buffered per Redis shard while PostgreSQL is behind; "
+        "beyond it events are dropped and counted (throttle_history_events_dropped_total).",
+    )
+
+    # --- the engine ----------------------------------------------------------------------------
+    dispatcher_lease_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="How long a dispatcher holds released executions before another "
+        "may take them back (must exceed a HubSpot completion call).",
+    )
+    dispatcher_batch: int = Field(
+        500, ge=1, le=10_000, description="Most executions one take call releases from a shard."
+    )
+    dispatcher_queue_quota: int = Field(
+        100, ge=1, description="Most executions one queue releases per take (fairness)."
+    )
+    dispatcher_poll_seconds: float = Field(
+        0.05, gt=0, description="How often a dispatcher looks at shards with nothing due."
+    )
+    dedupe_seconds: float = Field(
+        86_400.0,
+        gt=0,
+        description="How long a finished callbackId is still dropped as a duplicate.",
     )
 
     @field_validator("log_level", mode="before")
