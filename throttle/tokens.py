@@ -296,6 +296,18 @@ class TokenManager:
         self._cache: dict[int, StoredTokens] = {}
         self._local: dict[int, asyncio.Lock] = {}
 
+    @property
+    def store(self) -> TokenStore:
+        return self._store
+
+    async def install(
+        self, portal_id: int, grant: TokenGrant, hub_domain: str | None = None
+    ) -> StoredTokens:
+        """Store a new install's tokens (the OAuth callback)."""
+        stored = await self._store.save(portal_id, grant, hub_domain=hub_domain)
+        self._cache[portal_id] = stored
+        return stored
+
     async def access_token(self, portal_id: int, rejected: str | None = None) -> str:
         """A token with more than the margin left; `rejected` is one HubSpot just answered 401 to.
 

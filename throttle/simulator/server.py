@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from throttle.simulator.report import build_report, format_report
 from throttle.simulator.state import (
@@ -339,11 +340,25 @@ def _routes() -> list[web.RouteDef]:
     ]
 
 
+class SimAccessLogger(AbstractAccessLogger):
+    """Method, route template and status: paths and queries carry codes and tokens."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        match_info = getattr(request, "match_info", None)
+        resource = match_info.route.resource if match_info is not None else None
+        path = resource.canonical if resource is not None else "(unmatched)"
+        self.logger.info("%s %s %s %.1fms", request.method, path, response.status, time * 1000)
+
+
+ACCESS_LOG: dict[str, Any] = {"access_log_class": SimAccessLogger}
+"""Runner keyword arguments for a simulator server (tests pass them to aiohttp_server)."""
+
+
 async def serve(
     config: SimulatorConfig, host: str = "127.0.0.1", port: int = 8090
 ) -> None:  # pragma: no cover - exercised by the CLI
     """Run until cancelled (the CLI wraps this in asyncio.run)."""
-    runner = web.AppRunner(create_simulator_app(config))
+    runner = web.AppRunner(create_simulator_app(config), **ACCESS_LOG)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
