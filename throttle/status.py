@@ -10,7 +10,6 @@ figures through the same `StatusReader`.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -24,6 +23,7 @@ from rich.table import Table
 
 from throttle import keys
 from throttle.policy import Policy, local_day
+from throttle.policy_index import registry_load
 from throttle.queue import PolicyStats, Queue
 
 
@@ -101,13 +101,7 @@ class StatusReader:
         return cls(aioredis.Redis.from_url(url))
 
     async def policies(self) -> list[Policy]:
-        raw = await self.redis.hgetall(keys.REGISTRY)
-        found = []
-        for value in raw.values():
-            try:
-                found.append(Policy.model_validate(json.loads(value)))
-            except ValueError:
-                continue  # a policy this version cannot read is reported by `throttle doctor`
+        _revision, found = await registry_load(self.redis)
         return sorted(found, key=lambda p: (p.portal_id, p.name))
 
     async def row(self, policy: Policy) -> StatusRow:
