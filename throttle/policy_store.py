@@ -15,9 +15,10 @@ resolution (`portal + action → policy`) is never ambiguous; a second one is a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -80,12 +81,38 @@ def _check_conflict(policy: Policy, existing: list[Policy]) -> None:
 
 
 class LocalPolicyStore:
-    """Policies in the `policies` table; every change is applied to Redis through `reconcile`."""
+    """Policies in the `policies` table; every change is applied to Redis through `reconcile`.
+
+    The Redis write happens inside the database transaction: if Redis refuses, the row is rolled
+    back and the caller gets a 503 with nothing changed. `resync` re-applies every stored policy
+    (idempotent), which restores Redis' copy after Redis lost its data.
+    """
 
     def __init__(self, pool: Any, apply: Apply, retire: Retire) -> None:
         self.pool = pool
         self.apply = apply
         self.retire = retire
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        import asyncpg
+        from redis.exceptions import RedisError
+
+        if self.pool is None:
+            raise StoreUnavailable("DATABASE_URL is not set: the local policy store needs it")
+        try:
+            async with self.pool.acquire() as conn:
+                yield conn
+        except asyncpg.UndefinedTableError:
+            raise StoreUnavailable(
+                "the policies table is missing: run `throttle migrate`"
+            ) from None
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"PostgreSQL is unavailable ({type(exc).__name__})") from None
+        except RedisError as exc:
+            raise StoreUnavailable(
+                f"Redis is unavailable ({type(exc).__name__}); nothing was changed"
+            ) from None
 
     @staticmethod
     def _policy(row: Any) -> Policy:
@@ -97,41 +124,34 @@ class LocalPolicyStore:
 
     async def put(self, policy: Policy) -> PutResult:
         spec = json.dumps(policy.spec())
-        try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                # Serialise writers of one portal so the one-policy-per-action check holds.
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", policy.portal_id)
-                rows = await conn.fetch(
-                    "SELECT name, portal_id, spec FROM policies WHERE portal_id = $1",
-                    policy.portal_id,
-                )
-                existing = [self._policy(r) for r in rows]
-                _check_conflict(policy, existing)
-                created = all(p.name != policy.name for p in existing)
-                await conn.execute(
-                    """
-                    INSERT INTO policies (name, portal_id, action_id, spec)
-                    VALUES ($1, $2, $3, $4::jsonb)
-                    ON CONFLICT (portal_id, name) DO UPDATE
-                       SET action_id = EXCLUDED.action_id, spec = EXCLUDED.spec,
-                           updated_at = now()
-                    """,
-                    policy.name,
-                    policy.portal_id,
-                    policy.action_id,
-                    spec,
-                )
-        except (TimeoutError, OSError) as exc:
-            raise StoreUnavailable(f"PostgreSQL is unreachable ({type(exc).__name__})") from None
-        await self.apply(policy)
+        async with self._connection() as conn, conn.transaction():
+            # Serialise writers of one portal so the one-policy-per-action check holds.
+            await conn.execute("SELECT pg_advisory_xact_lock($1::bigint)", policy.portal_id)
+            rows = await conn.fetch(
+                "SELECT name, portal_id, spec FROM policies WHERE portal_id = $1",
+                policy.portal_id,
+            )
+            existing = [self._policy(r) for r in rows]
+            _check_conflict(policy, existing)
+            created = all(p.name != policy.name for p in existing)
+            await conn.execute(
+                """
+                INSERT INTO policies (name, portal_id, action_id, spec)
+                VALUES ($1, $2, $3, $4::jsonb)
+                ON CONFLICT (portal_id, name) DO UPDATE
+                   SET action_id = EXCLUDED.action_id, spec = EXCLUDED.spec, updated_at = now()
+                """,
+                policy.name,
+                policy.portal_id,
+                policy.action_id,
+                spec,
+            )
+            await self.apply(policy)
         return PutResult(policy, created)
 
     async def _fetch(self, query: str, *args: Any) -> list[Policy]:
-        try:
-            async with self.pool.acquire() as conn:
-                rows = await conn.fetch(query, *args)
-        except (TimeoutError, OSError) as exc:
-            raise StoreUnavailable(f"PostgreSQL is unreachable ({type(exc).__name__})") from None
+        async with self._connection() as conn:
+            rows = await conn.fetch(query, *args)
         return [self._policy(r) for r in rows]
 
     async def get(self, portal_id: int, name: str) -> Policy | None:
@@ -162,20 +182,24 @@ class LocalPolicyStore:
         )
 
     async def delete(self, portal_id: int, name: str) -> bool:
-        try:
-            async with self.pool.acquire() as conn:
-                row = await conn.fetchrow(
-                    "DELETE FROM policies WHERE portal_id = $1 AND name = $2"
-                    " RETURNING name, portal_id, spec",
-                    portal_id,
-                    name,
-                )
-        except (TimeoutError, OSError) as exc:
-            raise StoreUnavailable(f"PostgreSQL is unreachable ({type(exc).__name__})") from None
-        if row is None:
-            return False
-        await self.retire(self._policy(row))
+        async with self._connection() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "DELETE FROM policies WHERE portal_id = $1 AND name = $2"
+                " RETURNING name, portal_id, spec",
+                portal_id,
+                name,
+            )
+            if row is None:
+                return False
+            await self.retire(self._policy(row))
         return True
+
+    async def resync(self) -> int:
+        """Apply every stored policy again (no-op when Redis already holds them)."""
+        policies = await self.list()
+        for policy in policies:
+            await self.apply(policy)
+        return len(policies)
 
 
 # --- cluster: ThrottlePolicy resources ----------------------------------------------------------

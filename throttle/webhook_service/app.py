@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 POLICY_REFRESH_S = 2.0
 PORTALS_REFRESH_S = 5.0
+POLICY_RESYNC_S = 30.0
 SHUTDOWN_TIMEOUT_S = 15.0
 
 
@@ -101,7 +102,8 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     await redis.aclose()
 
 
-async def _loop(name: str, interval: float, step: Any) -> None:
+async def _loop(name: str, interval: float, step: Any, first_delay: float) -> None:
+    await asyncio.sleep(first_delay)
     while True:
         try:
             await step()
@@ -113,10 +115,17 @@ async def _loop(name: str, interval: float, step: Any) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _background(name: str, interval: float, step: Any) -> AsyncIterator[None]:
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(step(), 5.0)
-    task = asyncio.create_task(_loop(name, interval, step), name=name)
+async def _background(
+    name: str, interval: float, step: Any, *, at_start: bool = True
+) -> AsyncIterator[None]:
+    """Run `step` every `interval` seconds while the app runs (once before serving if
+    `at_start`, bounded so a slow dependency cannot hold the start-up)."""
+    if at_start:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(step(), 5.0)
+    task = asyncio.create_task(
+        _loop(name, interval, step, interval if at_start else 1.0), name=name
+    )
     try:
         yield
     finally:
@@ -222,8 +231,14 @@ async def policy_store_ctx(app: web.Application) -> AsyncIterator[None]:
     async def remove(policy: Any) -> Any:
         return await retire(queue, policy, "Drain")
 
-    app[POLICY_STORE] = LocalPolicyStore(app[DB_POOL], apply, remove)
-    yield
+    store = LocalPolicyStore(app[DB_POOL], apply, remove)
+    app[POLICY_STORE] = store
+    if app[DB_POOL] is None:
+        yield
+        return
+    # Restores Redis' copy of the stored policies (e.g. after Redis lost its data).
+    async with _background("policy store resync", POLICY_RESYNC_S, store.resync, at_start=False):
+        yield
 
 
 # --- the app ------------------------------------------------------------------------------------

@@ -319,8 +319,80 @@ def document() -> dict[str, Any]:
     }
 
 
-OAUTH_PATHS: dict[str, Any] = {}
-"""The HubSpot install flow's routes (throttle/webhook_service/oauth.py), described below."""
+_HTML_OR_JSON = {
+    "text/html": {"schema": {"type": "string"}},
+    "application/json": {"schema": {"type": "object"}},
+}
+_ERROR_JSON = {"application/json": {"schema": ERROR}}
+_ERROR_HTML_OR_JSON = {"text/html": {"schema": {"type": "string"}}, **_ERROR_JSON}
+
+OAUTH_PATHS: dict[str, Any] = {
+    "/api/oauth/authorize": {
+        "get": {
+            "summary": "Start the install: redirect to HubSpot's authorize page with a state.",
+            "tags": ["oauth"],
+            "responses": {
+                "302": {"description": "Redirect to HubSpot."},
+                "503": {"description": "Not configured.", "content": _ERROR_JSON},
+            },
+        }
+    },
+    "/api/oauth/callback": {
+        "get": {
+            "summary": "HubSpot's redirect back: check state, exchange the code, store tokens.",
+            "tags": ["oauth"],
+            "parameters": [
+                {"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
+                for n in ("code", "state", "error", "error_description")
+            ],
+            "responses": {
+                "200": {
+                    "description": "Installed (HTML, or JSON on request).",
+                    "content": _HTML_OR_JSON,
+                },
+                "400": {
+                    "description": "Bad or replayed state, denied, or bad code.",
+                    "content": _ERROR_HTML_OR_JSON,
+                },
+                "502": {"description": "HubSpot unavailable.", "content": _ERROR_HTML_OR_JSON},
+                "503": {"description": "Not configured.", "content": _ERROR_JSON},
+            },
+        }
+    },
+    "/api/hubspot/uninstall": {
+        "post": {
+            "summary": "App uninstall events (signed like HubSpot's other calls).",
+            "tags": ["oauth"],
+            "parameters": SIGNATURE_HEADERS,
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                {"type": "array", "items": {"type": "object"}},
+                                {"type": "object"},
+                            ]
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "uninstalled": {"type": "array", "items": {"type": "integer"}}
+                        },
+                    },
+                    "Portals marked uninstalled.",
+                ),
+                **_errors(400, 401, 413, 503),
+            },
+        }
+    },
+}
+"""The HubSpot install flow's routes (throttle/webhook_service/oauth.py)."""
 
 
 async def openapi(request: web.Request) -> web.Response:
