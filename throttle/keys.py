@@ -9,7 +9,7 @@ single key is hot, and a dispatcher drains one shard per script call.
     throttle:{tN}:due                       zset  queue ref -> due time (ms)
     throttle:{tN}:leases                    zset  "ref|callbackId" -> lease deadline (ms)
     throttle:{tN}:events                    stream history events (received, released, ...)
-    throttle:{tN}:evseq                     int   sequence number of the shard's events
+    throttle:{tN}:evdropped                 int   events dropped because the stream was full
     throttle:{tN}:p:<portal>:<name>:params  hash  rate parameters (Policy.redis_fields)
     throttle:{tN}:p:<portal>:<name>:queues  set   queue ids of the policy ("shared", "wf<id>")
     throttle:{tN}:p:<portal>:<name>:meta    hash  callbackId -> "seq,enq_us,exp_us,attempts,qid"
@@ -73,8 +73,8 @@ def events(shard: int) -> str:
     return shard_prefix(shard) + "events"
 
 
-def event_seq(shard: int) -> str:
-    return shard_prefix(shard) + "evseq"
+def events_dropped(shard: int) -> str:
+    return shard_prefix(shard) + "evdropped"
 
 
 # --- per policy -----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from throttle import keys
 from throttle.dispatcher.complete import Released
 from throttle.policy import Policy
 from throttle.scripts import Scripts
+from throttle.settings import Settings
 
 EnqueueStatus = Literal["queued", "duplicate", "overflow", "expired"]
 _STATUS: dict[int, EnqueueStatus] = {1: "queued", 0: "duplicate", 2: "overflow", 3: "expired"}
@@ -118,14 +119,18 @@ class Queue:
         self.scripts = Scripts(self.redis)
 
     # --- the webhook's hot path -----------------------------------------------------------------
-    async def enqueue(self, item: QueueItem, policy: Policy) -> EnqueueResult:
+    async def enqueue(
+        self, item: QueueItem, policy: Policy, *, check_overflow: bool = True
+    ) -> EnqueueResult:
         """Hold one execution in `policy`'s queue: one round trip (two the first time a policy
-        is used in this Redis, when its parameters are written)."""
+        is used in this Redis, when its parameters are written). `check_overflow=False` (used
+        by recovery) queues even beyond what fits in the expiration."""
         pkey = policy.key
         shard = keys.shard_of(pkey)
         qid = policy.queue_id(item.workflow_id)
         ref = keys.queue_ref(pkey, qid)
-        max_depth = -1 if policy.overflow == "Block" else self._max_depth(policy)
+        blocking = policy.overflow == "Block" or not check_overflow
+        max_depth = -1 if blocking else self._max_depth(policy)
         raw = await self.scripts.enqueue(
             keys.due(shard),
             keys.params(pkey),
@@ -361,6 +366,16 @@ class Queue:
         """Redis' clock plus the test offset, as the scripts see it (epoch seconds)."""
         seconds, micros = await self.redis.time()
         return float(seconds) + float(micros) / 1e6 + self.time_offset_ms / 1000
+
+
+def redis_from_settings(settings: Settings, **options: Any) -> Any:
+    """The async client the engine uses: a plain Redis, or a cluster client (REDIS_CLUSTER)."""
+    from redis.asyncio import Redis, RedisCluster
+
+    assert settings.redis_url is not None
+    if settings.redis_cluster:
+        return RedisCluster.from_url(settings.redis_url, **options)
+    return Redis.from_url(settings.redis_url, **options)
 
 
 def _by_shard(items: Iterable[Released]) -> dict[int, list[Released]]:

@@ -48,11 +48,17 @@ local function hash_table(key)
   return t
 end
 
--- Append one history event to the shard's stream; `n` numbers the shard's events so the
--- history writer can count what a trimmed (overflowing) stream lost.
+-- Append one history event to the shard's stream. The stream is the buffer between the engine
+-- and PostgreSQL: history writers delete what they committed, so its length is the backlog. When
+-- it is full (PostgreSQL down for long) the event is dropped and counted in "evdropped" rather
+-- than growing Redis without bound; releases never wait for history.
 local function emit(prefix, maxlen, fields)
-  local n = redis.call("INCR", prefix .. "evseq")
-  local args = { prefix .. "events", "MAXLEN", "~", maxlen, "*", "n", n }
+  local stream = prefix .. "events"
+  if redis.call("XLEN", stream) >= tonumber(maxlen) then
+    redis.call("INCR", prefix .. "evdropped")
+    return
+  end
+  local args = { stream, "*" }
   for i = 1, #fields do args[#args + 1] = fields[i] end
   redis.call("XADD", unpack(args))
 end

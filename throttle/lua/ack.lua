@@ -5,7 +5,7 @@
 -- KEYS[1]  leases  zset  the shard's leases ("ref|callbackId" -> deadline ms)
 -- ARGV[1]  now_offset_ms  added to Redis TIME; tests only, production passes 0
 -- ARGV[2]  prefix         the shard key prefix "throttle:{tN}:"
--- ARGV[3]  events_maxlen  approximate bound of the shard's event stream
+-- ARGV[3]  events_maxlen  bound of the shard's event stream (then events are dropped and counted)
 -- ARGV[4]  done_ms        how long a finished callback id stays deduplicated
 -- ARGV[5..] pairs: ref, callbackId
 -- Returns the number of items acknowledged (items already finished are skipped)

@@ -21,7 +21,7 @@
 -- ARGV[6]  expiration_ms   the policy's expiration (item expires at enqueued + this)
 -- ARGV[7]  revision        registry revision of the caller's policy (see return [3])
 -- ARGV[8]  max_depth       refuse (overflow) when the queue already holds this many; -1 = never
--- ARGV[9]  events_maxlen   approximate bound of the shard's event stream
+-- ARGV[9]  events_maxlen   bound of the shard's event stream (then events are dropped and counted)
 -- ARGV[10] enqueued_us     original arrival time when rebuilding from history (recover); 0 = now
 -- ARGV[11] event           the "received" event's JSON body (workflow, action, object, inputs)
 -- Returns {status, depth, params_state, first_wait_us, cap_used, now_us}

@@ -5,7 +5,7 @@
 -- KEYS[2]  due     zset  the shard's due schedule
 -- ARGV[1]  now_offset_ms  added to Redis TIME; tests only, production passes 0
 -- ARGV[2]  prefix         the shard key prefix "throttle:{tN}:"
--- ARGV[3]  events_maxlen  approximate bound of the shard's event stream
+-- ARGV[3]  events_maxlen  bound of the shard's event stream (then events are dropped and counted)
 -- ARGV[4]  delay_ms       backoff before the queue releases again (0 = as the rate allows)
 -- ARGV[5]  reason         why (recorded in history as the last error)
 -- ARGV[6..] pairs: ref, callbackId

@@ -11,7 +11,7 @@
 -- KEYS[2]  leases  zset   the shard's leases ("ref|callbackId" -> deadline ms)
 -- ARGV[1]  now_offset_ms  added to Redis TIME; tests only, production passes 0
 -- ARGV[2]  prefix         the shard key prefix "throttle:{tN}:"
--- ARGV[3]  events_maxlen  approximate bound of the shard's event stream
+-- ARGV[3]  events_maxlen  bound of the shard's event stream (then events are dropped and counted)
 -- ARGV[4]  lease_ms       how long a dispatcher may hold released items before they return
 -- ARGV[5]  max_items      release at most this many items in this call
 -- ARGV[6]  queue_quota    and at most this many from one queue (fairness: a deep queue goes
@@ -55,6 +55,7 @@ for i = 1, #due, 2 do
   local list, state = queue_keys(prefix, ref)
   local next_due = nil -- us; nil = drop from schedule
   local released = {}
+  local attempts = {}
   local flush = p.flush or ""
 
   if p.lim == nil then
@@ -109,6 +110,7 @@ for i = 1, #due, 2 do
           redis.call("HSET", pk.meta, cb, meta_format(seq, enq, exp, att, mq))
           redis.call("ZADD", KEYS[2], fmt(now_ms + lease_ms), ref .. "|" .. cb)
           released[#released + 1] = cb
+          attempts[#attempts + 1] = att
           out[#out + 1] = ref
           out[#out + 1] = cb
           out[#out + 1] = fmt(enq)
@@ -135,7 +137,7 @@ for i = 1, #due, 2 do
       redis.call("HINCRBY", pk.stats, "inflight", r)
       redis.call("HSET", pk.stats, "last_release_us", fmt(now))
       emit(prefix, maxlen, { "t", "rel", "pol", pol, "q", qid, "ts", fmt(now),
-                             "cbs", table.concat(released, ",") })
+                             "cbs", table.concat(released, ","), "atts", table.concat(attempts, ",") })
     end
     redis.call("HSET", state, "a", fmt(a), "n", fmt(n), "lim", p.lim, "per", p.per,
                "cday", fmt(cday), "ccnt", fmt(ccnt))
