@@ -1,0 +1,478 @@
+"""The Helm chart without a cluster: lint, render, schema, generated docs, CRD copies, security
+context, secrets wiring, settings names, alerts (promtool) and the dashboard's metric names."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from tests.deploy.conftest import (
+    CHART,
+    REPO,
+    VALUES_ALL,
+    Helm,
+    by_kind,
+    one,
+    pod_specs,
+)
+from throttle.metrics import Metrics
+from throttle.settings import Settings
+
+ALERT_TESTS = Path(__file__).resolve().parent / "alerts-test.yaml"
+
+
+def load_chart_docs() -> Any:
+    """scripts/chart_docs.py, the generator of the chart's schema and README table."""
+    if "chart_docs" not in sys.modules:
+        path = REPO / "scripts" / "chart_docs.py"
+        spec = importlib.util.spec_from_file_location("chart_docs", path)
+        assert spec
+        assert spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["chart_docs"] = module  # dataclasses look their module up while defining
+        spec.loader.exec_module(module)
+    return sys.modules["chart_docs"]
+
+
+# ---- lint, render, schema -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["lint", "lint-strict"])
+@pytest.mark.parametrize("values", [None, VALUES_ALL], ids=["default", "all-features"])
+def test_helm_lint_is_clean(helm: Helm, strict: bool, values: Path | None) -> None:
+    args: list[str | Path] = ["lint", CHART]
+    if strict:
+        args.append("--strict")
+    if values:
+        args += ["-f", values]
+    proc = helm.run(*args)
+    assert "0 chart(s) failed" in proc.stdout
+    assert "[WARNING]" not in proc.stdout
+    assert "[ERROR]" not in proc.stdout
+
+
+def test_default_render(rendered_default: list[dict[str, Any]]) -> None:
+    kinds = sorted({o["kind"] for o in rendered_default})
+    assert kinds == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "Job",
+        "PodDisruptionBudget",
+        "Role",
+        "RoleBinding",
+        "Secret",
+        "Service",
+        "ServiceAccount",
+    ]
+    # No secret value ships in the defaults: the chart's Secret is empty until you fill it.
+    assert not one(rendered_default, "Secret", "rel-throttle").get("data")
+    # Off by default: ingress, monitoring CRDs, KEDA, network policies, webhook RBAC.
+    assert not by_kind(rendered_default, "Ingress")
+    assert [r["metadata"]["name"] for r in by_kind(rendered_default, "Role")] == [
+        "rel-throttle-operator-leader-election"
+    ]
+
+
+def test_all_features_render(rendered_all: list[dict[str, Any]]) -> None:
+    kinds = {o["kind"] for o in rendered_all}
+    for kind in (
+        "Ingress",
+        "ScaledObject",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+    ):
+        assert kind in kinds, kind
+    # KEDA owns the dispatcher's autoscaler: no second HPA fighting it.
+    hpas = [
+        h["spec"]["scaleTargetRef"]["name"]
+        for h in by_kind(rendered_all, "HorizontalPodAutoscaler")
+    ]
+    assert hpas == ["rel-throttle-webhook"]
+    assert len(by_kind(rendered_all, "ServiceMonitor")) == 3
+    ingress = one(rendered_all, "Ingress", "webhook")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"] == [
+        {"secretName": "throttle-tls", "hosts": ["throttle.example.com"]}
+    ]
+    [path] = ingress["spec"]["rules"][0]["http"]["paths"]
+    assert path["path"] == "/api"
+    assert path["backend"]["service"] == {"name": "rel-throttle-webhook", "port": {"number": 80}}
+    config = one(rendered_all, "ConfigMap", "config")["data"]
+    assert config["PUBLIC_URL"] == "https://throttle.example.com"
+
+
+def test_pdb_and_spread_for_webhook_and_dispatcher(rendered_default: list[dict[str, Any]]) -> None:
+    pdbs = {
+        p["metadata"]["name"]: p["spec"] for p in by_kind(rendered_default, "PodDisruptionBudget")
+    }
+    assert set(pdbs) == {"rel-throttle-webhook", "rel-throttle-dispatcher"}
+    specs = pod_specs(rendered_default)
+    for component in ("webhook", "dispatcher"):
+        pdb = pdbs[f"rel-throttle-{component}"]
+        assert pdb["selector"]["matchLabels"]["app.kubernetes.io/component"] == component
+        spread = specs[component]["topologySpreadConstraints"]
+        assert {c["topologyKey"] for c in spread} == {
+            "topology.kubernetes.io/zone",
+            "kubernetes.io/hostname",
+        }
+        for constraint in spread:
+            assert (
+                constraint["labelSelector"]["matchLabels"]["app.kubernetes.io/component"]
+                == component
+            )
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("webhook.replicas=3", "additional properties 'replicas' not allowed"),
+        ("settings.logLevel=LOUD", "logLevel"),
+        ("image.pullPolicy=Sometimes", "pullPolicy"),
+        ("webhook.port=70000", "port"),
+    ],
+)
+def test_schema_refuses_bad_values(helm: Helm, setting: str, message: str) -> None:
+    proc = helm.run("template", "rel", CHART, "--set", setting, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (["webhook.ingress.enabled=true", "webhook.ingress.hosts=null"], "webhook.ingress.hosts"),
+        (["dispatcher.keda.enabled=true"], "dispatcher.keda.prometheus.serverAddress"),
+        (["settings.publicUrl=http://throttle.example.com"], "must be https://"),
+    ],
+)
+def test_bad_combinations_fail_with_a_clear_message(
+    helm: Helm, settings: list[str], message: str
+) -> None:
+    args: list[str | Path] = ["template", "rel", CHART]
+    for s in settings:
+        args += ["--set", s]
+    proc = helm.run(*args, check=False)
+    assert proc.returncode != 0
+    assert "ERROR:" in proc.stderr
+    assert message in proc.stderr
+
+
+def test_generated_schema_and_readme_are_current() -> None:
+    docs = load_chart_docs()
+    for path, text in docs.render(CHART).items():
+        assert path.read_text() == text, f"{path.name} is stale: run scripts/chart_docs.py"
+
+
+def test_every_value_is_documented_with_an_example_and_closed_in_the_schema() -> None:
+    docs = load_chart_docs()
+    values = docs.parse((CHART / "values.yaml").read_text())
+    assert len(values) > 80
+    for value in values:
+        assert len(value.description) > 10, value.name
+        assert value.example.startswith(value.path[-1] + ":"), value.name
+    schema = json.loads((CHART / "values.schema.json").read_text())
+
+    def closed(node: dict[str, Any], where: str) -> None:
+        if "properties" in node:
+            assert node.get("additionalProperties") is False, where
+            for key, child in node["properties"].items():
+                closed(child, f"{where}.{key}")
+
+    closed(schema, "values")
+    readme = (CHART / "README.md").read_text()
+    for value in values:
+        assert f"| `{value.name}` |" in readme, value.name
+
+
+def test_every_example_is_accepted_by_the_schema(helm: Helm, tmp_path: Path) -> None:
+    """Examples in values.yaml are real: each one, set alone, renders."""
+    docs = load_chart_docs()
+    failures = []
+    for value in docs.parse((CHART / "values.yaml").read_text()):
+        example = yaml.safe_load(value.example)
+        node: dict[str, Any] = example
+        for key in reversed(value.path[:-1]):
+            node = {key: node}
+        path = tmp_path / f"{value.name}.yaml"
+        path.write_text(yaml.safe_dump(node))
+        extra: list[str | Path] = []
+        if value.path[:2] == ("dispatcher", "keda"):
+            extra = ["--set", "dispatcher.keda.prometheus.serverAddress=http://prom:9090"]
+        proc = helm.run("template", "rel", CHART, "-f", path, *extra, check=False)
+        if proc.returncode != 0:
+            failures.append(f"{value.name}: {proc.stderr.strip()[:300]}")
+    assert not failures, "\n".join(failures)
+
+
+# ---- CRDs ---------------------------------------------------------------------------------------
+
+
+def test_chart_crds_are_byte_identical_copies_of_deploy_crds() -> None:
+    sources = sorted((REPO / "deploy" / "crds").glob("*.yaml"))
+    copies = sorted((CHART / "crds").glob("*.yaml"))
+    assert [p.name for p in copies] == [p.name for p in sources], "run scripts/sync-crds.sh"
+    for source, copy in zip(sources, copies, strict=True):
+        assert copy.read_bytes() == source.read_bytes(), (
+            f"{copy} is stale: run scripts/sync-crds.sh"
+        )
+
+
+# ---- pods: security, probes, secrets, settings -----------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["default", "all"])
+def test_pods_meet_the_restricted_pod_security_standard(
+    which: str, rendered_default: list[dict[str, Any]], rendered_all: list[dict[str, Any]]
+) -> None:
+    specs = pod_specs(rendered_default if which == "default" else rendered_all)
+    assert set(specs) == {"webhook", "dispatcher", "operator", "migrations"}
+    for component, spec in specs.items():
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True, component
+        assert pod["runAsUser"] == 10001
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in spec["volumes"]
+        for container in spec["containers"]:
+            sc = container["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False
+            assert sc["readOnlyRootFilesystem"] is True
+            assert sc["capabilities"] == {"drop": ["ALL"]}
+            assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+            assert container["resources"]["requests"]
+            assert container["resources"]["limits"]["memory"]
+
+
+def test_probes_and_tokens(rendered_all: list[dict[str, Any]]) -> None:
+    specs = pod_specs(rendered_all)
+    webhook = specs["webhook"]["containers"][0]
+    assert webhook["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert webhook["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    for component in ("dispatcher", "operator"):
+        container = specs[component]["containers"][0]
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    # Only pods that talk to the Kubernetes API get a token.
+    assert specs["dispatcher"]["automountServiceAccountToken"] is False
+    assert specs["migrations"]["automountServiceAccountToken"] is False
+    assert specs["operator"]["automountServiceAccountToken"] is True
+    assert specs["webhook"]["automountServiceAccountToken"] is True  # cluster mode is on here
+    for sa in by_kind(rendered_all, "ServiceAccount"):
+        assert sa["automountServiceAccountToken"] is False
+
+
+def secret_refs(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in container.get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+
+
+def test_each_component_reads_only_the_secrets_it_needs(rendered_all: list[dict[str, Any]]) -> None:
+    specs = pod_specs(rendered_all)
+    wanted = {
+        "webhook": {
+            "REDIS_URL",
+            "DATABASE_URL",
+            "HUBSPOT_CLIENT_SECRET",
+            "HUBSPOT_CLIENT_SECRET_PREVIOUS",
+            "ENCRYPTION_KEY",
+            "SECRET_KEY_BASE",
+            "THROTTLE_API_TOKEN",
+        },
+        "dispatcher": {"REDIS_URL", "DATABASE_URL", "HUBSPOT_CLIENT_SECRET", "ENCRYPTION_KEY"},
+        "operator": {"REDIS_URL"},
+        "migrations": {"DATABASE_URL"},
+    }
+    secret = one(rendered_all, "Secret", "rel-throttle")
+    for component, names in wanted.items():
+        refs = secret_refs(specs[component]["containers"][0])
+        assert set(refs) == names, component
+        for name, ref in refs.items():
+            assert ref["key"] == name
+            if component != "migrations":
+                assert ref["name"] == "rel-throttle"
+                assert name in secret["data"]
+    # The migration hook runs before the release's Secret exists: it gets its own hook Secret.
+    hook_secret = one(rendered_all, "Secret", "migrations")
+    assert set(hook_secret["data"]) == {"DATABASE_URL"}
+    assert hook_secret["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+
+
+def test_existing_secret(helm: Helm) -> None:
+    objects = helm.template(set_values=["secrets.existingSecret=mine"])
+    assert not by_kind(objects, "Secret")
+    specs = pod_specs(objects)
+    webhook = secret_refs(specs["webhook"]["containers"][0])
+    assert {ref["name"] for ref in webhook.values()} == {"mine"}
+    assert webhook["REDIS_URL"].get("optional") is None  # required: the pod waits for the key
+    assert webhook["HUBSPOT_CLIENT_SECRET_PREVIOUS"]["optional"] is True
+    assert secret_refs(specs["migrations"]["containers"][0]) == {
+        "DATABASE_URL": {"name": "mine", "key": "DATABASE_URL"}
+    }
+
+
+def test_env_names_the_chart_sets_are_real_settings(
+    rendered_all: list[dict[str, Any]], rendered_default: list[dict[str, Any]]
+) -> None:
+    settings = {name.upper() for name in Settings.model_fields}
+    for objects in (rendered_default, rendered_all):
+        config = one(objects, "ConfigMap", "config")["data"]
+        assert set(config) <= settings, set(config) - settings
+        for spec in pod_specs(objects).values():
+            for container in spec["containers"]:
+                names = {e["name"] for e in container.get("env", [])}
+                assert names <= settings, names - settings
+
+
+def test_config_values_are_valid_settings(rendered_all: list[dict[str, Any]]) -> None:
+    """The ConfigMap plus the Secret, read as the components read them, load without error."""
+    env = dict(one(rendered_all, "ConfigMap", "config")["data"])
+    import base64
+
+    for key, value in one(rendered_all, "Secret", "rel-throttle")["data"].items():
+        env[key] = base64.b64decode(value).decode()
+    settings = Settings(**{k.lower(): v for k, v in env.items()})
+    assert settings.public_url == "https://throttle.example.com"
+    assert settings.hubspot_app_id == 1234567
+    assert settings.client_secrets == ["client-secret-current", "client-secret-previous"]
+
+
+# ---- monitoring: alerts and dashboard use only metrics the code exports -------------------------
+
+
+def exported_metric_names() -> set[str]:
+    """Every sample name Throttle can export, from the metrics built on a fresh registry."""
+    registry = CollectorRegistry()
+    Metrics(registry)
+    names = set()
+    for family in registry.collect():
+        match family.type:
+            case "counter":
+                names.add(family.name + "_total")
+            case "histogram":
+                names |= {family.name + s for s in ("_bucket", "_sum", "_count")}
+            case "summary":
+                names |= {family.name + s for s in ("_sum", "_count")}
+            case _:
+                names.add(family.name)
+    return names
+
+
+METRIC_NAME = re.compile(r"\b(throttle_[a-z0-9_]+)\b")
+
+
+def throttle_metrics_in(expr: str) -> set[str]:
+    return set(METRIC_NAME.findall(expr))
+
+
+def dashboard() -> dict[str, Any]:
+    return json.loads((CHART / "dashboards" / "throttle.json").read_text())
+
+
+def dashboard_exprs() -> list[str]:
+    exprs = []
+    for panel in dashboard()["panels"]:
+        exprs += [t["expr"] for t in panel.get("targets", [])]
+    return exprs
+
+
+def test_dashboard_is_valid_and_covers_what_operators_watch() -> None:
+    board = dashboard()
+    assert board["uid"]
+    assert board["title"] == "Throttle"
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in board["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24
+        if panel["type"] != "row":
+            assert panel["targets"], panel["title"]
+            assert panel["datasource"]["uid"] == "${datasource}"
+    used = set().union(*(throttle_metrics_in(e) for e in dashboard_exprs()))
+    # queue depth, releases vs limit per policy, HubSpot calls and errors, lag
+    for needed in (
+        "throttle_queue_depth",
+        "throttle_released_total",
+        "throttle_policy_limit_per_second",
+        "throttle_hubspot_requests_total",
+        "throttle_hubspot_rate_limited_total",
+        "throttle_dispatcher_loop_lag_seconds_bucket",
+    ):
+        assert needed in used, needed
+
+
+def test_dashboard_alerts_and_keda_use_only_exported_metrics(
+    rendered_all: list[dict[str, Any]],
+) -> None:
+    exported = exported_metric_names()
+    exprs = dashboard_exprs()
+    rule = one(rendered_all, "PrometheusRule", "dispatcher")
+    exprs += [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    scaled = one(rendered_all, "ScaledObject", "dispatcher")
+    exprs += [t["metadata"]["query"] for t in scaled["spec"]["triggers"]]
+    unknown = set().union(*(throttle_metrics_in(e) for e in exprs)) - exported
+    assert not unknown, f"not exported by throttle.metrics.Metrics: {sorted(unknown)}"
+
+
+def test_keda_scales_on_releasable_backlog_not_depth(rendered_all: list[dict[str, Any]]) -> None:
+    scaled = one(rendered_all, "ScaledObject", "dispatcher")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "rel-throttle-dispatcher"
+    [trigger] = scaled["spec"]["triggers"]
+    assert trigger["type"] == "prometheus"
+    assert throttle_metrics_in(trigger["metadata"]["query"]) == {"throttle_releasable_backlog"}
+    assert trigger["authenticationRef"] == {"name": "prometheus-auth"}
+
+
+def rules_file(rendered: list[dict[str, Any]], tmp_path: Path) -> Path:
+    rule = one(rendered, "PrometheusRule", "dispatcher")
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(rule["spec"]))
+    return path
+
+
+def test_promtool_check_rules(
+    promtool: str, rendered_all: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    path = rules_file(rendered_all, tmp_path)
+    proc = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    alerts = {r["alert"] for g in yaml.safe_load(path.read_text())["groups"] for r in g["rules"]}
+    assert {
+        "ThrottleBacklogNearExpiration",
+        "ThrottleHubSpotRateLimited",
+        "ThrottleTokenRefreshFailing",
+        "ThrottleDispatcherLag",
+    } <= alerts
+
+
+def test_promtool_alert_unit_tests(promtool: str, helm: Helm, tmp_path: Path) -> None:
+    """The alerts fire on the series that should fire them, and only those (promtool test rules)."""
+    objects = helm.template(values=[VALUES_ALL], namespace="throttle", release="rel")
+    rules_file(objects, tmp_path)
+    test_file = tmp_path / "alerts-test.yaml"
+    test_file.write_text(ALERT_TESTS.read_text())
+    proc = subprocess.run(
+        [promtool, "test", "rules", str(test_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
