@@ -23,9 +23,9 @@ import logging
 from typing import Any
 
 from aiohttp import web
-from pydantic import ValidationError
 
-from throttle.policy import DEFAULT_POLICY_NAME, Policy, policy_errors
+from throttle.manifests import ManifestError, policy_from_spec
+from throttle.policy import DEFAULT_POLICY_NAME, Policy
 from throttle.policy_store import PolicyConflict, StoreUnavailable
 from throttle.webhook_service.appkeys import POLICY_STORE, SETTINGS
 from throttle.webhook_service.errors import ApiError
@@ -86,10 +86,15 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 
 def _validate(data: dict[str, Any]) -> Policy:
+    """The engine's Policy plus the CRD's cross-field rules, so local mode refuses what a
+    cluster's API server would."""
+    spec = {k: v for k, v in data.items() if k != "name"}
+    name = data.get("name")
     try:
-        policy = Policy.model_validate(data)
-    except ValidationError as exc:
-        field, message = policy_errors(exc)[0]
+        policy = policy_from_spec(name if isinstance(name, str) else None, spec, "body")
+    except ManifestError as exc:
+        field, message = exc.errors[0]
+        field = field.removeprefix("spec.")
         raise ApiError(400, "invalid_policy", f"{field}: {message}", field) from None
     if policy.portal_id > MAX_ID:
         raise ApiError(400, "invalid_policy", "portalId: is out of range", "portalId")
