@@ -278,13 +278,13 @@ class Stack:
                     str(self.simulator_port),
                     *cfg.simulator_args,
                 ),
-                ready_path="/healthz",
+                ready_path="/_sim/faults",  # the simulator's admin API answers once it is up
                 port=self.simulator_port,
             )
         self.add(
             "webhook",
             throttle_argv("webhook", "--port", str(self.webhook_port)),
-            ready_path="/healthz",
+            ready_path="/readyz",
             port=self.webhook_port,
             env={"host": "127.0.0.1", "port": str(self.webhook_port)},
         )

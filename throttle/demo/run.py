@@ -33,6 +33,7 @@ from throttle.demo.report import (
 )
 from throttle.demo.scenario import DemoPolicy, Scenario, render, resume
 from throttle.stack import Stack, StackConfig
+from throttle.webhook_service.app import PORTALS_REFRESH_S
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_INTERVAL_S = 0.5
@@ -188,6 +189,9 @@ async def _main(
         probe = Probe(stack, scenario)
         try:
             await _wait_policies(probe, scenario, console)
+            # Webhook pods learn installs from PostgreSQL on a timer (never on the request path).
+            with console.status("Waiting for the webhook to see the new installs"):
+                await asyncio.sleep(PORTALS_REFRESH_S + 1.5)
             samples, drives = await _traffic(session, stack, scenario, options, probe, console)
             console.print("[bold]Stopping dispatchers (they hand back what they hold)…[/]")
             for name in stack.dispatcher_names:
