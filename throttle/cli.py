@@ -122,5 +122,16 @@ def add_command(command: Callable[..., Any]) -> None:
     main.add_command(command)  # type: ignore[arg-type]
 
 
+def _hubspot_commands() -> None:
+    """`throttle simulator`, `throttle hubspot register-action`, `throttle rotate-keys`."""
+    from throttle.cli_hubspot import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_hubspot_commands()
+
+
 if __name__ == "__main__":
     main()

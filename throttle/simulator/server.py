@@ -27,6 +27,7 @@ from aiohttp.abc import AbstractAccessLogger
 from throttle.simulator.report import build_report, format_report
 from throttle.simulator.state import (
     ApiError,
+    Faults,
     Simulator,
     SimulatorConfig,
     error_body,
@@ -355,10 +356,13 @@ ACCESS_LOG: dict[str, Any] = {"access_log_class": SimAccessLogger}
 
 
 async def serve(
-    config: SimulatorConfig, host: str = "127.0.0.1", port: int = 8090
-) -> None:  # pragma: no cover - exercised by the CLI
+    config: SimulatorConfig,
+    host: str = "127.0.0.1",
+    port: int = 8090,
+    faults: Faults | None = None,
+) -> None:
     """Run until cancelled (the CLI wraps this in asyncio.run)."""
-    runner = web.AppRunner(create_simulator_app(config), **ACCESS_LOG)
+    runner = web.AppRunner(create_simulator_app(simulator=Simulator(config, faults)), **ACCESS_LOG)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

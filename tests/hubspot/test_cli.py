@@ -1,0 +1,188 @@
+"""`throttle simulator`, `hubspot register-action` and `rotate-keys`, run as processes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.hubspot.conftest import apply_hubspot_migrations
+from throttle.crypto import TokenCipher
+from throttle.hubspot import TokenGrant
+from throttle.localenv import free_port
+from throttle.settings import Settings
+from throttle.tokens import TokenStore
+
+THROTTLE = [sys.executable, "-m", "throttle.cli"]
+
+
+def env(tmp_path: Path, **values: str) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("HUBSPOT_", "PUBLIC_"))}
+    return {**clean, "LOG_FORMAT": "text", **{k.upper(): v for k, v in values.items()}}
+
+
+@pytest.fixture
+def simulator_process(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            *THROTTLE,
+            "simulator",
+            "--port",
+            str(port),
+            "--app-id",
+            "99",
+            "--developer-api-key",
+            "dk",
+        ],
+        env=env(tmp_path),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            urllib.request.urlopen(url + "/_sim/faults", timeout=1).read()  # noqa: S310
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError(proc.communicate()[0].decode()) from None
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_register_action_creates_then_updates(simulator_process: str, tmp_path: Path) -> None:
+    base = env(
+        tmp_path,
+        hubspot_api_base=simulator_process,
+        hubspot_developer_api_key="dk",
+        public_url="https://throttle.example.com",
+    )
+    first = subprocess.run(
+        [*THROTTLE, "hubspot", "register-action", "--app-id", "99"],
+        env=base,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert first.returncode == 0, first.stderr
+    assert "created for app 99: https://throttle.example.com/api/hubspot/action" in first.stdout
+    second = subprocess.run(
+        [*THROTTLE, "hubspot", "register-action", "--app-id", "99"],
+        env=base,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "updated" in second.stdout
+    listing = json.loads(
+        urllib.request.urlopen(  # noqa: S310
+            simulator_process + "/automation/v4/actions/99?hapikey=dk"
+        ).read()
+    )
+    assert len(listing["results"]) == 1
+    definition = listing["results"][0]
+    assert definition["revisionId"] == "2"
+    policy = definition["inputFields"][0]["typeDefinition"]
+    assert policy["optionsUrl"] == "https://throttle.example.com/api/hubspot/options"
+    outputs = {f["typeDefinition"]["name"] for f in definition["outputFields"]}
+    assert outputs == {"throttle_status", "throttle_wait_seconds", "throttle_policy"}
+    wrong = subprocess.run(
+        [*THROTTLE, "hubspot", "register-action", "--app-id", "99"],
+        env={**base, "HUBSPOT_DEVELOPER_API_KEY": "bad"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert wrong.returncode == 2
+    assert "401" in wrong.stderr
+    assert "bad" not in wrong.stderr
+    missing = subprocess.run(
+        [*THROTTLE, "hubspot", "register-action"],
+        env=env(tmp_path, public_url="https://x.example.com"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert missing.returncode == 2
+    assert "HUBSPOT_APP_ID" in missing.stderr
+
+
+def _key() -> str:
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def _keys(text: str) -> Any:
+    return Settings(_env_file=None, encryption_key=text).encryption_keys  # type: ignore[call-arg]
+
+
+async def _seed(database_url: str, key_text: str, portals: int) -> None:
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    await apply_hubspot_migrations(pool)
+    store = TokenStore(pool, TokenCipher(_keys(key_text)))
+    for portal in range(1, portals + 1):
+        await store.save(portal, TokenGrant(f"at-{portal}", f"rt-{portal}", 1800))
+    await pool.close()
+
+
+async def _read(database_url: str, key_text: str, portal: int) -> str:
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        stored = await TokenStore(pool, TokenCipher(_keys(key_text))).load(portal)
+        assert stored is not None
+        return stored.refresh_token
+    finally:
+        await pool.close()
+
+
+def test_rotate_keys_then_old_key_can_go(database_url: str, tmp_path: Path) -> None:
+    old, new = _key(), _key()
+    asyncio.run(_seed(database_url, old, 30))
+    base = env(tmp_path, database_url=database_url)
+    result = subprocess.run(
+        [*THROTTLE, "rotate-keys"],
+        env={**base, "ENCRYPTION_KEY": f"{new},{old}"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    new_id, old_id = (k.key_id for k in _keys(f"{new},{old}"))
+    assert f"30 of 30 token rows re-encrypted under key {new_id}" in result.stdout
+    assert "remove them from ENCRYPTION_KEY" in result.stdout
+    assert old_id in result.stdout
+    assert asyncio.run(_read(database_url, new, 17)) == "rt-17"  # the new key alone suffices
+    # Rotating with only a key the rows do not use fails clearly and changes nothing.
+    stranger = subprocess.run(
+        [*THROTTLE, "rotate-keys"],
+        env={**base, "ENCRYPTION_KEY": _key()},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert stranger.returncode == 2
+    assert "no longer holds" in stranger.stderr
+    assert asyncio.run(_read(database_url, new, 3)) == "rt-3"

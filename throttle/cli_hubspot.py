@@ -1,0 +1,156 @@
+"""CLI commands of the HubSpot integration: `throttle simulator`, `throttle hubspot
+register-action`, `throttle rotate-keys` (registered on the main group by throttle/cli.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import click
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=int, default=8090, show_default=True, help="Port to listen on.")
+@click.option("--client-id", default=None, help="App client id (default: HUBSPOT_CLIENT_ID).")
+@click.option(
+    "--client-secret", default=None, help="App client secret (default: HUBSPOT_CLIENT_SECRET)."
+)
+@click.option("--app-id", type=int, default=None, help="App id (default: HUBSPOT_APP_ID).")
+@click.option(
+    "--developer-api-key", default=None, help="hapikey (default: HUBSPOT_DEVELOPER_API_KEY)."
+)
+@click.option("--token-ttl", type=int, default=1800, show_default=True, help="expires_in (s).")
+@click.option("--rate-limit", type=int, default=110, show_default=True, help="Calls per window.")
+@click.option("--rate-window", type=float, default=10.0, show_default=True, help="Window (s).")
+@click.option("--error-ratio", type=float, default=0.0, help="Share of API calls answered 5xx.")
+@click.option("--latency-ms", type=float, default=0.0, help="Added to every API answer.")
+@click.option("--storm-seconds", type=float, default=0.0, help="429 storm from start, seconds.")
+@click.option("--max-expiration", type=float, default=None, help="Cap BLOCK expirations (s).")
+@click.option("--seed", type=int, default=None, help="Random seed for injected faults.")
+def simulator(
+    host: str,
+    port: int,
+    client_id: str | None,
+    client_secret: str | None,
+    app_id: int | None,
+    developer_api_key: str | None,
+    token_ttl: int,
+    rate_limit: int,
+    rate_window: float,
+    error_ratio: float,
+    latency_ms: float,
+    storm_seconds: float,
+    max_expiration: float | None,
+    seed: int | None,
+) -> None:
+    """Serve the HubSpot simulator (OAuth, completion, rate limits, faults; admin API /_sim)."""
+    from throttle.cli import settings_for
+    from throttle.simulator.server import serve
+    from throttle.simulator.state import Faults, SimulatorConfig
+
+    settings = settings_for()
+    secret = settings.hubspot_client_secret
+    dev_key = settings.hubspot_developer_api_key
+    config = SimulatorConfig(
+        client_id=client_id or settings.hubspot_client_id or "sim-client-id",
+        client_secret=client_secret
+        or (secret.get_secret_value() if secret else "sim-client-secret"),
+        app_id=app_id or settings.hubspot_app_id or 424242,
+        developer_api_key=developer_api_key
+        or (dev_key.get_secret_value() if dev_key else "sim-developer-key"),
+        access_token_ttl_s=token_ttl,
+        rate_limit=rate_limit,
+        rate_window_s=rate_window,
+        max_expiration_s=max_expiration,
+        seed=seed,
+    )
+    faults = Faults(error_ratio=error_ratio, latency_ms=latency_ms)
+    if storm_seconds:
+        faults.update({"storm_seconds": storm_seconds})
+    click.echo(
+        f"HubSpot simulator on http://{host}:{port} (app {config.app_id}); report: /_sim/report"
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(config, host, port, faults))
+
+
+@click.group()
+def hubspot() -> None:
+    """HubSpot app tools."""
+
+
+@hubspot.command(name="register-action")
+@click.option("--app-id", type=int, default=None, help="The app id (default: HUBSPOT_APP_ID).")
+def register_action(app_id: int | None) -> None:
+    """Create or update the Throttle action definition for the app (idempotent)."""
+    from throttle.cli import fail, settings_for
+
+    settings = settings_for("public_url")
+    app_id = app_id or settings.hubspot_app_id
+    if app_id is None:
+        fail("HUBSPOT_APP_ID is not set and --app-id was not given: the HubSpot app's id")
+    key = settings.hubspot_developer_api_key
+    if key is None:
+        fail("HUBSPOT_DEVELOPER_API_KEY is not set: the developer API key of the app's account")
+    registration = asyncio.run(_register(settings, app_id, key.get_secret_value()))
+    verb = "created" if registration.created else "updated"
+    click.echo(
+        f"action definition {registration.definition_id} {verb} for app {app_id}: "
+        f"{registration.action_url}"
+    )
+
+
+async def _register(settings: Any, app_id: int, api_key: str) -> Any:
+    import aiohttp
+
+    from throttle.cli import fail
+    from throttle.hubspot import DeveloperAuth, HubSpotClient, HubSpotError
+    from throttle.hubspot_action import register_action as register
+
+    async with aiohttp.ClientSession() as session:
+        client = HubSpotClient(session, settings.hubspot_api_base)
+        try:
+            return await register(
+                client, app_id, DeveloperAuth(api_key=api_key), settings.public_url
+            )
+        except HubSpotError as exc:
+            fail(f"HubSpot refused the action definition: {exc}")
+
+
+@click.command(name="rotate-keys")
+def rotate_keys() -> None:
+    """Re-encrypt every stored OAuth token under the newest ENCRYPTION_KEY key."""
+    from throttle.cli import fail, settings_for
+    from throttle.crypto import CryptoError
+
+    settings = settings_for("database_url", "encryption_key")
+    try:
+        report = asyncio.run(_rotate(settings))
+    except CryptoError as exc:
+        fail(f"{exc}; add that key back to ENCRYPTION_KEY (after the newest) and run again")
+    older = [k.key_id for k in settings.encryption_keys[1:]]
+    click.echo(
+        f"{report.reencrypted} of {report.rows} token rows re-encrypted under key {report.key_id}."
+    )
+    if older:
+        click.echo(
+            f"No row uses key(s) {', '.join(older)} any more: remove them from ENCRYPTION_KEY."
+        )
+
+
+async def _rotate(settings: Any) -> Any:
+    import asyncpg
+
+    from throttle.crypto import TokenCipher
+    from throttle.tokens import TokenStore
+
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    try:
+        return await TokenStore(pool, TokenCipher(settings.encryption_keys)).rotate()
+    finally:
+        await pool.close()
+
+
+COMMANDS = (simulator, hubspot, rotate_keys)
