@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -72,12 +73,19 @@ def dispatcher() -> None:
 
 @main.command()
 @click.option("--namespace", "-n", multiple=True, help="Watch only these namespaces.")
-def operator(namespace: tuple[str, ...]) -> None:
-    """Reconcile ThrottlePolicy resources into the engine (kopf operator)."""
+@click.option(
+    "--local",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="No cluster: reconcile the ThrottlePolicy manifests in this folder (or file), "
+    "and keep watching it.",
+)
+def operator(namespace: tuple[str, ...], local: Path | None) -> None:
+    """Reconcile ThrottlePolicy resources into the engine (kopf operator, one active replica)."""
     settings = settings_for("redis_url")
     from throttle.operator.main import serve
 
-    serve(settings, namespaces=list(namespace))
+    serve(settings, namespaces=list(namespace), local=local)
 
 
 @main.command()

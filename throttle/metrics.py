@@ -224,6 +224,30 @@ class Metrics:
             registry=r,
         )
 
+        # --- operator: ThrottlePolicy resources -> engine -----------------------------------------
+        self.operator_leader = Gauge(
+            "throttle_operator_leader",
+            "1 while this operator replica holds the Lease and acts, 0 while it stands by.",
+            registry=r,
+        )
+        self.operator_reconciles = Counter(
+            "throttle_operator_reconciles_total",
+            "Specs reconciled into the engine, by result (written, unchanged, invalid, conflict, "
+            "error).",
+            ["result"],
+            registry=r,
+        )
+        self.operator_restores = Counter(
+            "throttle_operator_restores_total",
+            "Policies whose parameters Redis had lost and the operator wrote back.",
+            registry=r,
+        )
+        self.operator_status_patches = Counter(
+            "throttle_operator_status_patches_total",
+            "ThrottlePolicy status patches sent (only when something changed).",
+            registry=r,
+        )
+
         # --- webhook: the HubSpot action endpoint -------------------------------------------------
         self.webhook_answers = Counter(
             "throttle_webhook_answers_total",

@@ -1,0 +1,336 @@
+"""The operator against a real kube-apiserver and a real Redis, running as its ServiceAccount.
+
+Each test starts the operator (`throttle.operator.main.run`, in a thread) with a token of the
+ServiceAccount bound to deploy/rbac/operator-role.yaml, watching the test's namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.fixtures.kube import KubeEnv
+from tests.operator.conftest import OperatorThread, policy_manifest
+from throttle import keys
+from throttle.manifests import policy_from_resource
+from throttle.policy import Policy
+from throttle.queue import Queue, QueueItem
+
+pytestmark = [pytest.mark.kube, pytest.mark.usefixtures("throttle_crd")]
+
+
+async def eventually(predicate: Callable[[], Any], timeout: float = 10) -> Any:
+    """Poll `predicate` (sync or async) until truthy; return its value."""
+    deadline = time.monotonic() + timeout
+    value: Any = None
+    while time.monotonic() < deadline:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"not within {timeout}s; last value: {value!r}")
+
+
+def get_tp(kube: KubeEnv, namespace: str, name: str) -> dict[str, Any]:
+    return dict(kube.kubectl_json("get", "tp", name, "-n", namespace))
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            return dict(c)
+    return {}
+
+
+def events(kube: KubeEnv, namespace: str, name: str) -> list[tuple[str, str, str]]:
+    items = kube.kubectl_json(
+        "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}"
+    )["items"]
+    return [(e["type"], e["reason"], e.get("message", "")) for e in items]
+
+
+def reasons(kube: KubeEnv, namespace: str, name: str) -> list[str]:
+    return [r for _, r, _ in events(kube, namespace, name)]
+
+
+def patch_spec(kube: KubeEnv, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    kube.kubectl(
+        "patch", "tp", name, "-n", namespace, "--type=merge", "-p", json.dumps({"spec": spec})
+    )
+
+
+def item(callback_id: str, portal_id: int = 1234) -> QueueItem:
+    return QueueItem(
+        callback_id=callback_id,
+        portal_id=portal_id,
+        action_definition_id=1,
+        workflow_id=7,
+        object_type="CONTACT",
+        object_id="1",
+        received_at=time.time(),
+    )
+
+
+async def test_apply_edit_status_and_columns(
+    kube: KubeEnv, namespace: str, redis: Any, start_operator: Callable[..., OperatorThread]
+) -> None:
+    op = start_operator()
+    kube.apply(policy_manifest("orders", rate={"limit": 10, "period": "1m"}), namespace=namespace)
+    applied_at = time.monotonic()
+    params_key = keys.params("1234:orders")
+
+    # Apply: parameters in Redis within 2 s.
+    await eventually(lambda: redis.exists(params_key), timeout=2)
+    assert time.monotonic() - applied_at < 2
+    assert await redis.hget(params_key, "lim") == b"10"
+    ready = await eventually(
+        lambda: condition(get_tp(kube, namespace, "orders"), "Ready").get("status") == "True"
+    )
+    assert ready
+    tp = get_tp(kube, namespace, "orders")
+    assert tp["status"]["observedGeneration"] == 1
+    assert tp["status"]["policy"] == "1234:orders"
+    assert tp["status"]["queueDepth"] == 0
+    assert condition(tp, "Degraded")["status"] == "False"
+    assert "throttle.dev/finalizer" in tp["metadata"]["finalizers"]
+
+    # Edit: the next take uses the new spec; observedGeneration follows.
+    queue = Queue(redis)
+    policy = policy_from_resource(tp)
+    patch_spec(kube, namespace, "orders", {"paused": True, "rate": {"limit": 20}})
+    await eventually(lambda: redis.hget(params_key, "paused"), timeout=2)
+    await eventually(lambda: get_tp(kube, namespace, "orders")["status"]["observedGeneration"] == 2)
+    assert await redis.hget(params_key, "lim") == b"20"
+    for n in range(3):
+        await queue.enqueue(item(f"cb-{n}"), policy.model_copy(update={"paused": True}))
+    assert (await queue.take()).released == []  # paused: nothing goes
+    patch_spec(kube, namespace, "orders", {"paused": False})
+    await eventually(lambda: _is(redis.hget(params_key, "paused"), b"0"), timeout=2)
+    released = (await queue.take()).released
+    assert [r.callback_id for r in released][:1] == ["cb-0"]  # resumed: the next take releases
+    await queue.ack(released)
+
+    # Status follows the queue, and `kubectl get tp` shows it in the printer columns.
+    await eventually(
+        lambda: get_tp(kube, namespace, "orders")["status"]["queueDepth"] == 3 - len(released)
+    )
+    table = kube.kubectl("get", "tp", "-n", namespace).stdout.splitlines()
+    assert table[0].split() == [
+        "NAME",
+        "PORTAL",
+        "ACTION",
+        "RATE",
+        "QUEUED",
+        "IN",
+        "FLIGHT",
+        "READY",
+        "AGE",
+    ]
+    row = table[1].split()
+    assert row[:2] == ["orders", "1234"]
+    assert "20/1m" in row
+    assert "True" in row
+    assert (kube.kubectl("get", "throttle", "-n", namespace).stdout.split("\n")[1]).startswith(
+        "orders"
+    )
+
+    # Events for what changed; routine status refreshes post nothing.
+    names = reasons(kube, namespace, "orders")
+    assert names.count("Applied") == 3  # create, edit, resume
+    assert "Paused" in names
+    assert "Resumed" in names
+    assert op.reconciles("written") == 3
+
+
+async def _is(awaitable: Any, expected: Any) -> bool:
+    return bool(await awaitable == expected)
+
+
+async def test_invalid_time_zone_is_reported_and_changes_nothing(
+    kube: KubeEnv, namespace: str, redis: Any, start_operator: Callable[..., OperatorThread]
+) -> None:
+    start_operator()
+    manifest = policy_manifest("tz", dailyCap={"limit": 100, "timeZone": "Mars/Olympus_Mons"})
+    kube.apply(manifest, namespace=namespace)
+    tp = await eventually(
+        lambda: (
+            (t := get_tp(kube, namespace, "tz"))
+            and condition(t, "Degraded").get("status") == "True"
+            and t
+        )
+    )
+    degraded = condition(tp, "Degraded")
+    assert degraded["reason"] == "InvalidSpec"
+    assert "spec.dailyCap.timeZone" in degraded["message"]
+    assert condition(tp, "Ready")["status"] == "False"
+    warnings = await eventually(
+        lambda: [e for e in events(kube, namespace, "tz") if e[1] == "InvalidSpec"]
+    )
+    assert warnings[0][0] == "Warning"
+    assert "spec.dailyCap.timeZone" in warnings[0][2]
+    assert "IANA" in warnings[0][2]
+    assert not await redis.exists(keys.params("1234:tz"))
+
+    patch_spec(kube, namespace, "tz", {"dailyCap": {"limit": 100, "timeZone": "Europe/Paris"}})
+    await eventually(lambda: redis.exists(keys.params("1234:tz")), timeout=3)
+    tp = await eventually(
+        lambda: (
+            (t := get_tp(kube, namespace, "tz"))
+            and condition(t, "Ready").get("status") == "True"
+            and t
+        )
+    )
+    assert condition(tp, "Degraded")["status"] == "False"
+    assert tp["status"]["observedGeneration"] == 2
+
+
+@pytest.mark.parametrize(("mode", "state"), [("Succeed", "SUCCESS"), ("Fail", "FAIL_CONTINUE")])
+async def test_delete_completes_queued_executions_then_lets_go(
+    kube: KubeEnv,
+    namespace: str,
+    redis: Any,
+    start_operator: Callable[..., OperatorThread],
+    mode: str,
+    state: str,
+) -> None:
+    start_operator()
+    kube.apply(
+        policy_manifest("gone", onDelete=mode, rate={"limit": 1, "period": "1h"}),
+        namespace=namespace,
+    )
+    await eventually(lambda: redis.exists(keys.params("1234:gone")), timeout=2)
+    queue = Queue(redis)
+    policy = Policy.model_validate(
+        {"name": "gone", "portalId": 1234, "rate": {"limit": 1, "period": "1h"}}
+    )
+    for n in range(5):
+        await queue.enqueue(item(f"g-{n}"), policy)
+    first = (await queue.take()).released  # the rate lets one out; it is in flight
+    assert len(first) == 1
+
+    kube.kubectl("delete", "tp", "gone", "-n", namespace, "--wait=false")
+    # The finalizer holds the resource while anything is queued or in flight.
+    tp = await eventually(
+        lambda: (
+            (t := get_tp(kube, namespace, "gone"))
+            and condition(t, "Ready").get("reason") == "Draining"
+            and t
+        )
+    )
+    assert tp["metadata"].get("deletionTimestamp")
+    # Everything still queued is handed to the dispatcher at once, with the chosen state.
+    rest = await eventually(lambda: queue.take())
+    assert sorted(r.callback_id for r in rest.released) == [f"g-{n}" for n in range(1, 5)]
+    assert {r.execution_state for r in rest.released} == {state}
+    await asyncio.sleep(1.5)
+    assert kube.kubectl("get", "tp", "gone", "-n", namespace, check=False).returncode == 0
+    await queue.ack(first + rest.released)
+    # Nothing left: the finalizer lets go and no key of the policy remains.
+    await eventually(
+        lambda: kube.kubectl("get", "tp", "gone", "-n", namespace, check=False).returncode != 0
+    )
+    leftover = [k async for k in redis.scan_iter(match="throttle:*1234:gone*")]
+    assert leftover == []
+    names = reasons(kube, namespace, "gone")
+    assert "Retiring" in names
+    assert "Retired" in names
+
+
+async def test_delete_drains_at_the_old_rate(
+    kube: KubeEnv, namespace: str, redis: Any, start_operator: Callable[..., OperatorThread]
+) -> None:
+    start_operator()
+    kube.apply(policy_manifest("drain", rate={"limit": 2, "period": "1s"}), namespace=namespace)
+    await eventually(lambda: redis.exists(keys.params("1234:drain")), timeout=2)
+    queue = Queue(redis)
+    policy = Policy.model_validate(
+        {"name": "drain", "portalId": 1234, "rate": {"limit": 2, "period": "1s"}}
+    )
+    for n in range(6):
+        await queue.enqueue(item(f"d-{n}"), policy)
+    kube.kubectl("delete", "tp", "drain", "-n", namespace, "--wait=false")
+    await eventually(
+        lambda: condition(get_tp(kube, namespace, "drain"), "Ready").get("reason") == "Draining"
+    )
+    released: list[Any] = []
+    started = time.monotonic()
+    while len(released) < 6 and time.monotonic() - started < 10:
+        batch = (await queue.take()).released
+        assert {r.execution_state for r in batch} <= {"SUCCESS"}  # completed as usual
+        released += batch
+        await queue.ack(batch)
+        await asyncio.sleep(0.2)
+    assert [r.callback_id for r in released] == [f"d-{n}" for n in range(6)]
+    assert time.monotonic() - started >= 1.5  # at the policy's rate, not at once
+    await eventually(
+        lambda: kube.kubectl("get", "tp", "drain", "-n", namespace, check=False).returncode != 0
+    )
+
+
+async def test_redis_flush_restores_parameters(
+    kube: KubeEnv, namespace: str, redis: Any, start_operator: Callable[..., OperatorThread]
+) -> None:
+    op = start_operator()
+    kube.apply(policy_manifest("keep", rate={"limit": 7}), namespace=namespace)
+    await eventually(lambda: redis.exists(keys.params("1234:keep")), timeout=2)
+    await redis.flushall()
+    lost_at = time.monotonic()
+    await eventually(lambda: redis.exists(keys.params("1234:keep")), timeout=5)
+    assert time.monotonic() - lost_at < 3
+    assert await redis.hget(keys.params("1234:keep"), "lim") == b"7"
+    assert await redis.hexists(keys.REGISTRY, "1234:keep")
+    await eventually(lambda: "ParametersRestored" in reasons(kube, namespace, "keep"))
+    assert op.gauge("throttle_operator_restores_total") == 1
+
+
+async def test_restart_does_no_duplicate_work(
+    kube: KubeEnv, namespace: str, redis: Any, start_operator: Callable[..., OperatorThread]
+) -> None:
+    first = start_operator("op-first")
+    kube.apply(policy_manifest("steady"), namespace=namespace)
+    await eventually(
+        lambda: condition(get_tp(kube, namespace, "steady"), "Ready").get("status") == "True"
+    )
+    params_before = await redis.hgetall(keys.params("1234:steady"))
+    rev_before = await redis.get(keys.REGISTRY_REV)
+    first.stop()
+
+    second = start_operator("op-second")
+    await eventually(lambda: second.reconciles("unchanged") >= 1)  # resumed, found all in place
+    await asyncio.sleep(1.5)  # a status refresh or two
+    assert second.reconciles("written") == 0
+    assert await redis.hgetall(keys.params("1234:steady")) == params_before
+    assert await redis.get(keys.REGISTRY_REV) == rev_before
+    assert reasons(kube, namespace, "steady").count("Applied") == 1
+
+
+async def test_two_replicas_exactly_one_acts(
+    kube: KubeEnv, namespace: str, redis: Any, start_operator: Callable[..., OperatorThread]
+) -> None:
+    a = start_operator("op-a")
+    b = start_operator("op-b", ready=False)
+    await asyncio.sleep(1.5)
+    assert a.leader
+    assert not b.leader
+    assert not b.ready.is_set()
+    kube.apply(policy_manifest("one", rate={"limit": 5}), namespace=namespace)
+    await eventually(lambda: redis.exists(keys.params("1234:one")), timeout=2)
+    await eventually(lambda: a.reconciles("written") == 1)
+    assert b.reconciles("written") + b.reconciles("unchanged") == 0
+
+    a.stop()  # a graceful stop hands the Lease over at once
+    b.wait_ready(timeout=10)
+    assert b.leader
+    assert not a.leader
+    patch_spec(kube, namespace, "one", {"rate": {"limit": 6}})
+    await eventually(lambda: _is(redis.hget(keys.params("1234:one"), "lim"), b"6"), timeout=3)
+    assert b.reconciles("written") == 1
+    assert a.reconciles("written") == 1

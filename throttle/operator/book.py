@@ -1,0 +1,176 @@
+"""The operator's side of the engine: which policies it owns, and the few calls it makes.
+
+Both the kopf operator and the local manifest reconciler keep a `PolicyBook`: the policies they
+are the source of, each with where it came from (`owner`: a resource or a file). The book
+
+- applies a policy through the engine's one `reconcile` function and remembers it, refusing a
+  second source for the same `portal:name` (the older source keeps it, deterministically);
+- finds, in one Redis round trip for all of them, policies whose parameters Redis no longer
+  holds (a restart without data, a flush) and writes them back;
+- reads a policy's queue figures for status, and retires a deleted policy as its `onDelete`
+  says, one engine call per attempt, until nothing of it is left.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from throttle import keys
+from throttle.manifests import OnDelete
+from throttle.operator import reconcile as engine
+from throttle.operator.status import QueueFigures
+from throttle.policy import Policy
+from throttle.queue import PolicyStats, Queue, RetireMode
+
+log = logging.getLogger(__name__)
+
+RETIRE_MODES: dict[OnDelete, RetireMode] = {
+    "Drain": "Drain",
+    "Succeed": "SUCCESS",
+    "Fail": "FAIL_CONTINUE",
+}
+"""`spec.onDelete` → the engine's retire mode (the state the dispatcher completes them with)."""
+
+_EXACT_DRAIN_LIMIT = 5_000
+"""Beyond this depth the drain estimate is linear (the exact one walks every release)."""
+
+
+class PolicyConflict(Exception):
+    """Another source already defines this `portal:name`."""
+
+    def __init__(self, key: str, owner: str) -> None:
+        self.key, self.owner = key, owner
+        super().__init__(f"policy {key} is already defined by {owner}")
+
+
+@dataclass
+class Entry:
+    owner: str
+    """`namespace/name` of the resource, or the manifest's path."""
+    created: str
+    """Sortable creation stamp of the source (older wins a conflict)."""
+    policy: Policy
+    generation: int = 0
+    retiring: bool = False
+
+
+@dataclass
+class ApplyOutcome:
+    written: bool
+    """True when Redis' registry entry or parameters changed (False: they already matched)."""
+    result: engine.ReconcileResult
+
+
+@dataclass
+class PolicyBook:
+    """The policies one operator (or local reconciler) is the source of; see module docstring."""
+
+    queue: Queue
+    entries: dict[str, Entry] = field(default_factory=dict)
+    on_restored: Callable[[Entry], Awaitable[None]] | None = None
+
+    # ---- ownership ------------------------------------------------------------------------------
+
+    def owner_of(self, key: str) -> str | None:
+        entry = self.entries.get(key)
+        return entry.owner if entry else None
+
+    def key_of(self, owner: str) -> str | None:
+        return next((k for k, e in self.entries.items() if e.owner == owner), None)
+
+    def claim(self, owner: str, created: str, policy: Policy) -> None:
+        """Own `policy.key` for `owner`, unless an older source holds it (PolicyConflict)."""
+        entry = self.entries.get(policy.key)
+        if entry is not None and entry.owner != owner:
+            if (entry.created, entry.owner) <= (created, owner):
+                raise PolicyConflict(policy.key, entry.owner)
+            log.warning("policy %s: %s is older than %s; it wins", policy.key, owner, entry.owner)
+
+    def forget(self, owner: str) -> None:
+        for key in [k for k, e in self.entries.items() if e.owner == owner]:
+            del self.entries[key]
+
+    # ---- engine calls ---------------------------------------------------------------------------
+
+    async def apply(
+        self, owner: str, created: str, policy: Policy, generation: int = 0
+    ) -> ApplyOutcome:
+        """Reconcile `policy` into Redis and own it (raises PolicyConflict, Redis errors)."""
+        self.claim(owner, created, policy)
+        previous = self.key_of(owner)
+        result = await engine.reconcile(self.queue, policy)
+        if previous is not None and previous != policy.key:  # a source renamed its policy
+            self.entries.pop(previous, None)
+        self.entries[policy.key] = Entry(owner, created, policy, generation)
+        return ApplyOutcome(written=result.changed or result.params == "written", result=result)
+
+    async def missing(self) -> list[Entry]:
+        """Entries whose parameters Redis no longer holds (one pipelined round trip)."""
+        entries = [e for e in self.entries.values() if not e.retiring]
+        if not entries:
+            return []
+        async with self.queue.redis.pipeline(transaction=False) as pipe:
+            for entry in entries:
+                pipe.exists(keys.params(entry.policy.key))
+                pipe.hexists(keys.REGISTRY, entry.policy.key)
+            found = await pipe.execute()
+        return [e for i, e in enumerate(entries) if not (found[2 * i] and found[2 * i + 1])]
+
+    async def restore_missing(self) -> list[Entry]:
+        """Write back what Redis lost; returns the entries restored."""
+        restored = []
+        for entry in await self.missing():
+            await engine.reconcile(self.queue, entry.policy)
+            restored.append(entry)
+            log.warning("policy %s: parameters were missing in Redis; restored", entry.policy.key)
+            if self.on_restored is not None:
+                await self.on_restored(entry)
+        return restored
+
+    async def retire(self, policy: Policy, mode: OnDelete) -> int:
+        """One retire step; returns what is still queued or in flight (0 = gone from Redis)."""
+        entry = self.entries.get(policy.key)
+        if entry is not None:
+            entry.retiring = True
+        remaining = (await engine.retire(self.queue, policy, RETIRE_MODES[mode])).remaining
+        if remaining == 0:
+            self.entries.pop(policy.key, None)
+        return remaining
+
+    async def figures(self, policy: Policy) -> QueueFigures:
+        """The policy's queue figures as status shows them."""
+        stats = await self.queue.stats(policy)
+        return figures_from_stats(policy, stats)
+
+
+def figures_from_stats(
+    policy: Policy, stats: PolicyStats, now: float | None = None
+) -> QueueFigures:
+    now = time.time() if now is None else now
+    last = stats.last_release_at
+    return QueueFigures(
+        depth=stats.depth,
+        in_flight=stats.in_flight,
+        released_total=stats.released,
+        oldest_queued_seconds=stats.oldest_age_seconds if stats.depth else None,
+        last_release_time=datetime.fromtimestamp(last, UTC) if last else None,
+        projected_drain_seconds=drain_seconds(policy, stats.depth, now),
+    )
+
+
+def drain_seconds(policy: Policy, depth: int, now: float) -> float | None:
+    """Seconds until `depth` queued items are out at the policy's rate (None: never, paused)."""
+    if depth <= 0:
+        return 0.0
+    if policy.paused:
+        return None
+    if depth <= _EXACT_DRAIN_LIMIT:
+        wait = policy.projected_wait(depth, now)
+    else:
+        wait = policy.projected_wait(_EXACT_DRAIN_LIMIT, now) * depth / _EXACT_DRAIN_LIMIT
+    return None if math.isinf(wait) else wait

@@ -1,0 +1,360 @@
+"""kopf handlers for ThrottlePolicy: one small function per concern, registered per operator.
+
+- `apply_spec` (create / update / resume): the spec → the engine's one `reconcile`, idempotent,
+  so a restart's resume finds everything in place and does nothing visible;
+- `retire_policy` (delete, holds the finalizer): hands queued executions over as `onDelete` says
+  and lets the resource go only when nothing of the policy is left in Redis;
+- `refresh_status` (timer): queue figures and conditions, patched only when they changed, and
+  it posts the Event for parameters that the Redis watch (`watch_redis`) had to write back.
+
+Handlers go into a registry built per operator (`build_registry`), never kopf's global one, so
+tests can run several operators, each as its own ServiceAccount, in one process. Shared clients
+live in `memo.state` (an `OperatorState`), opened by `startup` and closed by `cleanup`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from redis.exceptions import RedisError
+
+from throttle.manifests import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    ManifestError,
+    on_delete_mode,
+    policy_from_resource,
+)
+from throttle.metrics import Metrics
+from throttle.operator import events
+from throttle.operator.book import PolicyBook, PolicyConflict
+from throttle.operator.connection import connection_info
+from throttle.operator.status import Outcome, QueueFigures, desired_status, status_patch
+from throttle.policy import Policy
+from throttle.queue import Queue
+from throttle.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RESOURCE = (GROUP, VERSION, PLURAL)
+FINALIZER = "throttle.dev/finalizer"
+ANNOTATION_PREFIX = "throttle.dev"
+
+
+@dataclass
+class OperatorState:
+    """What the handlers share (kept in kopf's memo, one per operator instance)."""
+
+    settings: Settings
+    metrics: Metrics
+    kube_configuration: Any
+    """kubernetes.client.Configuration this operator acts with (login)."""
+    redis: Any = None
+    book: PolicyBook | None = None
+    watcher: asyncio.Task[None] | None = None
+    restored: set[str] = field(default_factory=set)
+    """Owners whose parameters were written back and whose Event is not posted yet."""
+    applied_generations: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def policies(self) -> PolicyBook:
+        assert self.book is not None, "startup has not run"
+        return self.book
+
+
+def redis_client(settings: Settings) -> Any:
+    from redis.asyncio import Redis, RedisCluster
+
+    url = settings.redis_url or "redis://127.0.0.1:6379/0"
+    options: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0}
+    if settings.redis_cluster:
+        return RedisCluster.from_url(url, **options)
+    return Redis.from_url(url, **options)
+
+
+def _state(memo: Any) -> OperatorState:
+    state = memo.state
+    assert isinstance(state, OperatorState)
+    return state
+
+
+def _owner(namespace: str | None, name: str | None) -> str:
+    return f"{namespace}/{name}"
+
+
+def _created(meta: Mapping[str, Any]) -> str:
+    return str(meta.get("creationTimestamp") or "")
+
+
+# ---- startup / cleanup / login ------------------------------------------------------------------
+
+
+async def startup(memo: Any, **_: Any) -> None:
+    """Open Redis and the engine's queue; start the Redis watch."""
+    state = _state(memo)
+    state.redis = redis_client(state.settings)
+    queue = Queue(state.redis)
+    state.book = PolicyBook(queue)
+    state.watcher = asyncio.create_task(watch_redis(state), name="throttle redis watch")
+    state.metrics.operator_leader.set(1)
+
+
+async def cleanup(memo: Any, **_: Any) -> None:
+    state = _state(memo)
+    state.metrics.operator_leader.set(0)
+    if state.watcher is not None:
+        state.watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await state.watcher
+    if state.redis is not None:
+        await state.redis.aclose()
+
+
+def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
+    """The operator's own credentials (never the kubernetes library's global default)."""
+    return connection_info(_state(memo).kube_configuration)
+
+
+async def watch_redis(state: OperatorState) -> None:
+    """Write back, within seconds, parameters Redis lost (restart without data, flush)."""
+    interval = state.settings.operator_check_interval
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            restored = await state.policies.restore_missing()
+        except (RedisError, OSError) as exc:
+            log.warning("redis watch: %s", exc)
+            continue
+        for entry in restored:
+            state.restored.add(entry.owner)
+            state.metrics.operator_restores.inc()
+
+
+# ---- the spec -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _StatusWriter:
+    """Puts the status a resource should show into kopf's patch, only where it differs."""
+
+    patch: kopf.Patch
+    status: Mapping[str, Any] | None
+    spec: Mapping[str, Any]
+    generation: int
+    state: OperatorState
+
+    def show(
+        self,
+        outcome: Outcome,
+        message: str,
+        policy: Policy | None = None,
+        figures: QueueFigures | None = None,
+    ) -> None:
+        desired = desired_status(
+            spec=self.spec,
+            generation=self.generation,
+            outcome=outcome,
+            message=message,
+            policy_name=policy.key if policy else None,
+            figures=figures,
+            current=self.status,
+        )
+        diff = status_patch(self.status, desired)
+        if diff:
+            self.patch.status.update(diff)
+            self.state.metrics.operator_status_patches.inc()
+
+
+def _ready(policy: Policy) -> tuple[Outcome, str]:
+    if policy.paused:
+        return Outcome.PAUSED, "applied; paused: nothing is released"
+    return Outcome.APPLIED, "applied: executions are released at the policy's rate"
+
+
+async def apply_spec(
+    *,
+    body: kopf.Body,
+    spec: kopf.Spec,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    name: str,
+    namespace: str | None,
+    patch: kopf.Patch,
+    memo: Any,
+    **_: Any,
+) -> None:
+    """Reconcile the spec into the engine (idempotent; a no-op when Redis already matches)."""
+    state = _state(memo)
+    owner = _owner(namespace, name)
+    generation = int(meta.get("generation") or 0)
+    book = state.policies
+    previous_key = book.key_of(owner)
+    previous = book.entries[previous_key].policy if previous_key else None
+    writer = _StatusWriter(patch, status, spec, generation, state)
+    try:
+        policy = policy_from_resource(body)
+    except ManifestError as exc:
+        state.metrics.operator_reconciles.labels("invalid").inc()
+        events.invalid_spec(body, exc.errors, generation, state.applied_generations.get(owner))
+        message = events.describe_errors(exc.errors)
+        writer.show(Outcome.INVALID_SPEC, message)
+        return  # permanent until the spec changes: the next edit calls this handler again
+    try:
+        applied = await book.apply(owner, _created(meta), policy, generation)
+    except PolicyConflict as exc:
+        state.metrics.operator_reconciles.labels("conflict").inc()
+        events.conflict(body, exc.key, exc.owner)
+        writer.show(Outcome.CONFLICT, str(exc), policy)
+        return
+    except (RedisError, OSError) as exc:
+        state.metrics.operator_reconciles.labels("error").inc()
+        events.redis_unavailable(body, exc)
+        writer.show(Outcome.REDIS_UNAVAILABLE, f"cannot reach Redis: {exc}", policy)
+        raise kopf.TemporaryError(f"Redis unavailable: {exc}", delay=2) from exc
+    state.metrics.operator_reconciles.labels("written" if applied.written else "unchanged").inc()
+    if applied.written:
+        events.applied(body, policy, generation)
+    if previous is not None and previous.paused != policy.paused:
+        events.paused(body, policy.paused)
+    state.applied_generations[owner] = generation
+    outcome, message = _ready(policy)
+    try:
+        figures: QueueFigures | None = await book.figures(policy)
+    except (RedisError, OSError):
+        figures = None
+    writer.show(outcome, message, policy, figures)
+
+
+# ---- status -------------------------------------------------------------------------------------
+
+
+async def refresh_status(
+    *,
+    body: kopf.Body,
+    spec: kopf.Spec,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    name: str,
+    namespace: str | None,
+    patch: kopf.Patch,
+    memo: Any,
+    **_: Any,
+) -> None:
+    """Queue figures and conditions; patches only what changed (often nothing)."""
+    state = _state(memo)
+    owner = _owner(namespace, name)
+    book = state.policies
+    key = book.key_of(owner)
+    if key is None:
+        return  # invalid, conflicting or not applied yet: apply_spec owns the status then
+    entry = book.entries[key]
+    if owner in state.restored:
+        state.restored.discard(owner)
+        events.restored(body, key)
+    writer = _StatusWriter(patch, status, spec, entry.generation, state)
+    try:
+        figures = await book.figures(entry.policy)
+    except (RedisError, OSError) as exc:
+        writer.show(Outcome.REDIS_UNAVAILABLE, f"cannot reach Redis: {exc}", entry.policy)
+        return
+    outcome, message = _ready(entry.policy)
+    writer.show(outcome, message, entry.policy, figures)
+
+
+# ---- deletion -----------------------------------------------------------------------------------
+
+
+async def retire_policy(
+    *,
+    body: kopf.Body,
+    spec: kopf.Spec,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    name: str,
+    namespace: str | None,
+    patch: kopf.Patch,
+    memo: Any,
+    retry: int,
+    **_: Any,
+) -> None:
+    """Hand queued executions over as `spec.onDelete` says; hold the finalizer until done."""
+    state = _state(memo)
+    owner = _owner(namespace, name)
+    book = state.policies
+    key = book.key_of(owner)
+    policy: Policy | None = book.entries[key].policy if key else None
+    if policy is None:
+        try:
+            policy = policy_from_resource(body)
+        except ManifestError:
+            return  # never applied: nothing of it is in Redis
+        if book.owner_of(policy.key) not in (None, owner):
+            return  # the policy belongs to another resource: deleting this one changes nothing
+    mode = on_delete_mode(spec)
+    try:
+        remaining = await book.retire(policy, mode)
+    except (RedisError, OSError) as exc:
+        raise kopf.TemporaryError(f"Redis unavailable: {exc}", delay=2) from exc
+    if remaining:
+        if retry == 0:
+            events.retiring(body, mode, remaining)
+        generation = int(meta.get("generation") or 0)
+        message = f"deleted; {remaining} execution(s) still queued or in flight ({mode})"
+        try:
+            figures: QueueFigures | None = await book.figures(policy)
+        except (RedisError, OSError):
+            figures = None
+        writer = _StatusWriter(patch, status, spec, generation, state)
+        writer.show(Outcome.DRAINING, message, policy, figures)
+        raise kopf.TemporaryError(message, delay=state.settings.operator_retire_poll_interval)
+    book.forget(owner)
+    state.applied_generations.pop(owner, None)
+    events.retired(body, policy.key)
+
+
+# ---- registration -------------------------------------------------------------------------------
+
+
+def build_registry(settings: Settings) -> kopf.OperatorRegistry:
+    """A fresh registry with every handler of the operator."""
+    registry = kopf.OperatorRegistry()
+    kopf.on.startup(registry=registry)(startup)
+    kopf.on.cleanup(registry=registry)(cleanup)
+    kopf.on.login(registry=registry)(login)
+    for on in (kopf.on.create, kopf.on.update, kopf.on.resume):
+        on(*RESOURCE, registry=registry, backoff=2)(apply_spec)
+    kopf.on.delete(*RESOURCE, registry=registry, optional=False, backoff=2)(retire_policy)
+    kopf.timer(
+        *RESOURCE,
+        registry=registry,
+        interval=settings.operator_status_interval,
+        initial_delay=settings.operator_status_interval,
+        idle=None,
+    )(refresh_status)
+    return registry
+
+
+def operator_settings(settings: Settings) -> kopf.OperatorSettings:
+    """kopf's settings: our finalizer and annotations, no peering (the Lease decides)."""
+    config = kopf.OperatorSettings()
+    config.persistence.finalizer = FINALIZER
+    config.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    config.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    config.peering.standalone = True
+    # Only our own Events (events.py): kopf would echo every retry of a draining policy's
+    # finalizer as a new Event object; the log keeps those.
+    config.posting.level = logging.CRITICAL
+    config.watching.server_timeout = 300
+    config.watching.client_timeout = 330
+    config.networking.request_timeout = 30
+    config.batching.error_delays = (1, 2, 5, 10)
+    return config

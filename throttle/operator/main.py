@@ -1,0 +1,172 @@
+"""`throttle operator`: run the kopf operator (in a cluster) or the local manifest reconciler.
+
+In a cluster every replica serves `/healthz` and `/metrics` at once, waits for the Lease, and
+only the holder runs kopf; a replica that loses the Lease stops acting and exits with an error
+(Kubernetes restarts it as a standby). Everything is per instance (registry, memo, Kubernetes
+credentials), so tests run several operators side by side in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import kopf
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from throttle.metrics import Metrics
+from throttle.operator.connection import api_client, client_configuration
+from throttle.operator.handlers import OperatorState, build_registry, operator_settings
+from throttle.operator.lease import LeaderLease, LeaseSettings
+from throttle.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+class LeadershipLost(RuntimeError):
+    """This replica stopped renewing the Lease; another one may act now."""
+
+
+def default_identity() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def lease_namespace(settings: Settings) -> str:
+    if settings.operator_lease_namespace:
+        return settings.operator_lease_namespace
+    with contextlib.suppress(OSError):
+        return _SA_NAMESPACE.read_text().strip() or "default"
+    return "default"
+
+
+@contextlib.asynccontextmanager
+async def health_server(
+    settings: Settings, metrics: Metrics, role: dict[str, str]
+) -> AsyncIterator[int | None]:
+    """`/healthz` (alive, with this replica's role) and `/metrics` on METRICS_PORT (0 = off)."""
+    if not settings.metrics_port:
+        yield None
+        return
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", **role})
+
+    async def metrics_view(_: web.Request) -> web.Response:
+        body = generate_latest(metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.add_routes([web.get("/healthz", healthz), web.get("/metrics", metrics_view)])
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.metrics_port)
+    await site.start()
+    try:
+        yield settings.metrics_port
+    finally:
+        await runner.cleanup()
+
+
+async def run(
+    settings: Settings,
+    namespaces: list[str] | None = None,
+    *,
+    kubeconfig: Path | str | None = None,
+    identity: str | None = None,
+    stop: asyncio.Event | None = None,
+    ready: asyncio.Event | threading.Event | None = None,
+    metrics: Metrics | None = None,
+) -> None:
+    """Stand by until this replica holds the Lease, then run kopf until `stop` or a lost Lease.
+
+    `namespaces` empty = every namespace (cluster-wide). `ready` is set once kopf's startup
+    handlers have run (tests wait on it). Raises LeadershipLost when the Lease was lost.
+    """
+    stop = stop or asyncio.Event()
+    metrics = metrics or Metrics()
+    configuration = await asyncio.to_thread(client_configuration, kubeconfig)
+    identity = identity or settings.operator_identity or default_identity()
+    lease = LeaderLease(
+        api=_coordination_api(configuration),
+        settings=LeaseSettings(
+            name=settings.operator_lease_name,
+            namespace=lease_namespace(settings),
+            identity=identity,
+            duration_s=settings.operator_lease_seconds,
+            renew_s=max(0.5, settings.operator_lease_seconds / 3),
+            retry_s=max(0.5, settings.operator_lease_seconds / 5),
+        ),
+    )
+    role = {"role": "standby", "identity": identity}
+    async with health_server(settings, metrics, role):
+        if not await lease.acquire(stop):
+            return
+        role["role"] = "leader"
+        acting = asyncio.Event()
+        relay = asyncio.create_task(_relay(stop, acting))
+        keeper = asyncio.create_task(lease.keep(acting))
+        state = OperatorState(settings=settings, metrics=metrics, kube_configuration=configuration)
+        try:
+            await kopf.operator(
+                registry=build_registry(settings),
+                settings=operator_settings(settings),
+                memo=kopf.Memo(state=state),
+                standalone=True,
+                clusterwide=not namespaces,
+                namespaces=namespaces or (),
+                stop_flag=acting,
+                ready_flag=ready,
+            )
+        finally:
+            relay.cancel()
+            keeper.cancel()
+            lost = acting.is_set() and not stop.is_set() and lease.expired
+            if not lost:
+                await asyncio.to_thread(lease.release)
+            role["role"] = "stopped"
+        if lost:
+            raise LeadershipLost(f"{identity} lost the operator lease")
+
+
+async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
+
+
+def _coordination_api(configuration: Any) -> Any:
+    from kubernetes import client as k8s
+
+    return k8s.CoordinationV1Api(api_client(configuration))
+
+
+def serve(settings: Settings, namespaces: list[str], local: Path | None = None) -> None:
+    """Entry point of `throttle operator` (blocks; SIGTERM/SIGINT stop it cleanly)."""
+    if local is not None:
+        from throttle.operator.local import run_local
+
+        asyncio.run(_with_signals(lambda stop: run_local(settings, local, stop=stop)))
+        return
+    try:
+        asyncio.run(_with_signals(lambda stop: run(settings, namespaces, stop=stop)))
+    except LeadershipLost as exc:
+        log.error("%s; exiting so a restart rejoins as a standby", exc)
+        raise SystemExit(1) from None
+
+
+async def _with_signals(main: Any) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await main(stop)
