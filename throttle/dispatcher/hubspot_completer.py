@@ -1,0 +1,211 @@
+"""Completes released executions in HubSpot: few requests, within budget, nothing lost.
+
+One portal's released callbacks go out in batches of up to 100 (HubSpot's batch endpoint), each
+request first taking a call from the portal's budget shared by all pods. What HubSpot answers
+decides each callback's fate (shared/hubspot-contract.md §5, §6):
+- 204: completed.
+- 429: the portal is held for the whole window on every pod; the rest is retried after it.
+- 401: refresh the token once (single flight across pods) and resend; a refused refresh means the
+  app was uninstalled, so the portal stops and its callbacks fail with that reason.
+- 5xx, timeouts: retried (back to the head of their queue).
+- another 4xx: the batch is split in halves until the offending callbacks stand alone; those are
+  recorded as terminal, every other one is completed. (If HubSpot names the offenders, they are
+  taken out at once.)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import aiohttp
+
+from throttle.crypto import TokenCipher
+from throttle.dispatcher.budget import PortalBudget
+from throttle.dispatcher.complete import CompletionResult, Released
+from throttle.hubspot import (
+    MAX_BATCH,
+    CallbackCompletion,
+    HubSpotClient,
+    RateLimited,
+    Rejected,
+    Retryable,
+    Success,
+    Unauthorized,
+)
+from throttle.metrics import Metrics
+from throttle.settings import Settings
+from throttle.tokens import PortalStopped, TokenManager, TokenStore, TokenUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class TokenSource(Protocol):
+    async def access_token(self, portal_id: int, rejected: str | None = None) -> str: ...
+
+
+def output_fields(item: Released) -> dict[str, Any]:
+    """The action's output fields (hubspot_action.json) for a released execution."""
+    return {
+        "hs_execution_state": item.execution_state,
+        "throttle_status": "released" if item.execution_state == "SUCCESS" else "failed",
+        "throttle_wait_seconds": round(max(item.wait_seconds, 0.0)),
+        "throttle_policy": item.policy,
+    }
+
+
+class HubSpotCompleter:
+    """The dispatcher's `Completer` for HubSpot."""
+
+    def __init__(
+        self,
+        client: HubSpotClient,
+        tokens: TokenSource,
+        budget: PortalBudget,
+        metrics: Metrics | None = None,
+        max_budget_wait_s: float = 1.0,
+        retry_backoff_s: float = 1.0,
+        token_retry_s: float = 5.0,
+        batch_size: int = MAX_BATCH,
+    ) -> None:
+        self._client = client
+        self._tokens = tokens
+        self._budget = budget
+        self._metrics = metrics
+        self._max_budget_wait = max_budget_wait_s
+        self._retry_backoff = retry_backoff_s
+        self._token_retry = token_retry_s
+        self._batch_size = min(batch_size, MAX_BATCH)
+
+    async def complete(self, portal_id: int, items: Sequence[Released]) -> CompletionResult:
+        result = CompletionResult()
+        if not items:
+            return result
+        by_id = {item.callback_id: item for item in items}
+        ids = list(by_id)
+        try:
+            token = await self._tokens.access_token(portal_id)
+        except PortalStopped as stopped:
+            return self._stop(result, ids, stopped.reason)
+        except TokenUnavailable as exc:
+            log.warning("portal %s: no token yet (%s); will retry", portal_id, exc)
+            return self._defer(result, ids, self._token_retry)
+
+        # A stack of batches; splitting pushes the halves back on top, so order is kept.
+        pending: list[list[str]] = [
+            ids[i : i + self._batch_size] for i in range(0, len(ids), self._batch_size)
+        ][::-1]
+        refreshed = False
+        while pending:
+            batch = pending.pop()
+            grant = await self._budget.take(portal_id, self._max_budget_wait)
+            if not grant.granted:
+                self._observe_budget_wait(portal_id)
+                return self._defer(result, _flatten(batch, pending), grant.wait_seconds)
+            entries = [CallbackCompletion(i, output_fields(by_id[i])) for i in batch]
+            answer = await self._client.complete_batch(token, entries)
+            match answer:
+                case Success():
+                    result.completed.extend(batch)
+                    self._count("completed", len(batch))
+                case RateLimited(wait_seconds=wait):
+                    held = await self._budget.hold(portal_id, wait)
+                    if self._metrics is not None:
+                        self._metrics.hubspot_rate_limited.labels(str(portal_id)).inc()
+                    log.warning("portal %s: HubSpot answered 429; holding %.1f s", portal_id, held)
+                    return self._defer(result, _flatten(batch, pending), held)
+                case Unauthorized(status=status):
+                    if refreshed:
+                        log.warning("portal %s: HubSpot still answers %s", portal_id, status)
+                        return self._defer(result, _flatten(batch, pending), self._token_retry)
+                    refreshed = True
+                    try:
+                        token = await self._tokens.access_token(portal_id, rejected=token)
+                    except PortalStopped as stopped:
+                        return self._stop(result, _flatten(batch, pending), stopped.reason)
+                    except TokenUnavailable:
+                        return self._defer(result, _flatten(batch, pending), self._token_retry)
+                    pending.append(batch)
+                case Retryable(reason=reason):
+                    log.warning(
+                        "portal %s: completion batch failed (%s); retrying", portal_id, reason
+                    )
+                    result.retry.extend(batch)
+                    result.retry_after = max(result.retry_after, self._retry_backoff)
+                    self._count("retry", len(batch))
+                case Rejected():
+                    self._isolate(batch, answer, pending, result)
+        return result
+
+    def _isolate(
+        self,
+        batch: list[str],
+        answer: Rejected,
+        pending: list[list[str]],
+        result: CompletionResult,
+    ) -> None:
+        """Split a rejected batch so the callbacks at fault end up alone, then record them."""
+        named = [i for i in answer.callback_ids if i in batch]
+        reason = f"HubSpot refused the completion (HTTP {answer.status}): {answer.reason}"
+        if len(batch) == 1:
+            result.failed[batch[0]] = reason
+            self._count("failed", 1)
+        elif named:
+            for callback_id in named:
+                result.failed[callback_id] = reason
+            self._count("failed", len(named))
+            rest = [i for i in batch if i not in set(named)]
+            if rest:
+                pending.append(rest)
+        else:
+            half = len(batch) // 2
+            pending.append(batch[half:])
+            pending.append(batch[:half])
+
+    def _stop(self, result: CompletionResult, ids: list[str], reason: str) -> CompletionResult:
+        result.portal_stopped = reason
+        for callback_id in ids:
+            result.failed[callback_id] = reason
+        self._count("failed", len(ids))
+        return result
+
+    def _defer(self, result: CompletionResult, ids: list[str], wait: float) -> CompletionResult:
+        result.retry.extend(ids)
+        result.retry_after = max(result.retry_after, wait)
+        self._count("retry", len(ids))
+        return result
+
+    def _count(self, outcome: str, n: int) -> None:
+        if self._metrics is not None and n:
+            self._metrics.hubspot_callbacks.labels(outcome).inc(n)
+
+    def _observe_budget_wait(self, portal_id: int) -> None:
+        if self._metrics is not None:
+            self._metrics.hubspot_budget_waits.labels(str(portal_id)).inc()
+
+
+def build_completer(
+    settings: Settings,
+    session: aiohttp.ClientSession,
+    redis: Any,
+    pool: Any,
+    metrics: Metrics | None = None,
+) -> HubSpotCompleter:
+    """The completer `throttle dispatcher` uses: client, encrypted tokens, shared budget."""
+    client = HubSpotClient.from_settings(session, settings, metrics)
+    store = TokenStore(pool, TokenCipher(settings.encryption_keys))
+    tokens = TokenManager(
+        store,
+        client,
+        redis,
+        metrics,
+        refresh_margin_s=settings.hubspot_token_refresh_margin_seconds,
+    )
+    return HubSpotCompleter(client, tokens, PortalBudget.from_settings(redis, settings), metrics)
+
+
+def _flatten(batch: list[str], pending: list[list[str]]) -> list[str]:
+    """The current batch and everything still pending, in their original order."""
+    rest = [i for chunk in reversed(pending) for i in chunk]
+    return [*batch, *rest]
