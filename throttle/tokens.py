@@ -286,6 +286,7 @@ class TokenManager:
         metrics: Metrics | None = None,
         refresh_margin_s: float = 300.0,
         lock_timeout_s: float = 30.0,
+        lock_wait_s: float = 5.0,
     ) -> None:
         self._store = store
         self._client = client
@@ -293,6 +294,7 @@ class TokenManager:
         self._metrics = metrics
         self._margin = refresh_margin_s
         self._lock_timeout = lock_timeout_s
+        self._lock_wait = lock_wait_s
         self._cache: dict[int, StoredTokens] = {}
         self._local: dict[int, asyncio.Lock] = {}
 
@@ -353,7 +355,7 @@ class TokenManager:
             keys.hubspot_token_lock(portal_id),
             timeout=self._lock_timeout,
             sleep=0.05,
-            blocking_timeout=self._lock_timeout,
+            blocking_timeout=self._lock_wait,
         )
         try:
             async with lock:

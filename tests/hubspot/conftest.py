@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import secrets
 from collections.abc import AsyncIterator
-from importlib.resources import files
 from typing import Any
 
 import aiohttp
@@ -13,22 +12,17 @@ import asyncpg
 import pytest
 
 from throttle.crypto import TokenCipher
+from throttle.history import migrate
 from throttle.settings import EncryptionKey, Settings
 from throttle.tokens import TokenStore
 
 
-async def apply_hubspot_migrations(pool: Any) -> None:
-    """This area's migrations (0010-0019), in order."""
-    folder = files("throttle").joinpath("migrations")
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".sql") and entry.name[:3] == "001":
-            await pool.execute(entry.read_text(encoding="utf-8"))
-
-
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[Any]:
+    """A database migrated by the project's own `migrate` (0010 holds this area's tables)."""
+    applied = await migrate(database_url)
+    assert any(name.startswith("0010") for name in applied), applied
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=6)
-    await apply_hubspot_migrations(pool)
     yield pool
     await pool.close()
 

@@ -18,8 +18,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.hubspot.conftest import apply_hubspot_migrations
 from throttle.crypto import TokenCipher
+from throttle.history import migrate
 from throttle.hubspot import TokenGrant
 from throttle.localenv import free_port
 from throttle.settings import Settings
@@ -138,8 +138,8 @@ def _keys(text: str) -> Any:
 
 
 async def _seed(database_url: str, key_text: str, portals: int) -> None:
+    await migrate(database_url)
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-    await apply_hubspot_migrations(pool)
     store = TokenStore(pool, TokenCipher(_keys(key_text)))
     for portal in range(1, portals + 1):
         await store.save(portal, TokenGrant(f"at-{portal}", f"rt-{portal}", 1800))
