@@ -136,3 +136,23 @@ def start_webhook(
 @pytest.fixture
 async def webhook(start_webhook: StartWebhook) -> Webhook:
     return await start_webhook()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as the environment of a child process (upper-case names, secrets revealed)."""
+    import os
+
+    from pydantic import SecretStr
+
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+    env["PYTHONUNBUFFERED"] = "1"
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        env[name.upper()] = str(value)
+    return env

@@ -44,7 +44,7 @@ def _errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "Bad request: invalid JSON or a field that does not validate (named in `field`).",
         401: "Missing or invalid signature / bearer token. Nothing changed.",
-        404: "No such policy.",
+        404: "No such policy (or a path that is not a route, e.g. a non-numeric portalId).",
         405: "Method not allowed.",
         409: "Another policy of the portal already covers this action.",
         413: "Body larger than WEBHOOK_MAX_BODY_BYTES.",
@@ -248,13 +248,21 @@ def document() -> dict[str, Any]:
         "/api/config/{portalId}/default": {
             "parameters": [PORTAL],
             "get": config("The portal's default policy.", {**ok_policy, **_errors(400, 404)}),
-            "put": config("Set the portal's default policy.", saved, requestBody=policy_body),
+            "put": config(
+                "Set the portal's default policy.",
+                {**saved, **_errors(404)},
+                requestBody=policy_body,
+            ),
             "delete": config("Delete the portal's default policy.", {**deleted, **_errors(400)}),
         },
         "/api/config/{portalId}/policies/{name}": {
             "parameters": [PORTAL, NAME],
             "get": config("One named policy.", {**ok_policy, **_errors(400, 404)}),
-            "put": config("Create or replace one named policy.", saved, requestBody=policy_body),
+            "put": config(
+                "Create or replace one named policy.",
+                {**saved, **_errors(404)},
+                requestBody=policy_body,
+            ),
             "delete": config("Delete one named policy.", {**deleted, **_errors(400)}),
         },
         "/healthz": {
