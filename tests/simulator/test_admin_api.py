@@ -1,0 +1,123 @@
+"""The simulator's admin API (/_sim), as the demo, benchmarks and other suites drive it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.fixtures.hubspot_simulator import RunningSimulator
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def _json(http: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> Any:
+    async with http.request(method, url, **kw) as response:
+        return response.status, await response.json()
+
+
+async def test_seed_complete_report_reset(
+    hubspot_sim: RunningSimulator, http: aiohttp.ClientSession
+) -> None:
+    base = hubspot_sim.url
+    status, grant = await _json(http, "POST", base + "/_sim/portals", json={"portalId": 11})
+    assert status == 201
+    assert grant["hub_id"] == 11
+    status, body = await _json(
+        http,
+        "POST",
+        base + "/_sim/callbacks",
+        json={"callbacks": [{"callbackId": f"c{i}", "portalId": 11} for i in range(3)]},
+    )
+    assert (status, body) == (201, {"registered": 3})
+    inputs = [
+        {"callbackId": f"c{i}", "outputFields": {"hs_execution_state": "SUCCESS"}} for i in (0, 1)
+    ]
+    async with http.post(
+        base + "/automation/v4/actions/callbacks/complete",
+        json={"inputs": inputs},
+        headers={"Authorization": f"Bearer {grant['access_token']}"},
+    ) as response:
+        assert response.status == 204
+        assert response.headers["X-HubSpot-RateLimit-Max"] == "110"
+    await _json(http, "POST", base + "/_sim/expire", json={"callbackIds": ["c2"]})
+    status, report = await _json(http, "GET", base + "/_sim/report")
+    assert report["total"]["completed"] == 2
+    assert report["total"]["expired"] == 1
+    assert report["portals"][0]["completion_requests"] == 1
+    async with http.get(base + "/_sim/report?format=text") as response:
+        assert "total" in await response.text()
+    status, rows = await _json(http, "GET", base + "/_sim/completions?portalId=11")
+    assert [r["callbackId"] for r in rows["completions"]] == ["c0", "c1"]
+    await _json(http, "POST", base + "/_sim/reset")
+    status, report = await _json(http, "GET", base + "/_sim/report")
+    assert report["portals"] == []
+
+
+async def test_faults_and_revocation(
+    hubspot_sim: RunningSimulator, http: aiohttp.ClientSession
+) -> None:
+    base = hubspot_sim.url
+    status, body = await _json(http, "POST", base + "/_sim/faults", json={"nope": 1})
+    assert status == 400
+    status, faults = await _json(
+        http, "POST", base + "/_sim/faults", json={"storm_seconds": 30, "latency_ms": 1}
+    )
+    assert status == 200
+    assert faults["storm_until"] > 0
+    _, grant = await _json(http, "POST", base + "/_sim/portals", json={"portalId": 12})
+    hubspot_sim.sim.add_blocked("s1", 12)
+    async with http.post(
+        base + "/automation/v4/actions/callbacks/s1/complete",
+        json={"outputFields": {}},
+        headers={"Authorization": f"Bearer {grant['access_token']}"},
+    ) as response:
+        assert response.status == 429
+        assert (await response.json())["policyName"] == "TEN_SECONDLY_ROLLING"
+    status, body = await _json(http, "POST", base + "/_sim/revoke", json={"portalId": 12})
+    assert body == {"revoked": 1}
+    form = {
+        "grant_type": "refresh_token",
+        "client_id": hubspot_sim.sim.config.client_id,
+        "client_secret": hubspot_sim.sim.config.client_secret,
+        "refresh_token": grant["refresh_token"],
+    }
+    status, body = await _json(http, "POST", base + "/oauth/v1/token", data=form)
+    assert (status, body["status"]) == (400, "BAD_REFRESH_TOKEN")
+    status, body = await _json(http, "POST", base + "/_sim/revoke", json={})
+    assert status == 400
+
+
+async def test_drive_over_http(
+    hubspot_sim: RunningSimulator, http: aiohttp.ClientSession, aiohttp_server: Any
+) -> None:
+    async def action(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"outputFields": {"hs_execution_state": "BLOCK", "hs_expiration_duration": "P1D"}}
+        )
+
+    app = web.Application()
+    app.router.add_post("/a", action)
+    server = await aiohttp_server(app)
+    status, result = await _json(
+        http,
+        "POST",
+        hubspot_sim.url + "/_sim/drive",
+        json={"actionUrl": str(server.make_url("/a")), "executions": 12, "portals": [1, 2, 3]},
+    )
+    assert status == 200
+    assert result["answers"] == {"BLOCK": 12}
+    assert result["latency_ms"]["p50"] > 0
+    status, report = await _json(http, "GET", hubspot_sim.url + "/_sim/report")
+    assert [p["never_completed"] for p in report["portals"]] == [4, 4, 4]
+    status, _body = await _json(
+        http, "POST", hubspot_sim.url + "/_sim/drive", json={"actionUrl": "x", "bogus": 1}
+    )
+    assert status == 400
