@@ -43,7 +43,7 @@ def load_chart_docs() -> Any:
     return sys.modules["chart_docs"]
 
 
-# ---- lint, render, schema -------------------------------------------------------------------
+# ---- lint, render, schema -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("strict", [False, True], ids=["lint", "lint-strict"])
@@ -232,7 +232,7 @@ def test_chart_crds_are_byte_identical_copies_of_deploy_crds() -> None:
         )
 
 
-# ---- pods: security, probes, secrets, settings -----------------------------------------------
+# ---- pods: security, probes, secrets, settings --------------------------------------------------
 
 
 @pytest.mark.parametrize("which", ["default", "all"])
