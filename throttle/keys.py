@@ -123,6 +123,7 @@ INSTALLED_PORTALS = f"{PREFIX}:{{reg}}:installed"
 # --- HubSpot (per portal; all keys of a portal share the tag {hs<portal>}) ------------------------
 #     throttle:{hs<portal>}:budget      zset   the portal's API calls in the rolling window (ms)
 #     throttle:{hs<portal>}:hold        string set after a 429; its TTL is the wait
+#     throttle:{hs<portal>}:inflight    zset   the portal's calls in flight (lease end, ms)
 #     throttle:{hs<portal>}:token-lock  string the single-flight token refresh lock
 #     throttle:oauth-state:<nonce>      string an OAuth `state` already used (single use)
 def _hubspot(portal_id: int, suffix: str) -> str:
@@ -135,6 +136,10 @@ def hubspot_budget(portal_id: int) -> str:
 
 def hubspot_hold(portal_id: int) -> str:
     return _hubspot(portal_id, "hold")
+
+
+def hubspot_in_flight(portal_id: int) -> str:
+    return _hubspot(portal_id, "inflight")
 
 
 def hubspot_token_lock(portal_id: int) -> str:

@@ -132,6 +132,10 @@ class Settings(BaseSettings):
     hubspot_portal_budget_overrides: str = Field(
         "", description="Per-portal budgets, comma-separated portal:calls (e.g. 12345:50,678:110)."
     )
+    hubspot_portal_concurrency: int = Field(
+        1, ge=1, le=10, description="HubSpot calls of one portal in flight at once, all pods "
+        "(1: a 429 storm costs one 429 per window)."
+    )
     hubspot_token_refresh_margin_seconds: float = Field(
         300.0,
         gt=0,

@@ -13,7 +13,7 @@ from throttle.settings import parse_budget_overrides as parse_overrides
 
 
 async def test_budget_counts_calls_in_the_rolling_window(redis: Any) -> None:
-    budget = PortalBudget(redis, limit=5, window_s=1.0)
+    budget = PortalBudget(redis, limit=5, window_s=1.0, max_in_flight=10)
     grants = [await budget.try_take(1) for _ in range(6)]
     assert [g.granted for g in grants] == [True] * 5 + [False]
     assert 0 < grants[-1].wait_seconds <= 1.0
@@ -40,7 +40,7 @@ async def test_hold_blocks_every_pod_and_only_grows(redis: Any, redis_server: An
 async def test_three_pods_never_exceed_the_budget(redis: Any, redis_server: Any) -> None:
     """Many concurrent takers on three clients: no 0.5 s window ever holds more than 20 calls."""
     clients = [redis] + [redis_server.client() for _ in range(2)]
-    budgets = [PortalBudget(c, limit=20, window_s=0.5) for c in clients]
+    budgets = [PortalBudget(c, limit=20, window_s=0.5, max_in_flight=3) for c in clients]
     granted_at: list[float] = []
 
     async def taker(budget: PortalBudget) -> None:
@@ -49,6 +49,7 @@ async def test_three_pods_never_exceed_the_budget(redis: Any, redis_server: Any)
             grant = await budget.take(9, max_wait_s=0.6)
             if grant.granted:
                 granted_at.append(time.monotonic())
+                await budget.release(9, grant)
 
     try:
         await asyncio.gather(*(taker(b) for b in budgets for _ in range(4)))
@@ -70,3 +71,26 @@ def test_overrides_parse_and_refuse_nonsense() -> None:
         parse_overrides("abc")
     with pytest.raises(ValueError, match="1 to 110"):
         parse_overrides("1:500")
+
+
+async def test_calls_in_flight_are_capped_across_pods(redis: Any, redis_server: Any) -> None:
+    other_pod = redis_server.client()
+    try:
+        a = PortalBudget(redis, limit=100, window_s=10.0, max_in_flight=1, lease_s=0.5)
+        b = PortalBudget(other_pod, limit=100, window_s=10.0, max_in_flight=1, lease_s=0.5)
+        first = await a.try_take(3)
+        assert first.granted
+        busy = await b.try_take(3)
+        assert not busy.granted
+        assert busy.wait_seconds == 0.01
+        assert (await b.try_take(4)).granted  # other portals are not affected
+        await a.release(3, first)
+        second = await b.try_take(3)
+        assert second.granted
+        # A pod that dies mid-call (never releases) frees the slot when the lease ends.
+        started = time.monotonic()
+        third = await a.take(3, max_wait_s=2.0)
+        assert third.granted
+        assert 0.3 < time.monotonic() - started < 1.0
+    finally:
+        await other_pod.aclose()

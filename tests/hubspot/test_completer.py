@@ -236,3 +236,45 @@ async def test_build_completer_from_settings(
     result = await completer.complete(9, items)
     assert len(result.completed) == 3
     assert metrics.hubspot_requests.labels("complete_batch", "204")._value.get() == 1
+
+
+async def test_storm_with_three_pods_costs_one_429_per_window(
+    start_simulator: StartSimulator,
+    store: TokenStore,
+    session: aiohttp.ClientSession,
+    redis: Any,
+    redis_server: Any,
+) -> None:
+    """Three dispatchers complete the same portal at once through a 429 storm."""
+    window = 1.0
+    running = await start_simulator(rate_window_s=window)
+    items = released(10, 900)
+    await setup(running, store, session, redis, 10, items, window_s=window)
+    client = HubSpotClient(session, running.url, "sim-client-id", "sim-client-secret")
+    pods = [redis_server.client() for _ in range(3)]
+    completers = [
+        HubSpotCompleter(
+            client,
+            TokenManager(store, client, pod),
+            PortalBudget(pod, 100, window),
+            max_budget_wait_s=0.2,
+        )
+        for pod in pods
+    ]
+    running.sim.set_faults(storm_until=time.time() + 2.5)
+    try:
+        shares = [items[i::3] for i in range(3)]
+        outcomes = await asyncio.gather(
+            *(drain(c, 10, share) for c, share in zip(completers, shares, strict=True))
+        )
+    finally:
+        for pod in pods:
+            await pod.aclose()
+    done = set().union(*(o[0] for o in outcomes))
+    assert done == {i.callback_id for i in items}
+    stats = running.sim.portal(10)
+    assert stats.rate_limited >= 2
+    times = sorted(stats.rate_limited_at)
+    for earlier, later in itertools.pairwise(times):
+        assert later - earlier >= window * 0.99
+    assert stats.duplicates == 0

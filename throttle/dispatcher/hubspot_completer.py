@@ -104,13 +104,19 @@ class HubSpotCompleter:
                 self._observe_budget_wait(portal_id)
                 return self._defer(result, _flatten(batch, pending), grant.wait_seconds)
             entries = [CallbackCompletion(i, output_fields(by_id[i])) for i in batch]
-            answer = await self._client.complete_batch(token, entries)
+            held = 0.0
+            try:
+                answer = await self._client.complete_batch(token, entries)
+                if isinstance(answer, RateLimited):
+                    # Before the slot is freed, so no other pod's call slips in meanwhile.
+                    held = await self._budget.hold(portal_id, answer.wait_seconds)
+            finally:
+                await self._budget.release(portal_id, grant)
             match answer:
                 case Success():
                     result.completed.extend(batch)
                     self._count("completed", len(batch))
-                case RateLimited(wait_seconds=wait):
-                    held = await self._budget.hold(portal_id, wait)
+                case RateLimited():
                     if self._metrics is not None:
                         self._metrics.hubspot_rate_limited.labels(str(portal_id)).inc()
                     log.warning("portal %s: HubSpot answered 429; holding %.1f s", portal_id, held)

@@ -1,17 +1,25 @@
--- Take one HubSpot API call from a portal's budget: a sliding log over a rolling window, shared by
--- every dispatcher pod. Time comes from Redis (TIME), so pods with skewed clocks agree.
+-- Take one HubSpot API call from a portal's budget, shared by every dispatcher pod: a sliding log
+-- over a rolling window, a hold after a 429, and a cap on calls in flight at once (so a 429 storm
+-- costs one 429 per window, not one per pod). Time comes from Redis (TIME), so pods agree.
 --
 -- KEYS[1]  zset   the portal's calls in the window: member = call id, score = time (ms)
 -- KEYS[2]  string the portal's hold after a 429 (its TTL is the time left to wait)
+-- KEYS[3]  zset   the portal's calls in flight: member = call id, score = lease end (ms)
 -- ARGV[1]  window length (ms)
 -- ARGV[2]  calls allowed per window
 -- ARGV[3]  unique id of this call
--- Returns  {1, 0}          the call may go now (and is counted)
---          {0, wait_ms}    not now: wait this long (a hold, or until the oldest call leaves)
-local log_key, hold_key = KEYS[1], KEYS[2]
+-- ARGV[4]  calls allowed in flight at once
+-- ARGV[5]  lease of an in-flight call (ms): a pod that dies mid-call frees its slot after this
+-- ARGV[6]  how long to wait for an in-flight slot before asking again (ms)
+-- Returns  {1, 0}          the call may go now (counted, and in flight until released)
+--          {0, wait_ms}    not now: wait this long (a hold, a busy slot, or the window)
+local log_key, hold_key, flight_key = KEYS[1], KEYS[2], KEYS[3]
 local window_ms = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
 local call_id = ARGV[3]
+local max_in_flight = tonumber(ARGV[4])
+local lease_ms = tonumber(ARGV[5])
+local poll_ms = tonumber(ARGV[6])
 
 local hold_ms = redis.call('PTTL', hold_key)
 if hold_ms > 0 then
@@ -20,15 +28,24 @@ end
 
 local clock = redis.call('TIME')
 local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+
+redis.call('ZREMRANGEBYSCORE', flight_key, '-inf', now_ms)
+if redis.call('ZCARD', flight_key) >= max_in_flight then
+  return {0, poll_ms}
+end
+
 redis.call('ZREMRANGEBYSCORE', log_key, '-inf', now_ms - window_ms)
-if redis.call('ZCARD', log_key) < limit then
-  redis.call('ZADD', log_key, now_ms, call_id)
-  redis.call('PEXPIRE', log_key, window_ms)
-  return {1, 0}
+if redis.call('ZCARD', log_key) >= limit then
+  local oldest = redis.call('ZRANGE', log_key, 0, 0, 'WITHSCORES')
+  local wait_ms = tonumber(oldest[2]) + window_ms - now_ms + 1
+  if wait_ms < 1 then
+    wait_ms = 1
+  end
+  return {0, wait_ms}
 end
-local oldest = redis.call('ZRANGE', log_key, 0, 0, 'WITHSCORES')
-local wait_ms = tonumber(oldest[2]) + window_ms - now_ms + 1
-if wait_ms < 1 then
-  wait_ms = 1
-end
-return {0, wait_ms}
+
+redis.call('ZADD', log_key, now_ms, call_id)
+redis.call('PEXPIRE', log_key, window_ms)
+redis.call('ZADD', flight_key, now_ms + lease_ms, call_id)
+redis.call('PEXPIRE', flight_key, lease_ms)
+return {1, 0}
