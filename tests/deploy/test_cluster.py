@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import secrets
+import shlex
 import subprocess
+import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,11 +24,13 @@ from typing import Any
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
 from tests.deploy.conftest import CHART, REPO, THIRD_PARTY_CRDS, VALUES_ALL, Helm, by_kind, one
 from tests.fixtures.kube import KubeEnv
 from tests.fixtures.services import RedisServer
 from tests.operator.conftest import OperatorThread
+from throttle.cli import main as cli
 from throttle.settings import Settings
 
 pytestmark = pytest.mark.kube
@@ -297,15 +302,25 @@ def test_helm_install_creates_every_object(
 
 
 def test_notes_tell_how_to_register_the_action(
-    full_install: Install, plain_install: Install
+    kube: KubeEnv, full_install: Install, plain_install: Install
 ) -> None:
-    assert "throttle hubspot register-action --app-id 1234567" in full_install.notes, (
-        full_install.notes
-    )
-    assert "--action-url https://throttle.example.com/api/hubspot/action" in full_install.notes
-    assert "WARNING" not in full_install.notes
+    notes = full_install.notes
+    assert "PUBLIC_URL=https://throttle.example.com" in notes
+    assert "The action URL is https://throttle.example.com/api/hubspot/action" in notes
+    assert "WARNING" not in notes
+    # The command in the notes is one the CLI accepts.
+    match = re.search(r"(throttle hubspot register-action [^\n]*)", notes)
+    assert match, notes
+    args = shlex.split(match.group(1))[1:]
+    assert args == ["hubspot", "register-action", "--app-id", "1234567"]
+    result = CliRunner().invoke(cli, [*args, "--help"])
+    assert result.exit_code == 0, result.output
+    # The example policy in the notes is one the API server accepts.
+    policy = re.search(r"<<'YAML'\n(.*?)\n\s*YAML", notes, re.S)
+    assert policy, notes
+    kube.kubectl("apply", "--dry-run=server", "-f", "-", input=textwrap.dedent(policy.group(1)))
     # Defaults: no ingress, no secrets; the notes say what is missing instead of a broken promise.
-    assert "https://<ingress host>/api/hubspot/action" in plain_install.notes
+    assert "which registers https://<ingress host>/api/hubspot/action" in plain_install.notes
     assert "WARNING: no value for DATABASE_URL" in plain_install.notes
 
 
