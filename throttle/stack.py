@@ -175,6 +175,9 @@ class Stack:
     def __init__(self, config: StackConfig) -> None:
         self.config = config
         self.root = config.root.resolve()
+        # The stack owns its folder: leftovers of an earlier run (killed, or kept) would replay
+        # old queues from Redis' AOF, so it starts empty.
+        shutil.rmtree(self.root, ignore_errors=True)
         self.redis = RedisServer(self.root / "redis", appendonly=config.redis_appendonly)
         self.postgres = PostgresServer(self.root / "postgres")
         self.components: dict[str, Component] = {}

@@ -112,12 +112,24 @@ def _num(value: float | None, digits: int = 2) -> str:
 
 
 def policy_table(policies: Sequence[PolicyResult]) -> Table:
-    table = Table(title="Per policy (rate measured while backlogged and releasable)")
-    for column in ("policy", "portal", "configured", "limit/s", "achieved/s", "error"):
-        table.add_column(column, justify="left" if column == "policy" else "right")
-    for column in ("wait p50", "p90", "p99", "max/period", "completed", "held", "dup", "lost"):
+    table = Table(title="Per policy (rate measured while backlogged and allowed to release)")
+    table.add_column("policy")
+    for column in (
+        "configured",
+        "limit/s",
+        "achieved/s",
+        "error",
+        "wait p50",
+        "p90",
+        "p99",
+        "max/period",
+        "sent",
+        "completed",
+        "held",
+        "failed",
+        "lost",
+    ):
         table.add_column(column, justify="right")
-    table.add_column("notes")
     for p in policies:
         error = p.rate_error
         error_text = "-" if error is None else f"{error * 100:.2f}%"
@@ -128,7 +140,6 @@ def policy_table(policies: Sequence[PolicyResult]) -> Table:
         style = "red" if p.problems() else "green"
         table.add_row(
             p.name,
-            str(p.portal_id),
             p.rate,
             _num(p.target_per_s),
             achieved,
@@ -137,11 +148,11 @@ def policy_table(policies: Sequence[PolicyResult]) -> Table:
             f"{p.wait_p90_s:.1f}s",
             f"{p.wait_p99_s:.1f}s",
             f"{p.max_window}/{p.window_bound}" if p.window_bound else "-",
+            str(p.sent),
             str(p.completed),
             str(p.held),
-            "0",
+            str(p.failed),
             f"[{'red' if p.lost else 'green'}]{p.lost}[/]",
-            "; ".join(p.notes),
         )
     return table
 
@@ -151,7 +162,7 @@ def portal_table(portals: Sequence[PortalResult]) -> Table:
     for column in (
         "portal",
         "completed",
-        "HubSpot requests",
+        "API requests",
         "completion requests",
         "callbacks/request",
         "429s",
@@ -180,6 +191,9 @@ def print_report(
     problems: Sequence[str],
 ) -> None:
     console.print(policy_table(policies))
+    for p in policies:
+        if p.notes:
+            console.print(f"  [dim]{p.name}: {'; '.join(p.notes)}[/]")
     console.print(portal_table(portals))
     if problems:
         console.print("[bold red]Problems:[/]")
