@@ -199,8 +199,9 @@ def start_operator(
     """Start operators watching the test's namespace; all are stopped at the end of the test."""
     started: list[OperatorThread] = []
 
-    def start(identity: str = "op-a", ready: bool = True) -> OperatorThread:
-        op = OperatorThread(operator_settings, operator_kubeconfig, [namespace], identity).start()
+    def start(identity: str = "op-a", ready: bool = True, **overrides: Any) -> OperatorThread:
+        settings = operator_settings.model_copy(update=overrides)
+        op = OperatorThread(settings, operator_kubeconfig, [namespace], identity).start()
         started.append(op)
         if ready:
             op.wait_ready()

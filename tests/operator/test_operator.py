@@ -10,6 +10,7 @@ import asyncio
 import inspect
 import json
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 from tests.fixtures.kube import KubeEnv
 from tests.operator.conftest import OperatorThread, policy_manifest
 from throttle import keys
+from throttle.localenv import RedisServer, free_port
 from throttle.manifests import policy_from_resource
 from throttle.policy import Policy
 from throttle.queue import Queue, QueueItem
@@ -65,6 +67,11 @@ def patch_spec(kube: KubeEnv, namespace: str, name: str, spec: dict[str, Any]) -
     kube.kubectl(
         "patch", "tp", name, "-n", namespace, "--type=merge", "-p", json.dumps({"spec": spec})
     )
+
+
+def health(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+        return dict(json.loads(resp.read()))
 
 
 def item(callback_id: str, portal_id: int = 1234) -> QueueItem:
@@ -315,12 +322,15 @@ async def test_restart_does_no_duplicate_work(
 async def test_two_replicas_exactly_one_acts(
     kube: KubeEnv, namespace: str, redis: Any, start_operator: Callable[..., OperatorThread]
 ) -> None:
-    a = start_operator("op-a")
-    b = start_operator("op-b", ready=False)
+    port_a, port_b = free_port(), free_port()
+    a = start_operator("op-a", metrics_port=port_a, host="127.0.0.1")
+    b = start_operator("op-b", ready=False, metrics_port=port_b, host="127.0.0.1")
     await asyncio.sleep(1.5)
     assert a.leader
     assert not b.leader
     assert not b.ready.is_set()
+    assert health(port_a)["role"] == "leader"
+    assert health(port_b)["role"] == "standby"  # alive and serving while it waits
     kube.apply(policy_manifest("one", rate={"limit": 5}), namespace=namespace)
     await eventually(lambda: redis.exists(keys.params("1234:one")), timeout=2)
     await eventually(lambda: a.reconciles("written") == 1)
@@ -330,7 +340,70 @@ async def test_two_replicas_exactly_one_acts(
     b.wait_ready(timeout=10)
     assert b.leader
     assert not a.leader
+    assert health(port_b)["role"] == "leader"
     patch_spec(kube, namespace, "one", {"rate": {"limit": 6}})
     await eventually(lambda: _is(redis.hget(keys.params("1234:one"), "lim"), b"6"), timeout=3)
     assert b.reconciles("written") == 1
     assert a.reconciles("written") == 1
+
+
+async def test_same_policy_from_two_resources_is_a_conflict(
+    kube: KubeEnv, namespace: str, redis: Any, start_operator: Callable[..., OperatorThread]
+) -> None:
+    start_operator()
+    kube.apply(policy_manifest("first", name="shared", rate={"limit": 3}), namespace=namespace)
+    await eventually(lambda: redis.exists(keys.params("1234:shared")), timeout=2)
+    await eventually(
+        lambda: condition(get_tp(kube, namespace, "first"), "Ready").get("status") == "True"
+    )
+    kube.apply(policy_manifest("second", name="shared", rate={"limit": 99}), namespace=namespace)
+    second = await eventually(
+        lambda: (
+            (t := get_tp(kube, namespace, "second"))
+            and condition(t, "Degraded").get("reason") == "Conflict"
+            and t
+        )
+    )
+    assert "first" in condition(second, "Degraded")["message"]
+    assert await redis.hget(keys.params("1234:shared"), "lim") == b"3"  # the older one holds
+    assert "Conflict" in reasons(kube, namespace, "second")
+
+    # The first goes away: the second takes over on its next status refresh.
+    kube.kubectl("delete", "tp", "first", "-n", namespace)
+    await eventually(lambda: _is(redis.hget(keys.params("1234:shared"), "lim"), b"99"), timeout=5)
+    await eventually(
+        lambda: condition(get_tp(kube, namespace, "second"), "Ready").get("status") == "True"
+    )
+
+
+async def test_redis_down_then_back(
+    kube: KubeEnv,
+    namespace: str,
+    redis: Any,
+    redis_server: RedisServer,
+    start_operator: Callable[..., OperatorThread],
+) -> None:
+    start_operator()
+    redis_server.stop()
+    try:
+        kube.apply(policy_manifest("later"), namespace=namespace)
+        tp = await eventually(
+            lambda: (
+                (t := get_tp(kube, namespace, "later"))
+                and condition(t, "Degraded").get("reason") == "RedisUnavailable"
+                and t
+            )
+        )
+        assert condition(tp, "Ready")["status"] == "False"
+    finally:
+        redis_server.start()
+    await eventually(
+        lambda: condition(get_tp(kube, namespace, "later"), "Ready").get("status") == "True",
+        timeout=15,
+    )
+    fresh = redis_server.client()  # the test's own connection died with the server
+    try:
+        assert await fresh.exists(keys.params("1234:later"))
+    finally:
+        await fresh.aclose()
+    assert "RedisUnavailable" in reasons(kube, namespace, "later")

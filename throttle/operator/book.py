@@ -148,6 +148,12 @@ class PolicyBook:
         return figures_from_stats(policy, stats)
 
 
+def tombstone(key: str) -> Policy:
+    """A stand-in Policy for `portal:name` whose spec is unknown, enough to retire it."""
+    portal, _, name = key.partition(":")
+    return Policy.model_validate({"name": name, "portalId": int(portal), "rate": {"limit": 1}})
+
+
 def figures_from_stats(
     policy: Policy, stats: PolicyStats, now: float | None = None
 ) -> QueueFigures:

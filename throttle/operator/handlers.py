@@ -34,9 +34,15 @@ from throttle.manifests import (
 )
 from throttle.metrics import Metrics
 from throttle.operator import events
-from throttle.operator.book import PolicyBook, PolicyConflict
+from throttle.operator.book import Entry, PolicyBook, PolicyConflict, tombstone
 from throttle.operator.connection import connection_info
-from throttle.operator.status import Outcome, QueueFigures, desired_status, status_patch
+from throttle.operator.status import (
+    FIGURE_KEYS,
+    Outcome,
+    QueueFigures,
+    desired_status,
+    status_patch,
+)
 from throttle.policy import Policy
 from throttle.queue import Queue
 from throttle.settings import Settings
@@ -62,6 +68,11 @@ class OperatorState:
     restored: set[str] = field(default_factory=set)
     """Owners whose parameters were written back and whose Event is not posted yet."""
     applied_generations: dict[str, int] = field(default_factory=dict)
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    """One per resource: kopf runs a resource's timer beside its change handlers."""
+
+    def lock(self, owner: str) -> asyncio.Lock:
+        return self.locks.setdefault(owner, asyncio.Lock())
 
     @property
     def policies(self) -> PolicyBook:
@@ -191,31 +202,36 @@ async def apply_spec(
     **_: Any,
 ) -> None:
     """Reconcile the spec into the engine (idempotent; a no-op when Redis already matches)."""
-    state = _state(memo)
-    owner = _owner(namespace, name)
-    generation = int(meta.get("generation") or 0)
+    state, owner = _state(memo), _owner(namespace, name)
+    writer = _StatusWriter(patch, status, spec, int(meta.get("generation") or 0), state)
+    async with state.lock(owner):
+        await _reconcile(writer, body, meta, owner)
+
+
+async def _reconcile(writer: _StatusWriter, body: kopf.Body, meta: kopf.Meta, owner: str) -> None:
+    state, generation = writer.state, writer.generation
     book = state.policies
     previous_key = book.key_of(owner)
     previous = book.entries[previous_key].policy if previous_key else None
-    writer = _StatusWriter(patch, status, spec, generation, state)
     try:
         policy = policy_from_resource(body)
     except ManifestError as exc:
         state.metrics.operator_reconciles.labels("invalid").inc()
         events.invalid_spec(body, exc.errors, generation, state.applied_generations.get(owner))
-        message = events.describe_errors(exc.errors)
-        writer.show(Outcome.INVALID_SPEC, message)
+        writer.show(Outcome.INVALID_SPEC, events.describe_errors(exc.errors))
         return  # permanent until the spec changes: the next edit calls this handler again
     try:
         applied = await book.apply(owner, _created(meta), policy, generation)
     except PolicyConflict as exc:
         state.metrics.operator_reconciles.labels("conflict").inc()
-        events.conflict(body, exc.key, exc.owner)
+        if _ready_reason(writer.status) != Outcome.CONFLICT.value:
+            events.conflict(body, exc.key, exc.owner)
         writer.show(Outcome.CONFLICT, str(exc), policy)
-        return
+        return  # the status timer tries again (the other source may go away)
     except (RedisError, OSError) as exc:
         state.metrics.operator_reconciles.labels("error").inc()
-        events.redis_unavailable(body, exc)
+        if _ready_reason(writer.status) != Outcome.REDIS_UNAVAILABLE.value:
+            events.redis_unavailable(body, exc)
         writer.show(Outcome.REDIS_UNAVAILABLE, f"cannot reach Redis: {exc}", policy)
         raise kopf.TemporaryError(f"Redis unavailable: {exc}", delay=2) from exc
     state.metrics.operator_reconciles.labels("written" if applied.written else "unchanged").inc()
@@ -230,6 +246,13 @@ async def apply_spec(
     except (RedisError, OSError):
         figures = None
     writer.show(outcome, message, policy, figures)
+
+
+def _ready_reason(status: Mapping[str, Any] | None) -> str | None:
+    for c in (status or {}).get("conditions") or []:
+        if c.get("type") == "Ready":
+            return str(c.get("reason"))
+    return None
 
 
 # ---- status -------------------------------------------------------------------------------------
@@ -247,25 +270,71 @@ async def refresh_status(
     memo: Any,
     **_: Any,
 ) -> None:
-    """Queue figures and conditions; patches only what changed (often nothing)."""
-    state = _state(memo)
-    owner = _owner(namespace, name)
+    """Queue figures and conditions; patches only what changed (often nothing).
+
+    A resource whose current generation is not in force is reconciled again, unless its spec
+    is invalid (that waits for an edit): this settles conflicts once the other source goes,
+    and a replica that just took over.
+    """
+    state, owner = _state(memo), _owner(namespace, name)
+    async with state.lock(owner):
+        await _refresh(state, owner, body, spec, meta, status, patch)
+
+
+async def _refresh(
+    state: OperatorState,
+    owner: str,
+    body: kopf.Body,
+    spec: kopf.Spec,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    patch: kopf.Patch,
+) -> None:
+    generation = int(meta.get("generation") or 0)
     book = state.policies
     key = book.key_of(owner)
-    if key is None:
-        return  # invalid, conflicting or not applied yet: apply_spec owns the status then
-    entry = book.entries[key]
+    entry = book.entries[key] if key else None
+    writer = _StatusWriter(patch, status, spec, generation, state)
+    invalid = _ready_reason(status) == Outcome.INVALID_SPEC.value
+    if entry is None or entry.generation != generation:
+        if not invalid:
+            await _reconcile(writer, body, meta, owner)
+            return
+        if entry is None:
+            return
+    assert entry is not None
     if owner in state.restored:
         state.restored.discard(owner)
-        events.restored(body, key)
-    writer = _StatusWriter(patch, status, spec, entry.generation, state)
+        events.restored(body, entry.policy.key)
     try:
         figures = await book.figures(entry.policy)
     except (RedisError, OSError) as exc:
         writer.show(Outcome.REDIS_UNAVAILABLE, f"cannot reach Redis: {exc}", entry.policy)
         return
+    if invalid:  # the last valid generation runs; only its figures change
+        current = writer.status or {}
+        shown = status_patch(current, _figures_only(entry, figures, current, spec))
+        if shown:
+            patch.status.update(shown)
+            state.metrics.operator_status_patches.inc()
+        return
     outcome, message = _ready(entry.policy)
     writer.show(outcome, message, entry.policy, figures)
+
+
+def _figures_only(
+    entry: Entry, figures: QueueFigures, current: Mapping[str, Any], spec: Mapping[str, Any]
+) -> dict[str, Any]:
+    desired = desired_status(
+        spec=spec,
+        generation=entry.generation,
+        outcome=Outcome.APPLIED,
+        message="",
+        policy_name=entry.policy.key,
+        figures=figures,
+        current=current,
+    )
+    return {k: v for k, v in desired.items() if k in FIGURE_KEYS}
 
 
 # ---- deletion -----------------------------------------------------------------------------------
@@ -294,7 +363,11 @@ async def retire_policy(
         try:
             policy = policy_from_resource(body)
         except ManifestError:
-            return  # never applied: nothing of it is in Redis
+            # The spec is invalid now; the status names the policy last in force, if any.
+            shown = status.get("policy") if status else None
+            if not shown:
+                return  # never applied: nothing of it is in Redis
+            policy = tombstone(str(shown))
         if book.owner_of(policy.key) not in (None, owner):
             return  # the policy belongs to another resource: deleting this one changes nothing
     mode = on_delete_mode(spec)
@@ -316,6 +389,7 @@ async def retire_policy(
         raise kopf.TemporaryError(message, delay=state.settings.operator_retire_poll_interval)
     book.forget(owner)
     state.applied_generations.pop(owner, None)
+    state.locks.pop(owner, None)
     events.retired(body, policy.key)
 
 

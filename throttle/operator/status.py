@@ -134,7 +134,7 @@ def desired_status(
     if policy_name:
         status["policy"] = policy_name
     if figures is None:
-        for key in _FIGURE_KEYS:
+        for key in FIGURE_KEYS:
             if key in current:
                 status[key] = current[key]
         return status
@@ -151,7 +151,7 @@ def desired_status(
     return status
 
 
-_FIGURE_KEYS = (
+FIGURE_KEYS = (
     "queueDepth",
     "inFlight",
     "releasedTotal",
