@@ -230,3 +230,20 @@ async def test_action_definition_crud(
         await client.create_definition(app_id, {**definition, "actionUrl": "http://x.com"}, auth)
     await client.archive_definition(app_id, created["id"], auth)
     assert await client.list_definitions(app_id, auth) == []
+
+
+async def test_lost_answer_then_retry_reads_as_already_completed(
+    hubspot_sim: RunningSimulator, session: aiohttp.ClientSession
+) -> None:
+    """Harsh: HubSpot applied the completion but the answer was a 5xx; the retry is refused."""
+    sim = hubspot_sim.sim
+    token = sim.issue_tokens(1)["access_token"]
+    sim.add_blocked("cb", 1)
+    sim.set_faults(error_after_apply_ratio=1.0)
+    client = client_for(hubspot_sim, session)
+    assert isinstance(await client.complete_batch(token, entries("cb")), Retryable)
+    sim.set_faults(error_after_apply_ratio=0.0)
+    again = await client.complete_batch(token, entries("cb"))
+    assert isinstance(again, Rejected)
+    assert [c.callback_id for c in sim.completions] == ["cb"]
+    assert sim.portal(1).duplicates == 1

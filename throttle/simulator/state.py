@@ -206,6 +206,9 @@ class Simulator:
         return self.stats.setdefault(portal_id, PortalStats())
 
     def set_faults(self, **changes: Any) -> Faults:
+        """Change faults; `storm_seconds=n` starts a 429 storm of n seconds now (simulator time)."""
+        if "storm_seconds" in changes:
+            changes["storm_until"] = self.now() + float(changes.pop("storm_seconds"))
         self.faults.update(changes)
         return self.faults
 
