@@ -182,3 +182,23 @@ def test_cli_local_mode_serves_health_and_stops_cleanly(
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=15)
     assert proc.returncode == 0, out
+
+
+def test_cli_without_cluster_credentials_says_what_to_do(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")
+    }
+    env.update(HOME=str(tmp_path), REDIS_URL=redis_server.url, METRICS_PORT="0")
+    proc = subprocess.run(
+        [sys.executable, "-m", "throttle.cli", "operator"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "no Kubernetes credentials" in proc.stderr
+    assert "--local DIR" in proc.stderr

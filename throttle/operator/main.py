@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -157,11 +158,19 @@ def serve(settings: Settings, namespaces: list[str], local: Path | None = None) 
 
         asyncio.run(_with_signals(lambda stop: run_local(settings, local, stop=stop)))
         return
+    from kubernetes.config import ConfigException
+
     try:
         asyncio.run(_with_signals(lambda stop: run(settings, namespaces, stop=stop)))
     except LeadershipLost as exc:
         log.error("%s; exiting so a restart rejoins as a standby", exc)
         raise SystemExit(1) from None
+    except ConfigException as exc:
+        sys.stderr.write(
+            f"throttle: error: no Kubernetes credentials ({exc}); run in a pod with a "
+            "ServiceAccount, set KUBECONFIG, or use `throttle operator --local DIR`\n"
+        )
+        raise SystemExit(2) from None
 
 
 async def _with_signals(main: Any) -> None:
