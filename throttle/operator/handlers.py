@@ -143,6 +143,9 @@ async def watch_redis(state: OperatorState) -> None:
         except (RedisError, OSError) as exc:
             log.warning("redis watch: %s", exc)
             continue
+        except Exception:  # a bug must not end the watch for the operator's lifetime
+            log.exception("redis watch failed; continuing")
+            continue
         for entry in restored:
             state.restored.add(entry.owner)
             state.metrics.operator_restores.inc()
