@@ -1,0 +1,93 @@
+"""The install flow and the uninstall webhook mounted in the real webhook app (`create_app`),
+and the webhook then refusing the uninstalled portal's executions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+from prometheus_client import CollectorRegistry
+
+from tests.fixtures.hubspot_simulator import RunningSimulator, StartSimulator
+from throttle.simulator import Driver, TrafficPlan, send_uninstall
+from throttle.webhook_service.app import AccessLogger, create_app
+from throttle.webhook_service.appkeys import INSTALLED, TOKENS
+
+
+@pytest.fixture
+async def webhook(
+    start_simulator: StartSimulator, make_settings: Any, pool: Any, redis: Any
+) -> AsyncIterator[tuple[RunningSimulator, str, Any]]:
+    settings = make_settings()
+    running = await start_simulator(
+        client_id=settings.hubspot_client_id,
+        client_secret=settings.hubspot_client_secret.get_secret_value(),
+    )
+    settings = make_settings(hubspot_api_base=running.url, hubspot_app_base=running.url)
+    app = create_app(settings, registry=CollectorRegistry())
+    server = TestServer(
+        app,
+        host="127.0.0.1",
+        port=settings.port,
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("throttle.access"),
+    )
+    await server.start_server()
+    yield running, settings.public_url, app
+    await server.close()
+
+
+async def test_install_uninstall_through_the_webhook_app(
+    webhook: tuple[RunningSimulator, str, Any],
+) -> None:
+    running, url, app = webhook
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url + "/api/oauth/authorize", allow_redirects=False) as r:
+            assert r.status == 302
+            authorize = r.headers["Location"]
+        async with session.get(authorize + "&portal_id=4242", allow_redirects=False) as r:
+            callback = r.headers["Location"]
+        assert urlsplit(callback).path == "/api/oauth/callback"
+        async with session.get(callback) as r:
+            assert r.status == 200, await r.text()
+        installation = await app[TOKENS].store.installation(4242)
+        assert installation.status == "installed"
+        assert installation.hub_domain == "portal-4242.example.com"
+
+        await app[INSTALLED].refresh()
+        async with Driver(running.sim, url + "/api/hubspot/action", session) as driver:
+            before = await driver.run(TrafficPlan(executions=1, portals=[4242]))
+        assert set(before.answers) <= {"BLOCK", "FAIL_CONTINUE", "HTTP 404", "HTTP 422"}
+
+        status = await send_uninstall(running.sim, url + "/api/hubspot/uninstall", 4242, session)
+        assert status == 200
+        installation = await app[TOKENS].store.installation(4242)
+        assert installation.status == "uninstalled"
+        await app[INSTALLED].refresh()
+        state = app[INSTALLED].state(4242)
+        assert state is not None
+        assert not state.installed
+        assert "app uninstall webhook" in (state.reason or "")
+
+        # A stale (6 min old) signature on the uninstall endpoint is refused like any other.
+        body = json.dumps([{"subscriptionType": "app.uninstall", "portalId": 5}]).encode()
+        from throttle.webhook_service.signatures import sign_v3
+
+        old = int(time.time() * 1000) - 6 * 60 * 1000
+        headers = {
+            "X-HubSpot-Signature-v3": sign_v3(
+                running.sim.config.client_secret, "POST", url + "/api/hubspot/uninstall", body, old
+            ),
+            "X-HubSpot-Request-Timestamp": str(old),
+            "Content-Type": "application/json",
+        }
+        async with session.post(url + "/api/hubspot/uninstall", data=body, headers=headers) as r:
+            assert r.status == 401
+            assert (await r.json())["error"] == "invalid_signature"
