@@ -41,6 +41,7 @@ from throttle.webhook_service.appkeys import (
     TOKENS,
     VERIFIER,
 )
+from throttle.webhook_service.autopipeline import AutoPipeline
 from throttle.webhook_service.errors import json_errors
 from throttle.webhook_service.portals import InstalledPortals
 from throttle.webhook_service.verification import SignatureVerifier
@@ -91,9 +92,11 @@ def _redis_client(settings: Settings) -> Any:
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     from throttle.queue import Queue
 
-    redis = _redis_client(app[SETTINGS])
+    settings = app[SETTINGS]
+    redis = _redis_client(settings)
     app[REDIS] = redis
-    app[QUEUE] = Queue(redis)
+    # Concurrent requests' enqueue calls share network writes (one round trip each still).
+    app[QUEUE] = Queue(redis if settings.redis_cluster else AutoPipeline(redis))
     try:
         await app[QUEUE].scripts.load()
     except Exception as exc:
