@@ -3,6 +3,22 @@
 Pure bookkeeping with the clock passed in; the HTTP layer (`server.py`) and the traffic driver
 (`driver.py`) both work on one `Simulator`. Where HubSpot's behaviour is undocumented it follows
 the harshest reasonable reading of shared/hubspot-contract.md (each such choice says "Harsh:").
+
+What completing a callback answers (the contract leaves it open):
+- batch (`POST .../callbacks/complete`): all or nothing. One bad input (unknown, another
+  portal's, expired, already completed, not blocked, a non-final `hs_execution_state`, a callback
+  twice) rejects the whole batch with 400 `VALIDATION_ERROR` and applies nothing; `errors[]`
+  does not name the offenders unless `name_offenders_in_errors`. More than 100 inputs: 400.
+- single (`POST .../callbacks/{id}/complete`): unknown or another portal's → 404
+  `OBJECT_NOT_FOUND`; expired or already completed → 400 `VALIDATION_ERROR`.
+- every attempt on an already-completed callback counts as a duplicate, on an expired one as
+  late, on an unknown one as unknown (per portal, in the report).
+- 204 on success. 401 for a missing, unknown, revoked or expired bearer token; 403
+  `MISSING_SCOPES` without `automation`. Rate limit: 110 calls per rolling 10 s per portal
+  (calls answered 429 count too), 429 with HubSpot's body and `X-HubSpot-RateLimit-*` headers.
+- OAuth: codes are single use and bound to their `redirect_uri`; refresh tokens rotate on every
+  refresh (the old one dies); token responses carry no `hub_id`; a revoked refresh token answers
+  400 `BAD_REFRESH_TOKEN`; access tokens stay valid until they expire.
 """
 
 from __future__ import annotations
