@@ -65,6 +65,13 @@ async def test_install_uninstall_through_the_webhook_app(
         async with Driver(running.sim, url + "/api/hubspot/action", session) as driver:
             before = await driver.run(TrafficPlan(executions=1, portals=[4242]))
         assert set(before.answers) <= {"BLOCK", "FAIL_CONTINUE", "HTTP 404", "HTTP 422"}
+        async with Driver(running.sim, url + "/api/hubspot/action", session) as driver:
+            status, answer = await driver.fetch_options(url + "/api/hubspot/options", 4242)
+            assert status == 200
+            assert isinstance(answer["options"], list)
+            driver.client_secret = "not-the-secret"
+            status, _ = await driver.fetch_options(url + "/api/hubspot/options", 4242)
+            assert status == 401
 
         status = await send_uninstall(running.sim, url + "/api/hubspot/uninstall", 4242, session)
         assert status == 200

@@ -173,19 +173,19 @@ class Driver:
             "inputFields": input_fields,
         }
 
-    def sign(self, body: bytes, version: str) -> dict[str, str]:
+    def sign(self, body: bytes, version: str, url: str | None = None) -> dict[str, str]:
+        """HubSpot's signature headers for a POST of `body` to `url` (the action URL)."""
         signatures = _signatures()
+        url = url or self.action_url
         if version == "v2":
             return {
-                "X-HubSpot-Signature": signatures.sign_v2(
-                    self.client_secret, "POST", self.action_url, body
-                ),
+                "X-HubSpot-Signature": signatures.sign_v2(self.client_secret, "POST", url, body),
                 "X-HubSpot-Signature-Version": "v2",
             }
         timestamp = int(time.time() * 1000)
         return {
             "X-HubSpot-Signature-v3": signatures.sign_v3(
-                self.client_secret, "POST", self.action_url, body, timestamp
+                self.client_secret, "POST", url, body, timestamp
             ),
             "X-HubSpot-Request-Timestamp": str(timestamp),
         }
@@ -258,6 +258,37 @@ class Driver:
                     result.problem(f"{callback_id}: bad hs_expiration_duration {raw!r}")
         self.sim.record_answer(callback_id, state, expiration)
         return str(state)
+
+    async def fetch_options(
+        self,
+        options_url: str,
+        portal_id: int,
+        action_definition_id: int = 1,
+        query: str | None = None,
+        after: str | None = None,
+        signature_version: str = "v3",
+    ) -> tuple[int, Any]:
+        """POST what HubSpot sends to an input field's `optionsUrl`; (status, parsed answer)."""
+        assert self._session is not None, "use the driver as an async context manager"
+        payload = {
+            "origin": {
+                "portalId": portal_id,
+                "actionDefinitionId": action_definition_id,
+                "actionDefinitionVersion": 1,
+            },
+            "inputFieldName": "policy",
+            "inputFields": {},
+            "fetchOptions": {"q": query, "after": after},
+        }
+        body = json.dumps(payload, ensure_ascii=True).encode()
+        headers = {"Content-Type": "application/json"}
+        headers.update(self.sign(body, signature_version, options_url))
+        async with self._session.post(options_url, data=body, headers=headers) as response:
+            text = await response.text()
+            try:
+                return response.status, json.loads(text) if text else None
+            except ValueError:
+                return response.status, text
 
     async def run(self, plan: TrafficPlan) -> DriveResult:
         """Send `plan.executions` executions spread over the portals, at the plan's pace."""
