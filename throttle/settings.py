@@ -171,6 +171,22 @@ class Settings(BaseSettings):
     webhook_access_log: bool = Field(
         True, description="Log one line per HTTP request (method, path without query, status)."
     )
+    webhook_max_inflight: int = Field(
+        256,
+        ge=1,
+        description="HubSpot requests a webhook pod serves at once; more are shed with 429.",
+    )
+    webhook_shed_lag_ms: float = Field(
+        200.0,
+        ge=0,
+        description="Shed HubSpot requests with 429 while the event loop lags more (0: never).",
+    )
+    config_api_max_failures: int = Field(
+        10, ge=1, description="Wrong-token attempts per client and window before 429 (config API)."
+    )
+    config_api_failure_window_seconds: float = Field(
+        60.0, gt=0, description="Sliding window for CONFIG_API_MAX_FAILURES."
+    )
     config_backend: Literal["local", "cluster"] = Field(
         "local",
         description="Where the config API stores policies: local = PostgreSQL + reconcile, "

@@ -15,7 +15,9 @@ from throttle.webhook_service.appkeys import POLICY_INDEX, POLICY_STORE, QUEUE
 @pytest.fixture
 async def api(start_webhook: StartWebhook, database_url: str) -> Webhook:
     await migrate(database_url)
-    return await start_webhook()
+    # Tests here send many wrong tokens on purpose; the failed-attempt limiter (429 after
+    # CONFIG_API_MAX_FAILURES, tested in tests/security) must not step in.
+    return await start_webhook(config_api_max_failures=1000)
 
 
 def auth(webhook: Webhook, token: str | None = None) -> dict[str, str]:

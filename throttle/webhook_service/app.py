@@ -26,7 +26,15 @@ from prometheus_client import CollectorRegistry
 
 from throttle.metrics import Metrics
 from throttle.settings import Settings
-from throttle.webhook_service import actions, config_api, health, openapi, options
+from throttle.webhook_service import (
+    actions,
+    auth_limit,
+    config_api,
+    health,
+    openapi,
+    options,
+    shedding,
+)
 from throttle.webhook_service.appkeys import (
     DB_POOL,
     HTTP,
@@ -267,6 +275,13 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app[VERIFIER] = SignatureVerifier(settings)
     app.cleanup_ctx.extend(
         [redis_ctx, policy_index_ctx, db_ctx, http_ctx, installed_ctx, policy_store_ctx]
+    )
+    shedding.install(app, settings.webhook_max_inflight, settings.webhook_shed_lag_ms)
+    auth_limit.install(
+        app,
+        settings.config_api_max_failures,
+        settings.config_api_failure_window_seconds,
+        settings.trusted_proxy_networks,
     )
     app.add_routes(actions.routes)
     app.add_routes(options.routes)

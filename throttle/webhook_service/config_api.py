@@ -57,7 +57,9 @@ def require_token(request: web.Request) -> None:
             "send Authorization: Bearer <THROTTLE_API_TOKEN>",
             headers=challenge,
         )
-    if not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
+    # aiohttp keeps non-UTF-8 header bytes as surrogates; encode them back instead of failing.
+    presented = given.strip().encode("utf-8", "surrogateescape")
+    if not hmac.compare_digest(presented, token.get_secret_value().encode()):
         raise ApiError(401, "unauthorized", "the bearer token is not valid", headers=challenge)
 
 

@@ -48,6 +48,8 @@ def _errors(*codes: int) -> dict[str, Any]:
         405: "Method not allowed.",
         409: "Another policy of the portal already covers this action.",
         413: "Body larger than WEBHOOK_MAX_BODY_BYTES.",
+        429: "Too many requests: the pod sheds load (HubSpot endpoints) or this client sent too "
+        "many wrong tokens (config API). Nothing changed; retry after Retry-After seconds.",
         503: "A backing service (Redis, PostgreSQL, Kubernetes API) is unavailable; retry later.",
     }
     return {str(code): _error(text[code]) for code in codes}
@@ -168,7 +170,7 @@ def document() -> dict[str, Any]:
             "summary": summary,
             "tags": ["config"],
             "security": bearer,
-            "responses": {**responses, **_errors(401, 503)},
+            "responses": {**responses, **_errors(401, 429, 503)},
             **extra,
         }
 
@@ -195,7 +197,7 @@ def document() -> dict[str, Any]:
                         "BLOCK (queued or duplicate), or the policy's overflow answer, or "
                         "FAIL_CONTINUE with throttle_reason (portal not installed, no policy).",
                     ),
-                    **_errors(400, 401, 413, 503),
+                    **_errors(400, 401, 413, 429, 503),
                 },
             }
         },
@@ -210,7 +212,7 @@ def document() -> dict[str, Any]:
                 },
                 "responses": {
                     "200": _json({"$ref": REF.format(model="OptionsAnswer")}, "Policies."),
-                    **_errors(400, 401, 413),
+                    **_errors(400, 401, 413, 429),
                 },
             }
         },

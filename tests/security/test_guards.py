@@ -1,0 +1,115 @@
+"""The two guards in front of the handlers: load shedding and the failed-attempt limiter.
+
+Their behaviour under real load and real guessing is proven elsewhere (the load scenario of the
+fault suite, test_config_api_auth.py); here each decision is checked directly, with the clock and
+the load under the test's control.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from throttle.webhook_service import auth_limit, shedding
+from throttle.webhook_service.errors import json_errors
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_failed_attempts_slide_out_of_the_window() -> None:
+    clock = Clock()
+    attempts = auth_limit.FailedAttempts(limit=3, window_s=60, clock=clock)
+    for _ in range(3):
+        assert attempts.retry_after("10.0.0.1") is None
+        attempts.record("10.0.0.1")
+        clock.now += 1
+    assert attempts.retry_after("10.0.0.1") == 57
+    assert attempts.retry_after("10.0.0.2") is None, "another client is not locked out"
+    clock.now += 56.5
+    assert attempts.retry_after("10.0.0.1") == 1
+    clock.now += 1
+    assert attempts.retry_after("10.0.0.1") is None
+
+
+def test_memory_stays_bounded_under_a_flood_of_addresses() -> None:
+    attempts = auth_limit.FailedAttempts(limit=2, window_s=60)
+    for i in range(auth_limit.MAX_CLIENTS + 500):
+        attempts.record(f"client-{i}")
+    assert len(attempts._seen) == auth_limit.MAX_CLIENTS
+
+
+class FakeRequest:
+    def __init__(self, remote: str, forwarded: str | None = None) -> None:
+        self.remote = remote
+        self.headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+
+
+def test_the_client_behind_a_trusted_proxy_is_the_last_untrusted_hop() -> None:
+    import ipaddress
+
+    trusted = [ipaddress.ip_network("10.0.0.0/8")]
+    address = auth_limit.client_address
+    assert address(FakeRequest("203.0.113.9", "1.2.3.4"), trusted) == "203.0.113.9"  # type: ignore[arg-type]
+    assert address(FakeRequest("10.1.1.1", "1.2.3.4, 198.51.100.7"), trusted) == "198.51.100.7"  # type: ignore[arg-type]
+    assert address(FakeRequest("10.1.1.1", "198.51.100.7, 10.2.2.2"), trusted) == "198.51.100.7"  # type: ignore[arg-type]
+    assert address(FakeRequest("10.1.1.1", "not-an-ip"), trusted) == "10.1.1.1"  # type: ignore[arg-type]
+    assert address(FakeRequest("10.1.1.1"), trusted) == "10.1.1.1"  # type: ignore[arg-type]
+
+
+def test_sustained_lag_sheds_and_a_single_pause_does_not() -> None:
+    shedder = shedding.LoadShedder(max_inflight=10, max_lag_s=0.2)
+    shedder.observe_lag(2.0)  # one long pause
+    for _ in range(shedding.SUSTAINED_SAMPLES - 1):
+        shedder.observe_lag(0.0)
+    assert shedder.overloaded() is None
+    for _ in range(shedding.SUSTAINED_SAMPLES):
+        shedder.observe_lag(0.3)
+    assert shedder.overloaded() == "loop_lag"
+    shedder.observe_lag(0.01)
+    assert shedder.overloaded() is None, "recovers as soon as the loop catches up"
+
+
+async def test_the_middleware_sheds_hot_paths_past_the_inflight_cap(aiohttp_client: Any) -> None:
+    release = asyncio.Event()
+    handled: list[str] = []
+
+    async def slow(request: web.Request) -> web.Response:
+        handled.append(request.path)
+        await release.wait()
+        return web.json_response({"ok": True})
+
+    app = web.Application(middlewares=[json_errors])
+    shedder = shedding.install(app, max_inflight=2, max_lag_ms=0)
+    app.add_routes(
+        [
+            web.post(shedding.HOT_PATHS[0], slow),
+            web.get("/api/config", slow),
+            web.get("/healthz", slow),
+        ]
+    )
+    client = await aiohttp_client(app)
+    held = [asyncio.create_task(client.post(shedding.HOT_PATHS[0])) for _ in range(2)]
+    while shedder.inflight < 2:
+        await asyncio.sleep(0.01)
+    refused = await client.post(shedding.HOT_PATHS[0])
+    assert refused.status == 429
+    assert refused.headers["Retry-After"] == "1"
+    assert (await refused.json())["error"] == "overloaded"
+    assert len(handled) == 2, "a shed request never reaches the handler"
+    others = [asyncio.create_task(client.get(p)) for p in ("/api/config", "/healthz")]
+    while len(handled) < 4:
+        await asyncio.sleep(0.01)
+    release.set()
+    for task in [*held, *others]:
+        assert (await task).status == 200
+    assert shedder.inflight == 0
+    assert (await client.post(shedding.HOT_PATHS[0])).status == 200, "recovers when load drops"
+    assert shedder.shed_total == 1

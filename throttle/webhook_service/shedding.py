@@ -1,0 +1,135 @@
+"""Load shedding for HubSpot's endpoints: answer 429 early instead of falling over.
+
+HubSpot retries a 429 (and a 5xx) with backoff for days, so under more traffic than the pod can
+serve, refusing some requests quickly is lossless while accepting all of them is not: every
+accepted request holds memory and an event-loop slot, latencies climb past HubSpot's timeout,
+its retries pile on, and the pod is OOM-killed or stops answering health checks — losing the
+requests it held. A 429 costs no HMAC, no JSON parse and no Redis call.
+
+Two signals, both cheap and both local to the pod:
+- requests in flight on the hot paths (`WEBHOOK_MAX_INFLIGHT`): bounds memory and queueing when
+  Redis slows down;
+- event-loop lag (`WEBHOOK_SHED_LAG_MS`), sampled every 50 ms by a background task: when the CPU
+  is saturated the loop falls behind before anything else shows it; while the lag stays above the
+  threshold (several samples in a row), new hot-path requests are shed until the loop catches up.
+Health, metrics and the config API are never shed: the kubelet and Prometheus must still see
+the pod, and an operator must still be able to change a policy during an incident.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from throttle.webhook_service.appkeys import METRICS
+from throttle.webhook_service.errors import error_response
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+HOT_PATHS = ("/api/hubspot/action", "/api/hubspot/options")
+SAMPLE_INTERVAL_S = 0.05
+SUSTAINED_SAMPLES = 5
+"""Lag counts only when this many samples in a row exceed the threshold: one long pause (a GC,
+a slow DNS lookup, a blocked test) must not shed the requests that arrive right after it."""
+
+
+@dataclass
+class LoadShedder:
+    """The pod's view of its own load, and the decision to shed one request."""
+
+    max_inflight: int = 256
+    max_lag_s: float = 0.2
+    retry_after_s: int = 1
+    inflight: int = 0
+    shed_total: int = 0
+    samples: deque[float] = field(default_factory=lambda: deque(maxlen=SUSTAINED_SAMPLES))
+    on_shed: Callable[[str, str], None] | None = field(default=None, repr=False)
+
+    def overloaded(self) -> str | None:
+        """Why a new request should be shed now, or None."""
+        if self.inflight >= self.max_inflight:
+            return "inflight"
+        if self.max_lag_s > 0 and self.lag_s > self.max_lag_s:
+            return "loop_lag"
+        return None
+
+    @property
+    def lag_s(self) -> float:
+        """The loop's sustained lag: the smallest of the last few samples (0 until there are)."""
+        if len(self.samples) < SUSTAINED_SAMPLES:
+            return 0.0
+        return min(self.samples)
+
+    def observe_lag(self, sample_s: float) -> None:
+        self.samples.append(sample_s)
+
+    async def watch_loop(self, interval_s: float = SAMPLE_INTERVAL_S) -> None:
+        """Sleep `interval_s` again and again; any extra time is the loop's lag."""
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(interval_s)
+            self.observe_lag(max(0.0, time.perf_counter() - started - interval_s))
+
+    def middleware(self) -> Middleware:
+        @web.middleware
+        async def shed(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if request.path not in HOT_PATHS:
+                return await handler(request)
+            reason = self.overloaded()
+            if reason is not None:
+                self.shed_total += 1
+                if self.on_shed is not None:
+                    self.on_shed(request.path.rsplit("/", 1)[-1], reason)
+                return error_response(
+                    429,
+                    "overloaded",
+                    "the service is at capacity; retry later (nothing was queued)",
+                    headers={"Retry-After": str(self.retry_after_s)},
+                )
+            self.inflight += 1
+            try:
+                return await handler(request)
+            finally:
+                self.inflight -= 1
+
+        return shed
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """The lag sampler for the app's lifetime (use from a cleanup_ctx)."""
+        task = asyncio.create_task(self.watch_loop(), name="loop lag sampler")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+SHEDDER = web.AppKey("load_shedder", LoadShedder)
+
+
+def install(app: web.Application, max_inflight: int, max_lag_ms: float) -> LoadShedder:
+    """Mount the shedder on `app`: its middleware first in line, its sampler in a cleanup_ctx.
+
+    Call before the app starts (middlewares freeze with the app)."""
+    shedder = LoadShedder(max_inflight=max_inflight, max_lag_s=max_lag_ms / 1000)
+    if METRICS in app:
+        rejected = app[METRICS].webhook_rejected
+        shedder.on_shed = lambda endpoint, reason: rejected.labels(endpoint, reason).inc()
+    app[SHEDDER] = shedder
+
+    async def sampler(_: web.Application) -> AsyncIterator[None]:
+        async with shedder.running():
+            yield
+
+    app.middlewares.insert(0, shedder.middleware())
+    app.cleanup_ctx.append(sampler)
+    return shedder
