@@ -107,7 +107,7 @@ def test_all_features_render(rendered_all: list[dict[str, Any]]) -> None:
     ingress = one(rendered_all, "Ingress", "webhook")
     assert ingress["spec"]["ingressClassName"] == "nginx"
     assert ingress["spec"]["tls"] == [
-        {"secretName": "throttle-tls", "hosts": ["throttle.example.com"]}
+        {"secretName": "throttle-example-tls", "hosts": ["throttle.example.com"]}
     ]
     [path] = ingress["spec"]["rules"][0]["http"]["paths"]
     assert path["path"] == "/api"
@@ -199,23 +199,41 @@ def test_every_value_is_documented_with_an_example_and_closed_in_the_schema() ->
         assert f"| `{value.name}` |" in readme, value.name
 
 
-def test_every_example_is_accepted_by_the_schema(helm: Helm, tmp_path: Path) -> None:
-    """Examples in values.yaml are real: each one, set alone, renders."""
+# Values that only matter together with another one (the example is tried with these set).
+NEEDS = {
+    "dispatcher.replicaCount": ["dispatcher.autoscaling.enabled=false"],
+    "dispatcher.keda.prometheus.serverAddress": ["dispatcher.keda.enabled=true"],
+}
+
+
+def test_every_example_is_accepted_and_changes_the_render(helm: Helm, tmp_path: Path) -> None:
+    """Each value's example, set alone over the defaults or over the all-features values, renders
+    and changes what is rendered in at least one of them: no example is broken, no value unused."""
     docs = load_chart_docs()
+    bases: dict[str, list[str | Path]] = {"default": [], "all": ["-f", VALUES_ALL]}
+    rendered = {
+        name: helm.run("template", "rel", CHART, *args).stdout for name, args in bases.items()
+    }
     failures = []
     for value in docs.parse((CHART / "values.yaml").read_text()):
-        example = yaml.safe_load(value.example)
-        node: dict[str, Any] = example
+        node: dict[str, Any] = yaml.safe_load(value.example)
         for key in reversed(value.path[:-1]):
             node = {key: node}
         path = tmp_path / f"{value.name}.yaml"
         path.write_text(yaml.safe_dump(node))
-        extra: list[str | Path] = []
-        if value.path[:2] == ("dispatcher", "keda"):
-            extra = ["--set", "dispatcher.keda.prometheus.serverAddress=http://prom:9090"]
-        proc = helm.run("template", "rel", CHART, "-f", path, *extra, check=False)
-        if proc.returncode != 0:
-            failures.append(f"{value.name}: {proc.stderr.strip()[:300]}")
+        changed = False
+        for name, args in bases.items():
+            extra = [x for s in NEEDS.get(value.name, []) for x in ("--set", s)]
+            proc = helm.run("template", "rel", CHART, *args, *extra, check=False)
+            before = proc.stdout
+            proc = helm.run("template", "rel", CHART, *args, *extra, "-f", path, check=False)
+            if proc.returncode != 0 and "ERROR:" in proc.stderr:
+                changed = True  # a combination the chart refuses, with a clear message
+            elif proc.returncode != 0:
+                failures.append(f"{value.name} over {name}: {proc.stderr.strip()[:300]}")
+            changed = changed or proc.stdout != (before if extra else rendered[name])
+        if not changed:
+            failures.append(f"{value.name}: its example changes nothing (unused value?)")
     assert not failures, "\n".join(failures)
 
 
@@ -435,7 +453,7 @@ def test_keda_scales_on_releasable_backlog_not_depth(rendered_all: list[dict[str
     [trigger] = scaled["spec"]["triggers"]
     assert trigger["type"] == "prometheus"
     assert throttle_metrics_in(trigger["metadata"]["query"]) == {"throttle_releasable_backlog"}
-    assert trigger["authenticationRef"] == {"name": "prometheus-auth"}
+    assert trigger["authenticationRef"] == {"name": "keda-prometheus"}
 
 
 def rules_file(rendered: list[dict[str, Any]], tmp_path: Path) -> Path:
