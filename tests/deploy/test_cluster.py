@@ -479,3 +479,42 @@ def test_operator_as_the_charts_service_account_reconciles_an_example(
     finally:
         operator.stop()
     assert operator.error is None, operator.error
+
+
+async def test_config_api_cluster_mode_as_the_charts_webhook_service_account(
+    kube: KubeEnv, full_install: Install
+) -> None:
+    """The config API's cluster store, with a token of the chart's webhook ServiceAccount and the
+    namespace the chart configures, can create, change, list and delete ThrottlePolicies there,
+    and nowhere else."""
+    from kubernetes import config as k8s_config
+    from kubernetes.client.exceptions import ApiException
+
+    from throttle.policy import Policy
+    from throttle.policy_store import KubePolicyStore
+
+    ns = full_install.namespace
+    deployment = one(full_install.manifest, "Deployment", "webhook")
+    pod = deployment["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["CONFIG_BACKEND"] == "cluster"
+    assert env["CONFIG_NAMESPACE"] == ns
+    assert pod["automountServiceAccountToken"] is True
+    kubeconfig = sa_token_kubeconfig(kube, ns, pod["serviceAccountName"])
+    client = k8s_config.new_client_from_config(config_file=str(kubeconfig))
+    try:
+        store = KubePolicyStore(client, env["CONFIG_NAMESPACE"])
+        policy = Policy(name="newsletter", portal_id=4242, rate={"limit": 10, "period": "1m"})
+        assert (await store.put(policy)).created
+        changed = policy.model_copy(update={"paused": True})
+        assert not (await store.put(changed)).created
+        assert [p.paused for p in await store.list(4242)] == [True]
+        assert await store.delete(4242, "newsletter")
+        assert await store.list(4242) == []
+
+        elsewhere = KubePolicyStore(client, create_namespace(kube, "other"))
+        with pytest.raises(ApiException) as denied:
+            await elsewhere.put(policy)
+        assert denied.value.status == 403
+    finally:
+        client.close()
