@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import yaml
 from pydantic import ValidationError
 
-from throttle.policy import Policy, policy_errors
+from throttle.policy import Policy, parse_duration, policy_errors
 
 GROUP = "throttle.dev"
 VERSION = "v1alpha1"
@@ -61,6 +62,13 @@ def on_delete_mode(spec: Mapping[str, Any]) -> OnDelete:
     return cast(OnDelete, mode) if mode in ON_DELETE_MODES else DEFAULT_ON_DELETE
 
 
+def _at_most_a_day(period: Any) -> bool:
+    try:
+        return parse_duration(period if period is not None else "1m") <= timedelta(days=1)
+    except ValueError:
+        return False  # the Policy model reports the period itself
+
+
 def crd_rule_errors(spec: Mapping[str, Any]) -> FieldErrors:
     """The CRD's cross-field rules (x-kubernetes-validations), for places without an API server."""
     errors: FieldErrors = []
@@ -70,7 +78,7 @@ def crd_rule_errors(spec: Mapping[str, Any]) -> FieldErrors:
     if isinstance(limit, int) and isinstance(burst, int) and burst > limit:
         errors.append(("spec.rate.burst", "rate.burst must not exceed rate.limit"))
     cap = spec.get("dailyCap")
-    if isinstance(cap, Mapping) and isinstance(limit, int):
+    if isinstance(cap, Mapping) and isinstance(limit, int) and _at_most_a_day(rate.get("period")):
         cap_limit = cap.get("limit")
         if isinstance(cap_limit, int) and cap_limit < limit:
             errors.append(("spec.dailyCap.limit", "dailyCap.limit must be at least rate.limit"))

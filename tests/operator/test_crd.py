@@ -72,6 +72,17 @@ def test_unknown_fields_are_refused_by_name(kube: KubeEnv, namespace: str) -> No
     assert 'unknown field "spec.ratee"' in proc.stderr
 
 
+@pytest.mark.parametrize("period", ["P7D", "7d", "48h", "PT25H"])
+def test_small_daily_cap_is_fine_for_long_periods(
+    kube: KubeEnv, namespace: str, period: str
+) -> None:
+    """ "1000 a week, at most 200 a day" is a sensible policy."""
+    manifest = policy_manifest(
+        "weekly", rate={"limit": 1000, "period": period}, dailyCap={"limit": 200}
+    )
+    create(kube, namespace, manifest)
+
+
 def test_every_feature_together_is_accepted(kube: KubeEnv, namespace: str) -> None:
     manifest = policy_manifest(
         "everything",
@@ -118,6 +129,16 @@ REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
     (
         "cel-daily-cap-below-rate",
         {"rate": {"limit": 100}, "dailyCap": {"limit": 50}},
+        ["spec.dailyCap.limit", "dailyCap.limit must be at least rate.limit"],
+    ),
+    (
+        "cel-daily-cap-below-hourly-rate",
+        {"rate": {"limit": 100, "period": "PT1H"}, "dailyCap": {"limit": 50}},
+        ["spec.dailyCap.limit", "when rate.period is a day or less"],
+    ),
+    (
+        "cel-daily-cap-below-daily-rate",
+        {"rate": {"limit": 100, "period": "1d"}, "dailyCap": {"limit": 50}},
         ["spec.dailyCap.limit", "dailyCap.limit must be at least rate.limit"],
     ),
     # schema: required, enums, bounds, patterns, sets

@@ -52,6 +52,8 @@ def test_invalid_time_zone_names_the_field() -> None:
 def test_crd_cel_rules_apply_locally_too() -> None:
     spec = {"portalId": 1, "rate": {"limit": 10, "burst": 11}, "dailyCap": {"limit": 5}}
     assert [path for path, _ in crd_rule_errors(spec)] == ["spec.rate.burst", "spec.dailyCap.limit"]
+    weekly = {"portalId": 1, "rate": {"limit": 1000, "period": "P7D"}, "dailyCap": {"limit": 200}}
+    assert crd_rule_errors(weekly) == []
     with pytest.raises(ManifestError, match=r"spec\.rate\.burst: rate\.burst must not exceed"):
         policy_from_resource(policy_manifest("x", **spec))
 
