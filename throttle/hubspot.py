@@ -411,10 +411,23 @@ def _classify(outcome: _Response) -> CallResult:
         return Retryable(f"HTTP {status}", status)
     return Rejected(
         status,
-        str(data.get("message") or f"HTTP {status}")[:300],
+        _rejection_reason(status, data),
         str(data.get("category") or ""),
         _callback_ids_in(data),
     )
+
+
+def _rejection_reason(status: int, data: Mapping[str, Any]) -> str:
+    """HubSpot's message plus the first few `errors[].message` (they say what was wrong)."""
+    parts = [str(data.get("message") or f"HTTP {status}")]
+    details = [
+        str(e["message"])
+        for e in data.get("errors") or []
+        if isinstance(e, dict) and e.get("message")
+    ]
+    if details:
+        parts.append("; ".join(details[:3]))
+    return ": ".join(parts)[:300]
 
 
 def _wait_after_429(outcome: _Response) -> float:

@@ -94,3 +94,26 @@ async def test_calls_in_flight_are_capped_across_pods(redis: Any, redis_server: 
         assert 0.3 < time.monotonic() - started < 1.0
     finally:
         await other_pod.aclose()
+
+
+@pytest.mark.cluster
+async def test_budget_and_token_lock_work_on_redis_cluster(redis_cluster: Any) -> None:
+    """All keys of a portal share one hash tag, so the scripts run unchanged on a cluster."""
+    from throttle import keys
+
+    client = redis_cluster.client()
+    try:
+        budget = PortalBudget(client, limit=2, window_s=1.0, max_in_flight=1)
+        grant = await budget.try_take(31)
+        assert grant.granted
+        assert not (await budget.try_take(31)).granted  # one in flight
+        await budget.release(31, grant)
+        await budget.hold(31, 0.3)
+        held = await budget.try_take(31)
+        assert not held.granted
+        assert 0.1 < held.wait_seconds <= 0.3
+        lock = client.lock(keys.hubspot_token_lock(31), timeout=5, blocking_timeout=1)
+        async with lock:
+            assert await client.exists(keys.hubspot_token_lock(31))
+    finally:
+        await client.aclose()
