@@ -1,6 +1,6 @@
 """`python -m throttle.simulator` is `throttle simulator`."""
 
-from throttle.cli import main
+from throttle.cli_hubspot import simulator
 
 if __name__ == "__main__":
-    main(["simulator", *__import__("sys").argv[1:]])
+    simulator(prog_name="throttle simulator")
