@@ -116,6 +116,33 @@ def test_all_features_render(rendered_all: list[dict[str, Any]]) -> None:
     assert config["PUBLIC_URL"] == "https://throttle.example.com"
 
 
+def test_network_policies(rendered_all: list[dict[str, Any]]) -> None:
+    policies = {p["metadata"]["name"]: p["spec"] for p in by_kind(rendered_all, "NetworkPolicy")}
+    ingress_ns = [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress"}}}
+    ]
+    prometheus = [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "prometheus"}}}
+    ]
+    webhook = policies["rel-throttle-webhook"]
+    assert webhook["ingress"] == [
+        {"ports": [{"port": 8080, "protocol": "TCP"}], "from": ingress_ns},
+        {"ports": [{"port": 8080, "protocol": "TCP"}], "from": prometheus},
+    ]
+    for component in ("dispatcher", "operator"):
+        assert policies[f"rel-throttle-{component}"]["ingress"] == [
+            {"ports": [{"port": 9090, "protocol": "TCP"}], "from": prometheus}
+        ]
+    assert policies["rel-throttle-migrations"]["ingress"] == []
+    for spec in policies.values():
+        assert spec["policyTypes"] == ["Ingress", "Egress"]
+        assert spec["egress"][0]["ports"] == [
+            {"port": 53, "protocol": "UDP"},
+            {"port": 53, "protocol": "TCP"},
+        ]
+        assert spec["egress"][1] == {"ports": [{"port": 443}, {"port": 5432}, {"port": 6379}]}
+
+
 def test_pdb_and_spread_for_webhook_and_dispatcher(rendered_default: list[dict[str, Any]]) -> None:
     pdbs = {
         p["metadata"]["name"]: p["spec"] for p in by_kind(rendered_default, "PodDisruptionBudget")
