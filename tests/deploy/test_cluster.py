@@ -301,6 +301,32 @@ def test_helm_install_creates_every_object(
     kube.kubectl("get", "crd", "throttlepolicies.throttle.dev")
 
 
+def test_upgrade_runs_the_migrations_again(
+    kube: KubeEnv, helm: Helm, plain_install: Install
+) -> None:
+    ns = plain_install.namespace
+    cmd = [
+        *helm_for(kube, helm),
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        ns,
+        "--reuse-values",
+        "--set",
+        "webhook.replicaCount=3",
+        "--timeout",
+        "90s",
+    ]
+    with FakeJobController(kube, ns) as jobs:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150, env=helm.env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert jobs.error is None, jobs.error
+    assert sorted(k.split("/")[0] for k in jobs.seen) == ["Job", "ServiceAccount"]
+    webhook = kube.kubectl_json("get", "deployment", f"{RELEASE}-throttle-webhook", "-n", ns)
+    assert webhook["spec"]["replicas"] == 3
+
+
 def test_notes_tell_how_to_register_the_action(
     kube: KubeEnv, full_install: Install, plain_install: Install
 ) -> None:
