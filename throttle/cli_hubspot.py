@@ -153,4 +153,25 @@ async def _rotate(settings: Any) -> Any:
         await pool.close()
 
 
-COMMANDS = (simulator, hubspot, rotate_keys)
+@click.command()
+def doctor() -> None:
+    """Check Redis, PostgreSQL, migrations, policies, each portal's token and the action."""
+    import sys
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from throttle.cli import settings_for
+    from throttle.doctor import run_checks
+
+    settings = settings_for()
+    checks = asyncio.run(run_checks(settings))
+    table = Table("check", "status", "detail", title="throttle doctor")
+    colour = {"ok": "green", "warn": "yellow", "fail": "red"}
+    for check in checks:
+        table.add_row(check.name, f"[{colour[check.status]}]{check.status}[/]", check.detail)
+    Console().print(table)
+    sys.exit(1 if any(c.status == "fail" for c in checks) else 0)
+
+
+COMMANDS = (simulator, hubspot, rotate_keys, doctor)

@@ -1,0 +1,88 @@
+"""`throttle doctor` against real Redis, PostgreSQL and the simulator."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.fixtures.hubspot_simulator import StartSimulator
+from throttle.crypto import TokenCipher
+from throttle.doctor import run_checks
+from throttle.hubspot import DeveloperAuth, HubSpotClient, TokenGrant
+from throttle.hubspot_action import register_action
+from throttle.policy import Policy
+from throttle.policy_index import registry_put
+from throttle.tokens import TokenStore
+
+
+def by_name(checks: list[Any]) -> dict[str, list[tuple[str, str]]]:
+    found: dict[str, list[tuple[str, str]]] = {}
+    for check in checks:
+        found.setdefault(check.name, []).append((check.status, check.detail))
+    return found
+
+
+async def test_doctor_reports_every_area(
+    start_simulator: StartSimulator,
+    make_settings: Any,
+    pool: Any,
+    redis: Any,
+    session: aiohttp.ClientSession,
+) -> None:
+    running = await start_simulator(app_id=77, developer_api_key="dev-key")
+    sim = running.sim
+    settings = make_settings(
+        hubspot_api_base=running.url,
+        hubspot_client_id=sim.config.client_id,
+        hubspot_client_secret=sim.config.client_secret,
+        hubspot_app_id=77,
+        hubspot_developer_api_key="dev-key",
+    )
+    store = TokenStore(pool, TokenCipher(settings.encryption_keys))
+    good = sim.issue_tokens(1)
+    await store.save(1, TokenGrant(good["access_token"], good["refresh_token"], 1800))
+    narrow = sim.issue_tokens(2, scopes=["oauth"])
+    await store.save(2, TokenGrant(narrow["access_token"], narrow["refresh_token"], 1800))
+    await store.save(3, TokenGrant("x", "y", 1800))
+    await store.mark_uninstalled(3, "uninstalled: test")
+    await registry_put(
+        redis,
+        Policy.model_validate({"name": "p", "portalId": 9, "rate": {"limit": 1, "period": "1m"}}),
+    )
+
+    checks = by_name(await run_checks(settings))
+    assert checks["redis"][0][0] == "ok"
+    assert checks["postgresql"] == [("ok", "reachable")]
+    assert checks["migrations"] == [("ok", "current")]
+    assert checks["portal 1"][0][0] == "ok"
+    assert checks["portal 2"] == [("fail", "missing scopes automation: reinstall the app")]
+    assert checks["portal 3"] == [("warn", "uninstalled: test")]
+    assert ("warn", "policies for portals without the app: 9") in checks["policies"]
+    assert checks["action definition"][0][0] == "fail"
+    assert "register-action" in checks["action definition"][0][1]
+
+    client = HubSpotClient(session, running.url)
+    await register_action(client, 77, DeveloperAuth(api_key="dev-key"), settings.public_url)
+    checks = by_name(await run_checks(settings))
+    assert checks["action definition"][0][0] == "ok"
+    text = repr(checks)
+    for token in (good["access_token"], good["refresh_token"], narrow["access_token"]):
+        assert token not in text
+
+
+def test_doctor_cli_names_missing_settings(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "throttle.cli", "doctor"],
+        env={"PATH": "/usr/bin:/bin", "LOG_FORMAT": "text"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "REDIS_URL is not set" in result.stdout
+    assert "DATABASE_URL is not set" in result.stdout
