@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from tests.fixtures.kube import KubeEnv
-from tests.operator.conftest import OperatorThread, policy_manifest
+from tests.operator.conftest import REPO, OperatorThread, policy_manifest
 from throttle import keys
 from throttle.localenv import RedisServer, free_port
-from throttle.manifests import policy_from_resource
+from throttle.manifests import load_folder, policy_from_resource
 from throttle.policy import Policy
 from throttle.queue import Queue, QueueItem
 
@@ -407,3 +407,22 @@ async def test_redis_down_then_back(
     finally:
         await fresh.aclose()
     assert "RedisUnavailable" in reasons(kube, namespace, "later")
+
+
+async def test_every_example_becomes_ready(
+    kube: KubeEnv, namespace: str, redis: Any, start_operator: Callable[..., OperatorThread]
+) -> None:
+    start_operator()
+    kube.apply(REPO / "deploy" / "examples", namespace=namespace)
+    expected = {m.key for m in load_folder(REPO / "deploy" / "examples")}
+
+    def ready() -> bool:
+        items = kube.kubectl_json("get", "tp", "-n", namespace)["items"]
+        return len(items) == len(expected) and all(
+            condition(t, "Ready").get("status") == "True" for t in items
+        )
+
+    await eventually(ready, timeout=15)
+    assert set(map(bytes.decode, await redis.hkeys(keys.REGISTRY))) == expected
+    paused = get_tp(kube, namespace, "campaign-on-hold")
+    assert condition(paused, "Ready")["reason"] == "Paused"
