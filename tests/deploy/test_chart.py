@@ -521,3 +521,23 @@ def test_promtool_alert_unit_tests(promtool: str, helm: Helm, tmp_path: Path) ->
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_dashboard_and_keda_promql_parse(
+    promtool: str, rendered_all: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """promtool parses every dashboard query (Grafana's variables filled in) and the KEDA query,
+    checked as recording rules."""
+    exprs = [
+        e.replace("$__rate_interval", "5m").replace("$namespace", ".*") for e in dashboard_exprs()
+    ]
+    scaled = one(rendered_all, "ScaledObject", "dispatcher")
+    exprs += [t["metadata"]["query"] for t in scaled["spec"]["triggers"]]
+    rules = [{"record": f"throttle:check_{i}", "expr": e} for i, e in enumerate(exprs)]
+    path = tmp_path / "queries.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "queries", "rules": rules}]}))
+    proc = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in proc.stdout
