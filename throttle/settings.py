@@ -205,7 +205,7 @@ class Settings(BaseSettings):
     )
     operator_lease_namespace: str | None = Field(
         None,
-        description="Namespace of the operator's Lease (default: the pod's namespace, else default).",
+        description="Namespace of the operator's Lease (default: the pod's, else default).",
     )
     operator_lease_seconds: float = Field(
         15.0, ge=2, description="How long a silent operator replica keeps the Lease."
