@@ -232,7 +232,7 @@ class Stack:
         env = {
             k: v
             for k, v in os.environ.items()
-            if k in ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "SYSTEMROOT", "VIRTUAL_ENV", "TMPDIR")
+            if k in ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH")
         }
         env["PYTHONUNBUFFERED"] = "1"
         for name, value in {**self.settings, **overrides}.items():

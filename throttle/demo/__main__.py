@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     console = Console()
+    if not console.is_terminal:  # CI logs, pipes: wide enough for the report's columns
+        console = Console(width=160)
     try:
         duration = parse_duration(args.duration)
     except ValueError as exc:

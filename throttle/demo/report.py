@@ -235,7 +235,7 @@ def plot_releases(
             ax.axhline(bounds[name], color="#999999", linestyle=":", linewidth=1, label="+burst")
         for at, label in (marks or {}).get(name, []):
             ax.axvline(at, color="#54a24b", linewidth=1)
-            ax.annotate(label, (at, limits[name] * 1.05), fontsize=7, color="#54a24b")
+            ax.annotate(label, (at + 0.3, limits[name] * 1.25), fontsize=7, color="#54a24b")
         ax.set_title(name, fontsize=10)
         ax.set_ylabel("releases/s", fontsize=8)
         ax.set_ylim(0, max([limits[name] * 1.6, *(c * 1.1 for c in counts), 1]))

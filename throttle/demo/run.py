@@ -281,6 +281,7 @@ async def _traffic(
             if options.live:
                 live.update(render_view())
             await asyncio.sleep(max(0.0, SAMPLE_INTERVAL_S - (time.monotonic() - origin - elapsed)))
+    console.print()
     drives: dict[str, dict[str, Any]] = {}
     for name, task in tasks.items():
         try:
@@ -445,6 +446,11 @@ def _plot(
     for p in scenario.policies:
         if p.resume_at is not None:
             marks.setdefault(p.name, []).append((p.resume_at, "resumed"))
+        times = history.times.get(p.name, [])
+        if p.daily_cap is not None and len(times) >= p.daily_cap:
+            marks.setdefault(p.name, []).append((times[p.daily_cap - 1] - origin, "cap reached"))
+        if p.expect_none:
+            marks.setdefault(p.name, []).append((0.0, "outside its window: nothing released"))
     return plot_releases(path, series, limits, marks=marks)
 
 
