@@ -84,6 +84,8 @@ class TakeResult:
     next_due: dict[int, float]
     """Shard -> the earliest due time (epoch seconds) left in its schedule (absent = none)."""
     redis_now: float
+    lags: list[float] = field(default_factory=list)
+    """For each queue that released: seconds between its due time and the take."""
 
 
 @dataclass(frozen=True)
@@ -203,14 +205,19 @@ class Queue:
         next_due: dict[int, float] = {}
         expired = 0
         redis_now = 0.0
+        lags: list[float] = []
         for shard, raw in zip(shard_list, results, strict=True):
             now_us = int(raw[0])
             redis_now = max(redis_now, now_us / 1e6)
-            if int(raw[1]) >= 0:
-                next_due[shard] = int(raw[1]) / 1000
+            if float(raw[1]) >= 0:
+                next_due[shard] = float(raw[1]) / 1000
             expired += int(raw[2])
+            last_ref = None
             for i in range(3, len(raw), 6):
                 ref = _text(raw[i])
+                if ref != last_ref:
+                    lags.append(max(0, int(raw[i + 5])) / 1000)
+                    last_ref = ref
                 portal, policy, qid = ref.split(":", 2)
                 enqueued_us = int(raw[i + 2])
                 released.append(
@@ -223,9 +230,10 @@ class Queue:
                         attempts=int(raw[i + 3]),
                         wait_seconds=max(0.0, (now_us - enqueued_us) / 1e6),
                         execution_state=_text(raw[i + 4]),
+                        released_at_us=now_us,
                     )
                 )
-        return TakeResult(released, expired, next_due, redis_now)
+        return TakeResult(released, expired, next_due, redis_now, lags)
 
     async def ack(self, items: Sequence[Released]) -> int:
         """These were completed: forget them (their ids stay deduplicated)."""

@@ -26,6 +26,8 @@ class Released:
     execution_state: str = "SUCCESS"
     """What to complete it with: SUCCESS normally; FAIL_CONTINUE or SUCCESS when its policy was
     deleted with "complete now" (the execution never waited out the rate)."""
+    released_at_us: int = 0
+    """When the rate let it go, on Redis' clock (microseconds since the epoch)."""
 
     @property
     def policy_key(self) -> str:

@@ -18,7 +18,8 @@
 --                         back in the schedule at "now", behind queues that were due earlier)
 -- ARGV[7]  max_queues     visit at most this many due queues
 -- ARGV[8]  done_ms        how long an expired callback id stays deduplicated
--- Returns {now_us, shard_next_due_ms (-1 = nothing scheduled), expired, released...}
+-- Returns {now_us, shard_next_due_ms (a string with a fraction; -1 = nothing scheduled),
+--          expired, released...}
 --   where released is 6 values per item: ref, callbackId, enqueued_us, attempts (this one
 --   included), execution state (SUCCESS unless flushed), lag_ms (how late the queue was taken)
 
@@ -36,7 +37,9 @@ local out = { fmt(now), -1, 0 }
 local expired_total = 0
 local params_cache = {}
 
-local due = redis.call("ZRANGEBYSCORE", KEYS[1], "-inf", now_ms, "WITHSCORES", "LIMIT", 0, max_queues)
+-- due scores are milliseconds with a microsecond fraction, so a queue is taken exactly on time
+local due = redis.call("ZRANGEBYSCORE", KEYS[1], "-inf", string.format("%.3f", now / 1000),
+                       "WITHSCORES", "LIMIT", 0, max_queues)
 for i = 1, #due, 2 do
   if budget <= 0 then break end
   local ref, due_ms = due[i], tonumber(due[i + 1])
@@ -94,7 +97,7 @@ for i = 1, #due, 2 do
     end
     local k = math.min(allowed, quota, budget)
     local expired = {}
-    local lag = now_ms - due_ms
+    local lag = math.floor(now / 1000 - due_ms)
     while #released < k and #expired < 1000 do
       local cb = redis.call("LPOP", list)
       if not cb then break end
@@ -160,7 +163,7 @@ for i = 1, #due, 2 do
   end
 
   if next_due then
-    redis.call("ZADD", KEYS[1], fmt(math.ceil(next_due / 1000)), ref)
+    redis.call("ZADD", KEYS[1], string.format("%.3f", next_due / 1000), ref)
   else
     redis.call("ZREM", KEYS[1], ref)
   end
@@ -168,5 +171,5 @@ end
 
 out[3] = expired_total
 local first = redis.call("ZRANGE", KEYS[1], 0, 0, "WITHSCORES")
-if #first > 0 then out[2] = tonumber(first[2]) end
+if #first > 0 then out[2] = first[2] end
 return out

@@ -1,0 +1,45 @@
+"""Return the executions of a dispatcher that died while holding them.
+
+A released execution carries a lease; if its dispatcher neither acks nor requeues it before the
+lease runs out (SIGKILL, OOM, a network partition), the reaper puts it back at the head of its
+queue, oldest first, for another dispatcher to release. Every dispatcher runs a reaper; the
+reap script is atomic per shard, so running several at once is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from throttle.metrics import Metrics
+from throttle.queue import Queue
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LeaseReaper:
+    queue: Queue
+    metrics: Metrics
+    interval: float = 15.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.reap_once()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.interval)
+
+    async def reap_once(self) -> int:
+        try:
+            returned = await self.queue.reap_expired_leases()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # Redis unreachable: next round
+            log.warning("lease reaper: %s", type(exc).__name__)
+            return 0
+        if returned:
+            self.metrics.reaped.inc(returned)
+            log.warning("returned %d executions whose lease ran out to their queues", returned)
+        return returned
