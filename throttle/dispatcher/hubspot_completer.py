@@ -7,7 +7,8 @@ decides each callback's fate (shared/hubspot-contract.md §5, §6):
 - 429: the portal is held for the whole window on every pod; the rest is retried after it.
 - 401: refresh the token once (single flight across pods) and resend; a refused refresh means the
   app was uninstalled, so the portal stops and its callbacks fail with that reason.
-- 5xx, timeouts: retried (back to the head of their queue).
+- 5xx, timeouts: this batch and the rest are retried after a back-off (back to the head of
+  their queue) instead of spending the budget on more errors.
 - another 4xx: the batch is split in halves until the offending callbacks stand alone; those are
   recorded as terminal, every other one is completed. (If HubSpot names the offenders, they are
   taken out at once.)
@@ -134,12 +135,10 @@ class HubSpotCompleter:
                         return self._defer(result, _flatten(batch, pending), self._token_retry)
                     pending.append(batch)
                 case Retryable(reason=reason):
-                    log.warning(
-                        "portal %s: completion batch failed (%s); retrying", portal_id, reason
-                    )
-                    result.retry.extend(batch)
-                    result.retry_after = max(result.retry_after, self._retry_backoff)
-                    self._count("retry", len(batch))
+                    # HubSpot is struggling: back off with everything left rather than spend
+                    # the budget on more errors (the contract: errors under 5% of calls).
+                    log.warning("portal %s: completion failed (%s); will retry", portal_id, reason)
+                    return self._defer(result, _flatten(batch, pending), self._retry_backoff)
                 case Rejected():
                     self._isolate(batch, answer, pending, result)
         return result
