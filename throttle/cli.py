@@ -98,6 +98,15 @@ def migrate() -> None:
 
 
 @main.command()
+def recover() -> None:
+    """Rebuild queues from PostgreSQL history after Redis lost data (never duplicates)."""
+    settings = settings_for("redis_url", "database_url")
+    from throttle.history import recover_command
+
+    recover_command(settings)
+
+
+@main.command()
 @click.option("--watch", "-w", is_flag=True, help="Refresh the table until Ctrl-C.")
 @click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds (--watch).")
 def status(watch: bool, interval: float) -> None:
