@@ -16,7 +16,7 @@ Answers (HTTP 200 with a JSON body unless the request itself is bad):
   reason; BLOCK would hold records that nothing can ever release (no token, no rate).
 - bad signature → 401, bad payload → 400 naming the field (HubSpot treats both as a failed
   action and continues); Redis unreachable → 503, which HubSpot retries with backoff for days:
-  nothing is dropped silently.
+  nothing is dropped silently. The same 503 while the policy table has never been loaded.
 """
 
 from __future__ import annotations
@@ -114,7 +114,17 @@ async def answer_action(app: web.Application, payload: ActionRequest) -> tuple[s
             return "not_installed", failed(f"portal {portal_id}: {state.reason}")
 
     name = requested_policy(payload)
-    policy = app[POLICY_INDEX].resolve(portal_id, payload.origin.action_definition_id, name)
+    index = app[POLICY_INDEX]
+    if index.revision < 0:
+        # Never loaded (Redis was down at start): "no policy" would wave every execution
+        # through, so ask HubSpot to retry instead.
+        raise ApiError(
+            503,
+            "unavailable",
+            "policies are not loaded yet; retry later",
+            headers={"Retry-After": "10"},
+        )
+    policy = index.resolve(portal_id, payload.origin.action_definition_id, name)
     if policy is None:
         wanted = f"policy {name!r}" if name else "a throttle policy"
         return "no_policy", failed(

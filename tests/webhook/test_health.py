@@ -1,0 +1,99 @@
+"""Health, readiness, metrics, the access log, and what happens when Redis is unreachable."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
+from tests.webhook.conftest import StartWebhook, Webhook, execution, policy
+from throttle.localenv import RedisServer, free_port
+from throttle.webhook_service.app import AccessLogger
+from throttle.webhook_service.appkeys import POLICY_INDEX, QUEUE
+
+
+async def test_healthz_and_readyz(webhook: Webhook) -> None:
+    health = await webhook.client.get("/healthz")
+    assert health.status == 200
+    assert await health.json() == {"status": "ok"}
+    ready = await webhook.client.get("/readyz")
+    assert ready.status == 200
+    assert await ready.json() == {
+        "status": "ready",
+        "checks": {"redis": "ok", "scripts": "ok", "policies": "ok"},
+    }
+
+
+async def test_readyz_reloads_scripts_after_a_flush(webhook: Webhook) -> None:
+    await webhook.app[QUEUE].redis.script_flush()
+    first = await webhook.client.get("/readyz")
+    assert first.status == 503
+    assert (await first.json())["checks"]["scripts"] == "loading"
+    second = await webhook.client.get("/readyz")
+    assert second.status == 200
+
+
+async def test_metrics_count_answers_and_rejections(webhook: Webhook) -> None:
+    await webhook.add_policy(policy())
+    await webhook.post_action(execution("cb-1"))
+    await webhook.post_action(execution("cb-1"))
+    await webhook.client.post("/api/hubspot/action", data=b"{}")
+    response = await webhook.client.get("/metrics")
+    assert response.status == 200
+    assert response.content_type == "text/plain"
+    text = await response.text()
+    assert 'throttle_webhook_answers_total{answer="block"} 1.0' in text
+    assert 'throttle_webhook_answers_total{answer="duplicate"} 1.0' in text
+    assert 'throttle_webhook_rejected_total{endpoint="action",reason="signature"} 1.0' in text
+    assert 'throttle_webhook_signatures_total{secret="current",version="v3"} 2.0' in text
+    assert "throttle_webhook_action_duration_seconds_count 2.0" in text
+
+
+async def test_redis_unreachable_is_503_for_hubspot_to_retry(start_webhook: StartWebhook) -> None:
+    webhook = await start_webhook(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    assert (await webhook.client.get("/healthz")).status == 200
+    ready = await webhook.client.get("/readyz")
+    assert ready.status == 503
+    assert (await ready.json())["checks"]["redis"].startswith("unreachable")
+    # No policy could be loaded either: "no policy" would wave executions through; retry instead.
+    status, body = await webhook.post_action(execution())
+    assert status == 503
+    assert body["error"] == "unavailable"
+
+
+async def test_redis_down_after_policies_loaded_is_503(
+    start_webhook: StartWebhook, tmp_path: Path
+) -> None:
+    own = RedisServer(tmp_path / "redis").start()
+    try:
+        webhook = await start_webhook(redis_url=own.url)
+        await webhook.add_policy(policy())
+        assert webhook.app[POLICY_INDEX].revision >= 0
+        own.stop()
+        status, body = await webhook.post_action(execution())
+        assert status == 503
+        assert body["error"] == "unavailable"
+        assert (await webhook.client.get("/readyz")).status == 503
+        metrics = await (await webhook.client.get("/metrics")).text()
+        assert 'throttle_webhook_answers_total{answer="unavailable"} 1.0' in metrics
+    finally:
+        own.stop()
+
+
+def test_access_log_has_no_query_string_or_headers(caplog: pytest.LogCaptureFixture) -> None:
+    request = make_mocked_request(
+        "GET",
+        "/api/oauth/callback?code=secret-code&state=abc",
+        headers={"Authorization": "Bearer top-secret", "X-HubSpot-Signature-v3": "sig"},
+    )
+    logger = logging.getLogger("throttle.access.test")
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        AccessLogger(logger, "").log(request, web.Response(status=302), 0.0123)
+    [record] = caplog.records
+    assert record.getMessage() == "GET /api/oauth/callback 302 12.3ms"
+    text = str(record.__dict__)
+    for secret in ("secret-code", "state=abc", "top-secret", "sig"):
+        assert secret not in text.replace("signature", "")
