@@ -547,3 +547,25 @@ def test_dashboard_and_keda_promql_parse(
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"SUCCESS: {len(rules)} rules found" in proc.stdout
+
+
+def test_packaged_chart_carries_crds_dashboard_schema_and_readme(
+    helm: Helm, tmp_path: Path
+) -> None:
+    import tarfile
+
+    helm.run("package", CHART, "--destination", tmp_path)
+    [archive] = tmp_path.glob("throttle-*.tgz")
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    for path in (
+        "throttle/Chart.yaml",
+        "throttle/values.yaml",
+        "throttle/values.schema.json",
+        "throttle/README.md",
+        "throttle/crds/throttlepolicies.yaml",
+        "throttle/dashboards/throttle.json",
+        "throttle/templates/NOTES.txt",
+        "throttle/templates/migrations/job.yaml",
+    ):
+        assert path in names, path
