@@ -36,7 +36,9 @@ FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="throttle" \
       org.opencontainers.image.description="HubSpot workflow action that throttles workflow executions" \
       org.opencontainers.image.licenses="Apache-2.0"
+# HOME points at the one writable place, for any library that caches under ~.
 ENV PATH=/opt/throttle/bin:$PATH \
+    HOME=/tmp \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     LOG_FORMAT=json
