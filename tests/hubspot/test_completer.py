@@ -279,3 +279,32 @@ async def test_storm_with_three_pods_costs_one_429_per_window(
     for earlier, later in itertools.pairwise(times):
         assert later - earlier >= window * 0.99
     assert stats.duplicates == 0
+
+
+async def test_postgres_outage_defers_and_loses_nothing(
+    hubspot_sim: RunningSimulator,
+    store: TokenStore,
+    pool: Any,
+    session: aiohttp.ClientSession,
+    redis: Any,
+) -> None:
+    items = released(11, 20)
+    completer = await setup(hubspot_sim, store, session, redis, 11, items)
+    first = await completer.complete(11, items[:10])  # the token is now in memory
+    assert len(first.completed) == 10
+    await pool.close()  # PostgreSQL gone for this process
+    second = await completer.complete(11, items[10:])
+    assert len(second.completed) == 10  # a fresh token in memory needs no database
+    cold = HubSpotCompleter(
+        HubSpotClient(session, hubspot_sim.url, "sim-client-id", "sim-client-secret"),
+        TokenManager(store, HubSpotClient(session, hubspot_sim.url), redis),
+        PortalBudget(redis, 100, 10.0),
+    )
+    more = released(11, 3, prefix="late")
+    for item in more:
+        hubspot_sim.sim.add_blocked(item.callback_id, 11)
+    deferred = await cold.complete(11, more)
+    assert deferred.retry == [i.callback_id for i in more]
+    assert deferred.retry_after > 0
+    assert not deferred.failed
+    assert deferred.portal_stopped is None

@@ -92,6 +92,9 @@ class HubSpotCompleter:
         except TokenUnavailable as exc:
             log.warning("portal %s: no token yet (%s); will retry", portal_id, exc)
             return self._defer(result, ids, self._token_retry)
+        except Exception as exc:  # PostgreSQL or Redis unreachable: nothing is lost, retry later
+            log.warning("portal %s: token store unavailable (%s)", portal_id, type(exc).__name__)
+            return self._defer(result, ids, self._token_retry)
 
         # A stack of batches; splitting pushes the halves back on top, so order is kept.
         pending: list[list[str]] = [
@@ -131,7 +134,7 @@ class HubSpotCompleter:
                         token = await self._tokens.access_token(portal_id, rejected=token)
                     except PortalStopped as stopped:
                         return self._stop(result, _flatten(batch, pending), stopped.reason)
-                    except TokenUnavailable:
+                    except Exception:  # TokenUnavailable, or the token store unreachable
                         return self._defer(result, _flatten(batch, pending), self._token_retry)
                     pending.append(batch)
                 case Retryable(reason=reason):
