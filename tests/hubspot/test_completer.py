@@ -308,3 +308,27 @@ async def test_postgres_outage_defers_and_loses_nothing(
     assert deferred.retry_after > 0
     assert not deferred.failed
     assert deferred.portal_stopped is None
+
+
+async def test_redis_outage_defers_and_loses_nothing(
+    hubspot_sim: RunningSimulator, store: TokenStore, session: aiohttp.ClientSession, redis: Any
+) -> None:
+    import redis.asyncio as aioredis
+
+    from throttle.localenv import free_port
+
+    items = released(12, 5)
+    completer = await setup(hubspot_sim, store, session, redis, 12, items)
+    dead = aioredis.Redis(port=free_port(), socket_connect_timeout=0.2)
+    try:
+        broken = HubSpotCompleter(
+            HubSpotClient(session, hubspot_sim.url, "sim-client-id", "sim-client-secret"),
+            completer._tokens,
+            PortalBudget(dead, 100, 10.0),
+        )
+        result = await broken.complete(12, items)
+    finally:
+        await dead.aclose()
+    assert result.retry == [i.callback_id for i in items]
+    assert not result.completed
+    assert hubspot_sim.sim.portal(12).completion_requests == 0

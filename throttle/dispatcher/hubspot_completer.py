@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from throttle.crypto import TokenCipher
-from throttle.dispatcher.budget import PortalBudget
+from throttle.dispatcher.budget import BudgetGrant, PortalBudget
 from throttle.dispatcher.complete import CompletionResult, Released
 from throttle.hubspot import (
     MAX_BATCH,
@@ -103,7 +103,11 @@ class HubSpotCompleter:
         refreshed = False
         while pending:
             batch = pending.pop()
-            grant = await self._budget.take(portal_id, self._max_budget_wait)
+            try:
+                grant = await self._budget.take(portal_id, self._max_budget_wait)
+            except Exception as exc:  # Redis unreachable: keep what is done, retry the rest
+                log.warning("portal %s: budget unavailable (%s)", portal_id, type(exc).__name__)
+                return self._defer(result, _flatten(batch, pending), self._token_retry)
             if not grant.granted:
                 self._observe_budget_wait(portal_id)
                 return self._defer(result, _flatten(batch, pending), grant.wait_seconds)
@@ -115,7 +119,7 @@ class HubSpotCompleter:
                     # Before the slot is freed, so no other pod's call slips in meanwhile.
                     held = await self._budget.hold(portal_id, answer.wait_seconds)
             finally:
-                await self._budget.release(portal_id, grant)
+                await self._release(portal_id, grant)
             match answer:
                 case Success():
                     result.completed.extend(batch)
@@ -145,6 +149,12 @@ class HubSpotCompleter:
                 case Rejected():
                     self._isolate(batch, answer, pending, result)
         return result
+
+    async def _release(self, portal_id: int, grant: BudgetGrant) -> None:
+        try:
+            await self._budget.release(portal_id, grant)
+        except Exception as exc:  # the slot's lease frees it anyway
+            log.warning("portal %s: budget release failed (%s)", portal_id, type(exc).__name__)
 
     def _isolate(
         self,
