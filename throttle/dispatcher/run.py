@@ -174,6 +174,11 @@ class Dispatcher:
         for r in retry:
             self.metrics.requeued.labels(str(r.portal_id), r.policy).inc()
 
+    @property
+    def next_due_at(self) -> float | None:
+        """The earliest due time (Redis clock, epoch seconds) among the shards it knows."""
+        return min(self._next_due.values(), default=None)
+
     async def wait_idle(self) -> None:
         """Wait until every completion started so far has been settled (tests, shutdown)."""
         while self._tasks:
