@@ -219,7 +219,8 @@ class Metrics:
         )
         self.oauth_installs = Counter(
             "throttle_oauth_installs_total",
-            "OAuth install callbacks, by result (installed, bad_state, denied, exchange_failed).",
+            "OAuth install callbacks, by result (installed, bad_state, bad_request, denied, "
+            "exchange_failed, store_failed).",
             ["result"],
             registry=r,
         )

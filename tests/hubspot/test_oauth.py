@@ -245,3 +245,14 @@ async def test_no_token_in_any_log_line(
     assert "portal 901" in written
     for secret in [*secrets_seen, "zzz-secret-zzz"]:
         assert secret not in written
+
+
+async def test_database_down_during_install_says_so(
+    stack: Stack, session: aiohttp.ClientSession, pool: Any
+) -> None:
+    callback_url = await install(stack, session, 808)
+    await pool.close()
+    async with session.get(callback_url) as r:
+        assert r.status == 503
+        assert "start again" in await r.text()
+    assert stack.app[METRICS].oauth_installs.labels("store_failed")._value.get() == 1

@@ -134,7 +134,12 @@ async def callback(request: web.Request) -> web.StreamResponse:
     if portal_id is None:
         _count(request, "exchange_failed")
         return _page(request, 502, "HubSpot unavailable", "could not learn which portal installed")
-    await tokens.install(portal_id, grant, hub_domain)
+    try:
+        await tokens.install(portal_id, grant, hub_domain)
+    except Exception as exc:  # PostgreSQL unreachable: say so, store nothing half-way
+        _count(request, "store_failed")
+        log.error("portal %s: tokens not stored (%s)", portal_id, type(exc).__name__)
+        return _page(request, 503, "Install failed", "could not save the install; start again")
     _count(request, "installed")
     log.info("portal %s installed the app", portal_id)
     return _page(
