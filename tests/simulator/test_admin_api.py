@@ -67,6 +67,12 @@ async def test_faults_and_revocation(
     base = hubspot_sim.url
     status, body = await _json(http, "POST", base + "/_sim/faults", json={"nope": 1})
     assert status == 400
+    for bad in ({"error_ratio": 2}, {"error_ratio": "x"}, {"error_status": 404}):
+        status, body = await _json(
+            http, "POST", base + "/_sim/faults", json={**bad, "latency_ms": 9}
+        )
+        assert status == 400
+    assert hubspot_sim.sim.faults.latency_ms == 0  # a refused change changes nothing
     status, faults = await _json(
         http, "POST", base + "/_sim/faults", json={"storm_seconds": 30, "latency_ms": 1}
     )

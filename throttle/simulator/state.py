@@ -53,12 +53,28 @@ class Faults:
     """Portals the 429 storm hits; None means every portal."""
 
     def update(self, changes: dict[str, Any]) -> None:
+        """Validate every change first, then apply them all (a bad one changes nothing)."""
+        parsed: dict[str, Any] = {}
         for name, value in changes.items():
             if name == "storm_seconds":
-                self.storm_until = time.time() + float(value)
-                continue
-            if name not in self.__dataclass_fields__:
+                parsed["storm_until"] = time.time() + float(value)
+            elif name == "storm_portals":
+                parsed[name] = None if value is None else [int(p) for p in value]
+            elif name == "error_status":
+                if not 500 <= int(value) <= 599:
+                    raise ValueError("error_status must be a 5xx status")
+                parsed[name] = int(value)
+            elif name in ("error_ratio", "error_after_apply_ratio"):
+                if not 0.0 <= float(value) <= 1.0:
+                    raise ValueError(f"{name} must be between 0 and 1")
+                parsed[name] = float(value)
+            elif name in ("latency_ms", "storm_until"):
+                if float(value) < 0:
+                    raise ValueError(f"{name} must not be negative")
+                parsed[name] = float(value)
+            else:
                 raise ValueError(f"unknown fault {name!r}")
+        for name, value in parsed.items():
             setattr(self, name, value)
 
 
