@@ -44,6 +44,10 @@ class StoreUnavailable(Exception):
     """The backing store (PostgreSQL or the Kubernetes API) did not answer; nothing changed."""
 
 
+class PolicyRejected(Exception):
+    """The Kubernetes API server refused the resource (its schema or CEL rules); nothing changed."""
+
+
 @dataclass(frozen=True)
 class PutResult:
     policy: Policy
@@ -205,6 +209,13 @@ class LocalPolicyStore:
 # --- cluster: ThrottlePolicy resources ----------------------------------------------------------
 
 
+def _kube_message(exc: Any) -> str:
+    try:
+        return str(json.loads(exc.body).get("message") or "rejected by the API server")
+    except (TypeError, ValueError, AttributeError):
+        return "rejected by the API server"
+
+
 def resource_name(portal_id: int, name: str) -> str:
     """The object name of a portal's policy: unique per namespace, a valid DNS-1123 subdomain.
 
@@ -248,15 +259,19 @@ class KubePolicyStore:
             return await asyncio.to_thread(
                 fn, GROUP, VERSION, self.namespace, PLURAL, *args, **kwargs
             )
-        except ApiException:
-            raise
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                raise  # the caller decides what "not there" / "already there" means
+            if exc.status == 422:
+                raise PolicyRejected(_kube_message(exc)) from None
+            raise StoreUnavailable(f"the Kubernetes API answered {exc.status}") from None
         except (HTTPError, OSError) as exc:
             raise StoreUnavailable(
                 f"the Kubernetes API is unreachable ({type(exc).__name__})"
             ) from None
 
-    async def _objects(self, portal_id: int | None) -> list[tuple[str, Policy]]:
-        """(object name, policy) of every valid resource, of one portal if given."""
+    async def _objects(self, portal_id: int | None) -> list[tuple[dict[str, Any], Policy]]:
+        """(resource, policy) of every valid resource, of one portal if given."""
         answer = await self._call(self.api.list_namespaced_custom_object)
         found = []
         for obj in answer.get("items") or []:
@@ -265,13 +280,13 @@ class KubePolicyStore:
             except ManifestError:
                 continue  # the operator reports invalid resources in their status
             if portal_id is None or policy.portal_id == portal_id:
-                found.append((str(obj["metadata"]["name"]), policy))
+                found.append((obj, policy))
         return sorted(found, key=lambda item: (item[1].portal_id, item[1].name))
 
     async def _object_name(self, portal_id: int, name: str) -> str | None:
-        for object_name, policy in await self._objects(portal_id):
+        for obj, policy in await self._objects(portal_id):
             if policy.name == name:
-                return object_name
+                return str(obj["metadata"]["name"])
         return None
 
     async def put(self, policy: Policy) -> PutResult:
@@ -288,12 +303,20 @@ class KubePolicyStore:
             except ApiException as exc:
                 if exc.status != 409:
                     raise
-            current = body["metadata"]["name"]
-        # Replace the whole spec (a merge patch would keep fields the caller dropped).
-        patch = [{"op": "replace", "path": "/spec", "value": body["spec"]}]
+            current = body
+        spec = dict(body["spec"])
+        if "name" not in (current.get("spec") or {}):
+            # Named by metadata.name (made with kubectl); the CRD forbids adding spec.name.
+            spec.pop("name", None)
+        # Replace the whole spec (a merge patch would keep fields the caller dropped), but keep
+        # what only the operator reads (onDelete) as the resource had it.
+        on_delete = (current.get("spec") or {}).get("onDelete")
+        if on_delete is not None:
+            spec["onDelete"] = on_delete
+        patch = [{"op": "replace", "path": "/spec", "value": spec}]
         await self._call(
             self.api.patch_namespaced_custom_object,
-            current,
+            current["metadata"]["name"],
             patch,
             _content_type="application/json-patch+json",
         )

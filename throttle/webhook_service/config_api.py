@@ -26,7 +26,7 @@ from aiohttp import web
 
 from throttle.manifests import ManifestError, policy_from_spec
 from throttle.policy import DEFAULT_POLICY_NAME, Policy
-from throttle.policy_store import PolicyConflict, StoreUnavailable
+from throttle.policy_store import PolicyConflict, PolicyRejected, StoreUnavailable
 from throttle.webhook_service.appkeys import POLICY_STORE, SETTINGS
 from throttle.webhook_service.errors import ApiError
 from throttle.webhook_service.payloads import check_depth
@@ -213,24 +213,8 @@ async def store_errors(request: web.Request, handler: Any) -> web.StreamResponse
         return response
     except StoreUnavailable as exc:
         raise ApiError(503, "store_unavailable", str(exc), headers={"Retry-After": "5"}) from None
-    except Exception as exc:
-        status = getattr(exc, "status", None)
-        if type(exc).__name__ == "ApiException" and isinstance(status, int):
-            if status == 422:
-                reason = _kube_message(exc)
-                raise ApiError(400, "invalid_policy", reason) from None
-            log.warning("Kubernetes API answered %s to a config API call", status)
-            raise ApiError(
-                503, "store_unavailable", f"the Kubernetes API answered {status}"
-            ) from None
-        raise
-
-
-def _kube_message(exc: Any) -> str:
-    try:
-        return str(json.loads(exc.body).get("message") or "rejected by the API server")
-    except (TypeError, ValueError, AttributeError):
-        return "rejected by the API server"
+    except PolicyRejected as exc:
+        raise ApiError(400, "invalid_policy", str(exc)) from None
 
 
 _PORTAL = r"{portal_id:\d{1,16}}"

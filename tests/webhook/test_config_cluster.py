@@ -1,0 +1,123 @@
+"""The config API's cluster mode against a real kube-apiserver: ThrottlePolicy resources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures.kube import KubeEnv
+from tests.webhook.conftest import PORTAL, StartWebhook, Webhook
+from throttle.policy_store import resource_name
+
+pytestmark = pytest.mark.kube
+
+CRD = Path(__file__).resolve().parents[2] / "deploy" / "crds" / "throttlepolicies.yaml"
+
+
+@pytest.fixture(scope="session")
+def crd(kube: KubeEnv) -> None:
+    kube.apply(CRD)
+    kube.wait_crd_established("throttlepolicies.throttle.dev")
+
+
+@pytest.fixture
+async def api(start_webhook: StartWebhook, kube: KubeEnv, namespace: str, crd: None) -> Webhook:
+    return await start_webhook(
+        config_backend="cluster", config_namespace=namespace, kubeconfig=str(kube.kubeconfig)
+    )
+
+
+def auth(webhook: Webhook) -> dict[str, str]:
+    assert webhook.settings.throttle_api_token is not None
+    return {"Authorization": f"Bearer {webhook.settings.throttle_api_token.get_secret_value()}"}
+
+
+def resources(kube: KubeEnv, namespace: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = kube.kubectl_json("get", "throttlepolicies", "-n", namespace)[
+        "items"
+    ]
+    return items
+
+
+SPEC = {"portalId": PORTAL, "actionId": 42, "rate": {"limit": 100, "period": "1m"}}
+
+
+async def test_create_patch_get_list_delete_resources(
+    api: Webhook, kube: KubeEnv, namespace: str
+) -> None:
+    headers = auth(api)
+    created = await api.client.post("/api/config", json=SPEC, headers=headers)
+    assert created.status == 201, await created.text()
+    [obj] = resources(kube, namespace)
+    assert obj["metadata"]["name"] == resource_name(PORTAL, "action-42")
+    assert obj["spec"]["name"] == "action-42"
+    assert obj["spec"]["rate"]["limit"] == 100
+
+    patched = await api.client.post(
+        "/api/config", json={**SPEC, "rate": {"limit": 7, "period": "10s"}}, headers=headers
+    )
+    assert patched.status == 200
+    [obj] = resources(kube, namespace)
+    assert obj["spec"]["rate"] == {"limit": 7, "period": "PT10S", "burst": 0}
+    assert obj["metadata"]["generation"] == 2
+
+    got = await api.client.get(f"/api/config/{PORTAL}/42", headers=headers)
+    assert (await got.json())["rate"]["limit"] == 7
+    default = await api.client.put(
+        f"/api/config/{PORTAL}/default", json={"rate": {"limit": 3}}, headers=headers
+    )
+    assert default.status == 201
+    listed = await api.client.get(f"/api/config?portalId={PORTAL}", headers=headers)
+    assert [p["name"] for p in (await listed.json())["policies"]] == ["action-42", "default"]
+
+    conflict = await api.client.post("/api/config", json={**SPEC, "name": "other"}, headers=headers)
+    assert conflict.status == 409
+
+    deleted = await api.client.delete(f"/api/config/{PORTAL}/42", headers=headers)
+    assert deleted.status == 204
+    assert [o["spec"]["name"] for o in resources(kube, namespace)] == ["default"]
+
+
+async def test_resources_made_with_kubectl_are_found(
+    api: Webhook, kube: KubeEnv, namespace: str
+) -> None:
+    kube.apply(
+        {
+            "apiVersion": "throttle.dev/v1alpha1",
+            "kind": "ThrottlePolicy",
+            "metadata": {"name": "enrichment"},
+            "spec": {"portalId": PORTAL, "rate": {"limit": 5, "period": "1m"}},
+        },
+        namespace=namespace,
+    )
+    headers = auth(api)
+    got = await api.client.get(f"/api/config/{PORTAL}/policies/enrichment", headers=headers)
+    assert got.status == 200
+    assert (await got.json())["rate"]["limit"] == 5
+    replaced = await api.client.put(
+        f"/api/config/{PORTAL}/policies/enrichment",
+        json={"rate": {"limit": 9, "period": "1m"}},
+        headers=headers,
+    )
+    assert replaced.status == 200
+    [obj] = resources(kube, namespace)
+    assert obj["metadata"]["name"] == "enrichment"  # patched in place, not duplicated
+    assert obj["spec"]["rate"]["limit"] == 9
+    gone = await api.client.delete(f"/api/config/{PORTAL}/policies/enrichment", headers=headers)
+    assert gone.status == 204
+    assert resources(kube, namespace) == []
+
+
+async def test_invalid_or_unauthorised_changes_nothing(
+    api: Webhook, kube: KubeEnv, namespace: str
+) -> None:
+    bad = await api.client.post(
+        "/api/config", json={**SPEC, "rate": {"limit": 5, "burst": 50}}, headers=auth(api)
+    )
+    assert bad.status == 400
+    assert (await bad.json())["field"] == "rate.burst"
+    anonymous = await api.client.post("/api/config", json=SPEC)
+    assert anonymous.status == 401
+    assert resources(kube, namespace) == []
