@@ -99,6 +99,15 @@ async def test_faults_and_revocation(
     assert (status, body["status"]) == (400, "BAD_REFRESH_TOKEN")
     status, body = await _json(http, "POST", base + "/_sim/revoke", json={})
     assert status == 400
+    for path, bad in (
+        ("/_sim/callbacks", {"callbacks": [{"portalId": 1}]}),
+        ("/_sim/expire", ["x"]),
+        ("/_sim/uninstall", {"portalId": 1}),
+        ("/_sim/portals", []),
+    ):
+        status, body = await _json(http, "POST", base + path, json=bad)
+        assert status == 400, path
+        assert body["category"] == "VALIDATION_ERROR"
 
 
 async def test_drive_over_http(

@@ -63,6 +63,12 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except ApiError as exc:
         return web.json_response(exc.body, status=exc.status, headers=exc.headers)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        if not request.path.startswith("/_sim"):
+            raise
+        # An admin call with a missing or mistyped field.
+        detail = f"bad request body: {type(exc).__name__} {exc}"
+        return web.json_response(error_body("VALIDATION_ERROR", detail), status=400)
 
 
 async def _json(request: web.Request) -> Any:
@@ -305,9 +311,10 @@ async def admin_uninstall(request: web.Request) -> web.StreamResponse:
 
     body = await _json(request)
     portal_id = _portal_id(body)
+    webhook_url = str(body["webhookUrl"])
     sim = _sim(request)
     sim.revoke(portal_id, access_tokens=True)
-    status = await send_uninstall(sim, str(body["webhookUrl"]), portal_id)
+    status = await send_uninstall(sim, webhook_url, portal_id)
     return web.json_response({"revoked": True, "webhookStatus": status})
 
 
