@@ -517,7 +517,7 @@ async def test_config_api_cluster_mode_as_the_charts_webhook_service_account(
     from kubernetes.client.exceptions import ApiException
 
     from throttle.policy import Policy
-    from throttle.policy_store import KubePolicyStore
+    from throttle.policy_store import KubePolicyStore, StoreUnavailable
 
     ns = full_install.namespace
     deployment = one(full_install.manifest, "Deployment", "webhook")
@@ -539,8 +539,8 @@ async def test_config_api_cluster_mode_as_the_charts_webhook_service_account(
         assert await store.list(4242) == []
 
         elsewhere = KubePolicyStore(client, create_namespace(kube, "other"))
-        with pytest.raises(ApiException) as denied:
+        with pytest.raises((ApiException, StoreUnavailable)) as denied:
             await elsewhere.put(policy)
-        assert denied.value.status == 403
+        assert "403" in str(denied.value)
     finally:
         client.close()
