@@ -265,7 +265,7 @@ def _oauth_routes() -> list[web.RouteDef]:
 def create_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> web.Application:
     app = web.Application(
         client_max_size=settings.webhook_max_body_bytes,
-        middlewares=[json_errors, config_api.store_errors],
+        middlewares=[json_errors],
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics(registry if registry is not None else CollectorRegistry())

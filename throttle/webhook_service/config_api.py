@@ -17,9 +17,11 @@ Routes:
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -32,6 +34,8 @@ from throttle.webhook_service.errors import ApiError
 from throttle.webhook_service.payloads import check_depth
 
 log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_ID = 2**53 - 1
 """Portal and action ids are JSON numbers; beyond 2^53 they cannot round-trip anyway."""
@@ -205,29 +209,36 @@ async def delete_named(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-@web.middleware
-async def store_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Map the store's failures to JSON answers (kept here: only config routes touch a store)."""
-    try:
-        response: web.StreamResponse = await handler(request)
-        return response
-    except StoreUnavailable as exc:
-        raise ApiError(503, "store_unavailable", str(exc), headers={"Retry-After": "5"}) from None
-    except PolicyRejected as exc:
-        raise ApiError(400, "invalid_policy", str(exc)) from None
+def store_errors(handler: Handler) -> Handler:
+    """Map the store's failures to JSON answers. A wrapper on the config routes only, not an
+    app middleware: the action endpoint's hot path should not pay for it."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except StoreUnavailable as exc:
+            raise ApiError(
+                503, "store_unavailable", str(exc), headers={"Retry-After": "5"}
+            ) from None
+        except PolicyRejected as exc:
+            raise ApiError(400, "invalid_policy", str(exc)) from None
+
+    return wrapped
 
 
 _PORTAL = r"{portal_id:\d{1,16}}"
+_ACTION = r"{action_id:\d{1,16}}"
 
 routes = [
-    web.post("/api/config", create_or_replace),
-    web.get("/api/config", list_policies),
-    web.get(f"/api/config/{_PORTAL}/default", get_named),
-    web.put(f"/api/config/{_PORTAL}/default", put_named),
-    web.delete(f"/api/config/{_PORTAL}/default", delete_named),
-    web.get(f"/api/config/{_PORTAL}/policies/{{name}}", get_named),
-    web.put(f"/api/config/{_PORTAL}/policies/{{name}}", put_named),
-    web.delete(f"/api/config/{_PORTAL}/policies/{{name}}", delete_named),
-    web.get(f"/api/config/{_PORTAL}/{{action_id:\\d{{1,16}}}}", get_for_action),
-    web.delete(f"/api/config/{_PORTAL}/{{action_id:\\d{{1,16}}}}", delete_for_action),
+    web.post("/api/config", store_errors(create_or_replace)),
+    web.get("/api/config", store_errors(list_policies)),
+    web.get(f"/api/config/{_PORTAL}/default", store_errors(get_named)),
+    web.put(f"/api/config/{_PORTAL}/default", store_errors(put_named)),
+    web.delete(f"/api/config/{_PORTAL}/default", store_errors(delete_named)),
+    web.get(f"/api/config/{_PORTAL}/policies/{{name}}", store_errors(get_named)),
+    web.put(f"/api/config/{_PORTAL}/policies/{{name}}", store_errors(put_named)),
+    web.delete(f"/api/config/{_PORTAL}/policies/{{name}}", store_errors(delete_named)),
+    web.get(f"/api/config/{_PORTAL}/{_ACTION}", store_errors(get_for_action)),
+    web.delete(f"/api/config/{_PORTAL}/{_ACTION}", store_errors(delete_for_action)),
 ]
