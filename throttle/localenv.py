@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import random
 import shutil
 import signal
 import socket
@@ -30,6 +31,28 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster-bus twin (port + 10000) is free too; both below 65536.
+
+    The kernel's ephemeral range reaches past 55535, where Redis Cluster cannot put its bus port,
+    so cluster nodes pick from a range below the ephemeral one instead.
+    """
+    for _ in range(200):
+        port = random.randint(20000, 30000)
+        if _port_is_free(port) and _port_is_free(port + 10000):
+            return port
+    raise ServiceError("no free port pair (p, p+10000) for a Redis Cluster node")
 
 
 def find_binary(name: str) -> str:
@@ -110,7 +133,7 @@ class RedisServer:
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = self.port or free_port()
+        self.port = self.port or (free_cluster_port() if self.cluster else free_port())
         self._proc = _Process(f"redis:{self.port}", self.workdir / "redis.log")
 
     @property
@@ -200,7 +223,7 @@ class RedisCluster:
         )
         first = self.nodes[0].sync_client()
         deadline = time.monotonic() + 30
-        while first.execute_command("CLUSTER INFO").decode().find("cluster_state:ok") < 0:
+        while _cluster_state(first) != "ok":
             if time.monotonic() > deadline:
                 raise ServiceError("Redis Cluster did not reach cluster_state:ok")
             time.sleep(0.1)
@@ -228,6 +251,13 @@ class RedisCluster:
 
     def log_tail(self) -> str:
         return "\n".join(n.log_tail() for n in self.nodes)
+
+
+def _cluster_state(client: redis.Redis[bytes]) -> str:
+    info = client.execute_command("CLUSTER INFO")
+    if isinstance(info, dict):  # redis-py parses the reply into a dict
+        return str(info.get("cluster_state", ""))
+    return "ok" if b"cluster_state:ok" in info else "fail"
 
 
 def _demote() -> dict[str, Any]:
