@@ -107,15 +107,22 @@ class Simulation:
         return min(dues, default=None)
 
     async def run(
-        self, arrivals: Sequence[tuple[float, QueueItem, Policy]], start: float, max_steps: int
+        self,
+        arrivals: Sequence[tuple[float, QueueItem, Policy]],
+        start: float,
+        max_steps: int,
+        until: float | None = None,
     ) -> None:
-        """Feed arrivals at their times and take whenever something is due, until all done."""
+        """Feed arrivals at their times and take whenever something is due, until all that
+        arrived is done (or, with `until`, until the clock passes it)."""
         pending = sorted(arrivals, key=lambda a: a[0])
-        expected = len(pending)
+        expected = len(self.completer.completed) + len(pending)
         now = start
         i = 0
         for _ in range(max_steps):
-            if len(self.completer.completed) >= expected and i == len(pending):
+            if until is not None and now >= until:
+                return
+            if until is None and len(self.completer.completed) >= expected and i == len(pending):
                 return
             self.set_clock(now)
             while i < len(pending) and pending[i][0] <= now:
@@ -126,6 +133,8 @@ class Simulation:
             due = self.next_due()
             if due is not None:
                 candidates.append(due)
+            if until is not None:
+                candidates.append(until)
             if not candidates:
                 return
             now = max(now + 0.0001, min(candidates))

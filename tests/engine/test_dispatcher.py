@@ -1,0 +1,197 @@
+"""The dispatcher: settling completions, fairness, shutdown, a killed dispatcher, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from tests.engine.helpers import RecordingCompleter, Simulation, item, policy
+from throttle import keys
+from throttle.dispatcher.complete import CompletionResult, Released
+from throttle.dispatcher.run import Dispatcher, metrics_app
+from throttle.localenv import RedisServer
+from throttle.metrics import Metrics
+from throttle.operator.reconcile import reconcile
+from throttle.queue import Queue
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def test_retries_failures_and_completions_are_settled(redis: Any) -> None:
+    p = policy(rate={"limit": 100, "period": "1s", "burst": 10})
+    sim = Simulation(redis, [p])
+    sim.completer.fail = {"p-1": "HubSpot: callback not found"}
+    sim.completer.retry_once = {"p-2", "p-3"}
+    queue = sim.queues[0]
+    await reconcile(queue, p)
+    for i in range(5):
+        await queue.enqueue(item(f"p-{i}"), p)
+    await sim.step()
+    assert sorted(r.callback_id for r in sim.completer.completed) == ["p-0", "p-4"]
+    stats = await queue.stats(p)
+    assert (stats.failed, stats.requeued, stats.depth, stats.in_flight) == (1, 2, 2, 0)
+    # the retried ones wait out the backoff (1 s for a first attempt), then go, in order
+    queue.time_offset_ms = 500
+    await sim.step()
+    assert len(sim.completer.completed) == 2
+    queue.time_offset_ms = 1100
+    await sim.step()
+    assert [r.callback_id for r in sim.completer.completed[2:]] == ["p-2", "p-3"]
+    assert [r.attempts for r in sim.completer.completed[2:]] == [2, 2]
+
+
+class Stopped:
+    async def complete(self, portal_id: int, items: Sequence[Released]) -> CompletionResult:
+        return CompletionResult(
+            completed=[items[0].callback_id], portal_stopped="uninstalled: refresh token revoked"
+        )
+
+
+class Broken:
+    async def complete(self, portal_id: int, items: Sequence[Released]) -> CompletionResult:
+        raise ConnectionResetError
+
+
+async def test_stopped_portal_fails_the_rest_and_errors_requeue(redis: Any) -> None:
+    p = policy(rate={"limit": 100, "period": "1s", "burst": 10})
+    queue = Queue(redis)
+    await reconcile(queue, p)
+    for i in range(3):
+        await queue.enqueue(item(f"p-{i}"), p)
+    await Dispatcher(queue, Broken(), Metrics(CollectorRegistry())).step([keys.shard_of(p.key)])
+    await asyncio.sleep(0.05)
+    stats = await queue.stats(p)
+    assert (stats.requeued, stats.depth, stats.in_flight) == (3, 3, 0)
+    queue.time_offset_ms = 2000
+    dispatcher = Dispatcher(queue, Stopped(), Metrics(CollectorRegistry()))
+    await dispatcher.step([keys.shard_of(p.key)])
+    await dispatcher.wait_idle()
+    stats = await queue.stats(p)
+    assert (stats.acked, stats.failed, stats.depth, stats.in_flight) == (1, 2, 0, 0)
+
+
+async def test_a_deep_queue_does_not_starve_other_portals(redis: Any) -> None:
+    deep = policy(name="deep", portal=1, rate={"limit": 100_000, "period": "1s", "burst": 5000})
+    small = [
+        policy(name=f"small{i}", portal=10 + i, rate={"limit": 100, "period": "1s", "burst": 10})
+        for i in range(5)
+    ]
+    queue = Queue(redis)
+    for p in [deep, *small]:
+        await reconcile(queue, p)
+    for i in range(2000):
+        await queue.enqueue(item(f"deep-{i}", portal=1), deep)
+    for p in small:
+        for i in range(3):
+            await queue.enqueue(item(f"{p.name}-{i}", portal=p.portal_id), p)
+    completer = RecordingCompleter()
+    dispatcher = Dispatcher(queue, completer, Metrics(CollectorRegistry()), queue_quota=100)
+    await dispatcher.step()
+    await dispatcher.wait_idle()
+    portals = {portal for portal, _n in completer.calls}
+    assert portals == {1, 10, 11, 12, 13, 14}  # every portal served in the first round
+    assert sum(n for portal, n in completer.calls if portal == 1) == 100  # its quota per take
+
+
+class Slow:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.completed: list[str] = []
+
+    async def complete(self, portal_id: int, items: Sequence[Released]) -> CompletionResult:
+        await asyncio.sleep(self.seconds)
+        self.completed += [r.callback_id for r in items]
+        return CompletionResult(completed=[r.callback_id for r in items])
+
+
+async def test_graceful_stop_finishes_or_returns_what_it_holds(redis: Any) -> None:
+    p = policy(rate={"limit": 100, "period": "1s", "burst": 10})
+    queue = Queue(redis)
+    await reconcile(queue, p)
+    for i in range(5):
+        await queue.enqueue(item(f"p-{i}"), p)
+    finishing = Slow(0.3)
+    stop = asyncio.Event()
+    dispatcher = Dispatcher(queue, finishing, Metrics(CollectorRegistry()), shutdown_timeout=5)
+    task = asyncio.create_task(dispatcher.run(stop))
+    while dispatcher.released_total < 5:
+        await asyncio.sleep(0.01)
+    stop.set()
+    await task
+    assert len(finishing.completed) == 5  # finished what it held
+    assert (await queue.stats(p)).acked == 5
+
+    for i in range(5, 10):
+        await queue.enqueue(item(f"p-{i}"), p)
+    hanging = Slow(60)
+    stop = asyncio.Event()
+    dispatcher = Dispatcher(queue, hanging, Metrics(CollectorRegistry()), shutdown_timeout=0.3)
+    task = asyncio.create_task(dispatcher.run(stop))
+    while dispatcher.released_total < 5:
+        await asyncio.sleep(0.01)
+    stop.set()
+    await task
+    stats = await queue.stats(p)
+    assert (stats.depth, stats.in_flight) == (5, 0)  # handed back, at the head, nothing lost
+
+
+async def test_killed_dispatcher_leases_are_released_by_another(
+    redis: Any, redis_server: RedisServer
+) -> None:
+    p = policy(rate={"limit": 1000, "period": "1s", "burst": 100})
+    queue = Queue(redis)
+    await reconcile(queue, p)
+    for i in range(20):
+        await queue.enqueue(item(f"p-{i}"), p)
+    shard = keys.shard_of(p.key)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.engine.stalling_dispatcher",
+            redis_server.url,
+            str(shard),
+            "2",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
+        assert line.strip() == b"holding 20"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert (await queue.stats(p)).in_flight == 20
+    survivor = RecordingCompleter()
+    queue.time_offset_ms = 2500  # the killed one's leases (2 s) ran out
+    dispatcher = Dispatcher(queue, survivor, Metrics(CollectorRegistry()))
+    assert await queue.reap_expired_leases() == 20
+    await dispatcher.step([shard])
+    await dispatcher.wait_idle()
+    assert [r.callback_id for r in survivor.completed] == [f"p-{i}" for i in range(20)]
+    assert all(r.attempts == 2 for r in survivor.completed)
+    stats = await queue.stats(p)
+    assert (stats.acked, stats.depth, stats.in_flight) == (20, 0, 0)
+
+
+async def test_metrics_and_health_endpoints(aiohttp_client: Any) -> None:
+    metrics = Metrics(CollectorRegistry())
+    metrics.released.labels("7", "p").inc(3)
+    healthy = [True]
+    client = await aiohttp_client(metrics_app(metrics.registry, lambda: (healthy[0], "loop ok")))
+    text = await (await client.get("/metrics")).text()
+    assert 'throttle_released_total{policy="p",portal="7"} 3.0' in text
+    assert (await client.get("/healthz")).status == 200
+    healthy[0] = False
+    assert (await client.get("/healthz")).status == 503
