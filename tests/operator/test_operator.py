@@ -317,6 +317,10 @@ async def test_restart_does_no_duplicate_work(
     assert await redis.hgetall(keys.params("1234:steady")) == params_before
     assert await redis.get(keys.REGISTRY_REV) == rev_before
     assert reasons(kube, namespace, "steady").count("Applied") == 1
+    # Nothing changes, so status refreshes (every second here) send no patches at all.
+    patches = second.gauge("throttle_operator_status_patches_total")
+    await asyncio.sleep(2.5)
+    assert second.gauge("throttle_operator_status_patches_total") == patches
 
 
 async def test_two_replicas_exactly_one_acts(
