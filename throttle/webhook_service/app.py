@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -31,6 +30,7 @@ from throttle.webhook_service import (
     auth_limit,
     config_api,
     health,
+    oauth,
     openapi,
     options,
     shedding,
@@ -252,16 +252,6 @@ async def policy_store_ctx(app: web.Application) -> AsyncIterator[None]:
 # --- the app ------------------------------------------------------------------------------------
 
 
-def _oauth_routes() -> list[web.RouteDef]:
-    """The HubSpot engineer's install flow (throttle/webhook_service/oauth.py)."""
-    try:
-        module = importlib.import_module("throttle.webhook_service.oauth")
-    except ModuleNotFoundError:
-        log.warning("OAuth routes not available (throttle.webhook_service.oauth missing)")
-        return []
-    return list(module.routes())
-
-
 def create_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> web.Application:
     app = web.Application(
         client_max_size=settings.webhook_max_body_bytes,
@@ -285,7 +275,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app.add_routes(config_api.routes)
     app.add_routes(health.routes)
     app.add_routes(openapi.routes)
-    app.add_routes(_oauth_routes())
+    app.add_routes(oauth.routes())  # the HubSpot install flow (throttle/webhook_service/oauth.py)
     return app
 
 
