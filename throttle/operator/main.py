@@ -153,6 +153,10 @@ def _coordination_api(configuration: Any) -> Any:
 
 def serve(settings: Settings, namespaces: list[str], local: Path | None = None) -> None:
     """Entry point of `throttle operator` (blocks; SIGTERM/SIGINT stop it cleanly)."""
+    if settings.log_level != "DEBUG":
+        # kopf logs "Timer ... succeeded" per policy per status refresh; our Events and our own
+        # log lines say what matters. LOG_LEVEL=DEBUG shows kopf's per-object lines again.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if local is not None:
         from throttle.operator.local import run_local
 
