@@ -173,8 +173,11 @@ async def action(request: web.Request) -> web.Response:
     try:
         payload = parse(ActionRequest, body)
         kind, answer = await answer_action(app, payload)
-    except ApiError:
-        metrics.webhook_rejected.labels("action", "payload").inc()
+    except ApiError as exc:
+        if exc.status == 503:
+            metrics.webhook_answers.labels("unavailable").inc()
+        else:
+            metrics.webhook_rejected.labels("action", "payload").inc()
         raise
     except (RedisError, OSError) as exc:
         metrics.webhook_answers.labels("unavailable").inc()
