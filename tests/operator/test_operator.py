@@ -7,17 +7,24 @@ ServiceAccount bound to deploy/rbac/operator-role.yaml, watching the test's name
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from redis import Redis as SyncRedis
 
 from tests.fixtures.kube import KubeEnv
-from tests.operator.conftest import REPO, OperatorThread, policy_manifest
+from tests.operator.conftest import OPERATOR_NS, REPO, OperatorThread, policy_manifest
 from throttle import keys
 from throttle.localenv import RedisServer, free_port
 from throttle.manifests import load_folder, policy_from_resource
@@ -430,3 +437,54 @@ async def test_every_example_becomes_ready(
     assert set(map(bytes.decode, await redis.hkeys(keys.REGISTRY))) == expected
     paused = get_tp(kube, namespace, "campaign-on-hold")
     assert condition(paused, "Ready")["reason"] == "Paused"
+
+
+def test_throttle_operator_command_runs_and_stops_cleanly(
+    kube: KubeEnv,
+    namespace: str,
+    redis_server: RedisServer,
+    operator_kubeconfig: Path,
+    tmp_path: Path,
+) -> None:
+    """`throttle operator -n NS` as a pod runs it: leads, applies, SIGTERM → exit 0, Lease freed."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(operator_kubeconfig),
+        "REDIS_URL": redis_server.url,
+        "METRICS_PORT": str(port),
+        "HOST": "127.0.0.1",
+        "OPERATOR_LEASE_NAMESPACE": OPERATOR_NS,
+        "OPERATOR_IDENTITY": "pod-1",
+        "LOG_FORMAT": "text",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "throttle.cli", "operator", "-n", namespace],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    sync = SyncRedis.from_url(redis_server.url)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError):
+                if health(port)["role"] == "leader":
+                    break
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "never became the leader"
+            time.sleep(0.2)
+        kube.apply(policy_manifest("from-cli"), namespace=namespace)
+        deadline = time.monotonic() + 5
+        while not sync.exists(keys.params("1234:from-cli")):
+            assert time.monotonic() < deadline, "not applied"
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        sync.close()
+    assert proc.returncode == 0, out
+    lease = kube.kubectl_json("get", "lease", "throttle-operator", "-n", OPERATOR_NS)
+    assert lease["spec"].get("holderIdentity") is None
