@@ -1,0 +1,67 @@
+"""`python -m throttle.chaos [--fast] [--only KEY ...] [--write docs/reliability.md]`
+
+Runs the fault scenarios on one local stack (real Redis, PostgreSQL, webhook, dispatchers and the
+HubSpot simulator as processes), prints the fault table, optionally writes it into a Markdown
+file between its markers, and exits 1 if any row shows a lost or duplicated execution, a rate
+above limit + burst, or a secret in a log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from throttle.chaos.faults import FAULTS, Scenario, by_key, run
+from throttle.chaos.harness import FaultRow, Harness
+from throttle.chaos.table import plain, write_section
+
+ROOT = Path(__file__).resolve().parents[2] / ".local" / "chaos"
+
+
+async def run_all(scenarios: list[Scenario], root: Path, keep: bool = False) -> list[FaultRow]:
+    harness = Harness(root, keep=keep)
+    rows: list[FaultRow] = []
+    await harness.start(portals=len(scenarios))
+    try:
+        for scenario in scenarios:
+            print(f"==> {scenario.title}", flush=True)
+            try:
+                row = await run(harness, scenario)
+            except Exception as exc:  # one broken scenario must not hide the others' results
+                row = FaultRow(scenario.title, notes=[f"scenario error: {exc!r}"[:500]])
+            print(plain([row]), flush=True)
+            rows.append(row)
+    finally:
+        await harness.stop()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m throttle.chaos", description=__doc__)
+    parser.add_argument("--fast", action="store_true", help="only the fast scenarios")
+    parser.add_argument("--only", nargs="*", default=None, help="scenario keys to run")
+    parser.add_argument("--write", type=Path, default=None, help="Markdown file to update")
+    parser.add_argument("--root", type=Path, default=ROOT, help="folder for the stack's data")
+    parser.add_argument("--keep", action="store_true", help="keep the stack's data and logs")
+    args = parser.parse_args(argv)
+    if args.only:
+        scenarios = [by_key(k) for k in args.only]
+    else:
+        scenarios = [s for s in FAULTS if not (args.fast and s.slow)]
+    rows = asyncio.run(run_all(scenarios, args.root, args.keep))
+    print("\nFault table\n")
+    print(plain(rows))
+    if args.write is not None:
+        command = "make chaos" if not (args.fast or args.only) else "python -m throttle.chaos"
+        write_section(args.write, rows, command)
+        print(f"written to {args.write}")
+    failed = [r for r in rows if not r.ok]
+    for row in failed:
+        print(f"FAIL {row.fault}: {'; '.join(row.problems)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
