@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import secrets
 import shlex
 import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -544,3 +546,86 @@ async def test_config_api_cluster_mode_as_the_charts_webhook_service_account(
         assert "403" in str(denied.value)
     finally:
         client.close()
+
+
+def test_operator_pod_as_a_process_answers_its_probe_and_reconciles(
+    kube: KubeEnv, full_install: Install, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """`throttle <args>` exactly as the chart's operator container runs it, with the chart's
+    environment, a token of its ServiceAccount (KUBECONFIG) and the probe the chart sets."""
+    import socket
+    import urllib.request
+
+    ns = full_install.namespace
+    deployment = one(full_install.manifest, "Deployment", "operator")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    sa = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(one(full_install.manifest, "ConfigMap", "config")["data"])
+    env.update({e["name"]: e["value"] for e in container["env"] if "value" in e})
+    env.update(
+        PATH=os.environ.get("PATH", ""),
+        HOME=str(tmp_path),
+        REDIS_URL=redis_server.url,
+        METRICS_PORT=str(port),
+        KUBECONFIG=str(sa_token_kubeconfig(kube, ns, sa)),
+        OPERATOR_LEASE_SECONDS="3",
+    )
+    probe = container["livenessProbe"]["httpGet"]
+    assert probe["port"] == "metrics"
+    throttle = str(Path(sys.executable).parent / "throttle")
+    log_path = tmp_path / "operator.log"
+    log = log_path.open("w")  # a file, not a pipe: a full pipe would stall the operator
+    proc = subprocess.Popen(
+        [throttle, *container["args"]],
+        env=env,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+    def output() -> str:
+        return log_path.read_text()[-4000:]
+
+    try:
+        deadline = time.monotonic() + 60
+        health: dict[str, Any] = {}
+        while time.monotonic() < deadline and health.get("role") != "leader":
+            assert proc.poll() is None, output()
+            try:
+                url = f"http://127.0.0.1:{port}{probe['path']}"
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    health = json.loads(resp.read())
+            except OSError:
+                pass
+            time.sleep(0.3)
+        assert health.get("role") == "leader", health
+        kube.apply(REPO / "deploy" / "examples" / "02-burst.yaml", namespace=ns)
+        name = yaml.safe_load((REPO / "deploy" / "examples" / "02-burst.yaml").read_text())[
+            "metadata"
+        ]["name"]
+        deadline = time.monotonic() + 30
+        ready = ""
+        while time.monotonic() < deadline and ready != "True":
+            assert proc.poll() is None, output()
+            tp = kube.kubectl_json("get", "tp", name, "-n", ns)
+            conditions = (tp.get("status") or {}).get("conditions") or []
+            ready = next((c["status"] for c in conditions if c["type"] == "Ready"), "")
+            time.sleep(0.3)
+        assert ready == "True", tp.get("status")
+        deleted = kube.kubectl("delete", "tp", name, "-n", ns, "--timeout=30s", check=False)
+        if deleted.returncode != 0:
+            proc.terminate()
+            pytest.fail(f"delete: {deleted.stderr}\noperator:\n{output()}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
