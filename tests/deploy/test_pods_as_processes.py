@@ -84,13 +84,13 @@ def rendered(
     return objects, ports
 
 
-def wait_http(url: str, proc: subprocess.Popen[str], timeout: float = 30) -> int:
+def wait_http(url: str, proc: subprocess.Popen[str], log: Path, timeout: float = 30) -> int:
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            _out, err = proc.communicate()
-            pytest.fail(f"exited {proc.returncode} before {url} answered:\n{err[-3000:]}")
+            tail = log.read_text()[-3000:]
+            pytest.fail(f"exited {proc.returncode} before {url} answered:\n{tail}")
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 (local test URL)
                 return int(resp.status)
@@ -120,15 +120,17 @@ def start(
     objects: list[dict[str, Any]], component: str, tmp_path: Path, procs: list[Any]
 ) -> subprocess.Popen[str]:
     args = pod_specs(objects)[component]["containers"][0]["args"]
+    log = (tmp_path / f"{component}.log").open("w")  # a file: a full pipe would stall it
     proc = subprocess.Popen(
         [throttle_bin(), *args],
         env=run_env(container_env(objects, component), tmp_path),
         cwd=tmp_path,
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         text=True,
     )
+    log.close()  # the child holds its own copy
     procs.append(proc)
     return proc
 
@@ -185,7 +187,7 @@ def test_probes_answer_on_the_ports_and_paths_the_chart_probes(
     urls = probe_urls(objects, component)
     assert urls
     for url in urls:
-        assert wait_http(url, proc) == 200, url
+        assert wait_http(url, proc, tmp_path / f"{component}.log") == 200, url
     # Metrics are where the ServiceMonitor scrapes them: the webhook's HTTP port, else "metrics".
     monitor = one(objects, "ServiceMonitor", component)
     [endpoint] = monitor["spec"]["endpoints"]
