@@ -23,8 +23,9 @@ venv: $(BIN)/.installed  ## create the virtualenv with the package and dev tools
 deps:  ## install redis-server and PostgreSQL from Debian's packages if missing
 	@bash scripts/deps.sh
 
-testenv:  ## build kube-apiserver, etcd, kubectl, helm from the Go module proxy (cached)
+testenv:  ## build kube-apiserver, etcd, kubectl, helm and promtool from the Go module proxy (cached)
 	@bash scripts/testenv.sh
+	@bash scripts/promtool.sh
 
 lint: venv  ## ruff, mypy, bandit and pip-audit
 	@echo "==> ruff"
