@@ -133,8 +133,11 @@ class Settings(BaseSettings):
         "", description="Per-portal budgets, comma-separated portal:calls (e.g. 12345:50,678:110)."
     )
     hubspot_portal_concurrency: int = Field(
-        1, ge=1, le=10, description="HubSpot calls of one portal in flight at once, all pods "
-        "(1: a 429 storm costs one 429 per window)."
+        1,
+        ge=1,
+        le=10,
+        description="HubSpot calls of one portal in flight at once, all pods "
+        "(1: a 429 storm costs one 429 per window).",
     )
     hubspot_token_refresh_margin_seconds: float = Field(
         300.0,
