@@ -11,8 +11,9 @@ Two phases per dispatcher count:
 2. **drain**: the same number queued behind a paused policy, then resumed; completions/s of the
    dispatchers alone, the backlog case the "callbacks per HubSpot request" target is about.
 
-Reported: completions/s, callbacks per HubSpot completion request, 429s, lost (blocked but never
-completed), duplicates (completed twice). Never pass/fail: it prints a table.
+Reported: completions/s, callbacks per HubSpot completion request, 429s, failed (recorded by the
+engine with a reason), lost (blocked, never completed and not recorded as failed), duplicates
+(completed twice). Never pass/fail: it prints a table.
 
     .venv/bin/python bench/e2e.py [--executions 6000] [--portals 4] [--dispatchers 1,3]
 """
@@ -50,6 +51,7 @@ class Row:
     seconds: float
     completion_requests: int
     rate_limited: int
+    failed: int
     lost: int
     duplicates: int
 
@@ -105,16 +107,28 @@ async def drive(
         return body
 
 
-async def wait_complete(
-    session: aiohttp.ClientSession, stack: Stack, target: int, timeout: float
-) -> tuple[dict[str, Any], float]:
-    """Poll the simulator until `target` callbacks are completed (or the timeout)."""
+async def wait_settled(
+    session: aiohttp.ClientSession, stack: Stack, portals: list[int], target: int, timeout: float
+) -> tuple[dict[str, Any], float, int]:
+    """Poll until every execution is completed or recorded as failed by the engine.
+
+    Returns the simulator's report, when it settled, and how many the engine recorded as failed.
+    """
+    from throttle.status import StatusReader
+
+    reader = StatusReader.from_url(stack.redis_url)
     deadline = time.monotonic() + timeout
-    while True:
-        body = await report(session, stack)
-        if body["total"]["completed"] >= target or time.monotonic() > deadline:
-            return body, time.monotonic()
-        await asyncio.sleep(0.1)
+    try:
+        while True:
+            body = await report(session, stack)
+            rows = [r for r in await reader.rows() if r.portal_id in portals]
+            failed = sum(r.failed_total for r in rows)
+            settled = sum(r.completed_total for r in rows) + failed
+            if settled >= target or time.monotonic() > deadline:
+                return body, time.monotonic(), failed
+            await asyncio.sleep(0.1)
+    finally:
+        await reader.close()
 
 
 async def wait_policies(stack: Stack, portals: list[int], paused: bool) -> None:
@@ -134,7 +148,12 @@ async def wait_policies(stack: Stack, portals: list[int], paused: bool) -> None:
 
 
 def row_from(
-    dispatchers: int, phase: str, executions: int, body: dict[str, Any], seconds: float
+    dispatchers: int,
+    phase: str,
+    executions: int,
+    body: dict[str, Any],
+    seconds: float,
+    failed: int,
 ) -> Row:
     total = body["total"]
     return Row(
@@ -146,14 +165,15 @@ def row_from(
         seconds=seconds,
         completion_requests=int(total["completion_requests"]),
         rate_limited=int(total["rate_limited"]),
-        lost=int(total["blocked"]) - int(total["completed"]),
+        failed=failed,
+        lost=int(total["blocked"]) - int(total["completed"]) - failed,
         duplicates=int(total["duplicates"]),
     )
 
 
 async def phase(
     stack: Stack, folder: Path, portals: list[int], executions: int, paused: bool
-) -> tuple[dict[str, Any], float]:
+) -> tuple[dict[str, Any], float, int]:
     per_portal = executions // len(portals)
     async with client_session() as session:
         await session.post(f"{stack.simulator_url}/_sim/reset")
@@ -167,9 +187,11 @@ async def phase(
         if paused:
             started = time.monotonic()
             write_policies(folder, portals, paused=False)
-        _body, ended = await wait_complete(session, stack, per_portal * len(portals), 600)
+        _body, ended, failed = await wait_settled(
+            session, stack, portals, per_portal * len(portals), 600
+        )
         await asyncio.sleep(1.0)  # anything completed twice shows up in the report by now
-        return await report(session, stack), ended - started
+        return await report(session, stack), ended - started, failed
 
 
 async def run_one(dispatchers: int, executions: int, portals: list[int]) -> list[Row]:
@@ -186,8 +208,10 @@ async def run_one(dispatchers: int, executions: int, portals: list[int]) -> list
         with Stack(config) as stack:
             for name, paused, offset in (("flow", False, 0), ("drain", True, 1000)):
                 phase_portals = [p + offset for p in portals]
-                body, seconds = await phase(stack, folder, phase_portals, executions, paused)
-                rows.append(row_from(dispatchers, name, executions, body, seconds))
+                body, seconds, failed = await phase(
+                    stack, folder, phase_portals, executions, paused
+                )
+                rows.append(row_from(dispatchers, name, executions, body, seconds, failed))
     return rows
 
 
@@ -212,6 +236,7 @@ def main() -> None:
         "completions/s",
         "callbacks/request",
         "429s",
+        "failed",
         "lost",
         "duplicates",
     ):
@@ -225,6 +250,7 @@ def main() -> None:
             f"{r.per_second:.0f}",
             f"{r.per_request:.1f}",
             str(r.rate_limited),
+            str(r.failed),
             str(r.lost),
             str(r.duplicates),
         )

@@ -138,6 +138,20 @@ class Component:
         return tail(self.log_path, lines)
 
 
+def _traversable_by_postgres(folder: Path) -> None:
+    """When we are root, PostgreSQL runs as `nobody` and must reach its data folder: open every
+    ancestor for traversal only (search bit, never read). `localenv` stops at the first ancestor
+    that is already traversable, which is not enough under a private temp folder."""
+    if os.geteuid() != 0:
+        return
+    for path in [folder, *folder.parents]:
+        if path == Path("/"):
+            break
+        mode = os.stat(path).st_mode
+        if not mode & 0o001:
+            os.chmod(path, mode | 0o111)  # noqa: S103 - search bit only
+
+
 def generated_secrets() -> dict[str, str]:
     """Fresh app credentials and keys for a throwaway stack (never reused, never printed)."""
     return {
@@ -333,6 +347,7 @@ class Stack:
     def start(self, on_step: Callable[[str], None] | None = None) -> Stack:
         step = on_step or (lambda _msg: None)
         self.root.mkdir(parents=True, exist_ok=True)
+        _traversable_by_postgres(self.root)
         try:
             step("Redis")
             self.redis.start()

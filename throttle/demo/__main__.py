@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         outcome = run(options, console)
     except KeyboardInterrupt:
-        console.print("[yellow]Interrupted: everything was stopped and .local/demo removed.[/]")
+        console.print("\n[yellow]Interrupted: everything was stopped and .local/demo removed.[/]")
         return 130
     except (DemoError, ServiceError) as exc:
         console.print(f"[bold red]The demo could not run:[/] {exc}")
