@@ -123,15 +123,28 @@ def status(watch: bool, interval: float) -> None:
 
 
 @main.command(name="settings")
-def settings_table() -> None:
+@click.option("--markdown", is_flag=True, help="Print a Markdown table (as in README.md).")
+def settings_table(markdown: bool) -> None:
     """List every setting: environment variable, default, meaning."""
     from rich.console import Console
     from rich.table import Table
 
+    if markdown:
+        click.echo(settings_markdown())
+        return
     table = Table("variable", "default", "description", title="Throttle settings")
     for name, default, description in describe():
         table.add_row(name, default, description)
     Console().print(table)
+
+
+def settings_markdown() -> str:
+    """The settings table README.md carries; a test keeps the two the same."""
+    lines = ["| variable | default | description |", "| --- | --- | --- |"]
+    for name, default, description in describe():
+        shown = f"`{default}`" if default else ""
+        lines.append(f"| `{name}` | {shown} | {description.replace('|', '/')} |")
+    return "\n".join(lines)
 
 
 def add_command(command: Callable[..., Any]) -> None:
