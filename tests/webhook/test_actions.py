@@ -162,3 +162,18 @@ async def test_signature_failures_are_401_and_queue_nothing(webhook: Webhook) ->
     missing = await webhook.client.post("/api/hubspot/action", data=body)
     assert missing.status == 401
     assert await webhook.depth(p) == 0
+
+
+async def test_a_new_policy_is_used_as_soon_as_the_index_reloads(webhook: Webhook) -> None:
+    _, body = await webhook.post_action(execution("cb-1"))
+    assert body["outputFields"]["hs_execution_state"] == "FAIL_CONTINUE"
+    await webhook.add_policy(policy("default", portal=0, expiration="PT5H"))  # global default
+    _, body = await webhook.post_action(execution("cb-2", inputFields={}))
+    assert body["outputFields"] == {
+        "hs_execution_state": "BLOCK",
+        "hs_expiration_duration": "PT5H",
+    }
+    p = await webhook.add_policy(policy(expiration="P3D"))  # the named one now exists
+    _, body = await webhook.post_action(execution("cb-3"))
+    assert body["outputFields"]["hs_expiration_duration"] == "P3D"
+    assert await webhook.depth(p) == 1

@@ -30,12 +30,14 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from throttle.policy import Policy
+from throttle.policy_index import PolicyIndex
 from throttle.queue import QueueItem
 from throttle.webhook_service.appkeys import (
     INSTALLED,
     METRICS,
     POLICY_INDEX,
     QUEUE,
+    RESOLVER,
     SETTINGS,
     VERIFIER,
 )
@@ -84,6 +86,32 @@ def failed(reason: str, policy: Policy | None = None) -> dict[str, Any]:
     return {"outputFields": fields}
 
 
+class PolicyResolver:
+    """`PolicyIndex.resolve`, remembered until the index reloads.
+
+    Resolving to the global default copies that policy for the portal on every call; at
+    thousands of requests a second the copy costs more than the signature check, so answers are
+    kept per (portal, action, name) and dropped whenever the index's revision moves."""
+
+    MAX_ENTRIES = 50_000
+
+    def __init__(self, index: PolicyIndex) -> None:
+        self.index = index
+        self._revision = -2
+        self._cache: dict[tuple[int, int, str | None], Policy | None] = {}
+
+    def resolve(self, portal_id: int, action_id: int, name: str | None) -> Policy | None:
+        if self.index.revision != self._revision or len(self._cache) > self.MAX_ENTRIES:
+            self._cache.clear()
+            self._revision = self.index.revision
+        key = (portal_id, action_id, name)
+        try:
+            return self._cache[key]
+        except KeyError:
+            policy = self._cache[key] = self.index.resolve(portal_id, action_id, name)
+            return policy
+
+
 def requested_policy(payload: ActionRequest) -> str | None:
     value = payload.input_fields.get(POLICY_FIELD)
     if value is None:
@@ -124,7 +152,7 @@ async def answer_action(app: web.Application, payload: ActionRequest) -> tuple[s
             "policies are not loaded yet; retry later",
             headers={"Retry-After": "10"},
         )
-    policy = index.resolve(portal_id, payload.origin.action_definition_id, name)
+    policy = app[RESOLVER].resolve(portal_id, payload.origin.action_definition_id, name)
     if policy is None:
         wanted = f"policy {name!r}" if name else "a throttle policy"
         return "no_policy", failed(

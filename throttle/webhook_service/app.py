@@ -45,6 +45,7 @@ from throttle.webhook_service.appkeys import (
     POLICY_STORE,
     QUEUE,
     REDIS,
+    RESOLVER,
     SETTINGS,
     TOKENS,
     VERIFIER,
@@ -147,6 +148,7 @@ async def policy_index_ctx(app: web.Application) -> AsyncIterator[None]:
 
     index = PolicyIndex(app[REDIS], interval=POLICY_REFRESH_S)
     app[POLICY_INDEX] = index
+    app[RESOLVER] = actions.PolicyResolver(index)
     async with _background("policy index", POLICY_REFRESH_S, index.refresh):
         yield
 
