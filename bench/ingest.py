@@ -5,9 +5,9 @@
 What runs (all real processes on this machine):
 - Redis (AOF on, as the chart configures it) and PostgreSQL (migrated; the portals are recorded
   as installed in `hubspot_portals`, as the OAuth flow would), from `throttle.localenv`;
-- the webhook as `throttle webhook` (the production entry point, access log on, JSON lines to a
-  file) with a global default policy applied through the engine's `reconcile`;
-- the same webhook with WEBHOOK_ACCESS_LOG=false;
+- the webhook as `throttle webhook` (the production entry point and defaults: JSON log lines to
+  a file, access log of errors only) with a global default policy applied through `reconcile`;
+- the same webhook with WEBHOOK_ACCESS_LOG=all (a JSON line for every request);
 - a bare aiohttp app answering the same JSON to the same path (no verification, no Redis, no log).
 
 The load generator is this process: raw asyncio HTTP/1.1 keep-alive connections sending requests
@@ -271,7 +271,7 @@ def settings_env(settings: dict[str, str]) -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=8.0)
-    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--bare-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -304,7 +304,7 @@ def main() -> None:
         public_url = "http://127.0.0.1:8080"  # what HubSpot signed; every target is "behind" it
         for name, extra in (
             ("webhook", {}),
-            ("webhook, access log off", {"webhook_access_log": "false"}),
+            ("webhook, access log all", {"webhook_access_log": "all"}),
         ):
             port = free_port()
             env = settings_env({**base, "public_url": public_url, "port": str(port), **extra})

@@ -171,8 +171,10 @@ class Settings(BaseSettings):
         True,
         description="Answer FAIL_CONTINUE to actions from portals that have not installed the app.",
     )
-    webhook_access_log: bool = Field(
-        True, description="Log one line per HTTP request (method, path without query, status)."
+    webhook_access_log: Literal["all", "errors", "off"] = Field(
+        "errors",
+        description="Webhook access log (method, path without query, status, ms): all requests, "
+        "errors (status >= 400 or slower than 1 s), or off (true = all, false = off).",
     )
     webhook_max_inflight: int = Field(
         256,
@@ -264,6 +266,14 @@ class Settings(BaseSettings):
         gt=0,
         description="How long a finished callbackId is still dropped as a duplicate.",
     )
+
+    @field_validator("webhook_access_log", mode="before")
+    @classmethod
+    def _access_log(cls, value: Any) -> Any:
+        aliases = {"true": "all", "1": "all", "yes": "all", "false": "off", "0": "off", "no": "off"}
+        if isinstance(value, bool):
+            return "all" if value else "off"
+        return aliases.get(str(value).strip().lower(), str(value).strip().lower())
 
     @field_validator("log_level", mode="before")
     @classmethod

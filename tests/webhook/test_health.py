@@ -97,3 +97,28 @@ def test_access_log_has_no_query_string_or_headers(caplog: pytest.LogCaptureFixt
     text = str(record.__dict__)
     for secret in ("secret-code", "state=abc", "top-secret", "sig"):
         assert secret not in text.replace("signature", "")
+
+
+def test_default_access_log_keeps_only_problems(caplog: pytest.LogCaptureFixture) -> None:
+    from throttle.webhook_service.app import ErrorAccessLogger
+
+    logger = logging.getLogger("throttle.access.errors-test")
+    access = ErrorAccessLogger(logger, "")
+    request = make_mocked_request("POST", "/api/hubspot/action")
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        access.log(request, web.Response(status=200), 0.002)
+        access.log(request, web.Response(status=401), 0.002)
+        access.log(request, web.Response(status=200), 1.5)
+    assert [r.getMessage() for r in caplog.records] == [
+        "POST /api/hubspot/action 401 2.0ms",
+        "POST /api/hubspot/action 200 1500.0ms",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("given", "mode"), [("true", "all"), ("false", "off"), ("errors", "errors"), (True, "all")]
+)
+def test_access_log_setting_accepts_the_old_booleans(given: object, mode: str) -> None:
+    from throttle.settings import Settings
+
+    assert Settings(_env_file=None, webhook_access_log=given).webhook_access_log == mode  # type: ignore[call-arg]
