@@ -7,7 +7,6 @@ as the scripts see it; only tests set it, to drive time without sleeping.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections import defaultdict
@@ -133,26 +132,28 @@ class Queue:
         ref = keys.queue_ref(pkey, qid)
         blocking = policy.overflow == "Block" or not check_overflow
         max_depth = -1 if blocking else self._max_depth(policy)
-        raw = await self.scripts.enqueue(
-            keys.due(shard),
-            keys.params(pkey),
-            keys.meta(pkey),
-            keys.done(pkey),
-            keys.queues(pkey),
-            keys.queue_list(pkey, qid),
-            keys.queue_state(pkey, qid),
-            keys.stats(pkey),
-            now_offset_ms=self.time_offset_ms,
-            prefix=keys.shard_prefix(shard),
-            ref=ref,
-            qid=qid,
-            callback_id=item.callback_id,
-            expiration_ms=round(policy.expiration.total_seconds() * 1000),
-            revision=policy.revision,
-            max_depth=max_depth,
-            events_maxlen=self.events_maxlen,
-            enqueued_us=round(item.received_at * 1_000_000) if item.received_at else 0,
-            event=item.event_body(),
+        raw = await self.scripts.run(
+            Scripts.enqueue(
+                keys.due(shard),
+                keys.params(pkey),
+                keys.meta(pkey),
+                keys.done(pkey),
+                keys.queues(pkey),
+                keys.queue_list(pkey, qid),
+                keys.queue_state(pkey, qid),
+                keys.stats(pkey),
+                now_offset_ms=self.time_offset_ms,
+                prefix=keys.shard_prefix(shard),
+                ref=ref,
+                qid=qid,
+                callback_id=item.callback_id,
+                expiration_ms=round(policy.expiration.total_seconds() * 1000),
+                revision=policy.revision,
+                max_depth=max_depth,
+                events_maxlen=self.events_maxlen,
+                enqueued_us=round(item.received_at * 1_000_000) if item.received_at else 0,
+                event=item.event_body(),
+            )
         )
         status, depth, params_state = _STATUS[int(raw[0])], int(raw[1]), int(raw[2])
         first_wait, cap_used, now = int(raw[3]) / 1e6, int(raw[4]), int(raw[5]) / 1e6
@@ -184,9 +185,9 @@ class Queue:
     ) -> TakeResult:
         """Release what the due queues of these shards (default all) may release now."""
         shard_list = list(range(keys.SHARDS)) if shards is None else list(shards)
-        results = await asyncio.gather(
-            *(
-                self.scripts.take(
+        results = await self.scripts.run_many(
+            [
+                Scripts.take(
                     keys.due(s),
                     keys.leases(s),
                     now_offset_ms=self.time_offset_ms,
@@ -199,7 +200,7 @@ class Queue:
                     done_ms=round(self.dedupe_seconds * 1000),
                 )
                 for s in shard_list
-            )
+            ]
         )
         released: list[Released] = []
         next_due: dict[int, float] = {}
@@ -238,7 +239,7 @@ class Queue:
     async def ack(self, items: Sequence[Released]) -> int:
         """These were completed: forget them (their ids stay deduplicated)."""
         calls = [
-            self.scripts.ack(
+            Scripts.ack(
                 keys.leases(shard),
                 now_offset_ms=self.time_offset_ms,
                 prefix=keys.shard_prefix(shard),
@@ -248,14 +249,14 @@ class Queue:
             )
             for shard, group in _by_shard(items).items()
         ]
-        return sum(await asyncio.gather(*calls))
+        return sum(int(n) for n in await self.scripts.run_many(calls))
 
     async def requeue(
         self, items: Sequence[Released], delay_seconds: float = 0.0, reason: str = ""
     ) -> int:
         """Back to the head of their queues, in order; the queues wait `delay_seconds` first."""
         calls = [
-            self.scripts.requeue(
+            Scripts.requeue(
                 keys.leases(shard),
                 keys.due(shard),
                 now_offset_ms=self.time_offset_ms,
@@ -267,7 +268,7 @@ class Queue:
             )
             for shard, group in _by_shard(items).items()
         ]
-        return sum(await asyncio.gather(*calls))
+        return sum(int(n) for n in await self.scripts.run_many(calls))
 
     async def fail(self, failures: Sequence[tuple[Released, str]]) -> int:
         """Record these as failed for good, each with its reason."""
@@ -275,7 +276,7 @@ class Queue:
         for r, reason in failures:
             grouped[keys.shard_of(r.policy_key)].append((r.ref, r.callback_id, reason[:500]))
         calls = [
-            self.scripts.fail(
+            Scripts.fail(
                 keys.leases(shard),
                 now_offset_ms=self.time_offset_ms,
                 prefix=keys.shard_prefix(shard),
@@ -285,12 +286,12 @@ class Queue:
             )
             for shard, group in grouped.items()
         ]
-        return sum(await asyncio.gather(*calls))
+        return sum(int(n) for n in await self.scripts.run_many(calls))
 
     async def reap_expired_leases(self, limit: int = 1000) -> int:
         """Return items whose lease ran out (a dispatcher died) to the head of their queues."""
         calls = [
-            self.scripts.reap(
+            Scripts.reap(
                 keys.leases(s),
                 keys.due(s),
                 now_offset_ms=self.time_offset_ms,
@@ -300,58 +301,65 @@ class Queue:
             )
             for s in range(keys.SHARDS)
         ]
-        return sum(await asyncio.gather(*calls))
+        return sum(int(n) for n in await self.scripts.run_many(calls))
 
     # --- policies ---------------------------------------------------------------------------------
     async def apply_policy(self, policy: Policy) -> Literal["stale", "unchanged", "written"]:
         """Write the policy's parameters (see operator/reconcile.py for the one public writer)."""
         pkey = policy.key
         shard = keys.shard_of(pkey)
-        result = await self.scripts.apply_policy(
-            keys.params(pkey),
-            keys.queues(pkey),
-            keys.due(shard),
-            now_offset_ms=self.time_offset_ms,
-            prefix=keys.shard_prefix(shard),
-            policy=pkey,
-            revision=policy.revision,
-            content_hash=policy.content_hash,
-            fields=policy.redis_fields(time.time()),
+        result = await self.scripts.run(
+            Scripts.apply_policy(
+                keys.params(pkey),
+                keys.queues(pkey),
+                keys.due(shard),
+                now_offset_ms=self.time_offset_ms,
+                prefix=keys.shard_prefix(shard),
+                policy=pkey,
+                revision=policy.revision,
+                content_hash=policy.content_hash,
+                fields=policy.redis_fields(time.time()),
+            )
         )
         outcomes: tuple[Literal["stale", "unchanged", "written"], ...] = (
             "stale",
             "unchanged",
             "written",
         )
-        return outcomes[result]
+        return outcomes[int(result)]
 
     async def remove_policy(self, policy: Policy, mode: RetireMode = "Drain") -> int:
         """Retire a policy; returns what is still queued or in flight (0 = all keys deleted)."""
         pkey = policy.key
         shard = keys.shard_of(pkey)
-        return await self.scripts.retire(
-            keys.params(pkey),
-            keys.queues(pkey),
-            keys.due(shard),
-            keys.meta(pkey),
-            keys.done(pkey),
-            keys.stats(pkey),
-            now_offset_ms=self.time_offset_ms,
-            prefix=keys.shard_prefix(shard),
-            policy=pkey,
-            mode=mode,
+        remaining = await self.scripts.run(
+            Scripts.retire(
+                keys.params(pkey),
+                keys.queues(pkey),
+                keys.due(shard),
+                keys.meta(pkey),
+                keys.done(pkey),
+                keys.stats(pkey),
+                now_offset_ms=self.time_offset_ms,
+                prefix=keys.shard_prefix(shard),
+                policy=pkey,
+                mode=mode,
+            )
         )
+        return int(remaining)
 
     async def stats(self, policy: Policy) -> PolicyStats:
         pkey = policy.key
         shard = keys.shard_of(pkey)
-        raw = await self.scripts.stats(
-            keys.queues(pkey),
-            keys.meta(pkey),
-            keys.stats(pkey),
-            now_offset_ms=self.time_offset_ms,
-            prefix=keys.shard_prefix(shard),
-            policy=pkey,
+        raw = await self.scripts.run(
+            Scripts.stats(
+                keys.queues(pkey),
+                keys.meta(pkey),
+                keys.stats(pkey),
+                now_offset_ms=self.time_offset_ms,
+                prefix=keys.shard_prefix(shard),
+                policy=pkey,
+            )
         )
         now_us, depth, oldest_us, queues = int(raw[0]), int(raw[1]), int(raw[2]), int(raw[3])
         counters = {_text(raw[i]): int(raw[i + 1]) for i in range(4, len(raw) - 1, 2)}

@@ -1,16 +1,22 @@
 """The engine's Lua scripts: loaded once per client, called by SHA, one typed function each.
 
-Each script in `throttle/lua/` is sent with `_lib.lua` prepended (shared helpers). redis-py's
-Script objects call EVALSHA and re-send the source if Redis answers NOSCRIPT (after a restart or
-a SCRIPT FLUSH), so callers never think about loading. Every function takes the script's keys,
-then its arguments, in the order the script's header comment lists them.
+Each script in `throttle/lua/` is sent with `_lib.lua` prepended (shared helpers). Calls go by
+EVALSHA; if Redis answers NOSCRIPT (after a restart or a SCRIPT FLUSH) the source is loaded and
+the call repeated, so callers never think about loading. Every typed function takes the
+script's keys, then its arguments, in the order the script's header comment lists them, and
+returns a `ScriptCall`; `Scripts.run` sends one, `Scripts.run_many` sends several in one round
+trip (a pipeline on a single Redis; concurrent per-node calls, bounded, on a Cluster).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
+
+from redis.exceptions import NoScriptError
 
 ENGINE_SCRIPTS = (
     "enqueue",
@@ -36,23 +42,52 @@ def _s(value: Any) -> str:
     return str(value)
 
 
-class Scripts:
-    """The engine's scripts registered on one redis client (plain or cluster)."""
+@dataclass(frozen=True)
+class ScriptCall:
+    name: str
+    keys: tuple[str, ...]
+    args: tuple[str, ...]
 
-    def __init__(self, redis: Any) -> None:
+
+class Scripts:
+    """The engine's scripts on one redis client (plain or cluster)."""
+
+    def __init__(self, redis: Any, max_concurrency: int = 16) -> None:
         self.redis = redis
         self._scripts = {name: redis.register_script(lua_source(name)) for name in ENGINE_SCRIPTS}
+        self._cluster = _is_cluster(redis)
+        self._limit = asyncio.Semaphore(max_concurrency)
 
     async def load(self) -> None:
         """Load every script now (readiness checks; otherwise the first call loads it)."""
         for script in self._scripts.values():
             await self.redis.script_load(script.script)
 
-    async def _call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return await self._scripts[name](keys=list(keys), args=[_s(a) for a in args])
+    async def run(self, call: ScriptCall) -> Any:
+        script = self._scripts[call.name]
+        async with self._limit:
+            return await script(keys=list(call.keys), args=list(call.args))
 
-    async def enqueue(
-        self,
+    async def run_many(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Results in order; one round trip on a single Redis."""
+        if len(calls) <= 1 or self._cluster:
+            return list(await asyncio.gather(*(self.run(c) for c in calls)))
+        async with self._limit:
+            pipe = self.redis.pipeline(transaction=False)
+            for c in calls:
+                sha = self._scripts[c.name].sha
+                pipe.evalsha(sha, len(c.keys), *c.keys, *c.args)
+            results = list(await pipe.execute(raise_on_error=False))
+        for i, result in enumerate(results):
+            if isinstance(result, NoScriptError):
+                results[i] = await self.run(calls[i])  # loads the script, then calls it
+            elif isinstance(result, Exception):
+                raise result
+        return results
+
+    # --- one typed function per script ----------------------------------------------------------
+    @staticmethod
+    def enqueue(
         due: str,
         params: str,
         meta: str,
@@ -73,13 +108,13 @@ class Scripts:
         events_maxlen: int,
         enqueued_us: int,
         event: str,
-    ) -> list[Any]:
+    ) -> ScriptCall:
         keys = (due, params, meta, done, queues, queue_list, queue_state, stats)
         args = (now_offset_ms, prefix, ref, qid, callback_id, expiration_ms, revision, max_depth)
-        return list(await self._call("enqueue", keys, (*args, events_maxlen, enqueued_us, event)))
+        return _call("enqueue", keys, (*args, events_maxlen, enqueued_us, event))
 
-    async def take(
-        self,
+    @staticmethod
+    def take(
         due: str,
         leases: str,
         *,
@@ -91,7 +126,7 @@ class Scripts:
         queue_quota: int,
         max_queues: int,
         done_ms: int,
-    ) -> list[Any]:
+    ) -> ScriptCall:
         args = (
             now_offset_ms,
             prefix,
@@ -102,10 +137,10 @@ class Scripts:
             max_queues,
             done_ms,
         )
-        return list(await self._call("take", (due, leases), args))
+        return _call("take", (due, leases), args)
 
-    async def ack(
-        self,
+    @staticmethod
+    def ack(
         leases: str,
         *,
         now_offset_ms: int,
@@ -113,13 +148,13 @@ class Scripts:
         events_maxlen: int,
         done_ms: int,
         items: Sequence[tuple[str, str]],
-    ) -> int:
+    ) -> ScriptCall:
         flat = [v for pair in items for v in pair]
         args = (now_offset_ms, prefix, events_maxlen, done_ms, *flat)
-        return int(await self._call("ack", (leases,), args))
+        return _call("ack", (leases,), args)
 
-    async def requeue(
-        self,
+    @staticmethod
+    def requeue(
         leases: str,
         due: str,
         *,
@@ -129,13 +164,13 @@ class Scripts:
         delay_ms: int,
         reason: str,
         items: Sequence[tuple[str, str]],
-    ) -> int:
+    ) -> ScriptCall:
         flat = [v for pair in items for v in pair]
         args = (now_offset_ms, prefix, events_maxlen, delay_ms, reason, *flat)
-        return int(await self._call("requeue", (leases, due), args))
+        return _call("requeue", (leases, due), args)
 
-    async def fail(
-        self,
+    @staticmethod
+    def fail(
         leases: str,
         *,
         now_offset_ms: int,
@@ -143,13 +178,13 @@ class Scripts:
         events_maxlen: int,
         done_ms: int,
         items: Sequence[tuple[str, str, str]],
-    ) -> int:
+    ) -> ScriptCall:
         flat = [v for triple in items for v in triple]
         args = (now_offset_ms, prefix, events_maxlen, done_ms, *flat)
-        return int(await self._call("fail", (leases,), args))
+        return _call("fail", (leases,), args)
 
-    async def reap(
-        self,
+    @staticmethod
+    def reap(
         leases: str,
         due: str,
         *,
@@ -157,12 +192,12 @@ class Scripts:
         prefix: str,
         events_maxlen: int,
         limit: int,
-    ) -> int:
+    ) -> ScriptCall:
         args = (now_offset_ms, prefix, events_maxlen, limit)
-        return int(await self._call("reap", (leases, due), args))
+        return _call("reap", (leases, due), args)
 
-    async def apply_policy(
-        self,
+    @staticmethod
+    def apply_policy(
         params: str,
         queues: str,
         due: str,
@@ -173,13 +208,13 @@ class Scripts:
         revision: int,
         content_hash: str,
         fields: dict[str, str],
-    ) -> int:
+    ) -> ScriptCall:
         flat = [v for item in fields.items() for v in item]
         args = (now_offset_ms, prefix, policy, revision, content_hash, *flat)
-        return int(await self._call("apply_policy", (params, queues, due), args))
+        return _call("apply_policy", (params, queues, due), args)
 
-    async def retire(
-        self,
+    @staticmethod
+    def retire(
         params: str,
         queues: str,
         due: str,
@@ -191,12 +226,12 @@ class Scripts:
         prefix: str,
         policy: str,
         mode: str,
-    ) -> int:
+    ) -> ScriptCall:
         keys = (params, queues, due, meta, done, stats)
-        return int(await self._call("retire", keys, (now_offset_ms, prefix, policy, mode)))
+        return _call("retire", keys, (now_offset_ms, prefix, policy, mode))
 
-    async def stats(
-        self,
+    @staticmethod
+    def stats(
         queues: str,
         meta: str,
         stats: str,
@@ -204,6 +239,16 @@ class Scripts:
         now_offset_ms: int,
         prefix: str,
         policy: str,
-    ) -> list[Any]:
+    ) -> ScriptCall:
         args = (now_offset_ms, prefix, policy)
-        return list(await self._call("stats", (queues, meta, stats), args))
+        return _call("stats", (queues, meta, stats), args)
+
+
+def _call(name: str, keys: Sequence[str], args: Sequence[Any]) -> ScriptCall:
+    return ScriptCall(name, tuple(keys), tuple(_s(a) for a in args))
+
+
+def _is_cluster(redis: Any) -> bool:
+    from redis.asyncio.cluster import RedisCluster
+
+    return isinstance(redis, RedisCluster)

@@ -19,7 +19,7 @@ import logging
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,7 +135,10 @@ class Dispatcher:
                 result = CompletionResult(retry=[r.callback_id for r in items])
                 result.retry_after = self._backoff(items)
             self.metrics.completion_seconds.observe(time.perf_counter() - started)
-            await self.settle(items, result)
+            try:
+                await self.settle(items, result)
+            except Exception as exc:  # left to the lease reaper
+                log.error("portal %s: %d items unsettled (%s)", portal, len(items), exc)
         finally:
             self._held -= len(items)
             self._room.set()
@@ -157,15 +160,19 @@ class Dispatcher:
             failed += [(r, result.portal_stopped) for r in [*retry, *rest]]
             retry, rest = [], []
         retry += rest  # the completer said nothing about them: never lose one
-        calls = []
-        if completed:
-            calls.append(self.queue.ack(completed))
-        if failed:
-            calls.append(self.queue.fail(failed))
-        if retry:
-            delay = max(result.retry_after, self._backoff(retry))
-            calls.append(self.queue.requeue(retry, delay, "retryable completion failure"))
-        await asyncio.gather(*calls)
+        delay = max(result.retry_after, self._backoff(retry)) if retry else 0.0
+
+        def calls() -> list[Awaitable[int]]:
+            out: list[Awaitable[int]] = []
+            if completed:
+                out.append(self.queue.ack(completed))
+            if failed:
+                out.append(self.queue.fail(failed))
+            if retry:
+                out.append(self.queue.requeue(retry, delay, "retryable completion failure"))
+            return out
+
+        await self._settle_with_retry(calls)
         for r in completed:
             self.metrics.acked.labels(str(r.portal_id), r.policy).inc()
         for r, _reason in failed:
@@ -183,6 +190,25 @@ class Dispatcher:
         """Wait until every completion started so far has been settled (tests, shutdown)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def _settle_with_retry(self, calls: Callable[[], list[Awaitable[int]]]) -> None:
+        """Ack/requeue/fail are idempotent, so a Redis blip is retried rather than leaving
+        completed items to their lease (which would complete them a second time)."""
+        delay = 0.1
+        deadline = time.monotonic() + max(1.0, self.queue.lease_seconds / 2)
+        while True:
+            try:
+                await asyncio.gather(*calls())
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    log.error("could not settle completions: %s", type(exc).__name__)
+                    raise
+                log.warning("settling completions failed (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
 
     async def _drain(self) -> None:
         """Let running completions finish; whatever is still held after the timeout goes back."""
