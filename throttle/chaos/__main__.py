@@ -15,16 +15,25 @@ from pathlib import Path
 
 from throttle.chaos.faults import FAULTS, Scenario, by_key, run
 from throttle.chaos.harness import FaultRow, Harness
+from throttle.chaos.load import LoadResult, overload
+from throttle.chaos.load import table as load_table
 from throttle.chaos.table import plain, write_section
 
 ROOT = Path(__file__).resolve().parents[2] / ".local" / "chaos"
 
 
-async def run_all(scenarios: list[Scenario], root: Path, keep: bool = False) -> list[FaultRow]:
+async def run_all(
+    scenarios: list[Scenario], root: Path, keep: bool = False, load_s: float = 0.0
+) -> tuple[list[FaultRow], LoadResult | None]:
     harness = Harness(root, keep=keep)
     rows: list[FaultRow] = []
-    await harness.start(portals=len(scenarios))
+    result: LoadResult | None = None
+    await harness.start(portals=len(scenarios) + 1)
     try:
+        if load_s > 0:
+            print(f"==> the webhook at 2x its sustainable rate for {load_s:.0f} s", flush=True)
+            result = await overload(harness, overload_s=load_s)
+            print(load_table(result), flush=True)
         for scenario in scenarios:
             print(f"==> {scenario.title}", flush=True)
             try:
@@ -35,32 +44,41 @@ async def run_all(scenarios: list[Scenario], root: Path, keep: bool = False) -> 
             rows.append(row)
     finally:
         await harness.stop()
-    return rows
+    return rows, result
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m throttle.chaos", description=__doc__)
     parser.add_argument("--fast", action="store_true", help="only the fast scenarios")
-    parser.add_argument("--only", nargs="*", default=None, help="scenario keys to run")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="scenario keys to run ('load': the load test)"
+    )
     parser.add_argument("--write", type=Path, default=None, help="Markdown file to update")
     parser.add_argument("--root", type=Path, default=ROOT, help="folder for the stack's data")
     parser.add_argument("--keep", action="store_true", help="keep the stack's data and logs")
+    parser.add_argument(
+        "--load-seconds", type=float, default=60.0, help="overload phase (0: skip the load test)"
+    )
     args = parser.parse_args(argv)
+    load_s = 0.0 if args.fast else args.load_seconds
     if args.only:
-        scenarios = [by_key(k) for k in args.only]
+        scenarios = [by_key(k) for k in args.only if k != "load"]
+        load_s = args.load_seconds if "load" in args.only else 0.0
     else:
         scenarios = [s for s in FAULTS if not (args.fast and s.slow)]
-    rows = asyncio.run(run_all(scenarios, args.root, args.keep))
+    rows, load = asyncio.run(run_all(scenarios, args.root, args.keep, load_s))
     print("\nFault table\n")
     print(plain(rows))
     if args.write is not None:
         command = "make chaos" if not (args.fast or args.only) else "python -m throttle.chaos"
-        write_section(args.write, rows, command)
+        write_section(args.write, rows, command, load_table(load) if load else None)
         print(f"written to {args.write}")
     failed = [r for r in rows if not r.ok]
     for row in failed:
         print(f"FAIL {row.fault}: {'; '.join(row.problems)}", file=sys.stderr)
-    return 1 if failed else 0
+    if load is not None and load.problems:
+        print(f"FAIL load: {'; '.join(load.problems)}", file=sys.stderr)
+    return 1 if failed or (load is not None and load.problems) else 0
 
 
 if __name__ == "__main__":

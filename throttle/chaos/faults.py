@@ -61,6 +61,10 @@ async def _in_flight(h: Harness, portal: int, policy: str) -> int:
 
 # --- the faults ---------------------------------------------------------------------------------
 async def kill_dispatcher(h: Harness, portal: int, policy: str) -> list[str]:
+    """HubSpot answers in 300 ms here, so the dispatchers always hold leased executions with a
+    completion call in flight: the kill lands mid-batch, and HubSpot may apply the call the dead
+    dispatcher sent (the request reached it) while the lease later hands the executions back."""
+    await h.faults(latency_ms=300.0)
     await _completed_at_least(h, portal, 10)
 
     async def holding() -> bool:
@@ -72,7 +76,7 @@ async def kill_dispatcher(h: Harness, portal: int, policy: str) -> list[str]:
     await asyncio.sleep(2.0)
     await asyncio.to_thread(h.stack.start_component, "dispatcher-1")
     state = f"{held} executions leased" if mid_batch else "nothing leased at that instant"
-    return [f"dispatcher-1 SIGKILLed ({state}), restarted 2 s later"]
+    return [f"dispatcher-1 SIGKILLed ({state}; HubSpot latency 300 ms), restarted 2 s later"]
 
 
 async def kill_webhook(h: Harness, portal: int, policy: str) -> list[str]:
@@ -129,8 +133,8 @@ async def simulator_latency(h: Harness, portal: int, policy: str) -> list[str]:
 
 async def simulator_429_storm(h: Harness, portal: int, policy: str) -> list[str]:
     await _completed_at_least(h, portal, 10)
-    await h.faults(storm_seconds=15.0, storm_portals=[portal])
-    return ["HubSpot answers every completion call 429 for 15 s"]
+    await h.faults(storm_seconds=10.0, storm_portals=[portal])
+    return ["HubSpot answers every completion call of the portal 429 for 10 s"]
 
 
 async def revoke_token(h: Harness, portal: int, policy: str) -> list[str]:
@@ -143,20 +147,22 @@ FAULTS: list[Scenario] = [
     Scenario("dispatcher-sigkill", "SIGKILL a dispatcher mid-batch", kill_dispatcher),
     Scenario("webhook-sigkill", "SIGKILL the webhook mid-request", kill_webhook),
     Scenario("redis-restart", "restart Redis (AOF on)", restart_redis),
-    Scenario("postgres-10s", "stop PostgreSQL for 10 s", stop_postgres(10.0)),
+    Scenario("postgres-5s", "stop PostgreSQL for 5 s", stop_postgres(5.0)),
     Scenario("hubspot-5xx", "HubSpot: 20% 5xx", simulator_5xx),
-    Scenario(
-        "hubspot-latency",
-        "HubSpot: 2 s latency",
-        simulator_latency,
-        traffic=Traffic(executions=200),
-    ),
-    Scenario("hubspot-429-storm", "HubSpot: 429 storm (15 s)", simulator_429_storm),
+    Scenario("hubspot-429-storm", "HubSpot: 429 storm (10 s)", simulator_429_storm),
     Scenario(
         "token-revoked",
         "HubSpot: portal's token revoked",
         revoke_token,
         expect_failures=True,
+    ),
+    Scenario(
+        "hubspot-latency",
+        "HubSpot: 2 s latency",
+        simulator_latency,
+        slow=True,
+        traffic=Traffic(executions=100, rate_per_s=20.0),
+        settle_s=300.0,
     ),
     Scenario("redis-sigkill", "SIGKILL Redis (AOF everysec)", kill_redis, slow=True),
     Scenario(
@@ -170,7 +176,7 @@ FAULTS: list[Scenario] = [
         "stop PostgreSQL for 60 s",
         stop_postgres(60.0),
         slow=True,
-        traffic=Traffic(executions=600, rate_per_s=20.0),
+        traffic=Traffic(executions=900, rate_per_s=15.0),
         rate=Rate(limit=10, period_s=1, burst=5),
         settle_s=180.0,
     ),
@@ -212,12 +218,14 @@ async def run(h: Harness, scenario: Scenario) -> FaultRow:
             if not drive.done():
                 drive.cancel()
             await heal(h)
-        await h.settle(portal, scenario.settle_s)
+        settled = await h.settle(portal, scenario.settle_s)
     finally:
         await h.clear_faults()
     row = await h.judge(
         scenario.title, portal, policy, scenario.rate, result, scenario.expect_failures
     )
     row.notes = notes + row.notes
+    if not settled:
+        row.notes.append(f"still open {scenario.settle_s:.0f} s after the traffic ended")
     row.elapsed_s = round(time.monotonic() - started, 1)
     return row

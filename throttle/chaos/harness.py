@@ -38,15 +38,15 @@ SECRET_SETTINGS = (
 class Traffic:
     """The enrollments HubSpot sends for one scenario."""
 
-    executions: int = 300
-    rate_per_s: float = 40.0
+    executions: int = 150
+    rate_per_s: float = 60.0
     duplicate_ratio: float = 0.05
     """Share delivered twice (HubSpot's retries): must never be queued or completed twice."""
 
 
 @dataclass(frozen=True)
 class Rate:
-    limit: int = 20
+    limit: int = 40
     period_s: int = 1
     burst: int = 5
 
@@ -152,9 +152,9 @@ class Harness:
         return self._portals.pop(0)
 
     # --- the product's doors -------------------------------------------------------------------
-    async def put_policy(self, portal: int, name: str, rate: Rate) -> None:
+    async def put_policy(self, portal: int, name: str, rate: Rate, paused: bool = False) -> None:
         token = self.stack.settings["throttle_api_token"]
-        body = {"rate": rate.spec(), "expiration": "P1D"}
+        body = {"rate": rate.spec(), "expiration": "P1D", "paused": paused}
         async with self.http.put(
             f"{self.stack.webhook_url}/api/config/{portal}/policies/{name}",
             json=body,
@@ -251,8 +251,9 @@ class Harness:
         return text
 
     # --- judging -------------------------------------------------------------------------------
-    async def settle(self, portal: int, timeout_s: float) -> None:
-        """Wait until every blocked execution of the portal is completed or failed (or timeout)."""
+    async def settle(self, portal: int, timeout_s: float) -> bool:
+        """Wait until every blocked execution of the portal is completed or failed; False if
+        some were still open after `timeout_s`."""
         deadline = time.monotonic() + timeout_s
         stable_since: float | None = None
         last: tuple[int, int, int] | None = None
@@ -267,11 +268,12 @@ class Harness:
             if now[0] and now[1] >= now[0]:
                 if now == last and stable_since is not None:
                     if time.monotonic() - stable_since > 2.0:
-                        return
+                        return True
                 else:
                     stable_since = time.monotonic()
             last = now
             await asyncio.sleep(1.0)
+        return False
 
     async def release_times(self, portal: int, policy: str) -> list[float]:
         """Release instants the engine recorded (Redis TIME inside `take`; the last release of

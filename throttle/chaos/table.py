@@ -68,10 +68,11 @@ def stamp(command: str) -> str:
     )
 
 
-def write_section(path: Path, rows: list[FaultRow], command: str) -> None:
-    """Replace the text between the markers (or append the section) with the new table."""
+def write_section(path: Path, rows: list[FaultRow], command: str, load: str | None = None) -> None:
+    """Replace the text between the markers (or append the section) with the new tables."""
     text = path.read_text(encoding="utf-8") if path.exists() else "# Reliability\n"
-    section = f"{START}\n{stamp(command)}\n{markdown(rows)}{END}"
+    extra = f"\nOverload (the webhook at twice its sustainable rate):\n\n{load}" if load else ""
+    section = f"{START}\n{stamp(command)}\n{markdown(rows)}{extra}{END}"
     if START in text and END in text:
         before, rest = text.split(START, 1)
         _, after = rest.split(END, 1)

@@ -1,0 +1,226 @@
+"""Overload: the webhook at twice its sustainable rate for a minute, then back to normal.
+
+1. Sustainable rate: a closed loop (a fixed number of HubSpot requests in flight, each sent when
+   the previous answered) for a few seconds; its throughput with every answer a 200 is what the
+   webhook sustains on this machine, with the load generator sharing the CPU.
+2. Overload: an open loop at twice that rate for `overload_s` — requests leave on schedule
+   whether or not earlier ones were answered, as HubSpot's do. The webhook must keep answering:
+   200 for what it accepts, 429 (which HubSpot retries) for what it sheds, never a 5xx, and
+   `/healthz` must stay up.
+3. Recovery: half the sustainable rate for a while; every request must be accepted again.
+
+Requests are signed executions for a paused policy, so the dispatchers stay idle and the figures
+are the webhook's own. Every body is built and signed before the clock starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from throttle.chaos.harness import Harness
+from throttle.demo.measure import percentile
+from throttle.webhook_service.signatures import sign_v3
+
+
+@dataclass
+class Phase:
+    name: str
+    offered_per_s: float
+    duration_s: float
+    sent: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    latencies_ms: list[float] = field(default_factory=list)
+    health_failures: int = 0
+
+    @property
+    def accepted(self) -> int:
+        return self.statuses.get("200", 0)
+
+    @property
+    def shed(self) -> int:
+        return self.statuses.get("429", 0)
+
+    @property
+    def server_errors(self) -> int:
+        return sum(n for s, n in self.statuses.items() if s.isdigit() and int(s) >= 500)
+
+    @property
+    def failures(self) -> int:
+        """Answers that are neither 200 nor 429: 5xx, other 4xx, timeouts, refused connections."""
+        return self.sent - self.accepted - self.shed
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "phase": self.name,
+            "offered/s": round(self.offered_per_s),
+            "seconds": round(self.duration_s),
+            "sent": self.sent,
+            "200": self.accepted,
+            "429": self.shed,
+            "other": self.failures,
+            "accepted/s": round(self.accepted / self.duration_s) if self.duration_s else 0,
+            "p50 ms": round(percentile(self.latencies_ms, 50), 1),
+            "p99 ms": round(percentile(self.latencies_ms, 99), 1),
+            "health failures": self.health_failures,
+        }
+
+
+class Load:
+    def __init__(self, harness: Harness, portal: int, policy: str) -> None:
+        self.h = harness
+        self.portal = portal
+        self.policy = policy
+        self.url = harness.stack.action_url
+        self.secret = harness.stack.settings["hubspot_client_secret"]
+
+    def requests(self, n: int) -> list[tuple[bytes, dict[str, str]]]:
+        """`n` signed executions (v3, timestamp now: valid for the next five minutes)."""
+        now_ms = int(time.time() * 1000)
+        out = []
+        for i in range(n):
+            body = json.dumps(
+                {
+                    "callbackId": f"load-{uuid.uuid4().hex}",
+                    "origin": {"portalId": self.portal, "actionDefinitionId": 1},
+                    "context": {"source": "WORKFLOWS", "workflowId": 1},
+                    "object": {"objectId": i, "objectType": "CONTACT"},
+                    "inputFields": {"policy": self.policy},
+                }
+            ).encode()
+            headers = {
+                "Content-Type": "application/json",
+                "X-HubSpot-Signature-v3": sign_v3(self.secret, "POST", self.url, body, now_ms),
+                "X-HubSpot-Request-Timestamp": str(now_ms),
+            }
+            out.append((body, headers))
+        return out
+
+    async def _one(
+        self, session: aiohttp.ClientSession, phase: Phase, body: bytes, headers: dict[str, str]
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            async with session.post(self.url, data=body, headers=headers) as response:
+                await response.read()
+                status = str(response.status)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            status = type(exc).__name__
+        phase.statuses[status] += 1
+        if status == "200":
+            phase.latencies_ms.append((time.perf_counter() - started) * 1000)
+
+    async def closed_loop(self, concurrency: int, duration_s: float) -> Phase:
+        phase = Phase("sustainable (closed loop)", 0.0, duration_s)
+        pending = self.requests(int(concurrency * duration_s * 400))
+        deadline = time.monotonic() + duration_s
+        async with self._session() as session:
+
+            async def worker() -> None:
+                while time.monotonic() < deadline and pending:
+                    body, headers = pending.pop()
+                    phase.sent += 1
+                    await self._one(session, phase, body, headers)
+
+            started = time.monotonic()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            phase.duration_s = time.monotonic() - started
+        phase.offered_per_s = phase.sent / phase.duration_s
+        return phase
+
+    async def open_loop(self, name: str, rate: float, duration_s: float) -> Phase:
+        phase = Phase(name, rate, duration_s)
+        pending = self.requests(int(rate * duration_s) + 1)
+        tasks: set[asyncio.Task[None]] = set()
+        async with self._session() as session:
+            health = asyncio.create_task(self._watch_health(session, phase, duration_s))
+            started = time.monotonic()
+            for i, (body, headers) in enumerate(pending):
+                due = started + i / rate
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if time.monotonic() - started >= duration_s:
+                    break
+                phase.sent += 1
+                task = asyncio.create_task(self._one(session, phase, body, headers))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            await asyncio.gather(*list(tasks))
+            await health
+        return phase
+
+    async def _watch_health(
+        self, session: aiohttp.ClientSession, phase: Phase, span: float
+    ) -> None:
+        deadline = time.monotonic() + span
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(
+                    f"{self.h.stack.webhook_url}/healthz",
+                    timeout=aiohttp.ClientTimeout(total=5),
+                ) as response:
+                    if response.status != 200:
+                        phase.health_failures += 1
+            except (TimeoutError, aiohttp.ClientError):
+                phase.health_failures += 1
+            await asyncio.sleep(1.0)
+
+    @staticmethod
+    def _session() -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=2000, force_close=False)
+        return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10))
+
+
+@dataclass
+class LoadResult:
+    phases: list[Phase]
+
+    @property
+    def problems(self) -> list[str]:
+        found = []
+        sustainable, overload, recovery = self.phases
+        if sustainable.failures or sustainable.shed:
+            found.append("the closed loop was not all 200: the sustainable rate is overstated")
+        if overload.server_errors:
+            found.append(f"{overload.server_errors} 5xx answers under overload")
+        if overload.failures:
+            found.append(f"{overload.failures} requests under overload got neither 200 nor 429")
+        if overload.health_failures:
+            found.append(f"/healthz failed {overload.health_failures} times under overload")
+        if recovery.failures or recovery.shed:
+            found.append(f"after the overload {recovery.shed + recovery.failures} were not 200")
+        return found
+
+
+async def overload(
+    h: Harness, overload_s: float = 60.0, concurrency: int = 32, calibrate_s: float = 8.0
+) -> LoadResult:
+    from throttle.chaos.harness import Rate
+
+    portal = h.portal()
+    policy = "load-paused"
+    await h.put_policy(portal, policy, Rate(limit=1, period_s=1, burst=0), paused=True)
+    load = Load(h, portal, policy)
+    sustainable = await load.closed_loop(concurrency, calibrate_s)
+    rate = sustainable.accepted / sustainable.duration_s
+    over = await load.open_loop("2x sustainable (open loop)", 2 * rate, overload_s)
+    await asyncio.sleep(2.0)
+    recovery = await load.open_loop("recovery at 0.5x", 0.5 * rate, min(20.0, overload_s))
+    return LoadResult([sustainable, over, recovery])
+
+
+def table(result: LoadResult) -> str:
+    rows = [p.row() for p in result.phases]
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(r[k]) for k in header) + " |" for r in rows]
+    verdict = "ok" if not result.problems else "FAIL: " + "; ".join(result.problems)
+    return "\n".join(lines) + f"\n\nVerdict: {verdict}\n"
