@@ -38,7 +38,10 @@ def writer(redis: Any, database_url: str, **kw: Any) -> HistoryWriter:
     )
 
 
-async def test_writer_records_the_life_of_each_execution(redis: Any, database_url: str) -> None:
+async def test_writer_records_the_life_of_each_execution(
+    engine_redis: Any, database_url: str
+) -> None:
+    redis = engine_redis
     await migrate(database_url)
     queue = Queue(redis)
     p = policy(rate={"limit": 100, "period": "1s", "burst": 10})
@@ -81,8 +84,9 @@ async def test_writer_records_the_life_of_each_execution(redis: Any, database_ur
 
 
 async def test_recover_rebuilds_lost_queues_without_duplicates(
-    redis: Any, database_url: str
+    engine_redis: Any, database_url: str
 ) -> None:
+    redis = engine_redis
     await migrate(database_url)
     queue = Queue(redis)
     p = policy(rate={"limit": 100, "period": "1s", "burst": 10})

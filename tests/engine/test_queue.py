@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.engine.helpers import item, policy
+import pytest
+
+from tests.engine.helpers import item, max_in_window, policy
 from throttle import keys
 from throttle.operator.reconcile import reconcile, retire
 from throttle.queue import Queue
@@ -46,16 +48,18 @@ async def test_take_respects_rate_and_burst_with_redis_time(queue: Queue) -> Non
     for i in range(40):
         await queue.enqueue(item(f"cb-{i}"), p)
     now = await queue.redis_time()
-    queue.time_offset_ms = 0
-    first = await queue.take()
+    shard = [keys.shard_of(p.key)]
+    first = await queue.take(shard)
     assert len(first.released) == 3  # 1 + burst after an idle spell
-    assert len((await queue.take()).released) == 0
-    # taking every 50 ms for one period releases `limit` more: one per emission interval
-    released = 0
+    assert len((await queue.take(shard)).released) == 0
+    # taking every 50 ms: one more per emission interval (100 ms) of Redis time
+    times = [r.released_at_us for r in first.released]
     for step in range(1, 21):
         queue.time_offset_ms = step * 50
-        released += len((await queue.take()).released)
-    assert released in (10, 11)  # 10 in the period, 11 if the last step lands on its end
+        times += [r.released_at_us for r in (await queue.take(shard)).released]
+    span = (times[-1] - times[0]) / 1e6
+    assert len(times) - 3 == pytest.approx(span * 10, abs=1)
+    assert max_in_window(times, 1.0) <= 12
     # after a long idle spell only 1 + burst go at once (no accumulated catch-up)
     queue.time_offset_ms = 60_000
     assert len((await queue.take()).released) == 3

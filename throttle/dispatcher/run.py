@@ -273,7 +273,10 @@ def serve(settings: Settings) -> None:
     asyncio.run(run_dispatcher(settings))
 
 
-async def run_dispatcher(settings: Settings, stop: asyncio.Event | None = None) -> None:
+async def run_dispatcher(
+    settings: Settings, stop: asyncio.Event | None = None, *, handle_signals: bool = True
+) -> None:
+    """Everything a dispatcher pod runs, until `stop` is set (or SIGTERM / SIGINT)."""
     import aiohttp
 
     from throttle.dispatcher.history_writer import HistoryWriter
@@ -285,7 +288,7 @@ async def run_dispatcher(settings: Settings, stop: asyncio.Event | None = None) 
     dsn = settings.database_url
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT) if handle_signals else ():
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
 

@@ -1,0 +1,168 @@
+"""The policy model (pure): validation messages, durations, calendars, estimates, resolution."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from pydantic import ValidationError
+
+from tests.engine.helpers import item, policy
+from throttle.policy import (
+    Policy,
+    format_duration,
+    in_window,
+    parse_duration,
+    policy_errors,
+    transitions,
+)
+from throttle.policy_index import PolicyIndex, registry_put
+from throttle.queue import Queue
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("PT1M", 60),
+        ("P7D", 604800),
+        ("PT1H30M", 5400),
+        ("10s", 10),
+        ("1m", 60),
+        ("1h30m", 5400),
+        ("P1W", 604800),
+        ("500ms", 0.5),
+        (90, 90),
+    ],
+)
+def test_durations(text: Any, seconds: float) -> None:
+    assert parse_duration(text).total_seconds() == seconds
+
+
+@pytest.mark.parametrize("text", ["", "P", "PT", "1x", "one minute", "-1s"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_hubspot_duration_forms() -> None:
+    assert format_duration(timedelta(days=7)) == "P7D"
+    assert format_duration(timedelta(hours=12)) == "PT12H"
+    assert format_duration(timedelta(minutes=90, seconds=5)) == "PT1H30M5S"
+
+
+def test_errors_name_the_field() -> None:
+    with pytest.raises(ValidationError) as caught:
+        Policy.model_validate(
+            {
+                "name": "Bad_Name",
+                "portalId": 1,
+                "rate": {"limit": 0, "period": "forever"},
+                "dailyCap": {"limit": 5, "timeZone": "Mars/Olympus"},
+                "schedule": {"windows": [{"days": ["Funday"], "start": "25:00", "end": "09:00"}]},
+                "scope": "Global",
+                "overflow": "Drop",
+                "expiration": "P1000D",
+                "surprise": True,
+            }
+        )
+    fields = {f for f, _ in policy_errors(caught.value)}
+    assert {
+        "name",
+        "rate.limit",
+        "rate.period",
+        "dailyCap.timeZone",
+        "schedule.windows.0.days",
+        "schedule.windows.0.start",
+        "scope",
+        "overflow",
+        "expiration",
+        "surprise",
+    } <= fields
+
+
+def test_window_end_after_start() -> None:
+    with pytest.raises(ValidationError) as caught:
+        policy(schedule={"windows": [{"days": ["Mon"], "start": "17:00", "end": "09:00"}]})
+    assert "end must be after start" in policy_errors(caught.value)[0][1]
+
+
+def test_spec_round_trips_and_hash_is_stable() -> None:
+    p = policy(rate={"limit": 5, "period": "10s", "burst": 1}, expiration="PT12H")
+    again = Policy.model_validate(p.spec())
+    assert again == p
+    assert again.content_hash == p.content_hash
+    assert p.spec()["rate"]["period"] == "PT10S"
+    assert policy(rate={"limit": 6, "period": "10s"}).content_hash != p.content_hash
+
+
+def test_offset_tables_match_the_zone_database() -> None:
+    start = int(datetime(2027, 1, 1, tzinfo=UTC).timestamp())
+    table = transitions("America/New_York", start, start + 365 * 86400)
+    assert [o for _t, o in table] == [-18000, -14400, -18000]
+    zone = ZoneInfo("America/New_York")
+    for t, offset in table[1:]:
+        assert datetime.fromtimestamp(t, zone).utcoffset() == timedelta(seconds=offset)
+        assert datetime.fromtimestamp(t - 1, zone).utcoffset() != timedelta(seconds=offset)
+
+
+def test_window_membership_uses_local_wall_clock() -> None:
+    p = policy(
+        schedule={
+            "timeZone": "Europe/Berlin",
+            "windows": [{"days": ["Mon", "Tue"], "start": "09:00", "end": "17:00"}],
+        }
+    )
+    assert p.schedule is not None
+    monday_9_berlin = datetime(2027, 7, 5, 7, 0, tzinfo=UTC).timestamp()  # CEST = UTC+2
+    assert in_window(p.schedule, monday_9_berlin)
+    assert not in_window(p.schedule, monday_9_berlin - 1)
+    assert not in_window(p.schedule, monday_9_berlin + 8 * 3600)
+
+
+def test_projected_wait_and_capacity() -> None:
+    p = policy(rate={"limit": 60, "period": "1m"}, expiration="PT10M")
+    now = 1_800_000_000.0
+    assert p.projected_wait(1, now) == 0
+    assert p.projected_wait(61, now) == pytest.approx(60)
+    assert p.capacity_within(now) == 601
+    capped = policy(rate={"limit": 60, "period": "1m"}, dailyCap={"limit": 100, "timeZone": "UTC"})
+    midnight = datetime(2027, 3, 1, tzinfo=UTC).timestamp()
+    # 100 today, the 101st waits for tomorrow's midnight
+    assert capped.projected_wait(100, midnight) == pytest.approx(99)
+    assert capped.projected_wait(101, midnight) == pytest.approx(86400)
+    assert math.isinf(p.model_copy(update={"paused": True}).projected_wait(1, now))
+
+
+def test_resolution_order() -> None:
+    named = policy(name="enrich", portal=5)
+    by_action = policy(name="per-action", portal=5, actionId=77)
+    portal_default = policy(name="default", portal=5)
+    global_default = policy(name="default", portal=0)
+    index = PolicyIndex.from_policies([named, by_action, portal_default, global_default])
+    assert index.resolve(5, 77, "enrich") == named
+    assert index.resolve(5, 77, None) == by_action
+    assert index.resolve(5, 77, "missing") == by_action
+    assert index.resolve(5, 12, None) == portal_default
+    applied = index.resolve(9, 77, None)
+    assert applied is not None
+    assert (applied.portal_id, applied.name) == (9, "default")
+    assert PolicyIndex.from_policies([]).resolve(9, 1, None) is None
+
+
+async def test_index_follows_the_registry_and_global_default_materialises(redis: Any) -> None:
+    index = PolicyIndex(redis)
+    await index.load()
+    assert index.resolve(9, 1, None) is None
+    await registry_put(redis, policy(name="default", portal=0, rate={"limit": 3, "period": "1s"}))
+    assert await index.refresh()
+    assert not await index.refresh()  # nothing changed: one GET, no reload
+    resolved = index.resolve(9, 1, None)
+    assert resolved is not None
+    queue = Queue(redis)
+    # the first execution for portal 9 writes the default's parameters for portal 9
+    result = await queue.enqueue(item("cb-1", portal=9), resolved)
+    assert result.status == "queued"
+    assert (await queue.take()).released[0].portal_id == 9

@@ -1,0 +1,76 @@
+"""`throttle dispatcher` and `throttle recover` as their commands wire them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from click.testing import CliRunner
+
+from tests.engine.helpers import item, policy
+from throttle.cli import main
+from throttle.dispatcher.run import run_dispatcher
+from throttle.history import migrate
+from throttle.localenv import free_port
+from throttle.operator.reconcile import reconcile
+from throttle.queue import Queue
+from throttle.settings import Settings
+
+
+async def test_dispatcher_serves_health_and_metrics(
+    make_settings: Callable[..., Settings], redis: Any
+) -> None:
+    settings = make_settings(metrics_port=free_port(), host="127.0.0.1")
+    assert settings.database_url is not None
+    await migrate(settings.database_url)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_dispatcher(settings, stop, handle_signals=False))
+    base = f"http://127.0.0.1:{settings.metrics_port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):
+                try:
+                    async with session.get(f"{base}/healthz") as response:
+                        assert response.status == 200
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.1)
+            else:
+                pytest.fail("dispatcher never listened")
+            async with session.get(f"{base}/metrics") as response:
+                text = await response.text()
+        assert "throttle_take_duration_seconds" in text
+        assert "throttle_history_events_written_total" in text
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def test_recover_command(
+    make_settings: Callable[..., Settings], redis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings()
+    assert settings.database_url is not None
+    assert settings.redis_url is not None
+    await migrate(settings.database_url)
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    queue = Queue(redis)
+    p = policy()
+    await reconcile(queue, p)
+    await queue.enqueue(item("cb-1"), p)
+    from throttle.dispatcher.history_writer import HistoryWriter
+    from throttle.history import create_pool
+    from throttle.metrics import Metrics
+
+    writer = HistoryWriter(redis, lambda: create_pool(settings.database_url or ""), Metrics())
+    await writer.ensure_groups()
+    await writer.step()
+    await writer.close()
+    runner = CliRunner()
+    result = await asyncio.to_thread(runner.invoke, main, ["recover"])
+    assert result.exit_code == 0, result.output
+    assert "re-enqueued 0; already in Redis 1" in result.output
