@@ -259,7 +259,8 @@ class Metrics:
         )
         self.webhook_rejected = Counter(
             "throttle_webhook_rejected_total",
-            "HubSpot requests refused before queueing, by reason (signature, payload).",
+            "Requests refused before queueing, by endpoint and reason (signature, payload; "
+            "inflight, loop_lag: shed under load; too_many_failures: config API guessing).",
             ["endpoint", "reason"],
             registry=r,
         )
