@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from tests.engine.helpers import item, policy
 from throttle import keys
 from throttle.dispatcher.history_writer import HistoryWriter
-from throttle.history import create_pool, migrate, pending_migrations, recover
+from throttle.history import create_pool, migrate, pending_migrations, prune, recover
 from throttle.metrics import Metrics
 from throttle.operator.reconcile import reconcile
 from throttle.queue import Queue
@@ -114,3 +114,38 @@ async def test_recover_rebuilds_lost_queues_without_duplicates(
     finally:
         await pool.close()
         await w.close()
+
+
+async def test_full_buffer_drops_and_counts_events_but_never_blocks(
+    redis: Any, database_url: str
+) -> None:
+    queue = Queue(redis, events_maxlen=5)
+    p = policy(rate={"limit": 100, "period": "1s", "burst": 20})
+    await reconcile(queue, p)
+    for i in range(10):
+        assert (await queue.enqueue(item(f"cb-{i}"), p)).status == "queued"
+    assert len((await queue.take()).released) == 10  # releases never wait for history
+    shard = keys.shard_of(p.key)
+    assert await redis.xlen(keys.events(shard)) == 5
+    w = writer(redis, database_url)
+    assert await w.collect_dropped() == 6  # 5 received + 1 released event did not fit
+    assert w.metrics.history_dropped._value.get() == 6
+    assert await w.collect_dropped() == 0  # counted once, by one writer
+
+
+async def test_retention_prunes_old_rows(database_url: str) -> None:
+    await migrate(database_url)
+    pool = await create_pool(database_url)
+    try:
+        await pool.execute(
+            """INSERT INTO action_executions (callback_id, portal_id, policy, outcome, updated_at)
+               VALUES ('old', 1, 'p', 'completed', now() - interval '31 days'),
+                      ('new', 1, 'p', 'completed', now() - interval '29 days')"""
+        )
+        assert await prune(pool, 30) == 1
+        rows = [
+            r["callback_id"] for r in await pool.fetch("SELECT callback_id FROM action_executions")
+        ]
+        assert rows == ["new"]
+    finally:
+        await pool.close()
