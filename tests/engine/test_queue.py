@@ -197,3 +197,16 @@ async def test_retire_drain_and_flush(queue: Queue) -> None:
     await queue.ack(taken)
     assert (await retire(queue, p, "FAIL_CONTINUE")).done
     assert await queue.redis.exists(keys.params(p.key), keys.queue_list(p.key, "shared")) == 0
+
+
+async def test_retire_drain_resumes_a_paused_policy(queue: Queue) -> None:
+    p = policy(rate={"limit": 100, "period": "1s", "burst": 10}, paused=True)
+    await reconcile(queue, p)
+    for i in range(3):
+        await queue.enqueue(item(f"cb-{i}"), p)
+    assert (await queue.take()).released == []
+    assert (await retire(queue, p, "Drain")).remaining == 3
+    taken = (await queue.take()).released
+    assert [r.execution_state for r in taken] == ["SUCCESS"] * 3
+    await queue.ack(taken)
+    assert (await retire(queue, p, "Drain")).done

@@ -1,4 +1,5 @@
--- retire.lua: a policy is being deleted. Drain keeps releasing at its rate until empty;
+-- retire.lua: a policy is being deleted. Drain keeps releasing at its rate until empty (and
+-- resumes it if it was paused, or deletion would wait forever);
 -- SUCCESS / FAIL_CONTINUE releases everything at once with that state (the dispatcher completes
 -- them so). When nothing is queued or in flight any more, every key of the policy is deleted.
 -- Call it again until it returns 0.
@@ -32,12 +33,17 @@ if remaining == 0 then
   return 0
 end
 if redis.call("EXISTS", KEYS[1]) == 1 then
-  redis.call("HSET", KEYS[1], "retiring", mode, "flush", mode == "Drain" and "" or mode)
+  -- a deleted policy must wind down even if it was paused: Drain resumes it at its rate
+  redis.call("HSET", KEYS[1], "retiring", mode, "flush", mode == "Drain" and "" or mode,
+             "paused", "0")
   for i = 1, #qids do
     local ref = pol .. ":" .. qids[i]
-    if redis.call("LLEN", (queue_keys(prefix, ref))) > 0 and (mode ~= "Drain" or
-        redis.call("HGET", KEYS[1], "paused") ~= "1") then
-      redis.call("ZADD", KEYS[3], now_ms, ref)
+    if redis.call("LLEN", (queue_keys(prefix, ref))) > 0 then
+      if mode == "Drain" then
+        redis.call("ZADD", KEYS[3], "NX", now_ms, ref)
+      else
+        redis.call("ZADD", KEYS[3], now_ms, ref)
+      end
     end
   end
 end
