@@ -36,6 +36,7 @@ from throttle.webhook_service import (
     shedding,
 )
 from throttle.webhook_service.appkeys import (
+    ACTION_METRICS,
     DB_POOL,
     HTTP,
     HUBSPOT,
@@ -273,6 +274,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics(registry if registry is not None else CollectorRegistry())
+    app[ACTION_METRICS] = actions.ActionMetrics(app[METRICS])
     app[VERIFIER] = SignatureVerifier(settings)
     app.cleanup_ctx.extend(
         [redis_ctx, policy_index_ctx, db_ctx, http_ctx, installed_ctx, policy_store_ctx]
