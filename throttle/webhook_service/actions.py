@@ -128,6 +128,8 @@ def requested_policy(payload: ActionRequest) -> str | None:
 
 
 def overflow_reason(policy: Policy, depth: int) -> str:
+    if policy.paused:
+        return f"policy {policy.name!r} is paused and set to overflow: {policy.overflow}"
     return (
         f"policy {policy.name!r} already holds {depth} executions, more than it can release "
         f"within its expiration {policy.expiration_iso}"
