@@ -88,8 +88,10 @@ async def test_overflow_block_queues_anyway(webhook: Webhook) -> None:
 
 async def test_paused_and_failing_policy_fails_continue(webhook: Webhook) -> None:
     p = await webhook.add_policy(policy(paused=True, overflow="Fail"))
-    _status, body = await webhook.post_action(execution())
+    status, body = await webhook.post_action(execution())
+    assert status == 200
     assert body["outputFields"]["hs_execution_state"] == "FAIL_CONTINUE"
+    assert "is paused" in body["outputFields"]["throttle_reason"]
     assert await webhook.depth(p) == 0
 
 
