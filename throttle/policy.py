@@ -217,6 +217,8 @@ class Policy(_Spec):
     daily_cap: DailyCap | None = None
     schedule: Schedule | None = None
     scope: Literal["Shared", "PerWorkflow"] = "Shared"
+    """Shared: one queue (and one rate) for every workflow using the policy. PerWorkflow: each
+    workflow gets its own queue with its own rate, daily cap and schedule."""
     expiration: Duration = Field(default=timedelta(days=7))
     overflow: Literal["Block", "Continue", "Fail"] = "Block"
     paused: bool = False
@@ -308,72 +310,65 @@ class Policy(_Spec):
                 yield a, min(b, midnight), day
                 a = min(b, midnight)
 
-    def release_times(
-        self, count: int, now: float, first_at: float | None = None, cap_used: int = 0
-    ) -> Iterator[float]:
-        """Estimated release instants of the next `count` items of an otherwise idle queue."""
+    def projected_wait(
+        self, position: int, now: float, first_at: float | None = None, cap_used: int = 0
+    ) -> float:
+        """Seconds until the item at 1-based `position` of a queue is likely released.
+
+        An estimate for the overflow decision and the webhook's answer: items leave one per
+        emission interval from `first_at` (when the rate lets the queue's head go), only inside
+        schedule windows, at most the daily cap per local day. `inf` if it would not happen
+        within twice the expiration.
+        """
+        if self.paused:
+            return math.inf
         interval = self.rate.emission_interval
         start = max(now, first_at or now)
-        horizon = start + max(self.expiration.total_seconds() * 2, 86400 * 8)
+        if self.schedule is None and self.daily_cap is None:
+            return start - now + max(0, position - 1) * interval
+        horizon = start + 2 * self.expiration.total_seconds()
         cap = self.daily_cap.limit if self.daily_cap else None
+        remaining = position
+        tat = start
         used: dict[int, int] = {}
-        emitted = 0
-        tat = start  # GCRA theoretical arrival time of the next item
-        tokens = self.rate.burst
-        prev_end = None
-        first_day = None
+        first_day: int | None = None
         for a, b, day in self.open_segments(start, horizon):
             if first_day is None:
                 first_day = day
                 used[day] = cap_used
-            if prev_end is None or a > prev_end:
-                tat, tokens = max(tat, a), self.rate.burst
-            prev_end = b
-            t = max(tat, a)
-            while t < b and emitted < count:
-                if cap is not None and used.get(day, 0) >= cap:
-                    break
-                yield t
-                emitted += 1
-                used[day] = used.get(day, 0) + 1
-                if tokens > 0:
-                    tokens -= 1
-                else:
-                    tat = t + interval
-                t = max(tat, t)
-            if emitted >= count:
-                return
-            tat = max(tat, t)
-
-    def projected_wait(
-        self, position: int, now: float, first_at: float | None = None, cap_used: int = 0
-    ) -> float:
-        """Seconds until the item at 1-based `position` of the queue is likely released."""
-        if self.paused:
-            return math.inf
-        times = list(self.release_times(position, now, first_at, cap_used))
-        if len(times) < position:
-            return math.inf
-        return max(0.0, times[-1] - now)
+            t0 = max(a, tat)
+            if t0 >= b:
+                continue
+            n = math.floor((b - t0) / interval - 1e-9) + 1
+            if cap is not None:
+                n = min(n, cap - used.get(day, 0))
+                if n <= 0:
+                    continue
+            if n >= remaining:
+                return t0 + (remaining - 1) * interval - now
+            remaining -= n
+            used[day] = used.get(day, 0) + n
+            tat = t0 + n * interval
+        return math.inf
 
     def capacity_within(self, now: float, seconds: float | None = None) -> int:
-        """How many items could be released from now until the expiration runs out."""
+        """About how many items could be released from `now` until the expiration runs out."""
         if self.paused:
             return 0
         horizon = now + (seconds if seconds is not None else self.expiration.total_seconds())
         interval = self.rate.emission_interval
-        total = 0
+        cap = self.daily_cap.limit if self.daily_cap else None
+        per_day: dict[int, int] = {}
         prev_end = None
-        for a, b, _day in self.open_segments(now, horizon):
+        for a, b, day in self.open_segments(now, horizon):
             n = math.floor((b - a) / interval)
             if prev_end is None or a > prev_end:
                 n += 1 + self.rate.burst
-            total += n
             prev_end = b
-        if self.daily_cap is not None:
-            days = {d for _a, _b, d in self.open_segments(now, horizon)}
-            total = min(total, self.daily_cap.limit * max(1, len(days)))
-        return total
+            per_day[day] = per_day.get(day, 0) + n
+        if cap is not None:
+            return sum(min(cap, n) for n in per_day.values())
+        return sum(per_day.values())
 
     # --- what the Lua scripts get ----------------------------------------------------------------
     def redis_fields(self, now: float) -> dict[str, str]:

@@ -210,3 +210,25 @@ async def test_retire_drain_resumes_a_paused_policy(queue: Queue) -> None:
     assert [r.execution_state for r in taken] == ["SUCCESS"] * 3
     await queue.ack(taken)
     assert (await retire(queue, p, "Drain")).done
+
+
+async def test_scripts_reload_after_redis_forgets_them(queue: Queue, engine_redis: Any) -> None:
+    p = policy(rate={"limit": 100, "period": "1s", "burst": 10})
+    await reconcile(queue, p)
+    await engine_redis.script_flush()  # as after a restart without persistence of scripts
+    await queue.enqueue(item("cb-1"), p)
+    await engine_redis.script_flush()
+    taken = (await queue.take()).released  # a pipeline of 32 calls, every one NOSCRIPT at first
+    await engine_redis.script_flush()
+    assert await queue.ack(taken) == 1
+
+
+async def test_per_workflow_queues_have_their_own_rate(queue: Queue) -> None:
+    p = policy(rate={"limit": 1, "period": "1h"}, scope="PerWorkflow")
+    await reconcile(queue, p)
+    for wf in (1, 2, 3):
+        for i in range(2):
+            await queue.enqueue(item(f"wf{wf}-{i}", workflow=wf), p)
+    taken = sorted(r.callback_id for r in (await queue.take()).released)
+    assert taken == ["wf1-0", "wf2-0", "wf3-0"]
+    assert (await queue.stats(p)).queues == 3

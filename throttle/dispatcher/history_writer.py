@@ -42,7 +42,7 @@ class _Batch:
     ids: dict[int, list[str]] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self.events)
+        return sum(len(ids) for ids in self.ids.values())
 
 
 @dataclass
@@ -170,10 +170,9 @@ class HistoryWriter:
         for stream, messages in entries or []:
             shard = _shard_of_stream(_text(stream))
             for message_id, fields in messages:
-                if not fields:
-                    continue  # deleted while pending
-                batch.events.append({_text(k): _text(v) for k, v in fields.items()})
                 batch.ids.setdefault(shard, []).append(_text(message_id))
+                if fields:  # empty: deleted while pending; acknowledged with the rest
+                    batch.events.append({_text(k): _text(v) for k, v in fields.items()})
         return batch
 
     async def _ack(self, batch: _Batch) -> None:
