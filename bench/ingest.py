@@ -28,6 +28,7 @@ import base64
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -212,7 +213,7 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> N
         if proc.poll() is not None:
             raise SystemExit(f"process for {url} exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310  # nosec B310
                 if response.status == 200:
                     return
         except OSError:
@@ -344,6 +345,7 @@ def main() -> None:
                 proc.kill()
         redis.stop()
         postgres.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 async def _probe(port: int) -> None:
