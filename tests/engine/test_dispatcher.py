@@ -195,3 +195,26 @@ async def test_metrics_and_health_endpoints(aiohttp_client: Any) -> None:
     assert (await client.get("/healthz")).status == 200
     healthy[0] = False
     assert (await client.get("/healthz")).status == 503
+
+
+async def test_queue_metrics_are_read_at_scrape_time(redis: Any) -> None:
+    from prometheus_client import generate_latest
+
+    from throttle.dispatcher.run import refresh_queue_metrics
+
+    p = policy(rate={"limit": 1, "period": "1h"})
+    queue = Queue(redis)
+    await reconcile(queue, p)
+    for i in range(4):
+        await queue.enqueue(item(f"p-{i}"), p)
+    await queue.take()
+    metrics = Metrics(CollectorRegistry())
+    stop = asyncio.Event()
+    task = asyncio.create_task(refresh_queue_metrics(queue, metrics, stop, interval=0.05))
+    await asyncio.sleep(0.2)
+    stop.set()
+    await task
+    text = generate_latest(metrics.registry).decode()
+    assert 'throttle_queue_depth{policy="p",portal="7"} 3.0' in text
+    assert 'throttle_in_flight{policy="p",portal="7"} 1.0' in text
+    assert 'throttle_queue_oldest_age_seconds{policy="p",portal="7"}' in text
