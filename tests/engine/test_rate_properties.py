@@ -92,7 +92,7 @@ async def check_scenario(client: Any, scenario: dict[str, Any]) -> None:
 
 
 @settings(
-    max_examples=15,
+    max_examples=40,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
