@@ -107,6 +107,18 @@ def recover() -> None:
 
 
 @main.command()
+@click.option("--portal", "portal_id", type=int, required=True, help="HubSpot portal id.")
+@click.option("--callback", "callback_id", default=None, help="One execution's callbackId.")
+@click.option("--limit", type=int, default=50, show_default=True, help="Most recent N.")
+def history(portal_id: int, callback_id: str | None, limit: int) -> None:
+    """Show executions' timelines (received, released, completed, outcome) from PostgreSQL."""
+    settings = settings_for("database_url")
+    from throttle.history import history_command
+
+    history_command(settings, portal_id, callback_id, limit)
+
+
+@main.command()
 @click.option("--watch", "-w", is_flag=True, help="Refresh the table until Ctrl-C.")
 @click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds (--watch).")
 def status(watch: bool, interval: float) -> None:

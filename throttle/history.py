@@ -377,3 +377,72 @@ def recover_command(settings: Settings) -> None:
     )
     for cb in report.no_policy[:20]:
         click.echo(f"  no policy for {cb}")
+
+
+# --- support queries ------------------------------------------------------------------------------
+async def timeline(
+    pool: asyncpg.Pool, portal_id: int, callback_id: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """A portal's most recent executions (or one callback's), newest first, for support."""
+    if callback_id is not None:
+        rows = await pool.fetch(
+            """SELECT * FROM action_executions WHERE portal_id = $1 AND callback_id = $2""",
+            portal_id,
+            callback_id,
+        )
+    else:
+        rows = await pool.fetch(
+            """SELECT * FROM action_executions WHERE portal_id = $1
+               ORDER BY received_at DESC NULLS LAST LIMIT $2""",
+            portal_id,
+            limit,
+        )
+    return [dict(r) for r in rows]
+
+
+def history_command(
+    settings: Settings, portal_id: int, callback_id: str | None, limit: int
+) -> None:
+    from click import echo as click_echo
+    from rich.console import Console
+    from rich.table import Table
+
+    async def run() -> list[dict[str, Any]]:
+        assert settings.database_url is not None
+        pool = await create_pool(settings.database_url)
+        try:
+            return await timeline(pool, portal_id, callback_id, limit)
+        finally:
+            await pool.close()
+
+    rows = asyncio.run(run())
+    console = Console()
+    if not rows:
+        console.print(f"no executions recorded for portal {portal_id}")
+        return
+    columns = ("callback", "policy", "received", "released", "completed", "outcome", "attempts")
+
+    def when(value: datetime | None) -> str:
+        return value.isoformat(timespec="seconds") if value else "-"
+
+    lines = [
+        (
+            r["callback_id"],
+            r["policy"],
+            when(r["received_at"]),
+            when(r["released_at"]),
+            when(r["completed_at"]),
+            r["outcome"],
+            str(r["attempts"]),
+            r["last_error"] or "",
+        )
+        for r in rows
+    ]
+    if not console.is_terminal:  # piped: one tab-separated line per execution, for grep and awk
+        for line in [(*columns, "last error"), *lines]:
+            click_echo("\t".join(line))
+        return
+    table = Table(*columns, "last error", title=f"portal {portal_id}")
+    for line in lines:
+        table.add_row(*line)
+    console.print(table)

@@ -74,3 +74,34 @@ async def test_recover_command(
     result = await asyncio.to_thread(runner.invoke, main, ["recover"])
     assert result.exit_code == 0, result.output
     assert "re-enqueued 0; already in Redis 1" in result.output
+
+
+async def test_history_command_shows_a_timeline(
+    make_settings: Callable[..., Settings], redis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings()
+    assert settings.database_url is not None
+    await migrate(settings.database_url)
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    queue = Queue(redis)
+    p = policy()
+    await reconcile(queue, p)
+    await queue.enqueue(item("cb-hist"), p)
+    await queue.ack((await queue.take()).released)
+    from throttle.dispatcher.history_writer import HistoryWriter
+    from throttle.history import create_pool
+    from throttle.metrics import Metrics
+
+    writer = HistoryWriter(redis, lambda: create_pool(settings.database_url or ""), Metrics())
+    await writer.ensure_groups()
+    await writer.step()
+    await writer.close()
+    runner = CliRunner()
+    one = await asyncio.to_thread(
+        runner.invoke, main, ["history", "--portal", "7", "--callback", "cb-hist"]
+    )
+    assert one.exit_code == 0, one.output
+    assert "cb-hist" in one.output
+    assert "completed" in one.output
+    none = await asyncio.to_thread(runner.invoke, main, ["history", "--portal", "8"])
+    assert "no executions recorded for portal 8" in none.output
