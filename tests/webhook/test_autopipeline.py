@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,15 +16,20 @@ ECHO = "return {KEYS[1], ARGV[1]}"
 FAIL_ON_X = "if ARGV[1] == 'x' then return redis.error_reply('boom') end return ARGV[1]"
 
 
-async def test_concurrent_calls_each_get_their_own_reply(redis: Any) -> None:
-    auto = AutoPipeline(redis)
+@pytest.fixture
+async def auto(redis: Any) -> AsyncIterator[AutoPipeline]:
+    pipeline = AutoPipeline(redis)
+    yield pipeline
+    await pipeline.aclose()
+
+
+async def test_concurrent_calls_each_get_their_own_reply(auto: AutoPipeline, redis: Any) -> None:
     script = auto.register_script(ECHO)
     replies = await asyncio.gather(*(script(keys=[f"k{i}"], args=[i]) for i in range(300)))
     assert replies == [[f"k{i}".encode(), str(i).encode()] for i in range(300)]
 
 
-async def test_an_error_reaches_only_its_caller(redis: Any) -> None:
-    auto = AutoPipeline(redis)
+async def test_an_error_reaches_only_its_caller(auto: AutoPipeline, redis: Any) -> None:
     script = auto.register_script(FAIL_ON_X)
     results = await asyncio.gather(
         script(args=["a"]), script(args=["x"]), script(args=["b"]), return_exceptions=True
@@ -33,8 +39,7 @@ async def test_an_error_reaches_only_its_caller(redis: Any) -> None:
     assert results[2] == b"b"
 
 
-async def test_scripts_reload_after_a_flush(redis: Any) -> None:
-    auto = AutoPipeline(redis)
+async def test_scripts_reload_after_a_flush(auto: AutoPipeline, redis: Any) -> None:
     script = auto.register_script(ECHO)
     assert await script(keys=["a"], args=[1]) == [b"a", b"1"]
     await redis.script_flush()
@@ -42,8 +47,7 @@ async def test_scripts_reload_after_a_flush(redis: Any) -> None:
     assert replies == [[b"b", str(i).encode()] for i in range(20)]
 
 
-async def test_a_cancelled_caller_does_not_break_the_batch(redis: Any) -> None:
-    auto = AutoPipeline(redis)
+async def test_a_cancelled_caller_does_not_break_the_batch(auto: AutoPipeline, redis: Any) -> None:
     script = auto.register_script(ECHO)
     doomed = asyncio.ensure_future(script(keys=["a"], args=[1]))
     survivor = asyncio.ensure_future(script(keys=["b"], args=[2]))
