@@ -64,17 +64,24 @@ def test_the_client_behind_a_trusted_proxy_is_the_last_untrusted_hop() -> None:
     assert address(FakeRequest("10.1.1.1"), trusted) == "10.1.1.1"  # type: ignore[arg-type]
 
 
-def test_sustained_lag_sheds_and_a_single_pause_does_not() -> None:
-    shedder = shedding.LoadShedder(max_inflight=10, max_lag_s=0.2)
+def test_sustained_lag_lowers_the_admitted_share_and_a_single_pause_does_not() -> None:
+    shedder = shedding.LoadShedder(max_inflight=10, max_lag_s=0.2, dice=lambda: 0.5)
     shedder.observe_lag(2.0)  # one long pause
     for _ in range(shedding.SUSTAINED_SAMPLES - 1):
         shedder.observe_lag(0.0)
+    assert shedder.admit == 1.0
     assert shedder.overloaded() is None
-    for _ in range(shedding.SUSTAINED_SAMPLES):
+    for _ in range(shedding.SUSTAINED_SAMPLES + 10):
         shedder.observe_lag(0.3)
-    assert shedder.overloaded() == "loop_lag"
-    shedder.observe_lag(0.01)
-    assert shedder.overloaded() is None, "recovers as soon as the loop catches up"
+    assert shedder.admit < 0.5, "the share falls while the lag lasts"
+    assert shedder.overloaded() == "loop_lag", "a request whose dice is above the share is shed"
+    for _ in range(200):
+        shedder.observe_lag(0.3)
+    assert shedder.admit == shedding.MIN_ADMIT, "never shed everything"
+    for _ in range(shedding.SUSTAINED_SAMPLES + 100):
+        shedder.observe_lag(0.01)
+    assert shedder.admit == 1.0, "recovers once the loop keeps up"
+    assert shedder.overloaded() is None
 
 
 async def test_the_middleware_sheds_hot_paths_past_the_inflight_cap(aiohttp_client: Any) -> None:

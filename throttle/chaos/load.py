@@ -7,7 +7,8 @@
    whether or not earlier ones were answered, as HubSpot's do. The webhook must keep answering:
    200 for what it accepts, 429 (which HubSpot retries) for what it sheds, never a 5xx, and
    `/healthz` must stay up.
-3. Recovery: half the sustainable rate for a while; every request must be accepted again.
+3. Recovery: after a 5 s pause, half the sustainable rate for a while; every request must be
+   accepted again.
 
 Requests are signed executions for a paused policy, so the dispatchers stay idle and the figures
 are the webhook's own. Every body is built and signed before the clock starts.
@@ -79,6 +80,7 @@ class Load:
         self.portal = portal
         self.policy = policy
         self.url = harness.stack.action_url
+        self.path = "/api/hubspot/action"
         self.secret = harness.stack.settings["hubspot_client_secret"]
 
     def requests(self, n: int) -> list[tuple[bytes, dict[str, str]]]:
@@ -119,30 +121,42 @@ class Load:
 
     async def closed_loop(self, concurrency: int, duration_s: float) -> Phase:
         phase = Phase("sustainable (closed loop)", 0.0, duration_s)
-        pending = self.requests(int(concurrency * duration_s * 400))
+        host, port = self.h.stack.webhook_url.removeprefix("http://").split(":")
+        pool = RawPool(host, int(port), concurrency)
+        pending = [
+            raw_request(self.path, host, body, headers)
+            for body, headers in self.requests(int(duration_s * 6000))
+        ]
         deadline = time.monotonic() + duration_s
-        async with self._session() as session:
 
-            async def worker() -> None:
-                while time.monotonic() < deadline and pending:
-                    body, headers = pending.pop()
-                    phase.sent += 1
-                    await self._one(session, phase, body, headers)
+        async def worker() -> None:
+            while time.monotonic() < deadline and pending:
+                raw = pending.pop()
+                phase.sent += 1
+                await pool.send(raw, time.monotonic(), phase)
 
-            started = time.monotonic()
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-            phase.duration_s = time.monotonic() - started
+        started = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        phase.duration_s = time.monotonic() - started
+        await pool.close()
         phase.offered_per_s = phase.sent / phase.duration_s
         return phase
 
     async def open_loop(self, name: str, rate: float, duration_s: float) -> Phase:
+        """Send on schedule whatever happens to earlier requests (HubSpot's traffic does not
+        wait for our answers). Each request goes out on an idle keep-alive connection, or a new
+        one (up to `MAX_CONNECTIONS`, then it waits for one: that wait counts in its latency).
+        A minimal HTTP/1.1 client keeps the generator's CPU well below the server's."""
         phase = Phase(name, rate, duration_s)
         pending = self.requests(int(rate * duration_s) + 1)
+        host, port = self.h.stack.webhook_url.removeprefix("http://").split(":")
+        pool = RawPool(host, int(port), MAX_CONNECTIONS)
+        raws = [raw_request(self.path, host, body, headers) for body, headers in pending]
         tasks: set[asyncio.Task[None]] = set()
         async with self._session() as session:
             health = asyncio.create_task(self._watch_health(session, phase, duration_s))
             started = time.monotonic()
-            for i, (body, headers) in enumerate(pending):
+            for i, raw in enumerate(raws):
                 due = started + i / rate
                 delay = due - time.monotonic()
                 if delay > 0:
@@ -150,11 +164,12 @@ class Load:
                 if time.monotonic() - started >= duration_s:
                     break
                 phase.sent += 1
-                task = asyncio.create_task(self._one(session, phase, body, headers))
+                task = asyncio.create_task(pool.send(raw, due, phase))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             await asyncio.gather(*list(tasks))
             await health
+        await pool.close()
         return phase
 
     async def _watch_health(
@@ -177,6 +192,78 @@ class Load:
     def _session() -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=2000, force_close=False)
         return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10))
+
+
+MAX_CONNECTIONS = 4000
+RECOVERY_GRACE_S = 5.0
+"""Between the overload and the recovery phase: the backlog in socket buffers drains and the
+admitted share climbs back (AIMD) before "every request is accepted again" is judged."""
+REQUEST_TIMEOUT_S = 10.0
+
+
+def raw_request(path: str, host: str, body: bytes, headers: dict[str, str]) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+class RawPool:
+    """Keep-alive HTTP/1.1 connections, one request at a time each; opened on demand."""
+
+    def __init__(self, host: str, port: int, limit: int) -> None:
+        self.host, self.port = host, port
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.slots = asyncio.Semaphore(limit)
+        self.open: set[asyncio.StreamWriter] = set()
+
+    async def send(self, raw: bytes, due: float, phase: Phase) -> None:
+        async with self.slots:
+            try:
+                status = await asyncio.wait_for(self._exchange(raw), REQUEST_TIMEOUT_S)
+            except TimeoutError:
+                status = "timeout"
+            except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                status = type(exc).__name__
+        phase.statuses[status] += 1
+        if status == "200":
+            phase.latencies_ms.append((time.monotonic() - due) * 1000)
+
+    async def _exchange(self, raw: bytes) -> str:
+        if self.idle:
+            reader, writer = self.idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+            self.open.add(writer)
+        try:
+            writer.write(raw)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = head.split(b" ", 2)[1].decode()
+            length = 0
+            close = False
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value.strip())
+                elif name.strip().lower() == b"connection" and b"close" in value.lower():
+                    close = True
+            if length:
+                await reader.readexactly(length)
+        except BaseException:
+            self.open.discard(writer)
+            writer.close()
+            raise
+        if close:
+            self.open.discard(writer)
+            writer.close()
+        else:
+            self.idle.append((reader, writer))
+        return status
+
+    async def close(self) -> None:
+        for writer in list(self.open):
+            writer.close()
+        self.open.clear()
+        self.idle.clear()
 
 
 @dataclass
@@ -212,7 +299,7 @@ async def overload(
     sustainable = await load.closed_loop(concurrency, calibrate_s)
     rate = sustainable.accepted / sustainable.duration_s
     over = await load.open_loop("2x sustainable (open loop)", 2 * rate, overload_s)
-    await asyncio.sleep(2.0)
+    await asyncio.sleep(RECOVERY_GRACE_S)
     recovery = await load.open_loop("recovery at 0.5x", 0.5 * rate, min(20.0, overload_s))
     return LoadResult([sustainable, over, recovery])
 

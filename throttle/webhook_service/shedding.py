@@ -10,8 +10,13 @@ Two signals, both cheap and both local to the pod:
 - requests in flight on the hot paths (`WEBHOOK_MAX_INFLIGHT`): bounds memory and queueing when
   Redis slows down;
 - event-loop lag (`WEBHOOK_SHED_LAG_MS`), sampled every 50 ms by a background task: when the CPU
-  is saturated the loop falls behind before anything else shows it; while the lag stays above the
-  threshold (several samples in a row), new hot-path requests are shed until the loop catches up.
+  is saturated the loop falls behind before anything else shows it. The lag steers an admission
+  share (AIMD: cut by a tenth per sample while the lag stays above the threshold, raised by 2
+  points per sample below it), and each new hot-path request is admitted with that probability.
+  An on/off switch would shed everything at once and then nothing, and under real overload it
+  collapses into shedding all but a trickle; the share settles where the loop keeps up.
+Shed requests are not written to the access log (they are counted in
+`throttle_webhook_rejected_total`): a log line each would cost as much as the work they avoid.
 Health, metrics and the config API are never shed: the kubelet and Prometheus must still see
 the pod, and an operator must still be able to change a policy during an incident.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -35,6 +41,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 HOT_PATHS = ("/api/hubspot/action", "/api/hubspot/options")
 SAMPLE_INTERVAL_S = 0.05
+MIN_ADMIT = 0.05
+"""Never shed everything: a trickle keeps measuring whether the pod has recovered."""
+DECREASE = 0.9
+INCREASE = 0.02
+SHED = web.RequestKey("throttle_shed", bool)
+"""Set on a shed request, so the access logger can skip it."""
 SUSTAINED_SAMPLES = 5
 """Lag counts only when this many samples in a row exceed the threshold: one long pause (a GC,
 a slow DNS lookup, a blocked test) must not shed the requests that arrive right after it."""
@@ -49,14 +61,17 @@ class LoadShedder:
     retry_after_s: int = 1
     inflight: int = 0
     shed_total: int = 0
+    admit: float = 1.0
+    """Share of new hot-path requests admitted (1.0 unless the loop lags)."""
     samples: deque[float] = field(default_factory=lambda: deque(maxlen=SUSTAINED_SAMPLES))
+    dice: Callable[[], float] = field(default=random.random, repr=False)
     on_shed: Callable[[str, str], None] | None = field(default=None, repr=False)
 
     def overloaded(self) -> str | None:
         """Why a new request should be shed now, or None."""
         if self.inflight >= self.max_inflight:
             return "inflight"
-        if self.max_lag_s > 0 and self.lag_s > self.max_lag_s:
+        if self.admit < 1.0 and self.dice() >= self.admit:
             return "loop_lag"
         return None
 
@@ -69,6 +84,12 @@ class LoadShedder:
 
     def observe_lag(self, sample_s: float) -> None:
         self.samples.append(sample_s)
+        if self.max_lag_s <= 0:
+            return
+        if self.lag_s > self.max_lag_s:
+            self.admit = max(MIN_ADMIT, self.admit * DECREASE)
+        else:
+            self.admit = min(1.0, self.admit + INCREASE)
 
     async def watch_loop(self, interval_s: float = SAMPLE_INTERVAL_S) -> None:
         """Sleep `interval_s` again and again; any extra time is the loop's lag."""
@@ -85,6 +106,7 @@ class LoadShedder:
             reason = self.overloaded()
             if reason is not None:
                 self.shed_total += 1
+                request[SHED] = True
                 if self.on_shed is not None:
                     self.on_shed(request.path.rsplit("/", 1)[-1], reason)
                 return error_response(
