@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from tests.webhook.conftest import PORTAL, Webhook, execution, policy
+from throttle import keys
+from throttle.webhook_service.appkeys import QUEUE
 
 
 async def test_queued_execution_is_blocked_with_the_policy_expiration(webhook: Webhook) -> None:
@@ -107,10 +110,37 @@ async def test_uninstalled_and_unknown_portals_fail_continue(start_webhook) -> N
     assert body["outputFields"]["hs_execution_state"] == "FAIL_CONTINUE"
     assert "uninstalled" in body["outputFields"]["throttle_reason"]
 
-    await webhook.add_policy(policy(portal=777))
-    _status, body = await webhook.post_action(execution("cb-y", portal=777))
+    # Never seen: maybe installed a moment ago through another pod, so 503 (HubSpot retries)
+    # and the installs are re-read at once; still unknown after that → not installed.
+    p777 = await webhook.add_policy(policy(portal=777))
+    status, body = await webhook.post_action(execution("cb-y", portal=777))
+    assert status == 503
+    assert "not known yet" in body["detail"]
+    await asyncio.sleep(1.0)  # the early refresh (the periodic one is 5 s away)
+    status, body = await webhook.post_action(execution("cb-y", portal=777))
+    assert status == 200
     assert body["outputFields"]["hs_execution_state"] == "FAIL_CONTINUE"
     assert "not installed" in body["outputFields"]["throttle_reason"]
+    assert await webhook.depth(p) == 1
+    assert await webhook.depth(p777) == 0
+
+
+async def test_a_portal_installed_through_another_pod_is_seen_at_once(
+    start_webhook,  # type: ignore[no-untyped-def]
+) -> None:
+    webhook = await start_webhook(require_installed_portal=True)
+    p = await webhook.add_policy(policy())
+    await webhook.install(1)  # some other portal: the snapshot is loaded
+    # Another pod's OAuth callback installs PORTAL; this pod's mirror is written by that pod.
+    await webhook.app[QUEUE].redis.set(
+        keys.INSTALLED_PORTALS, json.dumps({"installed": [1, PORTAL], "stopped": {}})
+    )
+    status, _ = await webhook.post_action(execution("cb-1"))
+    assert status == 503
+    await asyncio.sleep(1.0)
+    status, body = await webhook.post_action(execution("cb-1"))
+    assert status == 200
+    assert body["outputFields"]["hs_execution_state"] == "BLOCK"
     assert await webhook.depth(p) == 1
 
 

@@ -35,6 +35,9 @@ async def test_installs_read_from_postgres_and_mirrored(
     _, body = await webhook.post_action(execution("cb-2", portal=555))
     assert body["outputFields"]["hs_execution_state"] == "FAIL_CONTINUE"
     assert "refresh token refused" in body["outputFields"]["throttle_reason"]
+    status, _ = await webhook.post_action(execution("cb-3", portal=777))
+    assert status == 503  # first sight: re-read at once before calling it not installed
+    await webhook.app[INSTALLED].refresh()
     _, body = await webhook.post_action(execution("cb-3", portal=777))
     assert "not installed" in body["outputFields"]["throttle_reason"]
 

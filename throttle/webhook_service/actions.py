@@ -10,6 +10,8 @@ Answers (HTTP 200 with a JSON body unless the request itself is bad):
   same answer, not enqueued twice);
 - the queue is already longer than the expiration can drain → the policy's `overflow`:
   `Block` (queued anyway), `Continue` (`SUCCESS` now), `Fail` (`FAIL_CONTINUE` with a reason);
+- a portal never seen before → 503 while the installs are re-read at once (it may have installed
+  a moment ago through another pod); then, if still unknown, as below;
 - the portal has not installed the app (or uninstalled it), or no policy applies →
   `FAIL_CONTINUE` with the reason in `throttle_reason`: the workflow moves on at once and the
   reason is visible in the workflow's history. A 4xx would do the same for HubSpot but hides the
@@ -141,6 +143,14 @@ async def answer_action(app: web.Application, payload: ActionRequest) -> tuple[s
     portal_id = payload.origin.portal_id
     if app[SETTINGS].require_installed_portal:
         state = app[INSTALLED].state(portal_id)
+        if state is not None and state.pending:
+            # Perhaps installed a moment ago through another pod: a refresh is on its way.
+            raise ApiError(
+                503,
+                "unavailable",
+                f"portal {portal_id}: {state.reason}; retry later",
+                headers={"Retry-After": "5"},
+            )
         if state is not None and not state.installed:
             return "not_installed", failed(f"portal {portal_id}: {state.reason}")
 

@@ -231,8 +231,15 @@ async def installed_ctx(app: web.Application) -> AsyncIterator[None]:
     load = tokens.store.installations if tokens is not None else None
     portals = InstalledPortals(app[REDIS], load)
     app[INSTALLED] = portals
-    async with _background("installed portals", PORTALS_REFRESH_S, portals.refresh):
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(portals.refresh(), 5.0)
+    task = asyncio.create_task(portals.run(PORTALS_REFRESH_S), name="installed portals")
+    try:
         yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def policy_store_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -6,7 +6,10 @@ starts while PostgreSQL is down still knows the portals (from Redis) and keeps s
 either source has answered once, nothing is refused for being unknown: refusing every portal
 because the database was slow at start would fail real workflows.
 
-A portal installed a moment ago may be unknown to other pods for up to one refresh interval.
+A portal seen for the first time may simply have installed a moment ago (another pod ran the
+OAuth callback): it is "pending" — the caller answers 503, which HubSpot retries — and the loop
+refreshes at once. Only when a refresh that started after the portal was first seen still does
+not know it is the portal "not installed" (a FAIL_CONTINUE with that reason).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,11 +27,17 @@ from throttle import keys
 
 log = logging.getLogger(__name__)
 
+MIN_REFRESH_GAP_S = 0.5
+"""Early refreshes (asked for by unknown portals) are at least this far apart."""
+MAX_FIRST_SEEN = 10_000
+
 
 @dataclass(frozen=True)
 class PortalState:
     installed: bool
     reason: str | None = None
+    pending: bool = False
+    """Not known yet; a refresh is on its way (answer 503 so HubSpot retries)."""
 
 
 class InstalledPortals:
@@ -44,6 +54,9 @@ class InstalledPortals:
         self._key = key
         self._installed: frozenset[int] = frozenset()
         self._stopped: dict[int, str] = {}
+        self._first_seen: dict[int, float] = {}
+        self._loaded_from = -1.0  # monotonic start time of the last successful refresh
+        self._wake = asyncio.Event()
         self.loaded = False
 
     def state(self, portal_id: int) -> PortalState | None:
@@ -54,15 +67,25 @@ class InstalledPortals:
         reason = self._stopped.get(portal_id)
         if reason is not None:
             return PortalState(False, f"the app was uninstalled ({reason})")
-        return PortalState(False, "the app is not installed in this portal")
+        first = self._first_seen.get(portal_id)
+        if first is None:
+            if len(self._first_seen) > MAX_FIRST_SEEN:
+                self._first_seen.clear()
+            first = self._first_seen[portal_id] = time.monotonic()
+        if self._loaded_from > first:
+            return PortalState(False, "the app is not installed in this portal")
+        self._wake.set()
+        return PortalState(False, "this portal's installation is not known yet", pending=True)
 
-    def _set(self, installed: Sequence[int], stopped: dict[int, str]) -> None:
+    def _set(self, started: float, installed: Sequence[int], stopped: dict[int, str]) -> None:
         self._installed = frozenset(installed)
         self._stopped = dict(stopped)
+        self._loaded_from = started
         self.loaded = True
 
     async def refresh(self) -> None:
         """PostgreSQL first (the truth), mirrored to Redis; Redis alone when PostgreSQL fails."""
+        started = time.monotonic()
         if self._load is not None:
             try:
                 rows = await self._load()
@@ -75,7 +98,7 @@ class InstalledPortals:
                     for r in rows
                     if r.status != "installed"
                 }
-                self._set(installed, stopped)
+                self._set(started, installed, stopped)
                 mirror = json.dumps({"installed": installed, "stopped": stopped})
                 with contextlib.suppress(Exception):
                     await self._redis.set(self._key, mirror)
@@ -83,17 +106,21 @@ class InstalledPortals:
         raw = await self._redis.get(self._key)
         if raw is None:
             if self._load is None:
-                self._set([], {})
+                self._set(started, [], {})
             return
         data = json.loads(raw)
-        self._set(data["installed"], {int(k): v for k, v in data["stopped"].items()})
+        self._set(started, data["installed"], {int(k): v for k, v in data["stopped"].items()})
 
     async def run(self, interval: float) -> None:
+        """Refresh every `interval` seconds, or sooner when an unknown portal asks for it."""
         while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+            self._wake.clear()  # a wish made from here on is served by the next round
             try:
                 await self.refresh()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("installed portals: refresh failed (%s)", type(exc).__name__)
-            await asyncio.sleep(interval)
+            await asyncio.sleep(MIN_REFRESH_GAP_S)
