@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from tests.webhook.conftest import StartWebhook, Webhook, execution, policy
+from tests.webhook.conftest import PORTAL, StartWebhook, Webhook, execution, policy
 from throttle.localenv import RedisServer, free_port
 from throttle.webhook_service.app import AccessLogger
 from throttle.webhook_service.appkeys import POLICY_INDEX, QUEUE
@@ -122,3 +122,16 @@ def test_access_log_setting_accepts_the_old_booleans(given: object, mode: str) -
     from throttle.settings import Settings
 
     assert Settings(_env_file=None, webhook_access_log=given).webhook_access_log == mode  # type: ignore[call-arg]
+
+
+async def test_actions_need_no_postgres(start_webhook: StartWebhook) -> None:
+    """The hot path never touches PostgreSQL: with the database unreachable, actions queue."""
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+    webhook = await start_webhook(database_url=dead, require_installed_portal=True)
+    p = await webhook.add_policy(policy())
+    await webhook.install(PORTAL)  # known from the Redis mirror, as after a cold start
+    status, body = await webhook.post_action(execution())
+    assert status == 200
+    assert body["outputFields"]["hs_execution_state"] == "BLOCK"
+    assert await webhook.depth(p) == 1
+    assert (await webhook.client.get("/readyz")).status == 200
