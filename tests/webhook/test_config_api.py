@@ -194,3 +194,11 @@ async def test_redis_copy_restored_by_resync(api: Webhook) -> None:
     store = api.app[POLICY_STORE]
     assert await store.resync() == 1  # type: ignore[attr-defined]
     assert f"{PORTAL}:action-10646377".encode() in await _registry(api)
+
+
+async def test_a_default_policy_cannot_name_an_action(api: Webhook) -> None:
+    body = {**SPEC, "name": "default"}
+    response = await api.client.post("/api/config", json=body, headers=auth(api))
+    assert response.status == 400
+    assert (await response.json())["field"] == "actionId"
+    assert await api.app[POLICY_STORE].list() == []

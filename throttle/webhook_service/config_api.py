@@ -94,6 +94,10 @@ async def _body(request: web.Request) -> dict[str, Any]:
 def _validate(data: dict[str, Any]) -> Policy:
     """The engine's Policy plus the CRD's cross-field rules, so local mode refuses what a
     cluster's API server would."""
+    if data.get("name") == DEFAULT_POLICY_NAME and data.get("actionId") is not None:
+        raise ApiError(
+            400, "invalid_policy", "actionId: a portal default applies to every action", "actionId"
+        )
     spec = {k: v for k, v in data.items() if k != "name"}
     name = data.get("name")
     try:
@@ -194,10 +198,6 @@ async def put_named(request: web.Request) -> web.Response:
     data = await _body(request)
     _same(data, "portalId", portal_id)
     _same(data, "name", name)
-    if name == DEFAULT_POLICY_NAME and data.get("actionId") is not None:
-        raise ApiError(
-            400, "invalid_policy", "actionId: a portal default applies to every action", "actionId"
-        )
     return await _put(request, _validate(data))
 
 
