@@ -233,7 +233,7 @@ async def action(request: web.Request) -> web.Response:
     check = app[VERIFIER].check(request, body)
     if not check.ok:
         counts.rejected_signature.inc()
-        log.info("action refused: %s", check.reason)
+        log.debug("action refused: %s", check.reason)  # the access log has the 401 line
         raise ApiError(401, "invalid_signature", check.reason)
     counts.signed(check.version, bool(check.secret_index))
     try:
