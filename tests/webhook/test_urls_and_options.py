@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
+
+from hubspot.utils.signature import Signature
 
 from tests.webhook.conftest import PORTAL, StartWebhook, Webhook, execution, policy
 
@@ -35,8 +38,13 @@ async def test_forwarded_headers_used_from_a_trusted_proxy(start_webhook: StartW
     await webhook.add_policy(policy())
     body = json.dumps(execution()).encode()
     proxy_url = "https://throttle.example.com/api/hubspot/action?b=2&a=1"
+    ts = str(int(time.time() * 1000))
     headers = {
-        **webhook.signed(body, url=proxy_url),
+        # Signed by HubSpot's own SDK, as HubSpot would for the URL it called.
+        "X-HubSpot-Signature-v3": Signature.get_signature(
+            webhook.secret, body.decode(), "v3", proxy_url, "POST", ts
+        ),
+        "X-HubSpot-Request-Timestamp": ts,
         "X-Forwarded-Proto": "https",
         "X-Forwarded-Host": "throttle.example.com, internal-lb",
     }
