@@ -117,7 +117,13 @@ class _Spec(BaseModel):
 
 
 class Rate(_Spec):
-    """`limit` releases per `period`, plus `burst` extra allowed at once after an idle spell."""
+    """`limit` releases per `period`, plus `burst` extra allowed at once after an idle spell.
+
+    No window of one `period` ever holds more than `limit + burst` releases. `burst` also
+    absorbs dispatcher timing jitter: with `burst: 0` a release taken δ late moves the whole
+    schedule by δ (the bound leaves no room to catch up), costing δ/(period/limit) of the rate,
+    about 2% at 20/s on a loaded 2-core machine; `burst: 1` or more removes that loss.
+    """
 
     limit: int = Field(ge=1, le=1_000_000)
     period: Duration = Field(default=timedelta(minutes=1))
