@@ -65,13 +65,19 @@ class Scripts:
 
     async def run(self, call: ScriptCall) -> Any:
         script = self._scripts[call.name]
-        async with self._limit:
-            return await script(keys=list(call.keys), args=list(call.args))
+        return await script(keys=list(call.keys), args=list(call.args))
 
     async def run_many(self, calls: Sequence[ScriptCall]) -> list[Any]:
-        """Results in order; one round trip on a single Redis."""
-        if len(calls) <= 1 or self._cluster:
-            return list(await asyncio.gather(*(self.run(c) for c in calls)))
+        """Results in order: one pipelined round trip on a single Redis, a fan-out per call on a
+        Cluster; either way at most `max_concurrency` at once, so a dispatcher settling many
+        portals' completions together never exhausts its connection pool."""
+        if len(calls) == 1 or self._cluster:
+
+            async def bounded(call: ScriptCall) -> Any:
+                async with self._limit:
+                    return await self.run(call)
+
+            return list(await asyncio.gather(*(bounded(c) for c in calls)))
         async with self._limit:
             pipe = self.redis.pipeline(transaction=False)
             for c in calls:

@@ -218,3 +218,20 @@ async def test_queue_metrics_are_read_at_scrape_time(redis: Any) -> None:
     assert 'throttle_queue_depth{policy="p",portal="7"} 3.0' in text
     assert 'throttle_in_flight{policy="p",portal="7"} 1.0' in text
     assert 'throttle_queue_oldest_age_seconds{policy="p",portal="7"}' in text
+
+
+async def test_hundreds_of_portals_in_one_take_settle_without_exhausting_connections(
+    redis: Any,
+) -> None:
+    queue = Queue(redis)
+    policies = [policy(name="p", portal=1000 + i) for i in range(300)]
+    for p in policies:
+        await reconcile(queue, p)
+        await queue.enqueue(item(f"cb-{p.portal_id}", portal=p.portal_id), p)
+    completer = RecordingCompleter()
+    dispatcher = Dispatcher(queue, completer, Metrics(CollectorRegistry()))
+    await dispatcher.step()
+    await dispatcher.wait_idle()
+    assert len(completer.completed) == 300
+    acked = sum([(await queue.stats(p)).acked for p in policies])
+    assert acked == 300
