@@ -1,11 +1,12 @@
 """Engine benchmark: enqueue latency, releases per second with 1 and 3 dispatcher processes,
 and Redis round trips per released action (from INFO commandstats deltas).
 
-Runs its own redis-server (AOF everysec, as the chart configures) in a temporary folder.
+Runs its own redis-server (AOF everysec, as the chart configures) and PostgreSQL (for the
+history writers each dispatcher process runs, as a pod does) in a temporary folder.
 Policies are fast (the rate never limits) so the figures are the engine's own ceiling; the
 completer is a no-op that accepts everything, so HubSpot is not measured here.
 
-    .venv/bin/python bench/engine.py [--items 50000] [--policies 200]
+    .venv/bin/python bench/engine.py [--items 50000] [--policies 200] [--no-history]
 
 Prints a table; never passes or fails on time.
 """
@@ -28,8 +29,10 @@ from prometheus_client import CollectorRegistry
 
 from throttle import keys
 from throttle.dispatcher.complete import CompletionResult, Released
+from throttle.dispatcher.history_writer import HistoryWriter
 from throttle.dispatcher.run import Dispatcher
-from throttle.localenv import RedisServer
+from throttle.history import create_pool, migrate
+from throttle.localenv import PostgresServer, RedisServer
 from throttle.metrics import Metrics
 from throttle.operator.reconcile import reconcile
 from throttle.policy import Policy
@@ -62,12 +65,20 @@ def bench_item(n: int, p: Policy) -> QueueItem:
 
 
 ENGINE_COMMANDS = ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_script|load")
+HISTORY_COMMANDS = (
+    "cmdstat_xreadgroup",
+    "cmdstat_xack",
+    "cmdstat_xdel",
+    "cmdstat_xautoclaim",
+    "cmdstat_getdel",
+    "cmdstat_xgroup|create",
+)
 
 
-async def command_calls(client: Any) -> int:
-    """Commands the engine sends (script calls); the watcher below uses plain HGETs."""
+async def command_calls(client: Any, names: Sequence[str] = ENGINE_COMMANDS) -> int:
+    """Commands the engine sends (script calls); the watcher below uses plain HGETs/XLENs."""
     stats = await client.info("commandstats")
-    return sum(int(v["calls"]) for k, v in stats.items() if k in ENGINE_COMMANDS)
+    return sum(int(v["calls"]) for k, v in stats.items() if k in names)
 
 
 async def enqueue_all(
@@ -96,28 +107,43 @@ class Accept:
         return CompletionResult(completed=[r.callback_id for r in items])
 
 
-async def worker_main(url: str) -> None:
-    """One dispatcher process: wait for "go" on stdin, run until told to stop."""
+async def worker_main(url: str, database_url: str | None) -> None:
+    """One dispatcher process (with its history writer, as in a pod): wait for "go" on stdin,
+    run until told to stop."""
     client = aioredis.Redis.from_url(url)
+    metrics = Metrics(CollectorRegistry())
     queue = Queue(client, events_maxlen=10_000_000)
-    dispatcher = Dispatcher(queue, Accept(), Metrics(CollectorRegistry()), max_held=20_000)
+    dispatcher = Dispatcher(queue, Accept(), metrics, max_held=20_000)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     print("ready", flush=True)
     await loop.run_in_executor(None, sys.stdin.readline)
-    task = asyncio.create_task(dispatcher.run(stop))
+    tasks = [asyncio.create_task(dispatcher.run(stop))]
+    writer = None
+    if database_url:
+        dsn = database_url
+        writer = HistoryWriter(client, lambda: create_pool(dsn), metrics, batch_size=4000)
+        tasks.append(asyncio.create_task(writer.run(stop)))
     await loop.run_in_executor(None, sys.stdin.readline)  # "stop"
     stop.set()
-    await task
+    await asyncio.gather(*tasks)
+    if writer is not None:
+        await writer.close()
     await client.aclose()
 
 
 async def release_with(
-    url: str, client: Any, policies: Sequence[Policy], processes: int, items: int
-) -> tuple[float, int]:
+    url: str,
+    client: Any,
+    policies: Sequence[Policy],
+    processes: int,
+    items: int,
+    database_url: str | None,
+) -> tuple[float, int, int]:
+    history = ["--database-url", database_url] if database_url else []
     workers = [
         subprocess.Popen(
-            [sys.executable, __file__, "--worker", url],
+            [sys.executable, __file__, "--worker", url, *history],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -128,6 +154,7 @@ async def release_with(
         assert w.stdout is not None
         assert w.stdout.readline().strip() == "ready"
     calls_before = await command_calls(client)
+    history_before = await command_calls(client, HISTORY_COMMANDS)
     started = time.perf_counter()
     for w in workers:
         assert w.stdin is not None
@@ -143,18 +170,27 @@ async def release_with(
         await asyncio.sleep(0.05)
     elapsed = time.perf_counter() - started
     calls = await command_calls(client) - calls_before
+    while database_url:  # wait for the history writers to drain every shard's stream
+        pipe = client.pipeline(transaction=False)
+        for shard in range(keys.SHARDS):
+            pipe.xlen(keys.events(shard))
+        if sum(await pipe.execute()) == 0:
+            break
+        await asyncio.sleep(0.1)
+    history_calls = await command_calls(client, HISTORY_COMMANDS) - history_before
     for w in workers:
         assert w.stdin is not None
         w.stdin.write("stop\n")
         w.stdin.flush()
     for w in workers:
         w.wait(30)
-    return elapsed, calls
+    return elapsed, calls, history_calls
 
 
-async def bench(items: int, policy_count: int) -> None:
+async def bench(items: int, policy_count: int, with_history: bool) -> None:
     folder = Path(tempfile.mkdtemp(prefix="throttle-bench-"))
     server = RedisServer(folder, appendonly=True).start()
+    postgres = PostgresServer(folder / "postgres").start() if with_history else None
     try:
         client = server.client()
         policies = bench_policies(policy_count)
@@ -177,11 +213,19 @@ async def bench(items: int, policy_count: int) -> None:
             before = await command_calls(client)
             latencies = await enqueue_all(client, policies, items, concurrency=16)
             enqueue_calls = await command_calls(client) - before
-            elapsed, calls = await release_with(server.url, client, policies, processes, items)
-            rows.append((processes, latencies, enqueue_calls, elapsed, calls))
+            database_url = None
+            if postgres is not None:
+                database_url = postgres.create_database(f"bench{processes}")
+                await migrate(database_url)
+            elapsed, calls, history_calls = await release_with(
+                server.url, client, policies, processes, items, database_url
+            )
+            rows.append((processes, latencies, enqueue_calls, elapsed, calls, history_calls))
         await client.aclose()
     finally:
         server.stop()
+        if postgres is not None:
+            postgres.stop()
 
     print(f"\nEngine benchmark: {items} executions over {policy_count} policies, 50 portals")
     print("Redis 7.0 (AOF everysec) on this machine; no-op completer\n")
@@ -195,17 +239,18 @@ async def bench(items: int, policy_count: int) -> None:
         )
     print("\nReleases (queues filled first by 16 enqueuers; RT = Redis commands per action):\n")
     header = (
-        "| dispatcher processes | releases/s | per process "
-        "| enqueue RT/action | take+ack RT/action | total RT/action |"
+        "| dispatcher processes | releases/s | per process | enqueue RT/action "
+        "| take+ack RT/action | history RT/action | total RT/action |"
     )
     print(header)
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
-    for processes, _latencies, enqueue_calls, elapsed, calls in rows:
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for processes, _latencies, enqueue_calls, elapsed, calls, history_calls in rows:
         rate = items / elapsed
+        history = f"{history_calls / items:.3f}" if with_history else "not run"
         print(
             f"| {processes} | {rate:,.0f} | {rate / processes:,.0f} "
-            f"| {enqueue_calls / items:.2f} | {calls / items:.2f} "
-            f"| {(enqueue_calls + calls) / items:.2f} |"
+            f"| {enqueue_calls / items:.2f} | {calls / items:.3f} | {history} "
+            f"| {(enqueue_calls + calls + history_calls) / items:.2f} |"
         )
 
 
@@ -213,12 +258,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=50_000)
     parser.add_argument("--policies", type=int, default=200)
+    parser.add_argument(
+        "--no-history", action="store_true", help="Skip PostgreSQL and the history writers."
+    )
     parser.add_argument("--worker", metavar="REDIS_URL", help=argparse.SUPPRESS)
+    parser.add_argument("--database-url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        asyncio.run(worker_main(args.worker))
+        asyncio.run(worker_main(args.worker, args.database_url))
     else:
-        asyncio.run(bench(args.items, args.policies))
+        asyncio.run(bench(args.items, args.policies, not args.no_history))
 
 
 if __name__ == "__main__":
