@@ -1,7 +1,8 @@
 """The webhook service's app factory and server: no module globals, every client in a cleanup_ctx.
 
 `create_app(settings)` builds the application tests and `serve` both run. Each client opens and
-closes in its own cleanup context (Redis + the engine's Queue, the policy table refresher, the
+closes in its own cleanup context (Redis + the engine's Queue on an auto-pipelined connection,
+the policy table refresher, the
 installed-portals refresher, the PostgreSQL pool, the HTTP session with the HubSpot client and
 token manager, the config API's policy store), so a test gets a fresh set and shutdown closes
 them in reverse order.
@@ -308,6 +309,13 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
 def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT; then stop accepting, finish in-flight requests, close clients."""
     app = create_app(settings)
+    log.info(
+        "webhook listening on %s:%s for %s (config API: %s store)",
+        settings.host,
+        settings.port,
+        settings.public_url,
+        settings.config_backend,
+    )
     web.run_app(
         app,
         host=settings.host,
