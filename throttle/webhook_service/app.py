@@ -2,10 +2,9 @@
 
 `create_app(settings)` builds the application tests and `serve` both run. Each client opens and
 closes in its own cleanup context (Redis + the engine's Queue on an auto-pipelined connection,
-the policy table refresher, the
-installed-portals refresher, the PostgreSQL pool, the HTTP session with the HubSpot client and
-token manager, the config API's policy store), so a test gets a fresh set and shutdown closes
-them in reverse order.
+the policy table refresher, the installed-portals refresher, the PostgreSQL pool, the HTTP
+session with the HubSpot client and token manager, the config API's policy store), so a test
+gets a fresh set and shutdown closes them in reverse order.
 
 Start-up does not wait for PostgreSQL or HubSpot: the action endpoint needs neither. Redis being
 down at start is logged; `/readyz` stays 503 until it answers and the policies are loaded.
