@@ -182,8 +182,10 @@ class Queue:
         max_items: int = 500,
         queue_quota: int = 100,
         max_queues: int = 200,
+        min_hold_seconds: float = 0.0,
     ) -> TakeResult:
-        """Release what the due queues of these shards (default all) may release now."""
+        """Release what the due queues of these shards (default all) may release now, nothing
+        received less than `min_hold_seconds` ago."""
         shard_list = list(range(keys.SHARDS)) if shards is None else list(shards)
         results = await self.scripts.run_many(
             [
@@ -198,6 +200,7 @@ class Queue:
                     queue_quota=queue_quota,
                     max_queues=max_queues,
                     done_ms=round(self.dedupe_seconds * 1000),
+                    min_hold_ms=round(min_hold_seconds * 1000),
                 )
                 for s in shard_list
             ]

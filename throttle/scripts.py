@@ -132,6 +132,7 @@ class Scripts:
         queue_quota: int,
         max_queues: int,
         done_ms: int,
+        min_hold_ms: int,
     ) -> ScriptCall:
         args = (
             now_offset_ms,
@@ -142,6 +143,7 @@ class Scripts:
             queue_quota,
             max_queues,
             done_ms,
+            min_hold_ms,
         )
         return _call("take", (due, leases), args)
 

@@ -261,6 +261,12 @@ class Settings(BaseSettings):
     dispatcher_poll_seconds: float = Field(
         0.05, gt=0, description="How often a dispatcher looks at shards with nothing due."
     )
+    dispatcher_min_hold_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="An execution is released no sooner than this after it arrived, so HubSpot "
+        "has recorded the BLOCK answer before the completion comes.",
+    )
     dedupe_seconds: float = Field(
         86_400.0,
         gt=0,

@@ -232,3 +232,23 @@ async def test_per_workflow_queues_have_their_own_rate(queue: Queue) -> None:
     taken = sorted(r.callback_id for r in (await queue.take()).released)
     assert taken == ["wf1-0", "wf2-0", "wf3-0"]
     assert (await queue.stats(p)).queues == 3
+
+
+async def test_min_hold_keeps_fresh_executions_back(queue: Queue) -> None:
+    p = policy(rate={"limit": 100, "period": "1s", "burst": 10})
+    await reconcile(queue, p)
+    await queue.enqueue(item("cb-1"), p)
+    queue.time_offset_ms = 500
+    await queue.enqueue(item("cb-2"), p)
+    shard = [keys.shard_of(p.key)]
+    held = await queue.take(shard, min_hold_seconds=1.0)
+    assert held.released == []
+    queue.time_offset_ms = 1100  # cb-1 is old enough, cb-2 is not yet
+    first = await queue.take(shard, min_hold_seconds=1.0)
+    assert [r.callback_id for r in first.released] == ["cb-1"]
+    due = first.next_due[shard[0]]
+    assert abs(due - (first.released[0].enqueued_at + 1.5)) < 0.05  # exactly when cb-2 is ready
+    queue.time_offset_ms = 1600
+    assert [r.callback_id for r in (await queue.take(shard, min_hold_seconds=1.0)).released] == [
+        "cb-2"
+    ]

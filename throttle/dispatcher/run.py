@@ -46,6 +46,8 @@ class Dispatcher:
     """Most executions one take call releases from one shard."""
     queue_quota: int = 100
     poll_seconds: float = 0.05
+    min_hold: float = 0.0
+    """Seconds an execution stays queued at least (HubSpot must have its BLOCK answer first)."""
     max_held: int = 5000
     """Most executions held (released, not yet settled) at once by this dispatcher."""
     retry_base: float = 1.0
@@ -95,7 +97,12 @@ class Dispatcher:
     async def step(self, shards: Sequence[int] | None = None) -> int:
         """One take over these shards; completions run in the background. Returns released."""
         started = time.perf_counter()
-        result = await self.queue.take(shards, max_items=self.batch, queue_quota=self.queue_quota)
+        result = await self.queue.take(
+            shards,
+            max_items=self.batch,
+            queue_quota=self.queue_quota,
+            min_hold_seconds=self.min_hold,
+        )
         self.metrics.take_seconds.observe(time.perf_counter() - started)
         self._skew = result.redis_now - time.time()
         polled = range(keys.SHARDS) if shards is None else shards
@@ -311,6 +318,7 @@ async def run_dispatcher(
         batch=settings.dispatcher_batch,
         queue_quota=settings.dispatcher_queue_quota,
         poll_seconds=settings.dispatcher_poll_seconds,
+        min_hold=settings.dispatcher_min_hold_seconds,
         complete_timeout=max(5.0, settings.dispatcher_lease_seconds / 2),
     )
     writer = HistoryWriter(

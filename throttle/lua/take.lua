@@ -18,6 +18,8 @@
 --                         back in the schedule at "now", behind queues that were due earlier)
 -- ARGV[7]  max_queues     visit at most this many due queues
 -- ARGV[8]  done_ms        how long an expired callback id stays deduplicated
+-- ARGV[9]  min_hold_ms    release nothing younger than this (HubSpot must have taken the BLOCK
+--                         answer before the completion arrives); 0 = no minimum
 -- Returns {now_us, shard_next_due_ms (a string with a fraction; -1 = nothing scheduled),
 --          expired, released...}
 --   where released is 6 values per item: ref, callbackId, enqueued_us, attempts (this one
@@ -32,6 +34,7 @@ local budget = tonumber(ARGV[5])
 local quota = tonumber(ARGV[6])
 local max_queues = tonumber(ARGV[7])
 local done_ms = tonumber(ARGV[8])
+local min_hold = tonumber(ARGV[9]) * 1000
 
 local out = { fmt(now), -1, 0 }
 local expired_total = 0
@@ -97,6 +100,7 @@ for i = 1, #due, 2 do
     end
     local k = math.min(allowed, quota, budget)
     local expired = {}
+    local young_until = nil
     local lag = math.floor(now / 1000 - due_ms)
     while #released < k and #expired < 1000 do
       local cb = redis.call("LPOP", list)
@@ -108,6 +112,11 @@ for i = 1, #due, 2 do
           expired[#expired + 1] = cb
           redis.call("HDEL", pk.meta, cb)
           redis.call("ZADD", pk.done, fmt(now_ms + done_ms), cb)
+        elseif flush == "" and enq + min_hold > now then
+          -- too young: back to the head; the queue is due when it is old enough
+          redis.call("LPUSH", list, cb)
+          young_until = enq + min_hold
+          break
         else
           att = att + 1
           redis.call("HSET", pk.meta, cb, meta_format(seq, enq, exp, att, mq))
@@ -159,6 +168,7 @@ for i = 1, #due, 2 do
           next_due = s and math.ceil(s * 1000000) or now + 3600000000
         end
       end
+      if young_until and next_due < young_until then next_due = young_until end
     end
   end
 
