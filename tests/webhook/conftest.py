@@ -101,7 +101,8 @@ class Webhook:
         await self.app[POLICY_INDEX].refresh()
         return p
 
-    async def depth(self, p: Policy, workflow_id: int | None = 192814114) -> int:
+    async def depth(self, p: Policy) -> int:
+        """Executions waiting in the policy's queues (all of them)."""
         return (await self.app[QUEUE].stats(p)).depth
 
     async def install(self, *portals: int, stopped: dict[int, str] | None = None) -> None:
