@@ -1,0 +1,59 @@
+"""Every output field Throttle sends is declared in the action definition HubSpot registers.
+
+HubSpot only shows (and lets later workflow steps use) output fields the definition declares, so
+a field the webhook or the completer sends but the definition lacks would silently vanish.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+from throttle.dispatcher.complete import Released
+from throttle.dispatcher.hubspot_completer import output_fields
+from throttle.policy import Policy
+from throttle.webhook_service import actions
+
+HUBSPOT_STATES = {"hs_execution_state", "hs_expiration_duration"}
+
+
+def definition() -> dict[str, Any]:
+    text = resources.files("throttle").joinpath("hubspot_action.json").read_text()
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def declared_outputs() -> dict[str, dict[str, Any]]:
+    return {f["typeDefinition"]["name"]: f for f in definition()["outputFields"]}
+
+
+def sent_by_webhook() -> set[str]:
+    policy = Policy.model_validate(
+        {"name": "p", "portalId": 1, "rate": {"limit": 1, "period": "1s"}}
+    )
+    answers = [actions.passed(policy, "overflow"), actions.failed("no policy", policy)]
+    return {name for answer in answers for name in answer["outputFields"]}
+
+
+def test_every_output_field_sent_is_declared_and_labelled() -> None:
+    released = Released(
+        callback_id="cb", portal_id=1, policy="p", queue="q",
+        enqueued_at=0.0, attempts=1, wait_seconds=3.0,
+    )  # fmt: skip
+    sent = (set(output_fields(released)) | sent_by_webhook()) - HUBSPOT_STATES
+    declared = declared_outputs()
+    assert sent <= set(declared), f"undeclared output fields: {sorted(sent - set(declared))}"
+    labels = definition()["labels"]["en"]["outputFieldLabels"]
+    assert set(declared) == set(labels), "every declared output field has an English label"
+
+
+def test_status_values_sent_are_options_of_the_status_field() -> None:
+    options = {
+        o["value"] for o in declared_outputs()["throttle_status"]["typeDefinition"]["options"]
+    }
+    policy = Policy.model_validate(
+        {"name": "p", "portalId": 1, "rate": {"limit": 1, "period": "1s"}}
+    )
+    for answer in (actions.passed(policy, "x"), actions.failed("x")):
+        assert answer["outputFields"]["throttle_status"] in options
