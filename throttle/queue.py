@@ -109,7 +109,7 @@ class Queue:
     redis: Any
     lease_seconds: float = 60.0
     events_maxlen: int = 100_000
-    """Approximate bound of each shard's history stream (the buffer during a PostgreSQL outage)."""
+    """Bound of each shard's history stream (the buffer while PostgreSQL is behind)."""
     dedupe_seconds: float = 86_400.0
     """How long a finished callback id is still recognised as a duplicate."""
     time_offset_ms: int = 0
@@ -352,34 +352,25 @@ class Queue:
         return int(remaining)
 
     async def stats(self, policy: Policy) -> PolicyStats:
-        pkey = policy.key
-        shard = keys.shard_of(pkey)
-        raw = await self.scripts.run(
-            Scripts.stats(
-                keys.queues(pkey),
-                keys.meta(pkey),
-                keys.stats(pkey),
-                now_offset_ms=self.time_offset_ms,
-                prefix=keys.shard_prefix(shard),
-                policy=pkey,
-            )
-        )
-        now_us, depth, oldest_us, queues = int(raw[0]), int(raw[1]), int(raw[2]), int(raw[3])
-        counters = {_text(raw[i]): int(raw[i + 1]) for i in range(4, len(raw) - 1, 2)}
-        last = counters.get("last_release_us")
-        return PolicyStats(
-            depth=depth,
-            in_flight=max(0, counters.get("inflight", 0)),
-            oldest_age_seconds=max(0.0, (now_us - oldest_us) / 1e6) if oldest_us else 0.0,
-            queues=queues,
-            received=counters.get("received", 0),
-            released=counters.get("released", 0),
-            acked=counters.get("acked", 0),
-            failed=counters.get("failed", 0),
-            expired=counters.get("expired", 0),
-            requeued=counters.get("requeued", 0),
-            last_release_at=last / 1e6 if last else None,
-        )
+        return (await self.stats_many([policy]))[0]
+
+    async def stats_many(self, policies: Sequence[Policy], chunk: int = 500) -> list[PolicyStats]:
+        """Figures of many policies, `chunk` script calls per round trip."""
+        out: list[PolicyStats] = []
+        for start in range(0, len(policies), chunk):
+            calls = [
+                Scripts.stats(
+                    keys.queues(p.key),
+                    keys.meta(p.key),
+                    keys.stats(p.key),
+                    now_offset_ms=self.time_offset_ms,
+                    prefix=keys.shard_prefix(keys.shard_of(p.key)),
+                    policy=p.key,
+                )
+                for p in policies[start : start + chunk]
+            ]
+            out += [_policy_stats(raw) for raw in await self.scripts.run_many(calls)]
+        return out
 
     async def redis_time(self) -> float:
         """Redis' clock plus the test offset, as the scripts see it (epoch seconds)."""
@@ -395,6 +386,25 @@ def redis_from_settings(settings: Settings, **options: Any) -> Any:
     if settings.redis_cluster:
         return RedisCluster.from_url(settings.redis_url, **options)
     return Redis.from_url(settings.redis_url, **options)
+
+
+def _policy_stats(raw: Sequence[Any]) -> PolicyStats:
+    now_us, depth, oldest_us, queues = int(raw[0]), int(raw[1]), int(raw[2]), int(raw[3])
+    counters = {_text(raw[i]): int(raw[i + 1]) for i in range(4, len(raw) - 1, 2)}
+    last = counters.get("last_release_us")
+    return PolicyStats(
+        depth=depth,
+        in_flight=max(0, counters.get("inflight", 0)),
+        oldest_age_seconds=max(0.0, (now_us - oldest_us) / 1e6) if oldest_us else 0.0,
+        queues=queues,
+        received=counters.get("received", 0),
+        released=counters.get("released", 0),
+        acked=counters.get("acked", 0),
+        failed=counters.get("failed", 0),
+        expired=counters.get("expired", 0),
+        requeued=counters.get("requeued", 0),
+        last_release_at=last / 1e6 if last else None,
+    )
 
 
 def _by_shard(items: Iterable[Released]) -> dict[int, list[Released]]:

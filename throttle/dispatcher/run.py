@@ -248,13 +248,11 @@ async def refresh_queue_metrics(
     while not stop.is_set():
         try:
             _, policies = await registry_load(queue.redis)
-            stats = []
-            for p in policies:
-                s = await queue.stats(p)
-                stats.append(
-                    QueueStat(p.portal_id, p.name, s.depth, s.in_flight, s.oldest_age_seconds)
-                )
-            metrics.queues.update(stats)
+            figures = await queue.stats_many(policies)
+            metrics.queues.update(
+                QueueStat(p.portal_id, p.name, s.depth, s.in_flight, s.oldest_age_seconds)
+                for p, s in zip(policies, figures, strict=True)
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
