@@ -105,7 +105,12 @@ def test_register_action_creates_then_updates(simulator_process: str, tmp_path: 
     policy = definition["inputFields"][0]["typeDefinition"]
     assert policy["optionsUrl"] == "https://throttle.example.com/api/hubspot/options"
     outputs = {f["typeDefinition"]["name"] for f in definition["outputFields"]}
-    assert outputs == {"throttle_status", "throttle_wait_seconds", "throttle_policy"}
+    assert outputs == {
+        "throttle_status",
+        "throttle_wait_seconds",
+        "throttle_policy",
+        "throttle_reason",
+    }
     wrong = subprocess.run(
         [*THROTTLE, "hubspot", "register-action", "--app-id", "99"],
         env={**base, "HUBSPOT_DEVELOPER_API_KEY": "bad"},
