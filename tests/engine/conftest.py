@@ -7,12 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures import services
 from throttle.queue import Queue
-
-# Kept for tests/operator/test_book.py, which borrows the cluster fixture from here; the shared
-# one in tests/fixtures/services.py now does everything the engine's used to.
-redis_cluster = services.redis_cluster
 
 
 @pytest.fixture(params=["single", pytest.param("cluster", marks=pytest.mark.cluster)])

@@ -6,17 +6,12 @@ from typing import Any
 
 import pytest
 
-from tests.engine import conftest as engine_fixtures
 from throttle import keys
 from throttle.manifests import policy_from_spec
 from throttle.operator.book import PolicyBook, PolicyConflict
 from throttle.queue import Queue
 
 pytestmark = pytest.mark.cluster
-
-# The engine's cluster fixture (ports the cluster bus accepts, redis-py 8's CLUSTER INFO) until
-# the shared one in tests/fixtures/services.py does the same.
-redis_cluster = engine_fixtures.redis_cluster
 
 
 async def test_apply_check_restore_retire_on_redis_cluster(redis_cluster: Any) -> None:
