@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from throttle.demo import measure
+from throttle.demo.events import ReleaseLog
 from throttle.demo.report import PolicyResult
 from throttle.demo.scenario import closed_window, open_window, period_seconds, render
 from throttle.policy import Policy
@@ -126,3 +127,21 @@ def test_policy_result_problems() -> None:
     assert "limit + burst" in over.problems()[0]
     closed = PolicyResult("e", 1, "10/1s", 10.0, expect_none=True, released=1)
     assert "outside its window" in closed.problems()[0]
+
+
+def test_release_log_reads_history_events() -> None:
+    log = ReleaseLog()
+    log.apply_stream_entry({"t": "recv", "pol": "1:a", "cb": "x", "ts": "1000000", "enq": ""})
+    log.apply_stream_entry(
+        {"t": "recv", "pol": "1:a", "cb": "y", "ts": "1500000", "enq": "1400000"}
+    )
+    log.apply_stream_entry({"t": "rel", "pol": "1:a", "cbs": "x,y", "ts": "3000000"})
+    log.apply_stream_entry({"t": "done", "pol": "1:a", "cbs": "x", "ts": "3100000"})
+    log.apply_stream_entry({"t": "rel", "pol": "2:b", "cbs": "z", "ts": "4000000"})
+    assert log.times("1:a") == [3.0, 3.0]
+    assert sorted(log.waits("1:a")) == [pytest.approx(1.6), pytest.approx(2.0)]
+    assert log.times("2:b") == [4.0]
+    assert log.waits("2:b") == []  # its `recv` event was not seen
+    # a release after a hand-back replaces the earlier instant (one row per callback)
+    log.apply_stream_entry({"t": "rel", "pol": "1:a", "cbs": "y", "ts": "5000000"})
+    assert log.times("1:a") == [3.0, 5.0]

@@ -20,9 +20,13 @@ def main(argv: list[str] | None = None) -> int:
         description="Run Throttle locally with the HubSpot simulator driving real traffic.",
     )
     parser.add_argument("--duration", default="3m", help="how long traffic runs (30s, 3m, 1m30s)")
-    parser.add_argument("--dispatchers", type=int, default=defaults.dispatchers)
+    parser.add_argument(
+        "--dispatchers", type=int, default=defaults.dispatchers, help="dispatcher processes"
+    )
     parser.add_argument("--output", type=Path, default=defaults.output, help="plot and summary")
-    parser.add_argument("--manifests", type=Path, default=defaults.manifests)
+    parser.add_argument(
+        "--manifests", type=Path, default=defaults.manifests, help="ThrottlePolicy YAML folder"
+    )
     parser.add_argument(
         "--keep", action="store_true", help="keep .local/demo (data and logs) after the run"
     )
