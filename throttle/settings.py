@@ -182,9 +182,10 @@ class Settings(BaseSettings):
         description="HubSpot requests a webhook pod serves at once; more are shed with 429.",
     )
     webhook_shed_lag_ms: float = Field(
-        200.0,
+        500.0,
         ge=0,
-        description="Shed HubSpot requests with 429 while the event loop lags more (0: never).",
+        description="Shed a share of HubSpot requests with 429 while the event loop lags more "
+        "(0: never).",
     )
     config_api_max_failures: int = Field(
         10, ge=1, description="Wrong-token attempts per client and window before 429 (config API)."

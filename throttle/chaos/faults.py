@@ -148,8 +148,8 @@ FAULTS: list[Scenario] = [
     Scenario("webhook-sigkill", "SIGKILL the webhook mid-request", kill_webhook),
     Scenario("redis-restart", "restart Redis (AOF on)", restart_redis),
     Scenario("postgres-5s", "stop PostgreSQL for 5 s", stop_postgres(5.0)),
-    Scenario("hubspot-5xx", "HubSpot: 20% 5xx", simulator_5xx),
-    Scenario("hubspot-429-storm", "HubSpot: 429 storm (10 s)", simulator_429_storm),
+    Scenario("hubspot-5xx", "HubSpot: 20% 5xx", simulator_5xx, slow=True),
+    Scenario("hubspot-429-storm", "HubSpot: 429 storm (10 s)", simulator_429_storm, slow=True),
     Scenario(
         "token-revoked",
         "HubSpot: portal's token revoked",

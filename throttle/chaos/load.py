@@ -7,7 +7,7 @@
    whether or not earlier ones were answered, as HubSpot's do. The webhook must keep answering:
    200 for what it accepts, 429 (which HubSpot retries) for what it sheds, never a 5xx, and
    `/healthz` must stay up.
-3. Recovery: after a 5 s pause, half the sustainable rate for a while; every request must be
+3. Recovery: after a 10 s pause, half the sustainable rate for a while; every request must be
    accepted again.
 
 Requests are signed executions for a paused policy, so the dispatchers stay idle and the figures
@@ -17,11 +17,15 @@ are the webhook's own. Every body is built and signed before the clock starts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -40,6 +44,8 @@ class Phase:
     statuses: Counter[str] = field(default_factory=Counter)
     latencies_ms: list[float] = field(default_factory=list)
     health_failures: int = 0
+    webhook_cpu: float = 0.0
+    """The webhook process' CPU (user + system) per wall second during the phase (1.0 = a core)."""
 
     @property
     def accepted(self) -> int:
@@ -71,6 +77,7 @@ class Phase:
             "p50 ms": round(percentile(self.latencies_ms, 50), 1),
             "p99 ms": round(percentile(self.latencies_ms, 99), 1),
             "health failures": self.health_failures,
+            "webhook CPU": f"{self.webhook_cpu:.0%}",
         }
 
 
@@ -125,7 +132,7 @@ class Load:
         pool = RawPool(host, int(port), concurrency)
         pending = [
             raw_request(self.path, host, body, headers)
-            for body, headers in self.requests(int(duration_s * 6000))
+            for body, headers in self.requests(int(duration_s * CLOSED_LOOP_CEILING))
         ]
         deadline = time.monotonic() + duration_s
 
@@ -195,7 +202,9 @@ class Load:
 
 
 MAX_CONNECTIONS = 4000
-RECOVERY_GRACE_S = 5.0
+CLOSED_LOOP_CEILING = 15_000
+"""Requests per second the closed loop has bodies for (above any rate one process reaches)."""
+RECOVERY_GRACE_S = 10.0
 """Between the overload and the recovery phase: the backlog in socket buffers drains and the
 admitted share climbs back (AIMD) before "every request is accepted again" is judged."""
 REQUEST_TIMEOUT_S = 10.0
@@ -296,12 +305,44 @@ async def overload(
     policy = "load-paused"
     await h.put_policy(portal, policy, Rate(limit=1, period_s=1, burst=0), paused=True)
     load = Load(h, portal, policy)
-    sustainable = await load.closed_loop(concurrency, calibrate_s)
+    pid = h.stack.components["webhook"].pid
+    with cpu_of(pid) as cpu:
+        sustainable = await load.closed_loop(concurrency, calibrate_s)
+    sustainable.webhook_cpu = cpu.share
     rate = sustainable.accepted / sustainable.duration_s
-    over = await load.open_loop("2x sustainable (open loop)", 2 * rate, overload_s)
+    with cpu_of(pid) as cpu:
+        over = await load.open_loop("2x sustainable (open loop)", 2 * rate, overload_s)
+    over.webhook_cpu = cpu.share
     await asyncio.sleep(RECOVERY_GRACE_S)
-    recovery = await load.open_loop("recovery at 0.5x", 0.5 * rate, min(20.0, overload_s))
+    with cpu_of(pid) as cpu:
+        recovery = await load.open_loop("recovery at 0.5x", 0.5 * rate, min(20.0, overload_s))
+    recovery.webhook_cpu = cpu.share
     return LoadResult([sustainable, over, recovery])
+
+
+@dataclass
+class CpuShare:
+    share: float = 0.0
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """utime + stime of a process from /proc (Linux); 0 where unavailable."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def cpu_of(pid: int | None) -> Iterator[CpuShare]:
+    result = CpuShare()
+    cpu, wall = _cpu_seconds(pid), time.monotonic()
+    yield result
+    elapsed = time.monotonic() - wall
+    result.share = (_cpu_seconds(pid) - cpu) / elapsed if elapsed > 0 else 0.0
 
 
 def table(result: LoadResult) -> str:
