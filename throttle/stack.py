@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from throttle.settings import Settings
 
 TERM_TIMEOUT_S = 10.0
-READY_TIMEOUT_S = 60.0
+READY_TIMEOUT_S = 120.0  # generous: CI machines are shared and slow to start Python processes
 
 
 def throttle_argv(*args: str) -> list[str]:
