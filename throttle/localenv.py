@@ -260,6 +260,19 @@ def _cluster_state(client: redis.Redis) -> str:
     return "ok" if b"cluster_state:ok" in info else "fail"
 
 
+def make_traversable(folder: Path) -> None:
+    """Let `nobody` (PostgreSQL's user when we are root) reach a folder: every ancestor gets the
+    search bit only — never read — wherever it lacks it, e.g. a private home or temp folder."""
+    if os.geteuid() != 0:
+        return
+    for path in [folder, *folder.parents]:
+        if path == Path("/"):
+            break
+        mode = os.stat(path).st_mode
+        if not mode & 0o001:
+            os.chmod(path, mode | 0o111)  # noqa: S103 - search bit only
+
+
 def _demote() -> dict[str, Any]:
     """Popen arguments that run PostgreSQL as `nobody` when we are root (initdb refuses root)."""
     if os.geteuid() != 0:
@@ -291,11 +304,7 @@ class PostgresServer:
         if os.geteuid() == 0:
             shutil.chown(self.workdir, "nobody", "nogroup")
             os.chmod(self.workdir, 0o700)
-            for parent in self.workdir.parents:
-                if parent == Path("/") or os.stat(parent).st_mode & 0o001:
-                    break
-                # `nobody` must be able to traverse into its data folder, nothing more.
-                os.chmod(parent, os.stat(parent).st_mode | 0o711)  # noqa: S103
+            make_traversable(self.workdir.parent)
 
     def init(self) -> None:
         if (self.datadir / "PG_VERSION").exists():

@@ -28,7 +28,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
-from throttle.localenv import PostgresServer, RedisServer, ServiceError, free_port, tail
+from throttle.localenv import (
+    PostgresServer,
+    RedisServer,
+    ServiceError,
+    free_port,
+    make_traversable,
+    tail,
+)
 
 if TYPE_CHECKING:
     from throttle.settings import Settings
@@ -136,20 +143,6 @@ class Component:
 
     def log_tail(self, lines: int = 40) -> str:
         return tail(self.log_path, lines)
-
-
-def _traversable_by_postgres(folder: Path) -> None:
-    """When we are root, PostgreSQL runs as `nobody` and must reach its data folder: open every
-    ancestor for traversal only (search bit, never read). `localenv` stops at the first ancestor
-    that is already traversable, which is not enough under a private temp folder."""
-    if os.geteuid() != 0:
-        return
-    for path in [folder, *folder.parents]:
-        if path == Path("/"):
-            break
-        mode = os.stat(path).st_mode
-        if not mode & 0o001:
-            os.chmod(path, mode | 0o111)  # noqa: S103 - search bit only
 
 
 def generated_secrets() -> dict[str, str]:
@@ -347,7 +340,7 @@ class Stack:
     def start(self, on_step: Callable[[str], None] | None = None) -> Stack:
         step = on_step or (lambda _msg: None)
         self.root.mkdir(parents=True, exist_ok=True)
-        _traversable_by_postgres(self.root)
+        make_traversable(self.root)
         try:
             step("Redis")
             self.redis.start()
