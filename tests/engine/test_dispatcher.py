@@ -235,3 +235,30 @@ async def test_hundreds_of_portals_in_one_take_settle_without_exhausting_connect
     assert len(completer.completed) == 300
     acked = sum([(await queue.stats(p)).acked for p in policies])
     assert acked == 300
+
+
+class SlowCompleter(RecordingCompleter):
+    """HubSpot answering in 200 ms: what a portal releases meanwhile must wait for one call."""
+
+    async def complete(self, portal_id: int, items: Sequence[Released]) -> CompletionResult:
+        await asyncio.sleep(0.2)
+        return await super().complete(portal_id, items)
+
+
+async def test_releases_made_while_a_call_is_out_go_together_in_the_next(redis: Any) -> None:
+    """A portal's budget is about ten HubSpot calls a second: one call per take would cap a
+    portal near ten completions a second whatever its policies allow."""
+    p = policy(rate={"limit": 1000, "period": "1s", "burst": 1000})
+    completer = SlowCompleter()
+    queue = Queue(redis, lease_seconds=30)
+    dispatcher = Dispatcher(queue, completer, Metrics(CollectorRegistry()), batch=1, queue_quota=1)
+    await reconcile(queue, p)
+    for i in range(30):
+        await queue.enqueue(item(f"c-{i}"), p)
+    for _ in range(30):  # thirty takes of one release each, faster than one HubSpot call
+        assert await dispatcher.step() == 1
+    await dispatcher.wait_idle()
+    assert sorted(r.callback_id for r in completer.completed) == sorted(f"c-{i}" for i in range(30))
+    assert len(completer.calls) <= 3, completer.calls
+    assert completer.calls[0] == (7, 1)
+    assert sum(n for _, n in completer.calls) == 30
