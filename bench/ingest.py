@@ -55,9 +55,14 @@ def serve_bare(port: int) -> None:
         await request.read()
         return web.Response(body=body, content_type="application/json")
 
+    from throttle.webhook_service.app import new_event_loop
+
     app = web.Application()
     app.router.add_post(ACTION_PATH, action)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+    # The same event loop as `throttle webhook` (uvloop when installed), so only the work differs.
+    web.run_app(
+        app, host="127.0.0.1", port=port, access_log=None, print=None, loop=new_event_loop()
+    )
 
 
 # --- the generator ----------------------------------------------------------------------------

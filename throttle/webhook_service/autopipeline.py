@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 from redis.commands.core import AsyncScript
@@ -44,11 +44,17 @@ def _bulk(value: Any) -> bytes:
 
 
 def pack(command: tuple[Any, ...]) -> bytes:
-    """RESP encoding of one command (str/int/bytes arguments: what the engine's scripts pass).
+    """RESP encoding of one command (str/int/float/bytes arguments: what the engine's scripts
+    pass), by hiredis' packer in C; any other type goes through `str()` here.
 
     Done here rather than by redis-py's general packer, which costs several times more per
-    argument and runs once per argument of every enqueue (19 of them)."""
-    return b"*%d\r\n" % len(command) + b"".join([_bulk(arg) for arg in command])
+    argument and runs once per argument of every enqueue (22 of them): hiredis packs an
+    enqueue in ~2 µs, the Python loop in ~5 µs."""
+    try:
+        packed: bytes = hiredis.pack_command(command)
+    except TypeError:
+        return b"*%d\r\n" % len(command) + b"".join([_bulk(arg) for arg in command])
+    return packed
 
 
 def _error(reply: hiredis.ReplyError) -> ResponseError:
@@ -68,8 +74,8 @@ class _Resp(asyncio.Protocol):
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (create_connection); uvloop's does not subclass asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -109,6 +115,26 @@ class _Resp(asyncio.Protocol):
         self.transport.write(data)
 
 
+class PipelinedScript(AsyncScript):
+    """redis-py's script, called without its per-call `isinstance(client, Pipeline)` check: on
+    a client with `__getattr__` (the wrapper) that check walks the Protocol machinery and cost
+    as much as packing the command. Same contract: EVALSHA, and on NOSCRIPT load then retry."""
+
+    async def __call__(
+        self,
+        keys: Any = None,
+        args: Any = None,
+        client: Any = None,
+    ) -> Any:
+        keys = keys or ()
+        target = client if client is not None else self.registered_client
+        try:
+            return await target.evalsha(self.sha, len(keys), *keys, *(args or ()))
+        except NoScriptError:
+            self.sha = await target.script_load(self.script)
+            return await target.evalsha(self.sha, len(keys), *keys, *(args or ()))
+
+
 class AutoPipeline:
     def __init__(self, redis: Any, max_batch: int = MAX_BATCH) -> None:
         from redis.asyncio.connection import Connection
@@ -135,7 +161,7 @@ class AutoPipeline:
         return self._redis
 
     def register_script(self, script: str | bytes) -> AsyncScript:
-        return AsyncScript(self, script)  # type: ignore[arg-type]
+        return PipelinedScript(self, script)  # type: ignore[arg-type]
 
     async def script_load(self, script: str | bytes) -> Any:
         """One SCRIPT LOAD however many callers met NOSCRIPT at once (after a Redis restart)."""

@@ -1,0 +1,80 @@
+"""`throttle webhook` runs on uvloop (`app.new_event_loop`): the hot path must work there too.
+
+The test client runs on asyncio's own loop, so without this test nothing would notice a
+transport or protocol that only works on one of the two (the auto-pipeline's did not)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from tests.webhook.conftest import ACTION_PATH, execution, policy
+from throttle.localenv import free_port
+from throttle.operator.reconcile import reconcile
+from throttle.settings import Settings
+from throttle.webhook_service.app import create_app, new_event_loop
+from throttle.webhook_service.appkeys import POLICY_INDEX, QUEUE
+from throttle.webhook_service.signatures import sign_v3
+
+
+def test_serve_uses_uvloop() -> None:
+    loop = new_event_loop()
+    try:
+        assert type(loop).__module__.startswith("uvloop")
+    finally:
+        loop.close()
+
+
+def test_actions_are_queued_and_answered_on_uvloop(
+    make_settings: Callable[..., Settings], redis_server: Any
+) -> None:
+    port = free_port()
+    settings = make_settings(
+        require_installed_portal=False, port=port, public_url=f"http://127.0.0.1:{port}"
+    )
+    secret = settings.client_secrets[0]
+
+    async def scenario() -> tuple[list[int], list[Any], int]:
+        app = create_app(settings)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            p = policy(expiration="P3D")
+            await reconcile(app[QUEUE], p)
+            await app[POLICY_INDEX].refresh()
+            url = f"http://127.0.0.1:{port}{ACTION_PATH}"
+            async with aiohttp.ClientSession() as session:
+
+                async def post(i: int) -> tuple[int, Any]:
+                    body = json.dumps(execution(f"cb-{i % 10}")).encode()
+                    ts = int(time.time() * 1000)
+                    headers = {
+                        "X-HubSpot-Signature-v3": sign_v3(secret, "POST", url, body, ts),
+                        "X-HubSpot-Request-Timestamp": str(ts),
+                        "Content-Type": "application/json",
+                    }
+                    async with session.post(url, data=body, headers=headers) as response:
+                        return response.status, await response.json()
+
+                answers = await asyncio.gather(*(post(i) for i in range(20)))
+            depth = (await app[QUEUE].stats(p)).depth
+        finally:
+            await runner.cleanup()
+        return [s for s, _ in answers], [b for _, b in answers], depth
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        # Bounded: a transport that breaks on uvloop leaves the Redis replies unanswered.
+        statuses, bodies, depth = runner.run(asyncio.wait_for(scenario(), 30))
+    assert statuses == [200] * 20
+    assert all(
+        b == {"outputFields": {"hs_execution_state": "BLOCK", "hs_expiration_duration": "P3D"}}
+        for b in bodies
+    )
+    assert depth == 10, "ten distinct callback ids, each queued once (duplicates answered BLOCK)"
