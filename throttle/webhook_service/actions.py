@@ -37,6 +37,7 @@ from throttle.policy_index import PolicyIndex
 from throttle.queue import QueueItem
 from throttle.webhook_service.appkeys import (
     ACTION_METRICS,
+    BLOCK_ANSWERS,
     INSTALLED,
     POLICY_INDEX,
     QUEUE,
@@ -55,6 +56,7 @@ POLICY_FIELD = "policy"
 REASON_FIELD = "throttle_reason"
 STATUS_FIELD = "throttle_status"
 POLICY_OUT_FIELD = "throttle_policy"
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 def block(policy: Policy) -> dict[str, Any]:
@@ -64,6 +66,25 @@ def block(policy: Policy) -> dict[str, Any]:
             "hs_expiration_duration": policy.expiration_iso,
         }
     }
+
+
+class BlockAnswers:
+    """The BLOCK answer's bytes per expiration, serialised once: nearly every request gets one
+    of a handful of them, and `json.dumps` of it costs several microseconds each time."""
+
+    MAX_ENTRIES = 1_000
+
+    def __init__(self) -> None:
+        self._bodies: dict[str, bytes] = {}
+
+    def body(self, policy: Policy) -> bytes:
+        expiration = policy.expiration_iso
+        body = self._bodies.get(expiration)
+        if body is None:
+            if len(self._bodies) >= self.MAX_ENTRIES:
+                self._bodies.clear()
+            body = self._bodies[expiration] = json.dumps(block(policy)).encode()
+        return body
 
 
 def passed(policy: Policy, reason: str) -> dict[str, Any]:
@@ -138,8 +159,12 @@ def overflow_reason(policy: Policy, depth: int) -> str:
     )
 
 
-async def answer_action(app: web.Application, payload: ActionRequest) -> tuple[str, dict[str, Any]]:
-    """(answer kind for metrics, body) for one verified, parsed execution."""
+def _encoded(answer: dict[str, Any]) -> bytes:
+    return json.dumps(answer).encode()
+
+
+async def answer_action(app: web.Application, payload: ActionRequest) -> tuple[str, bytes]:
+    """(answer kind for metrics, JSON body) for one verified, parsed execution."""
     portal_id = payload.origin.portal_id
     if app[SETTINGS].require_installed_portal:
         state = app[INSTALLED].state(portal_id)
@@ -152,7 +177,7 @@ async def answer_action(app: web.Application, payload: ActionRequest) -> tuple[s
                 headers={"Retry-After": "5"},
             )
         if state is not None and not state.installed:
-            return "not_installed", failed(f"portal {portal_id}: {state.reason}")
+            return "not_installed", _encoded(failed(f"portal {portal_id}: {state.reason}"))
 
     name = requested_policy(payload)
     index = app[POLICY_INDEX]
@@ -168,9 +193,11 @@ async def answer_action(app: web.Application, payload: ActionRequest) -> tuple[s
     policy = app[RESOLVER].resolve(portal_id, payload.origin.action_definition_id, name)
     if policy is None:
         wanted = f"policy {name!r}" if name else "a throttle policy"
-        return "no_policy", failed(
-            f"portal {portal_id} has no {wanted} for action {payload.origin.action_definition_id}"
-            " and there is no default policy"
+        return "no_policy", _encoded(
+            failed(
+                f"portal {portal_id} has no {wanted} for action "
+                f"{payload.origin.action_definition_id} and there is no default policy"
+            )
         )
 
     item = QueueItem(
@@ -186,16 +213,19 @@ async def answer_action(app: web.Application, payload: ActionRequest) -> tuple[s
         },
     )
     result = await app[QUEUE].enqueue(item, policy)
-    if result.status == "duplicate":
-        return "duplicate", block(policy)
-    if result.status == "overflow":
+    status = result.status
+    if status == "queued":
+        return "block", app[BLOCK_ANSWERS].body(policy)
+    if status == "duplicate":
+        return "duplicate", app[BLOCK_ANSWERS].body(policy)
+    if status == "overflow":
         reason = overflow_reason(policy, result.depth)
         if policy.overflow == "Continue":
-            return "continue", passed(policy, reason)
-        return "fail", failed(reason, policy)
-    if result.status == "expired":
-        return "fail", failed("the execution expired before it was queued", policy)
-    return "block", block(policy)
+            return "continue", _encoded(passed(policy, reason))
+        return "fail", _encoded(failed(reason, policy))
+    if status == "expired":
+        return "fail", _encoded(failed("the execution expired before it was queued", policy))
+    return "block", app[BLOCK_ANSWERS].body(policy)
 
 
 class ActionMetrics:
@@ -256,7 +286,7 @@ async def action(request: web.Request) -> web.Response:
         ) from None
     counts.answered(kind)
     counts.seconds.observe(time.perf_counter() - started)
-    return web.Response(body=json.dumps(answer).encode(), content_type="application/json")
+    return web.Response(body=answer, headers=JSON_HEADERS)
 
 
 routes = [web.post("/api/hubspot/action", action)]

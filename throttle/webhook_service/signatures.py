@@ -61,6 +61,14 @@ class SignatureCheck:
     """Which secret matched: 0 = current, 1 = previous (rotation still underway)."""
 
 
+VALID_V3 = (
+    SignatureCheck(True, "valid v3 signature", "v3", 0),
+    SignatureCheck(True, "valid v3 signature", "v3", 1),
+)
+"""The verdicts for the current and the previous secret, built once (a frozen dataclass costs a
+microsecond to build, on every accepted request)."""
+
+
 def _bytes(body: bytes | str) -> bytes:
     return body.encode("utf-8") if isinstance(body, str) else body
 
@@ -161,6 +169,8 @@ def verify(
         index = _match(expected, v3)
         if index is None:
             return SignatureCheck(False, "v3 signature does not match", "v3")
+        if index < len(VALID_V3):
+            return VALID_V3[index]
         return SignatureCheck(True, "valid v3 signature", "v3", index)
 
     given = _header(headers, SIGNATURE)

@@ -58,14 +58,32 @@ def called_url(request: web.BaseRequest, public_url: str | None, trusted: list[N
 class SignatureVerifier:
     """Settings-bound signature check for HubSpot's calls (action and options endpoints)."""
 
+    MAX_URLS = 256
+    """URLs remembered: HubSpot calls two paths; the bound stops junk paths from growing it."""
+
     def __init__(self, settings: Settings) -> None:
         self.public_url = settings.public_url
         self.trusted = settings.trusted_proxy_networks
         self.secrets = settings.client_secrets
         self.allow_v1 = settings.allow_signature_v1
+        self._urls: dict[str, str] = {}
+
+    def url(self, request: web.BaseRequest) -> str:
+        """`called_url`, remembered per raw path when PUBLIC_URL is set and no proxy is trusted:
+        then the URL depends on the path alone (no header is read), and rebuilding it (urlsplit
+        of PUBLIC_URL) on every request costs about as much as the HMAC."""
+        if self.trusted or not self.public_url:
+            return called_url(request, self.public_url, self.trusted)
+        raw_path = request.raw_path
+        url = self._urls.get(raw_path)
+        if url is None:
+            if len(self._urls) >= self.MAX_URLS:
+                self._urls.clear()
+            url = self._urls[raw_path] = called_url(request, self.public_url, self.trusted)
+        return url
 
     def check(self, request: web.Request, body: bytes) -> SignatureCheck:
-        url = called_url(request, self.public_url, self.trusted)
+        url = self.url(request)
         return verify(
             request.headers,
             request.method,
