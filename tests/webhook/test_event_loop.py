@@ -1,11 +1,12 @@
-"""`throttle webhook` runs on uvloop (`app.new_event_loop`): the hot path must work there too.
+"""How `serve()` runs the app: on uvloop (`app.new_event_loop`), with the start-up heap frozen.
 
-The test client runs on asyncio's own loop, so without this test nothing would notice a
+The test client runs on asyncio's own loop, so without these tests nothing would notice a
 transport or protocol that only works on one of the two (the auto-pipeline's did not)."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 from collections.abc import Callable
@@ -18,9 +19,18 @@ from tests.webhook.conftest import ACTION_PATH, execution, policy
 from throttle.localenv import free_port
 from throttle.operator.reconcile import reconcile
 from throttle.settings import Settings
-from throttle.webhook_service.app import create_app, new_event_loop
+from throttle.webhook_service.app import create_app, freeze_heap, new_event_loop
 from throttle.webhook_service.appkeys import POLICY_INDEX, QUEUE
 from throttle.webhook_service.signatures import sign_v3
+
+
+async def test_the_start_up_heap_is_frozen_out_of_the_cyclic_gc() -> None:
+    before = gc.get_freeze_count()
+    try:
+        await freeze_heap(web.Application())
+        assert gc.get_freeze_count() > max(before, 10_000)
+    finally:
+        gc.unfreeze()  # the rest of the test session keeps its normal collector
 
 
 def test_serve_uses_uvloop() -> None:

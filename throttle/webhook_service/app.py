@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -307,6 +308,19 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     return app
 
 
+async def freeze_heap(_: web.Application) -> None:
+    """Move everything alive once the app has started (modules, pydantic schemas, the
+    kubernetes and redis clients: ~90,000 objects) out of the cyclic GC's reach.
+
+    Under load, in-flight requests' objects survive into the oldest generation, so full
+    collections keep coming round, and each one walked that whole start-up heap (35-50 ms
+    here): those pauses set the webhook's p99 at peak (~50 ms, ~15 ms once frozen; see
+    bench/RESULTS.md). Frozen objects are still freed by reference counting; only cycles
+    among them would stay, and the start-up heap is kept for the process' life anyway."""
+    gc.collect()
+    gc.freeze()
+
+
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """uvloop where it is installed (Linux, the image): its loop, sockets and transports are C,
     ~7% less CPU per action request than asyncio's (bench/RESULTS.md, webhook section)."""
@@ -320,6 +334,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT; then stop accepting, finish in-flight requests, close clients."""
     app = create_app(settings)
+    app.on_startup.append(freeze_heap)  # after every cleanup context has started
     log.info(
         "webhook listening on %s:%s for %s (config API: %s store)",
         settings.host,
