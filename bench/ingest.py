@@ -55,11 +55,13 @@ def serve_bare(port: int) -> None:
         await request.read()
         return web.Response(body=body, content_type="application/json")
 
-    from throttle.webhook_service.app import new_event_loop
+    from throttle.webhook_service.app import freeze_heap, new_event_loop
 
     app = web.Application()
     app.router.add_post(ACTION_PATH, action)
-    # The same event loop as `throttle webhook` (uvloop when installed), so only the work differs.
+    # The same event loop as `throttle webhook` (uvloop when installed) and the same frozen
+    # start-up heap, so only the per-request work differs.
+    app.on_startup.append(freeze_heap)
     web.run_app(
         app, host="127.0.0.1", port=port, access_log=None, print=None, loop=new_event_loop()
     )
