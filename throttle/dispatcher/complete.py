@@ -54,6 +54,9 @@ class CompletionResult:
     portal_stopped: str | None = None
     """Set when the portal can no longer be served (e.g. "uninstalled: refresh token revoked");
     every item not otherwise accounted for is recorded as failed with this reason."""
+    budget_spent: bool = False
+    """`retry` only waits for the portal's API budget (nothing failed): the dispatcher may keep
+    the items and send them, with whatever the portal releases meanwhile, after `retry_after`."""
 
 
 class Completer(Protocol):

@@ -110,6 +110,7 @@ class HubSpotCompleter:
                 return self._defer(result, _flatten(batch, pending), self._token_retry)
             if not grant.granted:
                 self._observe_budget_wait(portal_id)
+                result.budget_spent = not result.retry
                 return self._defer(result, _flatten(batch, pending), grant.wait_seconds)
             entries = [CallbackCompletion(i, output_fields(by_id[i])) for i in batch]
             held = 0.0

@@ -63,6 +63,8 @@ class Dispatcher:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _outbox: dict[int, list[Released]] = field(default_factory=dict)
     _senders: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    _taken_at: dict[str, float] = field(default_factory=dict)
+    """When this dispatcher took each execution it holds (monotonic): its lease started then."""
     _next_due: dict[int, float] = field(default_factory=dict)
     _skew: float = 0.0
     _room: asyncio.Event = field(default_factory=asyncio.Event)
@@ -125,8 +127,10 @@ class Dispatcher:
             by_portal[r.portal_id].append(r)
             self.metrics.released.labels(str(r.portal_id), r.policy).inc()
         self.released_total += len(result.released)
+        taken_at = time.monotonic()
         for portal, items in by_portal.items():
             self._held += len(items)
+            self._taken_at.update((r.callback_id, taken_at) for r in items)
             self._outbox.setdefault(portal, []).extend(items)
             if portal not in self._senders:
                 task = asyncio.create_task(self._send(portal))
@@ -139,19 +143,50 @@ class Dispatcher:
         """The portal's one sender: complete whatever its outbox holds, until it stays empty."""
         try:
             while self._outbox.get(portal):
-                await self._complete(portal, self._outbox.pop(portal))
+                wait = await self._complete(portal, self._outbox.pop(portal))
+                if wait:  # the budget is spent: what waits goes with what the portal releases
+                    await asyncio.sleep(wait)
         except asyncio.CancelledError:
             left = self._outbox.pop(portal, [])
             if left:
                 await asyncio.shield(self.queue.requeue(left, 0.0, "dispatcher stopped"))
-                self._held -= len(left)
-                self._room.set()
+                self._forget(left)
             raise
         finally:
             self._senders.pop(portal, None)
 
-    async def _complete(self, portal: int, items: list[Released]) -> None:
+    def _forget(self, items: Sequence[Released]) -> None:
+        """These are settled (or handed back): no longer held by this dispatcher."""
+        self._held -= len(items)
+        for r in items:
+            self._taken_at.pop(r.callback_id, None)
+        self._room.set()
+
+    def _keep_for_budget(
+        self, items: Sequence[Released], result: CompletionResult
+    ) -> list[Released]:
+        """Items only waiting for the portal's budget stay here (their lease allowing), so the
+        next call carries them with everything released meanwhile instead of one call each."""
+        if not result.budget_spent or result.portal_stopped or not result.retry:
+            return []
+        now = time.monotonic()
+        # Waiting, then one call of at most `complete_timeout`, must end well inside the lease.
+        room = self.queue.lease_seconds - self.complete_timeout - result.retry_after - 1.0
+        waiting = set(result.retry)
+        keep = [
+            r
+            for r in items
+            if r.callback_id in waiting and now - self._taken_at.get(r.callback_id, now) < room
+        ]
+        kept = {r.callback_id for r in keep}
+        result.retry = [c for c in result.retry if c not in kept]
+        return keep
+
+    async def _complete(self, portal: int, items: list[Released]) -> float:
+        """Complete and settle; returns how long to wait before the items it kept may go."""
         started = time.perf_counter()
+        kept: list[Released] = []
+        result = CompletionResult()
         try:
             try:
                 result = await asyncio.wait_for(
@@ -165,13 +200,18 @@ class Dispatcher:
                 result = CompletionResult(retry=[r.callback_id for r in items])
                 result.retry_after = self._backoff(items)
             self.metrics.completion_seconds.observe(time.perf_counter() - started)
+            kept = self._keep_for_budget(items, result)
+            if kept:
+                self._outbox[portal] = kept + self._outbox.get(portal, [])
+                kept_ids = {r.callback_id for r in kept}
+                items = [r for r in items if r.callback_id not in kept_ids]
             try:
                 await self.settle(items, result)
             except Exception as exc:  # left to the lease reaper
                 log.error("portal %s: %d items unsettled (%s)", portal, len(items), exc)
         finally:
-            self._held -= len(items)
-            self._room.set()
+            self._forget(items)
+        return result.retry_after if kept else 0.0
 
     def _backoff(self, items: Sequence[Released]) -> float:
         attempts = max((r.attempts for r in items), default=1)
