@@ -101,7 +101,8 @@ async def test_a_bad_callback_does_not_sink_its_batch(
     items = released(2, 100)
     completer = await setup(hubspot_sim, store, session, redis, 2, items)
     hubspot_sim.sim.expire(["cb-2-10"])
-    unknown = Released("never-registered", 2, "enrich", "shared", time.time(), 0, 1.0)
+    # queued long ago: HubSpot not knowing it is final (a young one is retried, see below)
+    unknown = Released("never-registered", 2, "enrich", "shared", time.time() - 300, 0, 1.0)
     result = await completer.complete(2, [*items[:50], unknown, *items[50:]])
     assert sorted(result.completed) == sorted(
         i.callback_id for i in items if i.callback_id != "cb-2-10"
@@ -112,6 +113,21 @@ async def test_a_bad_callback_does_not_sink_its_batch(
     report = hubspot_sim.sim.portal(2)
     assert report.duplicates == 0
     assert report.completion_requests <= 2 * 2 * 8  # two bisections of a 101-batch
+
+
+async def test_a_callback_hubspot_does_not_know_yet_is_retried_while_young(
+    hubspot_sim: RunningSimulator, store: TokenStore, session: aiohttp.ClientSession, redis: Any
+) -> None:
+    """Our BLOCK answer can be lost (a webhook pod killed after enqueueing): until HubSpot's
+    retry of the delivery arrives, HubSpot does not know the callback is waiting."""
+    items = released(2, 3)
+    completer = await setup(hubspot_sim, store, session, redis, 2, items)
+    young = Released("not-yet-blocked", 2, "enrich", "shared", time.time() - 5, 0, 1.0)
+    result = await completer.complete(2, [*items, young])
+    assert sorted(result.completed) == sorted(i.callback_id for i in items)
+    assert result.retry == ["not-yet-blocked"]
+    assert not result.failed
+    assert result.retry_after > 0
 
 
 async def test_named_offenders_are_taken_out_in_one_step(

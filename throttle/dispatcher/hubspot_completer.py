@@ -17,6 +17,7 @@ decides each callback's fate (shared/hubspot-contract.md §5, §6):
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -69,6 +70,7 @@ class HubSpotCompleter:
         retry_backoff_s: float = 1.0,
         token_retry_s: float = 5.0,
         batch_size: int = MAX_BATCH,
+        unknown_grace_s: float = 120.0,
     ) -> None:
         self._client = client
         self._tokens = tokens
@@ -78,6 +80,7 @@ class HubSpotCompleter:
         self._retry_backoff = retry_backoff_s
         self._token_retry = token_retry_s
         self._batch_size = min(batch_size, MAX_BATCH)
+        self._unknown_grace = unknown_grace_s
 
     async def complete(self, portal_id: int, items: Sequence[Released]) -> CompletionResult:
         result = CompletionResult()
@@ -115,7 +118,13 @@ class HubSpotCompleter:
             entries = [CallbackCompletion(i, output_fields(by_id[i])) for i in batch]
             held = 0.0
             try:
-                answer = await self._client.complete_batch(token, entries)
+                # A lone callback goes to the single endpoint: its 404 (HubSpot does not know
+                # the callback) tells "not blocked yet" apart from expired or already completed.
+                answer = await (
+                    self._client.complete_one(token, entries[0])
+                    if len(entries) == 1
+                    else self._client.complete_batch(token, entries)
+                )
                 if isinstance(answer, RateLimited):
                     # Before the slot is freed, so no other pod's call slips in meanwhile.
                     held = await self._budget.hold(portal_id, answer.wait_seconds)
@@ -148,7 +157,7 @@ class HubSpotCompleter:
                     log.warning("portal %s: completion failed (%s); will retry", portal_id, reason)
                     return self._defer(result, _flatten(batch, pending), self._retry_backoff)
                 case Rejected():
-                    self._isolate(batch, answer, pending, result)
+                    self._isolate(batch, answer, pending, result, by_id)
         return result
 
     async def _release(self, portal_id: int, grant: BudgetGrant) -> None:
@@ -163,11 +172,20 @@ class HubSpotCompleter:
         answer: Rejected,
         pending: list[list[str]],
         result: CompletionResult,
+        by_id: dict[str, Released],
     ) -> None:
-        """Split a rejected batch so the callbacks at fault end up alone, then record them."""
+        """Split a rejected batch so the callbacks at fault end up alone, then record them.
+
+        A lone callback HubSpot does not know (404) that was queued moments ago is retried for
+        a while: HubSpot may not have recorded our BLOCK answer yet (the answer was lost when a
+        webhook pod died, and HubSpot's retry of the delivery has not arrived)."""
         named = [i for i in answer.callback_ids if i in batch]
         reason = f"HubSpot refused the completion (HTTP {answer.status}): {answer.reason}"
         if len(batch) == 1:
+            age = time.time() - by_id[batch[0]].enqueued_at
+            if answer.status == 404 and age < self._unknown_grace:
+                self._defer(result, batch, self._retry_backoff)
+                return
             result.failed[batch[0]] = reason
             self._count("failed", 1)
         elif named:
