@@ -38,7 +38,9 @@ lint: venv  ## ruff, mypy, bandit and pip-audit
 		test $${PIPESTATUS[0]} -eq 0
 	@echo "==> pip-audit (installed dependencies against known vulnerabilities)"
 	@out=$$($(BIN)/pip-audit --skip-editable --progress-spinner off 2>&1) \
-		|| { echo "$$out"; exit 1; }; echo "$$out" | head -n 1
+		|| { echo "$$out"; exit 1; }; echo "$$out" | head -n 1; \
+		if echo "$$out" | grep -q 'could not be audited'; then \
+		echo "pip-audit: WARNING: PyPI's vulnerability data is out of reach here; $$(echo "$$out" | grep -c 'could not be audited') packages were NOT audited"; fi
 
 format: venv  ## apply ruff's formatting and safe fixes
 	@$(BIN)/ruff check --fix throttle tests bench
