@@ -63,6 +63,24 @@ local function emit(prefix, maxlen, fields)
   redis.call("XADD", unpack(args))
 end
 
+-- Finish one execution for good (ack.lua, fail.lua): drop its lease or, if the lease already
+-- ran out and it went back to its queue, take it out of the queue again, so a slow completion
+-- never leads to a second one; keep its id for dedupe until done_until_ms and count it under
+-- `counter`. Returns false when it was already finished (nothing changed).
+local function finish(leases, prefix, pk, ref, cb, done_until_ms, counter)
+  local held = redis.call("ZREM", leases, ref .. "|" .. cb) == 1
+  local known = redis.call("HDEL", pk.meta, cb) == 1
+  if not (held or known) then return false end
+  if held then
+    redis.call("HINCRBY", pk.stats, "inflight", -1)
+  else
+    redis.call("LREM", (queue_keys(prefix, ref)), 1, cb)
+  end
+  redis.call("ZADD", pk.done, fmt(done_until_ms), cb)
+  redis.call("HINCRBY", pk.stats, counter, 1)
+  return true
+end
+
 -- Put items back at the head of their queues, oldest (lowest seq) first.
 -- groups: ref -> list of {seq, callbackId}
 local function push_back(prefix, groups)

@@ -20,17 +20,7 @@ local by_queue = {}
 for i = 5, #ARGV, 2 do
   local ref, cb = ARGV[i], ARGV[i + 1]
   local pol = split_ref(ref)
-  local pk = policy_keys(prefix, pol)
-  local held = redis.call("ZREM", KEYS[1], ref .. "|" .. cb) == 1
-  local known = redis.call("HDEL", pk.meta, cb) == 1
-  if held or known then
-    if held then
-      redis.call("HINCRBY", pk.stats, "inflight", -1)
-    else
-      redis.call("LREM", (queue_keys(prefix, ref)), 1, cb)
-    end
-    redis.call("ZADD", pk.done, fmt(now_ms + done_ms), cb)
-    redis.call("HINCRBY", pk.stats, "acked", 1)
+  if finish(KEYS[1], prefix, policy_keys(prefix, pol), ref, cb, now_ms + done_ms, "acked") then
     acked = acked + 1
     local group = by_queue[ref]
     if not group then group = {}; by_queue[ref] = group end

@@ -18,17 +18,7 @@ local count = 0
 for i = 5, #ARGV, 3 do
   local ref, cb, reason = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local pol, qid = split_ref(ref)
-  local pk = policy_keys(prefix, pol)
-  local held = redis.call("ZREM", KEYS[1], ref .. "|" .. cb) == 1
-  local known = redis.call("HDEL", pk.meta, cb) == 1
-  if held or known then
-    if held then
-      redis.call("HINCRBY", pk.stats, "inflight", -1)
-    else
-      redis.call("LREM", (queue_keys(prefix, ref)), 1, cb)
-    end
-    redis.call("ZADD", pk.done, fmt(now_ms + done_ms), cb)
-    redis.call("HINCRBY", pk.stats, "failed", 1)
+  if finish(KEYS[1], prefix, policy_keys(prefix, pol), ref, cb, now_ms + done_ms, "failed") then
     emit(prefix, maxlen, { "t", "fail", "pol", pol, "q", qid, "ts", fmt(now), "cb", cb,
                            "err", reason })
     count = count + 1
