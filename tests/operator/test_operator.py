@@ -354,7 +354,8 @@ async def test_two_replicas_exactly_one_acts(
     assert health(port_b)["role"] == "leader"
     patch_spec(kube, namespace, "one", {"rate": {"limit": 6}})
     await eventually(lambda: _is(redis.hget(keys.params("1234:one"), "lim"), b"6"), timeout=3)
-    assert b.reconciles("written") == 1
+    # the counter moves just after the write Redis already shows
+    await eventually(lambda: b.reconciles("written") == 1)
     assert a.reconciles("written") == 1
 
 
