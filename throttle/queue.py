@@ -7,18 +7,21 @@ as the scripts see it; only tests set it, to drive time without sleeping.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
+
+import msgspec
 
 from throttle import keys
 from throttle.dispatcher.complete import Released
 from throttle.policy import Policy
 from throttle.scripts import Scripts
 from throttle.settings import Settings
+
+_JSON = msgspec.json.Encoder()
 
 EnqueueStatus = Literal["queued", "duplicate", "overflow", "expired"]
 _STATUS: dict[int, EnqueueStatus] = {1: "queued", 0: "duplicate", 2: "overflow", 3: "expired"}
@@ -41,9 +44,10 @@ class QueueItem:
     """Epoch seconds; 0 = now. Set when rebuilding queues from history (`throttle recover`)."""
     input_fields: Mapping[str, str] = field(default_factory=dict)
 
-    def event_body(self) -> str:
-        """What history keeps of the execution (enough to rebuild the queue item)."""
-        return json.dumps(
+    def event_body(self) -> bytes:
+        """What history keeps of the execution (enough to rebuild the queue item): JSON, by
+        msgspec, which takes a tenth of the time `json.dumps` takes (once per request)."""
+        return _JSON.encode(
             {
                 "portal": self.portal_id,
                 "action": self.action_definition_id,
@@ -52,18 +56,17 @@ class QueueItem:
                 "objectId": self.object_id,
                 "requested": self.policy,
                 "inputs": dict(self.input_fields),
-            },
-            separators=(",", ":"),
+            }
         )
 
 
-@dataclass(frozen=True)
-class EnqueueResult:
+class EnqueueResult(NamedTuple):
+    """A tuple rather than a frozen dataclass: built on every webhook request, and a frozen
+    dataclass' `__init__` costs a microsecond."""
+
     status: EnqueueStatus
     depth: int
     """Queue length after the call (for overflow: the length that made it refuse)."""
-    projected_wait_s: float
-    """Estimated seconds until this item is released (inf when paused or beyond reach)."""
     policy: Policy
     queue: str
 
@@ -74,6 +77,22 @@ class EnqueueResult:
     @property
     def queued(self) -> bool:
         return self.status in ("queued", "duplicate")
+
+
+@dataclass(frozen=True)
+class _EnqueueTarget:
+    """Everything an enqueue into one queue of one policy sends besides the execution itself,
+    built once per policy object and queue: key building, the shard hash and reading the
+    policy's fields cost about as much as the rest of the webhook's own work together."""
+
+    policy: Policy
+    keys: tuple[str, ...]
+    prefix: str
+    ref: str
+    qid: str
+    expiration_ms: int
+    revision: int
+    blocking: bool
 
 
 @dataclass(frozen=True)
@@ -115,6 +134,7 @@ class Queue:
     time_offset_ms: int = 0
     scripts: Scripts = field(init=False)
     _capacity: dict[tuple[str, str, int], int] = field(init=False, default_factory=dict)
+    _targets: dict[tuple[int, str], _EnqueueTarget] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.scripts = Scripts(self.redis)
@@ -126,14 +146,45 @@ class Queue:
         """Hold one execution in `policy`'s queue: one round trip (two the first time a policy
         is used in this Redis, when its parameters are written). `check_overflow=False` (used
         by recovery) queues even beyond what fits in the expiration."""
+        target = self._target(policy, policy.queue_id(item.workflow_id))
+        max_depth = -1 if target.blocking or not check_overflow else self._max_depth(policy)
+        status, depth, params_state = await self.scripts.call(
+            "enqueue",
+            target.keys,
+            (
+                self.time_offset_ms,
+                target.prefix,
+                target.ref,
+                target.qid,
+                item.callback_id,
+                target.expiration_ms,
+                target.revision,
+                max_depth,
+                self.events_maxlen,
+                round(item.received_at * 1_000_000) if item.received_at else 0,
+                item.event_body(),
+            ),
+        )
+        if params_state:
+            await self.apply_policy(policy)
+        return EnqueueResult(_STATUS[int(status)], int(depth), policy, target.qid)
+
+    def _target(self, policy: Policy, qid: str) -> _EnqueueTarget:
+        """The enqueue target of `policy`'s queue `qid`, cached per policy object: a policy
+        is never changed in place (a new revision is a new object), and the entry holds the
+        object, so its id cannot be reused while cached."""
+        cache_key = (id(policy), qid)
+        target = self._targets.get(cache_key)
+        if target is not None and target.policy is policy:
+            return target
+        if len(self._targets) >= 10_000:
+            self._targets.clear()
         pkey = policy.key
         shard = keys.shard_of(pkey)
-        qid = policy.queue_id(item.workflow_id)
-        ref = keys.queue_ref(pkey, qid)
-        blocking = policy.overflow == "Block" or not check_overflow
-        max_depth = -1 if blocking else self._max_depth(policy)
-        raw = await self.scripts.run(
-            Scripts.enqueue(
+        target = self._targets[cache_key] = _EnqueueTarget(
+            policy=policy,
+            # In the order enqueue.lua lists its KEYS.
+            keys=(
                 keys.due(shard),
                 keys.params(pkey),
                 keys.meta(pkey),
@@ -142,26 +193,15 @@ class Queue:
                 keys.queue_list(pkey, qid),
                 keys.queue_state(pkey, qid),
                 keys.stats(pkey),
-                now_offset_ms=self.time_offset_ms,
-                prefix=keys.shard_prefix(shard),
-                ref=ref,
-                qid=qid,
-                callback_id=item.callback_id,
-                expiration_ms=round(policy.expiration.total_seconds() * 1000),
-                revision=policy.revision,
-                max_depth=max_depth,
-                events_maxlen=self.events_maxlen,
-                enqueued_us=round(item.received_at * 1_000_000) if item.received_at else 0,
-                event=item.event_body(),
-            )
+            ),
+            prefix=keys.shard_prefix(shard),
+            ref=keys.queue_ref(pkey, qid),
+            qid=qid,
+            expiration_ms=round(policy.expiration.total_seconds() * 1000),
+            revision=policy.revision,
+            blocking=policy.overflow == "Block",
         )
-        status, depth, params_state = _STATUS[int(raw[0])], int(raw[1]), int(raw[2])
-        first_wait, cap_used, now = int(raw[3]) / 1e6, int(raw[4]), int(raw[5]) / 1e6
-        if params_state:
-            await self.apply_policy(policy)
-        position = depth if status == "queued" else depth + 1
-        wait = policy.projected_wait(position, now, now + first_wait, cap_used)
-        return EnqueueResult(status, depth, wait, policy, qid)
+        return target
 
     def _max_depth(self, policy: Policy) -> int:
         """Items that fit before the expiration (cached per policy version and minute)."""

@@ -5,7 +5,9 @@ EVALSHA; if Redis answers NOSCRIPT (after a restart or a SCRIPT FLUSH) the sourc
 the call repeated, so callers never think about loading. Every typed function takes the
 script's keys, then its arguments, in the order the script's header comment lists them, and
 returns a `ScriptCall`; `Scripts.run` sends one, `Scripts.run_many` sends several in one round
-trip (a pipeline on a single Redis; concurrent per-node calls, bounded, on a Cluster).
+trip (a pipeline on a single Redis; concurrent per-node calls, bounded, on a Cluster). The
+webhook's enqueue skips the `ScriptCall` and goes through `Scripts.call` with keys and
+arguments already in the script's order (`Queue.enqueue`), because it runs on every request.
 """
 
 from __future__ import annotations
@@ -67,6 +69,16 @@ class Scripts:
         script = self._scripts[call.name]
         return await script(keys=list(call.keys), args=list(call.args))
 
+    async def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """`run` without building a `ScriptCall` (the webhook's enqueue, once per request):
+        arguments go to the client as they are (str, int or bytes)."""
+        script = self._scripts[name]
+        try:
+            return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            script.sha = await self.redis.script_load(script.script)
+            return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
+
     async def run_many(self, calls: Sequence[ScriptCall]) -> list[Any]:
         """Results in order: one pipelined round trip on a single Redis, a fan-out per call on a
         Cluster; either way at most `max_concurrency` at once, so a dispatcher settling many
@@ -92,33 +104,6 @@ class Scripts:
         return results
 
     # --- one typed function per script ----------------------------------------------------------
-    @staticmethod
-    def enqueue(
-        due: str,
-        params: str,
-        meta: str,
-        done: str,
-        queues: str,
-        queue_list: str,
-        queue_state: str,
-        stats: str,
-        *,
-        now_offset_ms: int,
-        prefix: str,
-        ref: str,
-        qid: str,
-        callback_id: str,
-        expiration_ms: int,
-        revision: int,
-        max_depth: int,
-        events_maxlen: int,
-        enqueued_us: int,
-        event: str,
-    ) -> ScriptCall:
-        keys = (due, params, meta, done, queues, queue_list, queue_state, stats)
-        args = (now_offset_ms, prefix, ref, qid, callback_id, expiration_ms, revision, max_depth)
-        return _call("enqueue", keys, (*args, events_maxlen, enqueued_us, event))
-
     @staticmethod
     def take(
         due: str,

@@ -11,7 +11,7 @@
 -- KEYS[4]  done     zset  callbackId -> forget-after ms (finished; still deduplicated)
 -- KEYS[5]  queues   set   the policy's queue ids
 -- KEYS[6]  list     list  the queue (RPUSH here, released from the head)
--- KEYS[7]  state    hash  the queue's rate state (read for the projected wait; seq counter)
+-- KEYS[7]  state    hash  the queue's rate state (only its seq counter is used here)
 -- KEYS[8]  stats    hash  the policy's counters
 -- ARGV[1]  now_offset_ms   added to Redis TIME; tests only, production passes 0
 -- ARGV[2]  prefix          the shard key prefix "throttle:{tN}:" (for the event stream)
@@ -24,13 +24,14 @@
 -- ARGV[9]  events_maxlen   bound of the shard's event stream (then events are dropped and counted)
 -- ARGV[10] enqueued_us     original arrival time when rebuilding from history (recover); 0 = now
 -- ARGV[11] event           the "received" event's JSON body (workflow, action, object, inputs)
--- Returns {status, depth, params_state, first_wait_us, cap_used, now_us}
+-- Returns {status, depth, params_state}
 --   status       1 queued, 0 duplicate, 2 overflow (not queued), 3 already expired (not queued)
 --   depth        queue length after the call
 --   params_state 0 parameters present and current, 1 missing or older than ARGV[7] (caller
 --                re-applies the policy it has)
---   first_wait_us how long until the rate lets the queue's next item go (0 if now)
---   cap_used     releases already counted against today's daily cap (0 without a cap)
+--
+-- Nothing here reads the queue's rate state: the caller decides overflow from max_depth (what
+-- the policy can release within its expiration), so the webhook's one round trip stays cheap.
 
 local now = clock_us(ARGV[1])
 local now_ms = math.floor(now / 1000)
@@ -42,41 +43,24 @@ local maxlen = ARGV[9]
 local enqueued = tonumber(ARGV[10])
 local body = ARGV[11]
 
-local p = hash_table(KEYS[2])
+-- lim: present once the policy was applied; rev: which revision; paused: hold, no schedule
+local p = redis.call("HMGET", KEYS[2], "lim", "rev", "paused")
 local params_state = 0
-if p.lim == nil or tonumber(p.rev or "0") < revision then params_state = 1 end
-
-local function rate_view(depth)
-  local wait, cap_used = 0, 0
-  if p.lim ~= nil then
-    local st = hash_table(KEYS[7])
-    local lim, per, burst = tonumber(p.lim), tonumber(p.per), tonumber(p.burst)
-    local a, n = gcra_load(st, lim, per, now)
-    wait = math.max(0, gcra_next(a, n, lim, per, burst) - now)
-    if tonumber(p.cap) > 0 and st.cday then
-      local day = local_day_minute(tz_parse(p.ctz), now / 1000000)
-      if tonumber(st.cday) == day then cap_used = tonumber(st.ccnt) end
-    end
-  end
-  return wait, cap_used
-end
+if not p[1] or tonumber(p[2] or "0") < revision then params_state = 1 end
 
 if redis.call("HEXISTS", KEYS[3], cb) == 1 or redis.call("ZSCORE", KEYS[4], cb) then
-  local depth = redis.call("LLEN", KEYS[6])
-  local wait, cap_used = rate_view(depth)
-  return { 0, depth, params_state, fmt(wait), cap_used, fmt(now) }
+  return { 0, redis.call("LLEN", KEYS[6]), params_state }
 end
 
 local depth = redis.call("LLEN", KEYS[6])
 if max_depth >= 0 and depth >= max_depth then
-  local wait, cap_used = rate_view(depth)
-  return { 2, depth, params_state, fmt(wait), cap_used, fmt(now) }
+  return { 2, depth, params_state }
 end
 
 if enqueued <= 0 then enqueued = now end
 local expires = enqueued + expiration_ms * 1000
 if expires <= now then
-  return { 3, depth, params_state, 0, 0, fmt(now) }
+  return { 3, depth, params_state }
 end
 
 -- forget finished callback ids whose dedupe window passed (amortised: a few per call)
@@ -87,12 +71,11 @@ local seq = redis.call("HINCRBY", KEYS[7], "seq", 1)
 redis.call("HSET", KEYS[3], cb, meta_format(seq, enqueued, expires, 0, qid))
 depth = redis.call("RPUSH", KEYS[6], cb)
 redis.call("SADD", KEYS[5], qid)
-if p.paused ~= "1" then
+if p[3] ~= "1" then
   redis.call("ZADD", KEYS[1], "NX", now_ms, ref)
 end
 redis.call("HINCRBY", KEYS[8], "received", 1)
 local pol = split_ref(ref)
 emit(prefix, maxlen, { "t", "recv", "pol", pol, "q", qid, "cb", cb, "ts", fmt(now),
                        "enq", fmt(enqueued), "exp", fmt(expires), "body", body })
-local wait, cap_used = rate_view(depth)
-return { 1, depth, params_state, fmt(wait), cap_used, fmt(now) }
+return { 1, depth, params_state }

@@ -173,11 +173,12 @@ class AutoPipeline:
             future.add_done_callback(lambda _: self._loading.pop(script, None))
         return await asyncio.shield(future)
 
-    async def evalsha(self, sha: str, numkeys: int, *args: Any) -> Any:
-        return await self.command("EVALSHA", sha, numkeys, *args)
+    def evalsha(self, sha: str, numkeys: int, *args: Any) -> asyncio.Future[Any]:
+        return self.command("EVALSHA", sha, numkeys, *args)
 
-    async def command(self, *args: Any) -> Any:
-        """Any command, sent with the current batch (replies are hiredis' raw values)."""
+    def command(self, *args: Any) -> asyncio.Future[Any]:
+        """Any command, sent with the current batch; await the future for its reply (hiredis'
+        raw value). A future, not a coroutine: one frame less per request."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((pack(args), future))
@@ -186,7 +187,7 @@ class AutoPipeline:
         elif not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
-        return await future
+        return future
 
     # --- sending ---------------------------------------------------------------------------------
     def _flush(self) -> None:
