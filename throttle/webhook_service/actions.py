@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
@@ -46,7 +47,7 @@ from throttle.webhook_service.appkeys import (
     VERIFIER,
 )
 from throttle.webhook_service.errors import ApiError
-from throttle.webhook_service.payloads import ActionRequest, parse
+from throttle.webhook_service.payloads import Execution, parse_execution
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +76,10 @@ class BlockAnswers:
     MAX_ENTRIES = 1_000
 
     def __init__(self) -> None:
-        self._bodies: dict[str, bytes] = {}
+        self._bodies: dict[timedelta, bytes] = {}
 
     def body(self, policy: Policy) -> bytes:
-        expiration = policy.expiration_iso
+        expiration = policy.expiration
         body = self._bodies.get(expiration)
         if body is None:
             if len(self._bodies) >= self.MAX_ENTRIES:
@@ -136,7 +137,7 @@ class PolicyResolver:
             return policy
 
 
-def requested_policy(payload: ActionRequest) -> str | None:
+def requested_policy(payload: Execution) -> str | None:
     value = payload.input_fields.get(POLICY_FIELD)
     if value is None:
         return None
@@ -163,7 +164,7 @@ def _encoded(answer: dict[str, Any]) -> bytes:
     return json.dumps(answer).encode()
 
 
-async def answer_action(app: web.Application, payload: ActionRequest) -> tuple[str, bytes]:
+async def answer_action(app: web.Application, payload: Execution) -> tuple[str, bytes]:
     """(answer kind for metrics, JSON body) for one verified, parsed execution."""
     portal_id = payload.origin.portal_id
     if app[SETTINGS].require_installed_portal:
@@ -267,7 +268,7 @@ async def action(request: web.Request) -> web.Response:
         raise ApiError(401, "invalid_signature", check.reason)
     counts.signed(check.version, bool(check.secret_index))
     try:
-        payload = parse(ActionRequest, body)
+        payload = parse_execution(body)
         kind, answer = await answer_action(app, payload)
     except ApiError as exc:
         if exc.status == 503:
