@@ -37,17 +37,16 @@ from throttle.policy import Policy
 from throttle.policy_index import PolicyIndex
 from throttle.queue import QueueItem
 from throttle.webhook_service.appkeys import (
-    ACTION_METRICS,
-    BLOCK_ANSWERS,
     INSTALLED,
+    METRICS,
     POLICY_INDEX,
     QUEUE,
-    RESOLVER,
     SETTINGS,
     VERIFIER,
 )
 from throttle.webhook_service.errors import ApiError
 from throttle.webhook_service.payloads import Execution, parse_execution
+from throttle.webhook_service.verification import SignatureVerifier
 
 log = logging.getLogger(__name__)
 
@@ -164,71 +163,6 @@ def _encoded(answer: dict[str, Any]) -> bytes:
     return json.dumps(answer).encode()
 
 
-async def answer_action(app: web.Application, payload: Execution) -> tuple[str, bytes]:
-    """(answer kind for metrics, JSON body) for one verified, parsed execution."""
-    portal_id = payload.origin.portal_id
-    if app[SETTINGS].require_installed_portal:
-        state = app[INSTALLED].state(portal_id)
-        if state is not None and state.pending:
-            # Perhaps installed a moment ago through another pod: a refresh is on its way.
-            raise ApiError(
-                503,
-                "unavailable",
-                f"portal {portal_id}: {state.reason}; retry later",
-                headers={"Retry-After": "5"},
-            )
-        if state is not None and not state.installed:
-            return "not_installed", _encoded(failed(f"portal {portal_id}: {state.reason}"))
-
-    name = requested_policy(payload)
-    index = app[POLICY_INDEX]
-    if index.revision < 0:
-        # Never loaded (Redis was down at start): "no policy" would wave every execution
-        # through, so ask HubSpot to retry instead.
-        raise ApiError(
-            503,
-            "unavailable",
-            "policies are not loaded yet; retry later",
-            headers={"Retry-After": "10"},
-        )
-    policy = app[RESOLVER].resolve(portal_id, payload.origin.action_definition_id, name)
-    if policy is None:
-        wanted = f"policy {name!r}" if name else "a throttle policy"
-        return "no_policy", _encoded(
-            failed(
-                f"portal {portal_id} has no {wanted} for action "
-                f"{payload.origin.action_definition_id} and there is no default policy"
-            )
-        )
-
-    item = QueueItem(
-        callback_id=payload.callback_id,
-        portal_id=portal_id,
-        action_definition_id=payload.origin.action_definition_id,
-        workflow_id=payload.context.workflow_id,
-        object_type=payload.object.object_type if payload.object else "",
-        object_id=str(payload.object.object_id) if payload.object else "",
-        policy=name,
-        input_fields={
-            k: v if isinstance(v, str) else json.dumps(v) for k, v in payload.input_fields.items()
-        },
-    )
-    result = await app[QUEUE].enqueue(item, policy)
-    status = result.status
-    if status == "queued":
-        return "block", app[BLOCK_ANSWERS].body(policy)
-    if status == "duplicate":
-        return "duplicate", app[BLOCK_ANSWERS].body(policy)
-    if status == "overflow":
-        reason = overflow_reason(policy, result.depth)
-        if policy.overflow == "Continue":
-            return "continue", _encoded(passed(policy, reason))
-        return "fail", _encoded(failed(reason, policy))
-    if status == "expired":
-        return "fail", _encoded(failed("the execution expired before it was queued", policy))
-    return "block", app[BLOCK_ANSWERS].body(policy)
-
-
 class ActionMetrics:
     """The action endpoint's metric children, bound once: `labels()` costs microseconds per
     call, which adds up at thousands of requests a second."""
@@ -256,38 +190,125 @@ class ActionMetrics:
         child.inc()
 
 
-async def action(request: web.Request) -> web.Response:
-    app = request.app
-    counts = app[ACTION_METRICS]
-    started = time.perf_counter()
-    body = await request.read()
-    check = app[VERIFIER].check(request, body)
-    if not check.ok:
-        counts.rejected_signature.inc()
-        log.debug("action refused: %s", check.reason)  # the access log has the 401 line
-        raise ApiError(401, "invalid_signature", check.reason)
-    counts.signed(check.version, bool(check.secret_index))
-    try:
-        payload = parse_execution(body)
-        kind, answer = await answer_action(app, payload)
-    except ApiError as exc:
-        if exc.status == 503:
+class ActionEndpoint:
+    """`POST /api/hubspot/action`, with everything it uses bound once the app has started.
+
+    The cleanup contexts create the queue, the policy index and the installed-portals view;
+    `bind` (an on_startup hook, run after them) keeps direct references, because looking each
+    up in the app on every request cost as much as the payload parsing."""
+
+    def __init__(self, metrics: Metrics, verifier: SignatureVerifier) -> None:
+        self.counts = ActionMetrics(metrics)
+        self.verifier = verifier
+        self.answers = BlockAnswers()
+
+    async def bind(self, app: web.Application) -> None:
+        self.require_installed = app[SETTINGS].require_installed_portal
+        self.installed = app[INSTALLED]
+        self.index = app[POLICY_INDEX]
+        self.resolver = PolicyResolver(self.index)
+        self.queue = app[QUEUE]
+
+    async def handle(self, request: web.Request) -> web.Response:
+        counts = self.counts
+        started = time.perf_counter()
+        body = await request.read()
+        check = self.verifier.check(request, body)
+        if not check.ok:
+            counts.rejected_signature.inc()
+            log.debug("action refused: %s", check.reason)  # the access log has the 401 line
+            raise ApiError(401, "invalid_signature", check.reason)
+        counts.signed(check.version, bool(check.secret_index))
+        try:
+            kind, answer = await self.answer(parse_execution(body))
+        except ApiError as exc:
+            if exc.status == 503:
+                counts.answered("unavailable")
+            else:
+                counts.rejected_payload.inc()
+            raise
+        except (RedisError, OSError) as exc:
             counts.answered("unavailable")
-        else:
-            counts.rejected_payload.inc()
-        raise
-    except (RedisError, OSError) as exc:
-        counts.answered("unavailable")
-        log.warning("action not queued, asking HubSpot to retry: Redis %s", type(exc).__name__)
-        raise ApiError(
-            503,
-            "unavailable",
-            "the queue is unreachable; retry later",
-            headers={"Retry-After": "10"},
-        ) from None
-    counts.answered(kind)
-    counts.seconds.observe(time.perf_counter() - started)
-    return web.Response(body=answer, headers=JSON_HEADERS)
+            log.warning("action not queued, asking HubSpot to retry: Redis %s", type(exc).__name__)
+            raise ApiError(
+                503,
+                "unavailable",
+                "the queue is unreachable; retry later",
+                headers={"Retry-After": "10"},
+            ) from None
+        counts.answered(kind)
+        counts.seconds.observe(time.perf_counter() - started)
+        return web.Response(body=answer, headers=JSON_HEADERS)
+
+    async def answer(self, payload: Execution) -> tuple[str, bytes]:
+        """(answer kind for metrics, JSON body) for one verified, parsed execution."""
+        portal_id = payload.origin.portal_id
+        if self.require_installed:
+            state = self.installed.state(portal_id)
+            if state is not None and state.pending:
+                # Perhaps installed a moment ago through another pod: a refresh is on its way.
+                raise ApiError(
+                    503,
+                    "unavailable",
+                    f"portal {portal_id}: {state.reason}; retry later",
+                    headers={"Retry-After": "5"},
+                )
+            if state is not None and not state.installed:
+                return "not_installed", _encoded(failed(f"portal {portal_id}: {state.reason}"))
+
+        name = requested_policy(payload)
+        if self.index.revision < 0:
+            # Never loaded (Redis was down at start): "no policy" would wave every execution
+            # through, so ask HubSpot to retry instead.
+            raise ApiError(
+                503,
+                "unavailable",
+                "policies are not loaded yet; retry later",
+                headers={"Retry-After": "10"},
+            )
+        action_id = payload.origin.action_definition_id
+        policy = self.resolver.resolve(portal_id, action_id, name)
+        if policy is None:
+            wanted = f"policy {name!r}" if name else "a throttle policy"
+            return "no_policy", _encoded(
+                failed(
+                    f"portal {portal_id} has no {wanted} for action {action_id} "
+                    "and there is no default policy"
+                )
+            )
+
+        obj = payload.object
+        item = QueueItem(
+            callback_id=payload.callback_id,
+            portal_id=portal_id,
+            action_definition_id=action_id,
+            workflow_id=payload.context.workflow_id,
+            object_type=obj.object_type if obj else "",
+            object_id=str(obj.object_id) if obj else "",
+            policy=name,
+            input_fields={
+                k: v if isinstance(v, str) else json.dumps(v)
+                for k, v in payload.input_fields.items()
+            },
+        )
+        result = await self.queue.enqueue(item, policy)
+        status = result.status
+        if status == "queued":
+            return "block", self.answers.body(policy)
+        if status == "duplicate":
+            return "duplicate", self.answers.body(policy)
+        if status == "overflow":
+            reason = overflow_reason(policy, result.depth)
+            if policy.overflow == "Continue":
+                return "continue", _encoded(passed(policy, reason))
+            return "fail", _encoded(failed(reason, policy))
+        if status == "expired":
+            return "fail", _encoded(failed("the execution expired before it was queued", policy))
+        return "block", self.answers.body(policy)
 
 
-routes = [web.post("/api/hubspot/action", action)]
+def install(app: web.Application) -> None:
+    """Mount the action endpoint on `app` (its references are bound when the app starts)."""
+    endpoint = ActionEndpoint(app[METRICS], app[VERIFIER])
+    app.on_startup.append(endpoint.bind)
+    app.router.add_post("/api/hubspot/action", endpoint.handle)

@@ -37,8 +37,6 @@ from throttle.webhook_service import (
     shedding,
 )
 from throttle.webhook_service.appkeys import (
-    ACTION_METRICS,
-    BLOCK_ANSWERS,
     DB_POOL,
     HTTP,
     HUBSPOT,
@@ -48,7 +46,6 @@ from throttle.webhook_service.appkeys import (
     POLICY_STORE,
     QUEUE,
     REDIS,
-    RESOLVER,
     SETTINGS,
     TOKENS,
     VERIFIER,
@@ -166,7 +163,6 @@ async def policy_index_ctx(app: web.Application) -> AsyncIterator[None]:
 
     index = PolicyIndex(app[REDIS], interval=POLICY_REFRESH_S)
     app[POLICY_INDEX] = index
-    app[RESOLVER] = actions.PolicyResolver(index)
     async with _background("policy index", POLICY_REFRESH_S, index.refresh):
         yield
 
@@ -286,8 +282,6 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics(registry if registry is not None else CollectorRegistry())
-    app[ACTION_METRICS] = actions.ActionMetrics(app[METRICS])
-    app[BLOCK_ANSWERS] = actions.BlockAnswers()
     app[VERIFIER] = SignatureVerifier(settings)
     app.cleanup_ctx.extend(
         [redis_ctx, policy_index_ctx, db_ctx, http_ctx, installed_ctx, policy_store_ctx]
@@ -299,7 +293,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         settings.config_api_failure_window_seconds,
         settings.trusted_proxy_networks,
     )
-    app.add_routes(actions.routes)
+    actions.install(app)
     app.add_routes(options.routes)
     app.add_routes(config_api.routes)
     app.add_routes(health.routes)

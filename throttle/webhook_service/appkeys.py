@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from throttle.policy_index import PolicyIndex
     from throttle.policy_store import PolicyStore
     from throttle.queue import Queue
-    from throttle.webhook_service.actions import ActionMetrics, BlockAnswers, PolicyResolver
     from throttle.webhook_service.portals import InstalledPortals
     from throttle.webhook_service.verification import SignatureVerifier
 
@@ -31,9 +30,6 @@ REDIS: web.AppKey[Any] = web.AppKey("redis")
 """redis.asyncio.Redis or RedisCluster (decode_responses=False)."""
 QUEUE: web.AppKey[Queue] = web.AppKey("queue")
 POLICY_INDEX: web.AppKey[PolicyIndex] = web.AppKey("policy_index")
-RESOLVER: web.AppKey[PolicyResolver] = web.AppKey("policy_resolver")
-ACTION_METRICS: web.AppKey[ActionMetrics] = web.AppKey("action_metrics")
-BLOCK_ANSWERS: web.AppKey[BlockAnswers] = web.AppKey("block_answers")
 INSTALLED: web.AppKey[InstalledPortals] = web.AppKey("installed_portals")
 DB_POOL: web.AppKey[Any] = web.AppKey("db_pool")
 """asyncpg.Pool (min_size 0: the webhook starts and serves actions while PostgreSQL is down)."""
