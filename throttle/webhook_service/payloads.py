@@ -7,7 +7,8 @@ The pydantic models are the definition: they validate, name the field in an erro
 OpenAPI schema. The action endpoint, which runs for every workflow execution, first tries
 `Execution`, a msgspec mirror of `ActionRequest` that decodes a well-formed body in well under
 a microsecond (pydantic: 3-5 µs, a tenth of the webhook's own work). Whatever msgspec refuses
-(an error, or a value pydantic accepts by coercion, such as `"123"` for an integer) goes to
+(an error, a value pydantic accepts by coercion, such as `"123"` for an integer, a field named by
+its Python name) or would pass unchecked (bytes that are not UTF-8 in a member it skips) goes to
 pydantic, so both paths accept the same bodies with the same values and fail with the same
 message; `tests/webhook/test_payloads.py` checks that they agree.
 """
@@ -86,16 +87,24 @@ def _printable_id(value: str) -> bool:
 # --- the action endpoint's fast path: ActionRequest again, as msgspec structs ------------------
 _ExecInt = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
 
+# `populate_by_name` lets pydantic read an optional field by its Python name when the alias is
+# absent (`"input_fields"` for `inputFields`); msgspec knows one name per field and would drop it
+# as unknown. The `_by_name` fields catch those keys (whatever their value) so that such a body,
+# which HubSpot never sends, goes to pydantic. A required field named only by its Python name
+# already fails msgspec (its alias is missing), and beside its alias pydantic ignores it too.
+
 
 class ExecutionOrigin(msgspec.Struct, frozen=True, rename="camel"):
     portal_id: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]
     action_definition_id: Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
     action_definition_version: _ExecInt | None = None
+    _version_by_name: Any = msgspec.field(default=msgspec.UNSET, name="action_definition_version")
 
 
 class ExecutionContext(msgspec.Struct, frozen=True, rename="camel"):
     source: str | None = None
     workflow_id: _ExecInt | None = None
+    _workflow_by_name: Any = msgspec.field(default=msgspec.UNSET, name="workflow_id")
 
 
 class ExecutionObject(msgspec.Struct, frozen=True, rename="camel"):
@@ -112,10 +121,17 @@ class Execution(msgspec.Struct, frozen=True, rename="camel"):
     context: ExecutionContext = msgspec.field(default_factory=ExecutionContext)
     object: ExecutionObject | None = None
     input_fields: dict[str, Any] = msgspec.field(default_factory=dict)
+    _inputs_by_name: Any = msgspec.field(default=msgspec.UNSET, name="input_fields")
 
     def __post_init__(self) -> None:
         if not _printable_id(self.callback_id):
             raise ValueError(CALLBACK_ID_RULE)
+        if (
+            self._inputs_by_name is not msgspec.UNSET
+            or self.origin._version_by_name is not msgspec.UNSET
+            or self.context._workflow_by_name is not msgspec.UNSET
+        ):
+            raise ValueError("a field named by its Python name: pydantic decides")
 
 
 _EXECUTION = msgspec.json.Decoder(Execution)
@@ -175,14 +191,25 @@ def parse(model: type[M], body: bytes) -> M:
         raise ApiError(400, "invalid_payload", f"{path}: {error['msg']}", path) from None
 
 
+def _is_utf8(body: bytes) -> bool:
+    """msgspec checks the UTF-8 of the strings it decodes but not of the members it skips
+    (`object.properties`, unknown fields), which pydantic refuses as invalid JSON."""
+    try:
+        body.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def parse_execution(body: bytes) -> Execution:
     """`parse(ActionRequest, body)`, as an `Execution`: msgspec when it accepts the body as it
     is, pydantic for everything else (see the module docstring)."""
     check_depth(body)
-    try:
-        return _EXECUTION.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        pass
+    if body.isascii() or _is_utf8(body):
+        try:
+            return _EXECUTION.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            pass
     model = parse(ActionRequest, body)  # names the field, or accepts by coercion
     try:
         return msgspec.convert(model.model_dump(by_alias=True), Execution)
