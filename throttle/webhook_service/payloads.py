@@ -56,8 +56,17 @@ class Context(_Lenient):
 
 
 class ActionObject(_Lenient):
-    object_id: Int64 | str = Field(alias="objectId")
+    object_id: int | str = Field(alias="objectId")
     object_type: str = Field(alias="objectType", min_length=1)
+
+    @field_validator("object_id")
+    @classmethod
+    def _int64(cls, value: int | str) -> int | str:
+        # A validator rather than a bounded type in the union, whose member tag would end up in
+        # the error's field path (`object.objectId.constrained-int`).
+        if not _fits_object_id(value):
+            raise ValueError(OBJECT_ID_RULE)
+        return value
 
 
 class ActionRequest(_Lenient):
@@ -78,6 +87,11 @@ class ActionRequest(_Lenient):
 
 
 CALLBACK_ID_RULE = "must be printable without surrounding spaces"
+OBJECT_ID_RULE = "must be a string or a 64-bit integer"
+
+
+def _fits_object_id(value: int | str) -> bool:
+    return isinstance(value, str) or INT64_MIN <= value <= INT64_MAX
 
 
 def _printable_id(value: str) -> bool:
@@ -108,8 +122,12 @@ class ExecutionContext(msgspec.Struct, frozen=True, rename="camel"):
 
 
 class ExecutionObject(msgspec.Struct, frozen=True, rename="camel"):
-    object_id: _ExecInt | str
+    object_id: int | str
     object_type: Annotated[str, msgspec.Meta(min_length=1)]
+
+    def __post_init__(self) -> None:
+        if not _fits_object_id(self.object_id):
+            raise ValueError(OBJECT_ID_RULE)
 
 
 class Execution(msgspec.Struct, frozen=True, rename="camel"):
