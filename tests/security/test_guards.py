@@ -15,6 +15,8 @@ from aiohttp import web
 from throttle.webhook_service import auth_limit, shedding
 from throttle.webhook_service.errors import json_errors
 
+ACTION = "/api/hubspot/action"
+
 
 class Clock:
     def __init__(self) -> None:
@@ -84,7 +86,7 @@ def test_sustained_lag_lowers_the_admitted_share_and_a_single_pause_does_not() -
     assert shedder.overloaded() is None
 
 
-async def test_the_middleware_sheds_hot_paths_past_the_inflight_cap(aiohttp_client: Any) -> None:
+async def test_the_guard_sheds_hot_routes_past_the_inflight_cap(aiohttp_client: Any) -> None:
     release = asyncio.Event()
     handled: list[str] = []
 
@@ -95,18 +97,13 @@ async def test_the_middleware_sheds_hot_paths_past_the_inflight_cap(aiohttp_clie
 
     app = web.Application(middlewares=[json_errors])
     shedder = shedding.install(app, max_inflight=2, max_lag_ms=0)
-    app.add_routes(
-        [
-            web.post(shedding.HOT_PATHS[0], slow),
-            web.get("/api/config", slow),
-            web.get("/healthz", slow),
-        ]
-    )
+    app.add_routes(shedder.guard([web.post(ACTION, slow)]))
+    app.add_routes([web.get("/api/config", slow), web.get("/healthz", slow)])
     client = await aiohttp_client(app)
-    held = [asyncio.create_task(client.post(shedding.HOT_PATHS[0])) for _ in range(2)]
+    held = [asyncio.create_task(client.post(ACTION)) for _ in range(2)]
     while shedder.inflight < 2:
         await asyncio.sleep(0.01)
-    refused = await client.post(shedding.HOT_PATHS[0])
+    refused = await client.post(ACTION)
     assert refused.status == 429
     assert refused.headers["Retry-After"] == "1"
     assert (await refused.json())["error"] == "overloaded"
@@ -118,5 +115,5 @@ async def test_the_middleware_sheds_hot_paths_past_the_inflight_cap(aiohttp_clie
     for task in [*held, *others]:
         assert (await task).status == 200
     assert shedder.inflight == 0
-    assert (await client.post(shedding.HOT_PATHS[0])).status == 200, "recovers when load drops"
+    assert (await client.post(ACTION)).status == 200, "recovers when load drops"
     assert shedder.shed_total == 1

@@ -307,8 +307,8 @@ class ActionEndpoint:
         return "block", self.answers.body(policy)
 
 
-def install(app: web.Application) -> None:
-    """Mount the action endpoint on `app` (its references are bound when the app starts)."""
+def routes(app: web.Application) -> list[web.RouteDef]:
+    """The action endpoint's route for `app` (its references are bound when the app starts)."""
     endpoint = ActionEndpoint(app[METRICS], app[VERIFIER])
     app.on_startup.append(endpoint.bind)
-    app.router.add_post("/api/hubspot/action", endpoint.handle)
+    return [web.post("/api/hubspot/action", endpoint.handle)]

@@ -286,16 +286,15 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app.cleanup_ctx.extend(
         [redis_ctx, policy_index_ctx, db_ctx, http_ctx, installed_ctx, policy_store_ctx]
     )
-    shedding.install(app, settings.webhook_max_inflight, settings.webhook_shed_lag_ms)
-    auth_limit.install(
+    shedder = shedding.install(app, settings.webhook_max_inflight, settings.webhook_shed_lag_ms)
+    limit = auth_limit.install(
         app,
         settings.config_api_max_failures,
         settings.config_api_failure_window_seconds,
         settings.trusted_proxy_networks,
     )
-    actions.install(app)
-    app.add_routes(options.routes)
-    app.add_routes(config_api.routes)
+    app.add_routes(shedder.guard([*actions.routes(app), *options.routes]))
+    app.add_routes(limit.guard(config_api.routes))
     app.add_routes(health.routes)
     app.add_routes(openapi.routes)
     app.add_routes(oauth.routes())  # the HubSpot install flow (throttle/webhook_service/oauth.py)

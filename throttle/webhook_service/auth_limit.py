@@ -20,9 +20,9 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from throttle.webhook_service.appkeys import METRICS
 from throttle.webhook_service.errors import ApiError, error_response
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-PROTECTED_PREFIX = "/api/config"
 MAX_CLIENTS = 10_000
 """Addresses remembered at once; the oldest are forgotten first (bounded memory under a flood)."""
 
@@ -89,49 +88,57 @@ def client_address(request: web.BaseRequest, trusted: list[Network]) -> str:
     return peer
 
 
-def middleware(
-    attempts: FailedAttempts,
-    trusted: list[Network],
-    on_refused: Callable[[], None] | None = None,
-) -> Middleware:
-    @web.middleware
-    async def limit_failures(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not request.path.startswith(PROTECTED_PREFIX):
-            return await handler(request)
-        client = client_address(request, trusted)
-        wait = attempts.retry_after(client)
-        if wait is not None:
-            if on_refused is not None:
-                on_refused()
-            return error_response(
-                429,
-                "too_many_failed_attempts",
-                f"too many requests with a wrong token; retry in {wait} s",
-                headers={"Retry-After": str(wait)},
-            )
-        try:
-            response = await handler(request)
-        except ApiError as exc:
-            if exc.status == 401:
-                attempts.record(client)
-                log.warning("config API: wrong or missing token from %s", client)
-            raise
-        if response.status == 401:
-            attempts.record(client)
-        return response
+@dataclass
+class FailureLimit:
+    """Wraps the config API's routes: refuse a locked-out client, count each 401 it gets."""
 
-    return limit_failures
+    attempts: FailedAttempts
+    trusted: list[Network]
+    on_refused: Callable[[], None] | None = None
+
+    def guard(self, routes: list[web.RouteDef]) -> list[web.RouteDef]:
+        return [web.RouteDef(r.method, r.path, self._guarded(r.handler), r.kwargs) for r in routes]
+
+    def _guarded(self, handler: Any) -> Handler:
+        async def limit_failures(request: web.Request) -> web.StreamResponse:
+            client = client_address(request, self.trusted)
+            wait = self.attempts.retry_after(client)
+            if wait is not None:
+                if self.on_refused is not None:
+                    self.on_refused()
+                return error_response(
+                    429,
+                    "too_many_failed_attempts",
+                    f"too many requests with a wrong token; retry in {wait} s",
+                    headers={"Retry-After": str(wait)},
+                )
+            try:
+                response: web.StreamResponse = await handler(request)
+            except ApiError as exc:
+                if exc.status == 401:
+                    self.attempts.record(client)
+                    log.warning("config API: wrong or missing token from %s", client)
+                raise
+            if response.status == 401:
+                self.attempts.record(client)
+            return response
+
+        return limit_failures
 
 
 LIMITER = web.AppKey("config_api_failed_attempts", FailedAttempts)
 
 
-def install(app: web.Application, limit: int, window_s: float, trusted: list[Network]) -> None:
-    """Mount the limiter as the innermost middleware (it sees the handler's 401 as raised)."""
+def install(
+    app: web.Application, limit: int, window_s: float, trusted: list[Network]
+) -> FailureLimit:
+    """The limiter for `app`; add the config API's routes through `limit.guard(routes)` (a
+    wrapper on those routes only, where it sees the handler's 401 as raised: a middleware
+    would cost every other request, HubSpot's included, a layer)."""
     attempts = FailedAttempts(limit=limit, window_s=window_s)
     app[LIMITER] = attempts
     on_refused = None
     if METRICS in app:
         rejected = app[METRICS].webhook_rejected
         on_refused = rejected.labels("config", "too_many_failures").inc
-    app.middlewares.append(middleware(attempts, trusted, on_refused))
+    return FailureLimit(attempts, trusted, on_refused)

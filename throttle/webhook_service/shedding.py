@@ -19,6 +19,10 @@ Shed requests are not written to the access log (they are counted in
 `throttle_webhook_rejected_total`): a log line each would cost as much as the work they avoid.
 Health, metrics and the config API are never shed: the kubelet and Prometheus must still see
 the pod, and an operator must still be able to change a policy during an incident.
+
+The shedder guards HubSpot's two routes (`LoadShedder.guard`), not every request through a
+middleware: each middleware layer cost the action endpoint over a microsecond per request, and
+only these routes are shed anyway.
 """
 
 from __future__ import annotations
@@ -30,16 +34,15 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from throttle.webhook_service.appkeys import METRICS
 from throttle.webhook_service.errors import error_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-HOT_PATHS = ("/api/hubspot/action", "/api/hubspot/options")
 SAMPLE_INTERVAL_S = 0.05
 MIN_ADMIT = 0.05
 """Never shed everything: a trickle keeps measuring whether the pod has recovered."""
@@ -98,17 +101,23 @@ class LoadShedder:
             await asyncio.sleep(interval_s)
             self.observe_lag(max(0.0, time.perf_counter() - started - interval_s))
 
-    def middleware(self) -> Middleware:
-        @web.middleware
-        async def shed(request: web.Request, handler: Handler) -> web.StreamResponse:
-            if request.path not in HOT_PATHS:
-                return await handler(request)
+    def guard(self, routes: list[web.RouteDef]) -> list[web.RouteDef]:
+        """The same routes, each shed when the pod is overloaded (HubSpot's routes only)."""
+        return [
+            web.RouteDef(r.method, r.path, self._guarded(r.path, r.handler), r.kwargs)
+            for r in routes
+        ]
+
+    def _guarded(self, path: str, handler: Any) -> Handler:
+        endpoint = path.rsplit("/", 1)[-1]
+
+        async def shed(request: web.Request) -> web.StreamResponse:
             reason = self.overloaded()
             if reason is not None:
                 self.shed_total += 1
                 request[SHED] = True
                 if self.on_shed is not None:
-                    self.on_shed(request.path.rsplit("/", 1)[-1], reason)
+                    self.on_shed(endpoint, reason)
                 return error_response(
                     429,
                     "overloaded",
@@ -117,9 +126,10 @@ class LoadShedder:
                 )
             self.inflight += 1
             try:
-                return await handler(request)
+                response: web.StreamResponse = await handler(request)
             finally:
                 self.inflight -= 1
+            return response
 
         return shed
 
@@ -139,9 +149,8 @@ SHEDDER = web.AppKey("load_shedder", LoadShedder)
 
 
 def install(app: web.Application, max_inflight: int, max_lag_ms: float) -> LoadShedder:
-    """Mount the shedder on `app`: its middleware first in line, its sampler in a cleanup_ctx.
-
-    Call before the app starts (middlewares freeze with the app)."""
+    """The shedder for `app`, its lag sampler in a cleanup_ctx; add the routes it should shed
+    through `shedder.guard(routes)`."""
     shedder = LoadShedder(max_inflight=max_inflight, max_lag_s=max_lag_ms / 1000)
     if METRICS in app:
         rejected = app[METRICS].webhook_rejected
@@ -152,6 +161,5 @@ def install(app: web.Application, max_inflight: int, max_lag_ms: float) -> LoadS
         async with shedder.running():
             yield
 
-    app.middlewares.insert(0, shedder.middleware())
     app.cleanup_ctx.append(sampler)
     return shedder
