@@ -61,7 +61,7 @@ async def stack(
         access_token_ttl_s=4,
     )
     settings = make_settings(hubspot_api_base=running.url, hubspot_app_base=running.url)
-    app = web.Application(middlewares=[json_errors])
+    app = web.Application()
     metrics = Metrics()
     client = HubSpotClient.from_settings(session, settings, metrics)
     app[SETTINGS] = settings
@@ -72,7 +72,7 @@ async def stack(
     app[TOKENS] = TokenManager(
         TokenStore(pool, TokenCipher(settings.encryption_keys)), client, redis, metrics
     )
-    app.add_routes(routes())
+    app.add_routes(json_errors(routes()))
     # The access logger `throttle webhook` runs with (no query strings: they carry OAuth codes).
     from throttle.webhook_service.app import AccessLogger
 

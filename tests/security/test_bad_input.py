@@ -123,3 +123,20 @@ def test_a_tampered_body_or_foreign_secret_is_refused(live_webhook: LiveWebhook)
     )
     assert v1_only.status_code == 401
     assert live_webhook.fingerprint() == before
+
+
+def test_an_unknown_path_or_method_gets_a_json_404_or_405(live_webhook: LiveWebhook) -> None:
+    before = live_webhook.fingerprint()
+    missing = live_webhook.http.post(live_webhook.url + "/api/hubspot/nothing", data=b"{}")
+    assert missing.status_code == 404
+    assert _is_error(missing)["error"] == "not_found"
+    wrong = live_webhook.http.get(live_webhook.url + ACTION_PATH)
+    assert wrong.status_code == 405
+    assert _is_error(wrong)["error"] == "method_not_allowed"
+    assert wrong.headers["Allow"] == "POST"
+    config = live_webhook.http.patch(
+        live_webhook.url + "/api/config", headers=live_webhook.bearer()
+    )
+    assert config.status_code == 405
+    assert set(config.headers["Allow"].split(",")) >= {"GET", "POST"}
+    assert live_webhook.fingerprint() == before

@@ -95,9 +95,9 @@ async def test_the_guard_sheds_hot_routes_past_the_inflight_cap(aiohttp_client: 
         await release.wait()
         return web.json_response({"ok": True})
 
-    app = web.Application(middlewares=[json_errors])
+    app = web.Application()
     shedder = shedding.install(app, max_inflight=2, max_lag_ms=0)
-    app.add_routes(shedder.guard([web.post(ACTION, slow)]))
+    app.add_routes(json_errors(shedder.guard([web.post(ACTION, slow)])))
     app.add_routes([web.get("/api/config", slow), web.get("/healthz", slow)])
     client = await aiohttp_client(app)
     held = [asyncio.create_task(client.post(ACTION)) for _ in range(2)]

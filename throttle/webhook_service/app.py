@@ -51,7 +51,7 @@ from throttle.webhook_service.appkeys import (
     VERIFIER,
 )
 from throttle.webhook_service.autopipeline import AutoPipeline
-from throttle.webhook_service.errors import json_errors
+from throttle.webhook_service.errors import fallback_routes, json_errors
 from throttle.webhook_service.portals import InstalledPortals
 from throttle.webhook_service.verification import SignatureVerifier
 
@@ -278,7 +278,6 @@ async def policy_store_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> web.Application:
     app = web.Application(
         client_max_size=settings.webhook_max_body_bytes,
-        middlewares=[json_errors],
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics(registry if registry is not None else CollectorRegistry())
@@ -293,11 +292,15 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         settings.config_api_failure_window_seconds,
         settings.trusted_proxy_networks,
     )
-    app.add_routes(shedder.guard([*actions.routes(app), *options.routes]))
-    app.add_routes(limit.guard(config_api.routes))
-    app.add_routes(health.routes)
-    app.add_routes(openapi.routes)
-    app.add_routes(oauth.routes())  # the HubSpot install flow (throttle/webhook_service/oauth.py)
+    routes = [
+        *shedder.guard([*actions.routes(app), *options.routes]),
+        *limit.guard(config_api.routes),
+        *health.routes,
+        *openapi.routes,
+        *oauth.routes(),  # the HubSpot install flow (throttle/webhook_service/oauth.py)
+    ]
+    app.add_routes(json_errors(routes))
+    app.add_routes(fallback_routes())
     return app
 
 

@@ -1,8 +1,14 @@
 """One error shape for every endpoint: `{"error": code, "detail": text, "field"?: path}`.
 
-Handlers raise `ApiError`; the middleware turns it, aiohttp's own HTTP errors (404, 405, 413) and
-anything unexpected into that JSON shape. An unexpected exception is logged with its traceback
-(the log filter masks secrets) and answered with a fixed text, so no internal detail leaks.
+Handlers raise `ApiError`; `json_errors` wraps every route so that it, aiohttp's own HTTP errors
+(413 from a body too large, ...) and anything unexpected become that JSON shape, and `no_route`,
+the last route, answers a path nothing else matched (404, or 405 with `Allow`). An unexpected
+exception is logged with its traceback (the log filter masks secrets) and answered with a fixed
+text, so no internal detail leaks.
+
+A wrapper per route and a catch-all route rather than a middleware: with any middleware at all,
+aiohttp runs its middleware machinery on every request, which cost the action endpoint ~4 µs
+of its ~60 (bench/RESULTS.md, webhook ingest).
 """
 
 from __future__ import annotations
@@ -10,7 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from aiohttp import web
 
@@ -64,22 +71,50 @@ def _code(reason: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", reason.lower()).strip("_") or "error"
 
 
-@web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return error_response(exc.status, exc.error, exc.detail, exc.field, exc.headers)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        if exc.content_type == "application/json":
-            raise
-        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
-        detail = exc.reason
-        if exc.status == 413:
-            detail = "request body is larger than this service accepts"
-        return error_response(exc.status, _code(exc.reason), detail, headers=headers)
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(500, "internal_error", "an internal error occurred; see the logs")
+def json_errors(routes: Iterable[web.RouteDef]) -> list[web.RouteDef]:
+    """The same routes, each answering its errors in the JSON shape."""
+    return [web.RouteDef(r.method, r.path, _answering_json(r.handler), r.kwargs) for r in routes]
+
+
+def _answering_json(handler: Any) -> Handler:
+    async def answer_json(request: web.Request) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await handler(request)
+        except ApiError as exc:
+            return error_response(exc.status, exc.error, exc.detail, exc.field, exc.headers)
+        except web.HTTPException as exc:
+            if exc.status < 400 or exc.content_type == "application/json":
+                raise
+            return _http_error(exc)
+        except Exception:
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            return error_response(500, "internal_error", "an internal error occurred; see the logs")
+        return response
+
+    return answer_json
+
+
+def _http_error(exc: web.HTTPException) -> web.Response:
+    headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+    detail = exc.reason
+    if exc.status == 413:
+        detail = "request body is larger than this service accepts"
+    return error_response(exc.status, _code(exc.reason), detail, headers=headers)
+
+
+async def no_route(request: web.Request) -> web.Response:
+    """A path no other route matched: 405 with `Allow` when another method would have, or 404."""
+    allowed: set[str] = set()
+    fallback = request.match_info.route.resource
+    for resource in request.app.router.resources():
+        if resource is not fallback:
+            _, methods = await resource.resolve(request)
+            allowed |= methods
+    if allowed:
+        return _http_error(web.HTTPMethodNotAllowed(request.method, allowed))
+    return _http_error(web.HTTPNotFound())
+
+
+def fallback_routes() -> list[web.RouteDef]:
+    """Add last: it matches every path."""
+    return [web.route("*", r"/{path:[\s\S]*}", no_route)]  # any path, newlines too
