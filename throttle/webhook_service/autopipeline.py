@@ -174,14 +174,17 @@ class AutoPipeline:
         return await asyncio.shield(future)
 
     def evalsha(self, sha: str, numkeys: int, *args: Any) -> asyncio.Future[Any]:
-        return self.command("EVALSHA", sha, numkeys, *args)
+        return self._submit(pack(("EVALSHA", sha, numkeys, *args)))
 
     def command(self, *args: Any) -> asyncio.Future[Any]:
         """Any command, sent with the current batch; await the future for its reply (hiredis'
         raw value). A future, not a coroutine: one frame less per request."""
+        return self._submit(pack(args))
+
+    def _submit(self, packed: bytes) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((pack(args), future))
+        self._pending.append((packed, future))
         if len(self._pending) >= self._max_batch:
             self._flush()
         elif not self._flush_scheduled:

@@ -19,6 +19,7 @@ Rules (see shared/hubspot-contract.md §3):
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
@@ -106,7 +107,9 @@ def sign_v3(secret: str, method: str, url: str, body: bytes | str, timestamp_ms:
     return _v3(secret, _v3_prefix(method, url), _bytes(body), timestamp_ms).decode("ascii")
 
 
+@functools.lru_cache(maxsize=256)
 def _v3_prefix(method: str, url: str) -> bytes:
+    """METHOD + decoded URL, remembered: HubSpot calls the same two URLs again and again."""
     return (method.upper() + decode_v3_url(url)).encode("utf-8")
 
 
