@@ -16,7 +16,8 @@ async def test_budget_counts_calls_in_the_rolling_window(redis: Any) -> None:
     budget = PortalBudget(redis, limit=5, window_s=1.0, max_in_flight=10)
     grants = [await budget.try_take(1) for _ in range(6)]
     assert [g.granted for g in grants] == [True] * 5 + [False]
-    assert 0 < grants[-1].wait_seconds <= 1.0
+    # Until the oldest call leaves the window, plus the 1 ms that puts it strictly outside.
+    assert 0 < grants[-1].wait_seconds <= 1.001
     assert (await budget.try_take(2)).granted  # another portal has its own budget
     await asyncio.sleep(grants[-1].wait_seconds)
     assert (await budget.try_take(1)).granted
