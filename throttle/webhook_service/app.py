@@ -292,8 +292,9 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         settings.config_api_failure_window_seconds,
         settings.trusted_proxy_networks,
     )
+    app.add_routes(actions.routes(app, shedder))  # sheds and answers its errors itself
     routes = [
-        *shedder.guard([*actions.routes(app), *options.routes]),
+        *shedder.guard(options.routes),
         *limit.guard(config_api.routes),
         *health.routes,
         *openapi.routes,

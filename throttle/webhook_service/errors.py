@@ -1,7 +1,8 @@
 """One error shape for every endpoint: `{"error": code, "detail": text, "field"?: path}`.
 
-Handlers raise `ApiError`; `json_errors` wraps every route so that it, aiohttp's own HTTP errors
-(413 from a body too large, ...) and anything unexpected become that JSON shape, and `no_route`,
+Handlers raise `ApiError`; `json_errors` wraps every route (the action endpoint calls
+`error_for` itself) so that it, aiohttp's own HTTP errors (413 from a body too large, ...) and
+anything unexpected become that JSON shape, and `no_route`,
 the last route, answers a path nothing else matched (404, or 405 with `Allow`). An unexpected
 exception is logged with its traceback (the log filter masks secrets) and answered with a fixed
 text, so no internal detail leaks.
@@ -80,18 +81,24 @@ def _answering_json(handler: Any) -> Handler:
     async def answer_json(request: web.Request) -> web.StreamResponse:
         try:
             response: web.StreamResponse = await handler(request)
-        except ApiError as exc:
-            return error_response(exc.status, exc.error, exc.detail, exc.field, exc.headers)
-        except web.HTTPException as exc:
-            if exc.status < 400 or exc.content_type == "application/json":
-                raise
-            return _http_error(exc)
-        except Exception:
-            log.exception("unhandled error in %s %s", request.method, request.path)
-            return error_response(500, "internal_error", "an internal error occurred; see the logs")
+        except Exception as exc:
+            return error_for(request, exc)
         return response
 
     return answer_json
+
+
+def error_for(request: web.Request, exc: Exception) -> web.Response:
+    """The JSON answer for what a handler raised (re-raises a redirect or a JSON HTTP error,
+    which are answers already). A handler that catches its own errors calls this directly."""
+    if isinstance(exc, ApiError):
+        return error_response(exc.status, exc.error, exc.detail, exc.field, exc.headers)
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise exc
+        return _http_error(exc)
+    log.exception("unhandled error in %s %s", request.method, request.path, exc_info=exc)
+    return error_response(500, "internal_error", "an internal error occurred; see the logs")
 
 
 def _http_error(exc: web.HTTPException) -> web.Response:

@@ -20,9 +20,10 @@ Shed requests are not written to the access log (they are counted in
 Health, metrics and the config API are never shed: the kubelet and Prometheus must still see
 the pod, and an operator must still be able to change a policy during an incident.
 
-The shedder guards HubSpot's two routes (`LoadShedder.guard`), not every request through a
-middleware: each middleware layer cost the action endpoint over a microsecond per request, and
-only these routes are shed anyway.
+The shedder guards HubSpot's routes (`LoadShedder.guard` wraps the options route; the action
+endpoint asks `LoadShedder.refusal` itself), not every request through a middleware: each
+coroutine layer between aiohttp and the Redis call costs the action endpoint 1-2 µs per
+request, and only these routes are shed anyway.
 """
 
 from __future__ import annotations
@@ -108,22 +109,30 @@ class LoadShedder:
             for r in routes
         ]
 
+    def refusal(self, request: web.Request, endpoint: str) -> web.Response | None:
+        """The 429 for a request to shed now (counted, kept out of the access log), or None:
+        then the caller serves it inside `inflight += 1 ... finally: inflight -= 1`."""
+        reason = self.overloaded()
+        if reason is None:
+            return None
+        self.shed_total += 1
+        request[SHED] = True
+        if self.on_shed is not None:
+            self.on_shed(endpoint, reason)
+        return error_response(
+            429,
+            "overloaded",
+            "the service is at capacity; retry later (nothing was queued)",
+            headers={"Retry-After": str(self.retry_after_s)},
+        )
+
     def _guarded(self, path: str, handler: Any) -> Handler:
         endpoint = path.rsplit("/", 1)[-1]
 
         async def shed(request: web.Request) -> web.StreamResponse:
-            reason = self.overloaded()
-            if reason is not None:
-                self.shed_total += 1
-                request[SHED] = True
-                if self.on_shed is not None:
-                    self.on_shed(endpoint, reason)
-                return error_response(
-                    429,
-                    "overloaded",
-                    "the service is at capacity; retry later (nothing was queued)",
-                    headers={"Retry-After": str(self.retry_after_s)},
-                )
+            refused = self.refusal(request, endpoint)
+            if refused is not None:
+                return refused
             self.inflight += 1
             try:
                 response: web.StreamResponse = await handler(request)
