@@ -10,11 +10,17 @@ Other components add their metrics as attributes in `Metrics.__init__` (one smal
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 
@@ -93,6 +99,64 @@ class QueueSnapshot(Collector):
         yield releasable
         yield limit
         yield expiration
+
+
+ACTION_SECONDS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class ActionTally(Collector):
+    """The action endpoint's counts and latency histogram, as plain numbers exported at scrape
+    time. A prometheus_client child takes a lock on every `inc()`/`observe()`, and the endpoint
+    counted three times per request (~1.5 µs of its ~50); the webhook is one event loop, so
+    plain integers are safe. The series are the same as those of a Counter and a Histogram."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, int] = {}
+        self.signatures: dict[tuple[str, str], int] = {}
+        self._bounds = ACTION_SECONDS_BUCKETS
+        self._buckets = [0] * (len(self._bounds) + 1)
+        self._sum = 0.0
+
+    def answered(self, kind: str) -> None:
+        self.answers[kind] = self.answers.get(kind, 0) + 1
+
+    def signed(self, version: str, secret: str) -> None:
+        key = (version, secret)
+        self.signatures[key] = self.signatures.get(key, 0) + 1
+
+    def observe(self, seconds: float) -> None:
+        self._buckets[bisect_left(self._bounds, seconds)] += 1
+        self._sum += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        answers = CounterMetricFamily(
+            "throttle_webhook_answers",
+            "Action requests answered, by answer (block, duplicate, continue, fail, "
+            "not_installed, no_policy, unavailable).",
+            labels=["answer"],
+        )
+        for kind, count in self.answers.items():
+            answers.add_metric([kind], count)
+        signatures = CounterMetricFamily(
+            "throttle_webhook_signatures",
+            "Valid signatures by version and secret (current, previous: rotation still underway).",
+            labels=["version", "secret"],
+        )
+        for (version, secret), count in self.signatures.items():
+            signatures.add_metric([version, secret], count)
+        cumulative, total = [], 0
+        for bound, count in zip((*self._bounds, float("inf")), self._buckets, strict=True):
+            total += count
+            cumulative.append(("+Inf" if bound == float("inf") else repr(bound), total))
+        seconds = HistogramMetricFamily(
+            "throttle_webhook_action_duration_seconds",
+            "Time to answer one action request (verify, parse, enqueue), as measured in-process.",
+            buckets=cumulative,
+            sum_value=self._sum,
+        )
+        yield answers
+        yield signatures
+        yield seconds
 
 
 class Metrics:
@@ -250,29 +314,12 @@ class Metrics:
         )
 
         # --- webhook: the HubSpot action endpoint -------------------------------------------------
-        self.webhook_answers = Counter(
-            "throttle_webhook_answers_total",
-            "Action requests answered, by answer (block, duplicate, continue, fail, not_installed, "
-            "no_policy, unavailable).",
-            ["answer"],
-            registry=r,
-        )
+        self.webhook_actions = ActionTally()
+        r.register(self.webhook_actions)
         self.webhook_rejected = Counter(
             "throttle_webhook_rejected_total",
             "Requests refused before queueing, by endpoint and reason (signature, payload; "
             "inflight, loop_lag: shed under load; too_many_failures: config API guessing).",
             ["endpoint", "reason"],
-            registry=r,
-        )
-        self.webhook_signatures = Counter(
-            "throttle_webhook_signatures_total",
-            "Valid signatures by version and secret (current, previous: rotation still underway).",
-            ["version", "secret"],
-            registry=r,
-        )
-        self.webhook_action_seconds = Histogram(
-            "throttle_webhook_action_duration_seconds",
-            "Time to answer one action request (verify, parse, enqueue), as measured in-process.",
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=r,
         )

@@ -26,11 +26,8 @@ def table_rows() -> list[str]:
     for metric in metrics.registry.collect():
         name = metric.name + ("_total" if metric.type == "counter" else "")
         names = labels.get(metric.name)
-        if names is None:  # a collector read at scrape time: labels come from its samples
-            names = tuple(sorted({k for s in metric.samples for k in s.labels} - {"le"})) or (
-                "portal",
-                "policy",
-            )
+        if names is None:  # a collector read at scrape time: labels as its families declare
+            names = tuple(getattr(metric, "_labelnames", ()))
         shown = ", ".join(f"`{n}`" for n in names) or "-"
         rows.append(f"| `{name}` | {metric.type} | {shown} | {metric.documentation} |")
     return rows

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
+from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.webhook.conftest import PORTAL, StartWebhook, Webhook, execution, policy
 from throttle.localenv import RedisServer, free_port
+from throttle.metrics import Metrics
 from throttle.webhook_service.app import AccessLogger
 from throttle.webhook_service.appkeys import POLICY_INDEX, QUEUE
 
@@ -135,3 +137,23 @@ async def test_actions_need_no_postgres(start_webhook: StartWebhook) -> None:
     assert body["outputFields"]["hs_execution_state"] == "BLOCK"
     assert await webhook.depth(p) == 1
     assert (await webhook.client.get("/readyz")).status == 200
+
+
+def test_the_action_tally_exports_what_a_counter_and_a_histogram_would() -> None:
+    registry = CollectorRegistry()
+    tally = Metrics(registry).webhook_actions
+    for seconds in (0.0004, 0.0005, 0.0015, 0.3, 2.0):
+        tally.observe(seconds)
+    tally.answered("block")
+    tally.answered("block")
+    tally.signed("v3", "previous")
+    text = generate_latest(registry).decode()
+    name = "throttle_webhook_action_duration_seconds"
+    assert f'{name}_bucket{{le="0.0005"}} 2.0' in text  # a bucket counts values <= its bound
+    assert f'{name}_bucket{{le="0.002"}} 3.0' in text
+    assert f'{name}_bucket{{le="1.0"}} 4.0' in text
+    assert f'{name}_bucket{{le="+Inf"}} 5.0' in text
+    assert f"{name}_count 5.0" in text
+    assert f"{name}_sum 2.3024" in text
+    assert 'throttle_webhook_answers_total{answer="block"} 2.0' in text
+    assert 'throttle_webhook_signatures_total{secret="previous",version="v3"} 1.0' in text
