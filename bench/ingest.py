@@ -282,13 +282,21 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="let the kernel place processes (default: each server on the last CPU, alone)",
+    )
     parser.add_argument("--bare-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.pin = args.pin and can_pin()
     if args.bare_port:
         serve_bare(args.bare_port)
         return
 
     from throttle.localenv import PostgresServer, RedisServer
+    from throttle.webhook_service.app import new_event_loop
 
     root = Path(tempfile.mkdtemp(prefix="throttle-bench-ingest-"))
     redis = RedisServer(root / "redis", appendonly=True).start()
@@ -341,8 +349,19 @@ def main() -> None:
                     raise
                 time.sleep(0.2)
         targets = {"bare aiohttp": Target(bare, procs[-1].pid), **targets}
+        if args.pin:
+            server_cpu = {max(os.sched_getaffinity(0))}
+            others = os.sched_getaffinity(0) - server_cpu
+            for target in targets.values():
+                pin(target.pid, server_cpu)
+            pin(os.getpid(), others)  # the generator
+            pin(redis_pid(redis.url), others)
         time.sleep(6)  # let the webhooks' installed-portals refresher read PostgreSQL once
-        report(asyncio.run(measure(targets, secret, public_url, redis.url, args)), args)
+        # The generator on the servers' loop (uvloop): the cheaper it is, the less it takes from
+        # the CPU it shares with Redis, and the more the figures are the servers'.
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            rows = runner.run(measure(targets, secret, public_url, redis.url, args))
+        report(rows, args)
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -365,6 +384,26 @@ async def _probe(port: int) -> None:
 class Target:
     port: int
     pid: int
+
+
+def can_pin() -> bool:
+    return hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of process `pid` onto `cpus` (Linux: affinity is per thread)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
+
+
+def redis_pid(url: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info("server")["process_id"])
+    finally:
+        client.close()
 
 
 def process_cpu(pid: int) -> float:
@@ -432,7 +471,12 @@ def report(rows: dict[str, Row], args: argparse.Namespace) -> None:
     print(
         f"Ingest: signed HubSpot executions, {args.connections} connections, "
         f"{args.duration:.0f} s per run, best of {args.rounds} rounds; generator in-process "
-        "(Python asyncio); one 2-core machine shared by generator, servers and Redis"
+        f"(Python, uvloop); {os.cpu_count()} CPUs: "
+        + (
+            "each server alone on the last CPU, generator and Redis on the others"
+            if args.pin
+            else "not pinned (generator, servers and Redis share them)"
+        )
     )
     print()
     header = (
