@@ -222,9 +222,10 @@ class ActionEndpoint:
         try:
             body = await request.read()
             payload = self.verified(request, body)
-            policy = self.policy_for(payload)
+            name = requested_policy(payload)
+            policy = self.policy_for(payload, name)
             if isinstance(policy, Policy):
-                result = await self.queue.enqueue(self.item(payload), policy)
+                result = await self.queue.enqueue(self.item(payload, name), policy)
                 kind, answer = self.answer_for(result)
             else:
                 kind, answer = policy
@@ -261,9 +262,10 @@ class ActionEndpoint:
         self.counts.signed(check.version, bool(check.secret_index))
         return parse_execution(body)
 
-    def policy_for(self, payload: Execution) -> Policy | Answer:
-        """The policy to queue the execution in, or the answer when it is not to be queued
-        (the portal has not installed the app, no policy applies)."""
+    def policy_for(self, payload: Execution, name: str | None) -> Policy | Answer:
+        """The policy to queue the execution in (`name`: the one its input fields ask for),
+        or the answer when it is not to be queued (the portal has not installed the app, no
+        policy applies)."""
         portal_id = payload.origin.portal_id
         if self.require_installed:
             state = self.installed.state(portal_id)
@@ -278,7 +280,6 @@ class ActionEndpoint:
             if state is not None and not state.installed:
                 return "not_installed", _encoded(failed(f"portal {portal_id}: {state.reason}"))
 
-        name = requested_policy(payload)
         if self.index.revision < 0:
             # Never loaded (Redis was down at start): "no policy" would wave every execution
             # through, so ask HubSpot to retry instead.
@@ -301,7 +302,7 @@ class ActionEndpoint:
         return policy
 
     @staticmethod
-    def item(payload: Execution) -> QueueItem:
+    def item(payload: Execution, name: str | None) -> QueueItem:
         obj = payload.object
         return QueueItem(
             callback_id=payload.callback_id,
@@ -310,7 +311,7 @@ class ActionEndpoint:
             workflow_id=payload.context.workflow_id,
             object_type=obj.object_type if obj else "",
             object_id=str(obj.object_id) if obj else "",
-            policy=requested_policy(payload),
+            policy=name,
             input_fields={
                 k: v if isinstance(v, str) else json.dumps(v)
                 for k, v in payload.input_fields.items()
