@@ -42,6 +42,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ACTION_PATH = "/api/hubspot/action"
 PORTALS = [100_000 + i for i in range(20)]
@@ -413,14 +414,18 @@ def pin(pid: int, cpus: set[int]) -> None:
         os.sched_setaffinity(int(task.name), cpus)
 
 
-def redis_pid(url: str) -> int:
+def redis_info(url: str, section: str) -> dict[str, Any]:
     import redis
 
     client = redis.Redis.from_url(url)
     try:
-        return int(client.info("server")["process_id"])
+        return dict(client.info(section))
     finally:
         client.close()
+
+
+def redis_pid(url: str) -> int:
+    return int(redis_info(url, "server")["process_id"])
 
 
 def process_cpu(pid: int) -> float:
@@ -430,23 +435,11 @@ def process_cpu(pid: int) -> float:
 
 
 def redis_forks(url: str) -> int:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        return int(client.info("stats")["total_forks"])
-    finally:
-        client.close()
+    return int(redis_info(url, "stats")["total_forks"])
 
 
 def redis_cpu(url: str) -> float:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        info = client.info("cpu")
-    finally:
-        client.close()
+    info = redis_info(url, "cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
