@@ -66,12 +66,13 @@ class Scripts:
             await self.redis.script_load(script.script)
 
     async def run(self, call: ScriptCall) -> Any:
-        script = self._scripts[call.name]
-        return await script(keys=list(call.keys), args=list(call.args))
+        return await self.call(call.name, call.keys, call.args)
 
     async def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """`run` without building a `ScriptCall` (the webhook's enqueue, once per request):
-        arguments go to the client as they are (str, int or bytes)."""
+        arguments go to the client as they are (str, int or bytes). EVALSHA straight on the
+        client rather than through the registered script object, whose own call checks the
+        client's type every time; on NOSCRIPT, load the source and send it again."""
         script = self._scripts[name]
         try:
             return await self.redis.evalsha(script.sha, len(keys), *keys, *args)

@@ -11,8 +11,9 @@ bench/ingest.py). The same idea as ioredis' `enableAutoPipelining`.
 `AutoPipeline` wraps a `redis.asyncio.Redis` and is handed to the engine's `Queue` in its place:
 `register_script` returns scripts bound to the wrapper, so the engine's code is unchanged; every
 other command passes straight through to the wrapped client. A reply that is an error (e.g.
-NOSCRIPT after a Redis restart) reaches its own caller only, where redis-py's Script reloads the
-script (one SCRIPT LOAD for all callers at once) and retries.
+NOSCRIPT after a Redis restart) reaches its own caller only, which loads the script again
+(`Scripts.call`, or a registered redis-py script; one SCRIPT LOAD for all callers at once) and
+retries.
 
 Failure: if the connection breaks, or a reply is late by more than the client's socket timeout,
 the connection is dropped and every caller still waiting gets a ConnectionError (the webhook
@@ -115,26 +116,6 @@ class _Resp(asyncio.Protocol):
         self.transport.write(data)
 
 
-class PipelinedScript(AsyncScript):
-    """redis-py's script, called without its per-call `isinstance(client, Pipeline)` check: on
-    a client with `__getattr__` (the wrapper) that check walks the Protocol machinery and cost
-    as much as packing the command. Same contract: EVALSHA, and on NOSCRIPT load then retry."""
-
-    async def __call__(
-        self,
-        keys: Any = None,
-        args: Any = None,
-        client: Any = None,
-    ) -> Any:
-        keys = keys or ()
-        target = client if client is not None else self.registered_client
-        try:
-            return await target.evalsha(self.sha, len(keys), *keys, *(args or ()))
-        except NoScriptError:
-            self.sha = await target.script_load(self.script)
-            return await target.evalsha(self.sha, len(keys), *keys, *(args or ()))
-
-
 class AutoPipeline:
     def __init__(self, redis: Any, max_batch: int = MAX_BATCH) -> None:
         from redis.asyncio.connection import Connection
@@ -161,7 +142,7 @@ class AutoPipeline:
         return self._redis
 
     def register_script(self, script: str | bytes) -> AsyncScript:
-        return PipelinedScript(self, script)  # type: ignore[arg-type]
+        return AsyncScript(self, script)  # type: ignore[arg-type]
 
     async def script_load(self, script: str | bytes) -> Any:
         """One SCRIPT LOAD however many callers met NOSCRIPT at once (after a Redis restart)."""
