@@ -143,16 +143,16 @@ async def _loop(name: str, interval: float, step: Any, first_delay: float) -> No
 
 @contextlib.asynccontextmanager
 async def _background(
-    name: str, interval: float, step: Any, *, at_start: bool = True
+    name: str, interval: float, step: Any, *, at_start: bool = True, run: Any = None
 ) -> AsyncIterator[None]:
     """Run `step` every `interval` seconds while the app runs (once before serving if
-    `at_start`, bounded so a slow dependency cannot hold the start-up)."""
+    `at_start`, bounded so a slow dependency cannot hold the start-up). `run`: the caller's
+    own loop (a coroutine function) instead of a plain one, e.g. one that can be woken early."""
     if at_start:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(step(), 5.0)
-    task = asyncio.create_task(
-        _loop(name, interval, step, interval if at_start else 1.0), name=name
-    )
+    loop = run() if run is not None else _loop(name, interval, step, interval if at_start else 1.0)
+    task = asyncio.create_task(loop, name=name)
     try:
         yield
     finally:
@@ -232,15 +232,14 @@ async def installed_ctx(app: web.Application) -> AsyncIterator[None]:
     load = tokens.store.installations if tokens is not None else None
     portals = InstalledPortals(app[REDIS], load)
     app[INSTALLED] = portals
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(portals.refresh(), 5.0)
-    task = asyncio.create_task(portals.run(PORTALS_REFRESH_S), name="installed portals")
-    try:
+    # Its own loop: an unknown portal wakes it for an early refresh.
+    async with _background(
+        "installed portals",
+        PORTALS_REFRESH_S,
+        portals.refresh,
+        run=lambda: portals.run(PORTALS_REFRESH_S),
+    ):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def policy_store_ctx(app: web.Application) -> AsyncIterator[None]:
