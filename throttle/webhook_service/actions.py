@@ -320,10 +320,6 @@ class ActionEndpoint:
 
     def answer_for(self, result: EnqueueResult) -> Answer:
         status, policy = result.status, result.policy
-        if status == "queued":
-            return "block", self.answers.body(policy)
-        if status == "duplicate":
-            return "duplicate", self.answers.body(policy)
         if status == "overflow":
             reason = overflow_reason(policy, result.depth)
             if policy.overflow == "Continue":
@@ -331,7 +327,8 @@ class ActionEndpoint:
             return "fail", _encoded(failed(reason, policy))
         if status == "expired":
             return "fail", _encoded(failed("the execution expired before it was queued", policy))
-        return "block", self.answers.body(policy)
+        # queued, or a duplicate of one queued: the same BLOCK answer
+        return ("block" if status == "queued" else "duplicate"), self.answers.body(policy)
 
 
 def routes(app: web.Application, shedder: LoadShedder) -> list[web.RouteDef]:
