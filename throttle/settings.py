@@ -12,11 +12,13 @@ import base64
 import binascii
 import hashlib
 import ipaddress
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -164,6 +166,11 @@ class Settings(BaseSettings):
     allow_signature_v1: bool = Field(
         False, description="Accept v1 signatures (they sign neither URL nor time)."
     )
+    allow_signature_v2_until: datetime | None = Field(
+        None,
+        description="Accept v2 signatures until this time (ISO 8601, at most DEDUPE_SECONDS "
+        "ahead at start): v2 signs no time, so only the dedupe window stops a replay.",
+    )
     webhook_max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest request body the webhook reads (413 beyond)."
     )
@@ -273,6 +280,24 @@ class Settings(BaseSettings):
         gt=0,
         description="How long a finished callbackId is still dropped as a duplicate.",
     )
+
+    @field_validator("allow_signature_v2_until")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+    @model_validator(mode="after")
+    def _v2_within_dedupe_window(self) -> Settings:
+        """Every v2 request accepted must fall inside one dedupe window, so that a replay of it
+        is dropped as a duplicate: the span may not outlast the window from now."""
+        until = self.allow_signature_v2_until
+        if until is not None and until.timestamp() - time.time() > self.dedupe_seconds:
+            raise ValueError(
+                "ALLOW_SIGNATURE_V2_UNTIL must be at most DEDUPE_SECONDS "
+                f"({self.dedupe_seconds:g} s) from now: a v2 signature carries no time, so only "
+                "the dedupe window stops a replay"
+            )
+        return self
 
     @field_validator("webhook_access_log", mode="before")
     @classmethod
@@ -441,6 +466,8 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
         message = str(first["msg"]).removeprefix("Value error, ")
+        if not first["loc"]:  # a rule across settings: its message names them
+            raise SettingsError(message) from None
         raise SettingsError(f"{env_name(first['loc'])} {message}") from None
 
 

@@ -6,6 +6,7 @@ import base64
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,19 @@ def test_public_url_must_be_https_outside_localhost() -> None:
     assert load_settings(_env_file=None, public_url="http://127.0.0.1:8080/").public_url == (
         "http://127.0.0.1:8080"
     )
+
+
+def test_v2_span_may_not_outlast_the_dedupe_window() -> None:
+    """A v2 signature carries no time: only a span within one dedupe window keeps replays out."""
+    soon = datetime.now(UTC) + timedelta(hours=2)
+    settings = load_settings(_env_file=None, allow_signature_v2_until=soon.isoformat())
+    assert settings.allow_signature_v2_until == soon
+    naive = (datetime.now(UTC) + timedelta(hours=1)).replace(tzinfo=None)
+    assert load_settings(_env_file=None, allow_signature_v2_until=naive.isoformat())
+    with pytest.raises(SettingsError, match=r"^ALLOW_SIGNATURE_V2_UNTIL must be at most DEDUPE_S"):
+        load_settings(_env_file=None, allow_signature_v2_until=soon.isoformat(), dedupe_seconds=60)
+    with pytest.raises(SettingsError, match="ALLOW_SIGNATURE_V2_UNTIL"):
+        load_settings(_env_file=None, allow_signature_v2_until="next tuesday")
 
 
 def test_env_file_is_read_and_environment_wins(

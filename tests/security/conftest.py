@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Coroutine, Iterator
+from datetime import UTC, datetime, timedelta
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, TypeVar
@@ -123,6 +124,8 @@ def fresh_settings(
         "port": port,
         "metrics_port": 0,
         "require_installed_portal": False,
+        # v2 is refused by default; open a span so its code paths are exercised too.
+        "allow_signature_v2_until": datetime.now(UTC) + timedelta(hours=1),
         "log_level": "DEBUG",
         "log_format": "json",
     }

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 
-from tests.webhook.conftest import PORTAL, Webhook, execution, policy
+from tests.webhook.conftest import PORTAL, StartWebhook, Webhook, execution, policy
 from throttle import keys
 from throttle.webhook_service.appkeys import QUEUE
 
@@ -20,7 +21,17 @@ async def test_queued_execution_is_blocked_with_the_policy_expiration(webhook: W
     assert await webhook.depth(p) == 1
 
 
-async def test_v2_signature_is_accepted(webhook: Webhook) -> None:
+async def test_v2_signature_is_refused_by_default(webhook: Webhook) -> None:
+    """A v2 request signs no time: replayed after the dedupe window it would be queued again."""
+    p = await webhook.add_policy(policy())
+    status, body = await webhook.post_action(execution(), version="v2")
+    assert status == 401
+    assert body["detail"] == "v2 signatures are not accepted (HubSpot signs v3)"
+    assert await webhook.depth(p) == 0
+
+
+async def test_v2_signature_is_accepted_while_its_span_is_open(start_webhook: StartWebhook) -> None:
+    webhook = await start_webhook(allow_signature_v2_until=datetime.now(UTC) + timedelta(hours=1))
     p = await webhook.add_policy(policy())
     status, body = await webhook.post_action(execution(), version="v2")
     assert status == 200

@@ -8,7 +8,12 @@ Rules (see shared/hubspot-contract.md §3):
 - v3 (`X-HubSpot-Signature-v3` + `X-HubSpot-Request-Timestamp`) is checked when present, and then
   ONLY v3 — a request carrying a bad v3 signature is not rescued by a v2 one, because v2 has no
   timestamp and would reopen replays.
-- Otherwise v2 (`X-HubSpot-Signature`, `X-HubSpot-Signature-Version: v2`, or no version header).
+- Otherwise v2 (`X-HubSpot-Signature`, `X-HubSpot-Signature-Version: v2`, or no version header),
+  but only until `v2_until_ms`: v2 signs no time, so a captured request could be replayed, and
+  only the callbackId dedupe (a bounded window) would stop it. HubSpot signs requests to OAuth
+  apps with v3, so v2 is refused unless the operator opens a span no longer than the dedupe
+  window (`ALLOW_SIGNATURE_V2_UNTIL`): every v2 request accepted then falls inside one window, so
+  a replay of it is a duplicate.
 - v1 signs neither the URL nor the time, so it is refused unless the operator allows it.
 - The v3 timestamp must be within 5 minutes of now in BOTH directions: a timestamp far in the
   future would otherwise give a captured request a long replay life.
@@ -158,8 +163,10 @@ def verify(
     secrets: Iterable[str],
     now_ms: int,
     allow_v1: bool = False,
+    v2_until_ms: int = 0,
 ) -> SignatureCheck:
-    """Check a HubSpot request: v3 if its headers are present, else v2, v1 only if allowed.
+    """Check a HubSpot request: v3 if its headers are present, else v2 until `v2_until_ms`
+    (epoch ms; 0 = never), v1 only if allowed.
 
     `url` is the full URL HubSpot called (scheme, host, path, query as sent); `body` the raw bytes.
     """
@@ -193,6 +200,8 @@ def verify(
         return SignatureCheck(False, "no HubSpot signature header")
     version = (_header(headers, SIGNATURE_VERSION) or "v2").strip().lower()
     if version == "v2":
+        if now_ms >= v2_until_ms:
+            return SignatureCheck(False, "v2 signatures are not accepted (HubSpot signs v3)", "v2")
         index = _match([sign_v2(s, method, url, body).encode() for s in secret_list], given.lower())
         if index is None:
             return SignatureCheck(False, "v2 signature does not match", "v2")

@@ -66,6 +66,8 @@ class SignatureVerifier:
         self.trusted = settings.trusted_proxy_networks
         self.secrets = settings.client_secrets
         self.allow_v1 = settings.allow_signature_v1
+        until = settings.allow_signature_v2_until
+        self.v2_until_ms = int(until.timestamp() * 1000) if until is not None else 0
         self._urls: dict[str, str] = {}
 
     def url(self, request: web.BaseRequest) -> str:
@@ -92,6 +94,7 @@ class SignatureVerifier:
             self.secrets,
             int(time.time() * 1000),
             self.allow_v1,
+            self.v2_until_ms,
         )
 
     def require(self, request: web.Request, body: bytes) -> SignatureCheck:
