@@ -11,11 +11,11 @@ PYTEST_ARGS ?=
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml devtools/pyproject.toml
 	@echo "==> Python virtualenv in $(VENV) (package + dev tools)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/pip install -q --upgrade pip
-	@$(BIN)/pip install -q -e '.[dev]'
+	@$(BIN)/pip install -q -e '.[dev]' -e ./devtools
 	@touch $@
 
 venv: $(BIN)/.installed  ## create the virtualenv with the package and dev tools
@@ -29,8 +29,8 @@ testenv:  ## build kube-apiserver, etcd, kubectl, helm and promtool from the Go 
 
 lint: venv  ## ruff, mypy, bandit and pip-audit
 	@echo "==> ruff"
-	@$(BIN)/ruff check throttle tests bench
-	@$(BIN)/ruff format --check throttle tests bench
+	@$(BIN)/ruff check throttle devtools tests bench
+	@$(BIN)/ruff format --check throttle devtools tests bench
 	@echo "==> mypy (strict)"
 	@$(BIN)/mypy
 	@echo "==> bandit (config and justifications in pyproject.toml [tool.bandit])"
@@ -43,8 +43,8 @@ lint: venv  ## ruff, mypy, bandit and pip-audit
 		echo "pip-audit: WARNING: PyPI's vulnerability data is out of reach here; $$(echo "$$out" | grep -c 'could not be audited') packages were NOT audited"; fi
 
 format: venv  ## apply ruff's formatting and safe fixes
-	@$(BIN)/ruff check --fix throttle tests bench
-	@$(BIN)/ruff format throttle tests bench
+	@$(BIN)/ruff check --fix throttle devtools tests bench
+	@$(BIN)/ruff format throttle devtools tests bench
 
 test: venv deps testenv lint  ## the whole suite against real Redis, PostgreSQL, kube-apiserver
 	@echo "==> pytest (real Redis, PostgreSQL and kube-apiserver; long fault tests are in make chaos)"
@@ -54,10 +54,10 @@ test-fast: venv deps  ## the suite without slow tests, no lint
 	@$(BIN)/pytest -m 'not slow' $(PYTEST_ARGS)
 
 demo: venv deps  ## run everything locally with the HubSpot simulator driving traffic
-	@$(BIN)/python -m throttle.demo --duration $(DURATION)
+	@$(BIN)/python -m throttle_dev.demo --duration $(DURATION)
 
 chaos: venv deps  ## every fault against real processes; prints the fault table into docs/reliability.md
-	@$(BIN)/python -m throttle.chaos --write docs/reliability.md
+	@$(BIN)/python -m throttle_dev.chaos --write docs/reliability.md
 
 bench: venv deps  ## run the benchmarks and print their tables
 	@for b in bench/*.py; do echo "==> $$b"; $(BIN)/python $$b || exit 1; done

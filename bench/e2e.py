@@ -1,6 +1,6 @@
 """End to end: simulator → webhook → Redis → dispatchers → simulator, with 1 and 3 dispatchers.
 
-Every part is a real process (`throttle.stack`): Redis, PostgreSQL, the HubSpot simulator, the
+Every part is a real process (`throttle_dev.stack`): Redis, PostgreSQL, the HubSpot simulator, the
 webhook, N dispatchers and the local reconciler. Portals install the app through OAuth; each
 portal gets one policy whose rate never binds, so what limits throughput is Throttle itself and
 HubSpot's per-portal API budget (100 calls per 10 s by default, with up to 100 callbacks each).
@@ -34,9 +34,9 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from throttle.demo.install import client_session, install_portal
-from throttle.stack import Stack, StackConfig
 from throttle.webhook_service.app import PORTALS_REFRESH_S
+from throttle_dev.demo.install import client_session, install_portal
+from throttle_dev.stack import Stack, StackConfig
 
 PORTAL_BASE = 31_000_000
 
@@ -114,7 +114,7 @@ async def wait_settled(
 
     Returns the simulator's report, when it settled, and how many the engine recorded as failed.
     """
-    from throttle.status import StatusReader
+    from throttle.engine.queue_status import StatusReader
 
     reader = StatusReader.from_url(stack.redis_url)
     deadline = time.monotonic() + timeout
@@ -132,7 +132,7 @@ async def wait_settled(
 
 
 async def wait_policies(stack: Stack, portals: list[int], paused: bool) -> None:
-    from throttle.status import StatusReader
+    from throttle.engine.queue_status import StatusReader
 
     reader = StatusReader.from_url(stack.redis_url)
     try:

@@ -27,16 +27,16 @@ from typing import Any
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from throttle import keys
-from throttle.dispatcher.complete import CompletionResult, Released
+from throttle.dispatcher.complete import CompletionResult
+from throttle.dispatcher.drain import Dispatcher
 from throttle.dispatcher.history_writer import HistoryWriter
-from throttle.dispatcher.run import Dispatcher
-from throttle.history import create_pool, migrate
-from throttle.localenv import PostgresServer, RedisServer
+from throttle.engine import keys
+from throttle.engine.policy import Policy
+from throttle.engine.queue import Queue, QueueItem, Released
+from throttle.engine.registry import reconcile
+from throttle.history.store import create_pool, migrate
 from throttle.metrics import Metrics
-from throttle.operator.reconcile import reconcile
-from throttle.policy import Policy
-from throttle.queue import Queue, QueueItem
+from throttle_dev.localenv import PostgresServer, RedisServer
 
 
 def bench_policies(count: int) -> list[Policy]:

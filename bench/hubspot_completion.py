@@ -33,16 +33,16 @@ from aiohttp import web
 from rich.console import Console
 from rich.table import Table
 
-from throttle.crypto import TokenCipher
-from throttle.dispatcher.budget import PortalBudget
-from throttle.dispatcher.complete import Released
 from throttle.dispatcher.hubspot_completer import HubSpotCompleter
-from throttle.history import create_pool, migrate
-from throttle.hubspot import HubSpotClient, TokenGrant
-from throttle.localenv import PostgresServer, RedisServer, free_port
+from throttle.engine.queue import Released
+from throttle.history.store import create_pool, migrate
+from throttle.hubspot.budget import PortalBudget
+from throttle.hubspot.client import HubSpotClient, TokenGrant
+from throttle.hubspot.crypto import TokenCipher
+from throttle.hubspot.tokens import TokenManager, TokenStore
 from throttle.settings import Settings
-from throttle.simulator import Simulator, SimulatorConfig, create_simulator_app
-from throttle.tokens import TokenManager, TokenStore
+from throttle_dev.localenv import PostgresServer, RedisServer, free_port
+from throttle_dev.simulator import Simulator, SimulatorConfig, create_simulator_app
 
 
 @dataclass

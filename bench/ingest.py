@@ -4,7 +4,7 @@
 
 What runs (all real processes on this machine):
 - Redis (AOF on, as the chart configures it) and PostgreSQL (migrated; the portals are recorded
-  as installed in `hubspot_portals`, as the OAuth flow would), from `throttle.localenv`;
+  as installed in `hubspot_portals`, as the OAuth flow would), from `throttle_dev.localenv`;
 - the webhook as `throttle webhook` (the production entry point and defaults: JSON log lines to
   a file, access log of errors only) with a global default policy applied through `reconcile`;
 - the same webhook with WEBHOOK_ACCESS_LOG=all (a JSON line for every request);
@@ -76,7 +76,7 @@ class Signer:
     """Builds one signed HubSpot execution request per call (unique callbackId)."""
 
     def __init__(self, secret: str, public_url: str, host: str) -> None:
-        from throttle.webhook_service.signatures import sign_v3
+        from throttle.hubspot.signatures import sign_v3
 
         self.sign = sign_v3
         self.secret = secret
@@ -249,7 +249,7 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> N
 
 
 def free_port() -> int:
-    from throttle.localenv import free_port as fp
+    from throttle_dev.localenv import free_port as fp
 
     return fp()
 
@@ -258,10 +258,10 @@ async def prepare(redis_url: str, database_url: str) -> None:
     import asyncpg
     from redis.asyncio import Redis
 
-    from throttle.history import migrate
-    from throttle.operator.reconcile import reconcile
-    from throttle.policy import Policy
-    from throttle.queue import Queue
+    from throttle.engine.policy import Policy
+    from throttle.engine.queue import Queue
+    from throttle.engine.registry import reconcile
+    from throttle.history.store import migrate
 
     await migrate(database_url)
     conn = await asyncpg.connect(database_url)
@@ -313,8 +313,8 @@ def main() -> None:
         serve_bare(args.bare_port)
         return
 
-    from throttle.localenv import PostgresServer, RedisServer
     from throttle.webhook_service.app import new_event_loop
+    from throttle_dev.localenv import PostgresServer, RedisServer
 
     root = Path(tempfile.mkdtemp(prefix="throttle-bench-ingest-"))
     redis = RedisServer(root / "redis", appendonly=True).start()
@@ -346,7 +346,7 @@ def main() -> None:
             log = (root / f"{name.split(',')[0]}-{port}.log").open("wb")
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "throttle.cli", "webhook"],
+                    [sys.executable, "-m", "throttle.cli.main", "webhook"],
                     env=env,
                     stdout=log,
                     stderr=subprocess.STDOUT,

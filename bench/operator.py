@@ -26,10 +26,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from throttle.localenv import RedisServer
+from throttle.engine.policy import Policy
+from throttle.engine.queue import Queue
 from throttle.operator.book import PolicyBook
-from throttle.policy import Policy
-from throttle.queue import Queue
+from throttle_dev.localenv import RedisServer
 
 
 def policies(n: int) -> list[Policy]:

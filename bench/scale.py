@@ -3,7 +3,7 @@ memory does one queued execution take?
 
 For each policy count, on a fresh Redis: the policies are reconciled (the operator's one write
 path), `--queued` executions are enqueued round-robin across them (the webhook's `enqueue`), then
-the engine's real dispatcher loop (`throttle.dispatcher.run.Dispatcher`, in this process, with a
+the engine's real dispatcher loop (`throttle.dispatcher.drain.Dispatcher`, in this process, with a
 completer that completes everything at once instead of calling HubSpot) releases `--releases`
 of them. Every policy's rate is generous (it never binds), so the loop runs flat out and the
 cost per release is what the engine spends, not time spent waiting for a rate.
@@ -35,13 +35,13 @@ from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.table import Table
 
-from throttle.dispatcher.complete import CompletionResult, Released
-from throttle.dispatcher.run import Dispatcher
-from throttle.localenv import RedisServer
+from throttle.dispatcher.complete import CompletionResult
+from throttle.dispatcher.drain import Dispatcher
+from throttle.engine.policy import Policy
+from throttle.engine.queue import Queue, QueueItem, Released
+from throttle.engine.registry import reconcile
 from throttle.metrics import Metrics
-from throttle.operator.reconcile import reconcile
-from throttle.policy import Policy
-from throttle.queue import Queue, QueueItem
+from throttle_dev.localenv import RedisServer
 
 CONCURRENCY = 64
 

@@ -27,10 +27,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from throttle import keys
-from throttle.localenv import RedisServer
-from throttle.policy import Policy
-from throttle.queue import Queue, QueueItem
+from throttle.engine import keys
+from throttle.engine.policy import Policy
+from throttle.engine.queue import Queue, QueueItem
+from throttle_dev.localenv import RedisServer
 
 
 async def executed(redis: Any) -> int:

@@ -1,6 +1,6 @@
 """Issue 9's faults against the real processes: 0 lost, 0 duplicates, the rate held, no secret
-logged. The same scenarios `make chaos` tabulates (throttle/chaos/faults.py); the fast ones run
-in `make test`, the long ones (`chaos` + `slow`) only in `make chaos` / `pytest -m chaos`.
+logged. The same scenarios `make chaos` tabulates (devtools/throttle_dev/chaos/faults.py); the fast
+ones run in `make test`, the long ones (`chaos` + `slow`) only in `make chaos` / `pytest -m chaos`.
 
 All scenarios of a module share one stack (each gets its own portal and policy), so the fast
 subset pays for starting Redis, PostgreSQL, the webhook, two dispatchers and the simulator once.
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from throttle.chaos.faults import FAULTS, Scenario, run
-from throttle.chaos.harness import Harness
-from throttle.chaos.table import plain
+from throttle_dev.chaos.faults import FAULTS, Scenario, run
+from throttle_dev.chaos.harness import Harness
+from throttle_dev.chaos.table import plain
 
 FAST = [s for s in FAULTS if not s.slow]
 SLOW = [s for s in FAULTS if s.slow]

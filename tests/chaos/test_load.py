@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from throttle.chaos.harness import Harness
-from throttle.chaos.load import overload, table
+from throttle_dev.chaos.harness import Harness
+from throttle_dev.chaos.load import overload, table
 
 
 @pytest.mark.chaos

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from throttle.chaos.harness import FaultRow
-from throttle.chaos.table import END, START, markdown, write_section
+from throttle_dev.chaos.harness import FaultRow
+from throttle_dev.chaos.table import END, START, markdown, write_section
 
 
 def good(**overrides: object) -> FaultRow:

@@ -32,7 +32,7 @@ from tests.deploy.conftest import CHART, REPO, THIRD_PARTY_CRDS, VALUES_ALL, Hel
 from tests.fixtures.kube import KubeEnv
 from tests.fixtures.services import RedisServer
 from tests.operator.conftest import OperatorThread
-from throttle.cli import main as cli
+from throttle.cli.main import main as cli
 from throttle.settings import Settings
 
 pytestmark = pytest.mark.kube
@@ -518,8 +518,8 @@ async def test_config_api_cluster_mode_as_the_charts_webhook_service_account(
     from kubernetes import config as k8s_config
     from kubernetes.client.exceptions import ApiException
 
-    from throttle.policy import Policy
-    from throttle.policy_store import KubePolicyStore, StoreUnavailable
+    from throttle.engine.policy import Policy
+    from throttle.webhook_service.policy_store import KubePolicyStore, StoreUnavailable
 
     ns = full_install.namespace
     deployment = one(full_install.manifest, "Deployment", "webhook")

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.deploy.conftest import REPO, by_kind
-from throttle.cli import main as cli
+from throttle.cli.main import main as cli
 
 DOCKERFILE = REPO / "Dockerfile"
 
@@ -100,7 +100,7 @@ def test_dockerfile_shape() -> None:
 
 def test_entrypoint_is_the_packages_console_script() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
-    assert project["project"]["scripts"]["throttle"] == "throttle.cli:main"
+    assert project["project"]["scripts"]["throttle"] == "throttle.cli.main:main"
 
 
 def _ignored(path: str, patterns: list[str]) -> bool:
@@ -133,7 +133,7 @@ def test_build_context_holds_what_the_build_copies_and_nothing_secret() -> None:
     assert copied
     for source in copied:
         assert not _ignored(source.rstrip("/"), patterns), f"{source} is excluded from the context"
-    for child in ("throttle/cli.py", "throttle/lua/enqueue.lua"):
+    for child in ("throttle/cli/main.py", "throttle/engine/lua/enqueue.lua"):
         assert not _ignored(child, patterns), child
     for private in (
         ".venv/bin/python",

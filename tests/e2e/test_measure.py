@@ -8,11 +8,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from throttle.demo import measure
-from throttle.demo.events import ReleaseLog
-from throttle.demo.report import PolicyResult
-from throttle.demo.scenario import closed_window, open_window, period_seconds, render
-from throttle.policy import Policy
+from throttle.engine.policy import Policy
+from throttle_dev.demo import measure
+from throttle_dev.demo.events import ReleaseLog
+from throttle_dev.demo.report import PolicyResult
+from throttle_dev.demo.scenario import closed_window, open_window, period_seconds, render
 
 REPO = Path(__file__).resolve().parents[2]
 

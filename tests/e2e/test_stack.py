@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from throttle.stack import Stack, StackConfig, http_ok
+from throttle_dev.stack import Stack, StackConfig, http_ok
 
 pytestmark = pytest.mark.slow
 

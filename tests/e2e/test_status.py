@@ -8,12 +8,12 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from throttle.cli import main
-from throttle.localenv import RedisServer
-from throttle.operator.reconcile import reconcile
-from throttle.policy import Policy
-from throttle.queue import Queue, QueueItem
-from throttle.status import StatusReader, status_table
+from throttle.cli.main import main
+from throttle.engine.policy import Policy
+from throttle.engine.queue import Queue, QueueItem
+from throttle.engine.queue_status import StatusReader, status_table
+from throttle.engine.registry import reconcile
+from throttle_dev.localenv import RedisServer
 
 
 def item(n: int, policy: Policy) -> QueueItem:

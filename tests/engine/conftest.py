@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from throttle.queue import Queue
+from throttle.engine.queue import Queue
 
 
 @pytest.fixture(params=["single", pytest.param("cluster", marks=pytest.mark.cluster)])

@@ -9,12 +9,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from throttle import keys
-from throttle.dispatcher.complete import CompletionResult, Released
-from throttle.dispatcher.run import Dispatcher
+from throttle.dispatcher.complete import CompletionResult
+from throttle.dispatcher.drain import Dispatcher
+from throttle.engine import keys
+from throttle.engine.policy import Policy
+from throttle.engine.queue import Queue, QueueItem, Released
 from throttle.metrics import Metrics
-from throttle.policy import Policy
-from throttle.queue import Queue, QueueItem
 
 
 def policy(name: str = "p", portal: int = 7, **spec: Any) -> Policy:

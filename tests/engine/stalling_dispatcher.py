@@ -10,10 +10,10 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from throttle.dispatcher.complete import CompletionResult, Released
-from throttle.dispatcher.run import Dispatcher
+from throttle.dispatcher.complete import CompletionResult
+from throttle.dispatcher.drain import Dispatcher
+from throttle.engine.queue import Queue, Released
 from throttle.metrics import Metrics
-from throttle.queue import Queue
 
 
 class Stalls:

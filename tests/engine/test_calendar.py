@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tests.engine.helpers import Simulation, item, max_in_window, policy
-from throttle.operator.reconcile import reconcile
-from throttle.policy import Policy, in_window
+from throttle.engine.policy import Policy, in_window
+from throttle.engine.registry import reconcile
 
 
 def utc(text: str) -> float:

@@ -14,13 +14,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from tests.engine.helpers import RecordingCompleter, Simulation, item, policy
-from throttle import keys
-from throttle.dispatcher.complete import CompletionResult, Released
-from throttle.dispatcher.run import Dispatcher, metrics_app
-from throttle.localenv import RedisServer
+from throttle.dispatcher.complete import CompletionResult
+from throttle.dispatcher.drain import Dispatcher
+from throttle.engine import keys
+from throttle.engine.queue import Queue, Released
+from throttle.engine.registry import reconcile
+from throttle.health_server import health_app
 from throttle.metrics import Metrics
-from throttle.operator.reconcile import reconcile
-from throttle.queue import Queue
+from throttle_dev.localenv import RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -189,7 +190,9 @@ async def test_metrics_and_health_endpoints(aiohttp_client: Any) -> None:
     metrics = Metrics(CollectorRegistry())
     metrics.released.labels("7", "p").inc(3)
     healthy = [True]
-    client = await aiohttp_client(metrics_app(metrics.registry, lambda: (healthy[0], "loop ok")))
+    client = await aiohttp_client(
+        health_app(metrics.registry, lambda: (healthy[0], {"detail": "loop ok"}))
+    )
     text = await (await client.get("/metrics")).text()
     assert 'throttle_released_total{policy="p",portal="7"} 3.0' in text
     assert (await client.get("/healthz")).status == 200
@@ -200,7 +203,7 @@ async def test_metrics_and_health_endpoints(aiohttp_client: Any) -> None:
 async def test_queue_metrics_are_read_at_scrape_time(redis: Any) -> None:
     from prometheus_client import generate_latest
 
-    from throttle.dispatcher.run import refresh_queue_metrics
+    from throttle.dispatcher.service import refresh_queue_metrics
 
     p = policy(rate={"limit": 1, "period": "1h"})
     queue = Queue(redis)

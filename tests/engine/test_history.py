@@ -9,12 +9,12 @@ import asyncpg
 from prometheus_client import CollectorRegistry
 
 from tests.engine.helpers import item, policy
-from throttle import keys
 from throttle.dispatcher.history_writer import HistoryWriter
-from throttle.history import create_pool, migrate, pending_migrations, prune, recover
+from throttle.engine import keys
+from throttle.engine.queue import Queue
+from throttle.engine.registry import reconcile
+from throttle.history.store import create_pool, migrate, pending_migrations, prune, recover
 from throttle.metrics import Metrics
-from throttle.operator.reconcile import reconcile
-from throttle.queue import Queue
 
 
 async def test_migrate_is_idempotent_and_safe_concurrently(database_url: str) -> None:

@@ -11,13 +11,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.engine.helpers import RecordingCompleter, item, policy
+from throttle.dispatcher.drain import Dispatcher
 from throttle.dispatcher.history_writer import HistoryWriter
-from throttle.dispatcher.run import Dispatcher
-from throttle.history import create_pool, migrate
-from throttle.localenv import PostgresServer
+from throttle.engine.queue import Queue
+from throttle.engine.registry import reconcile
+from throttle.history.store import create_pool, migrate
 from throttle.metrics import Metrics
-from throttle.operator.reconcile import reconcile
-from throttle.queue import Queue
+from throttle_dev.localenv import PostgresServer
 
 OUTAGE_SECONDS = 30.0  # as the issue asks; the writer fails and backs off throughout
 

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from tests.engine.helpers import item, policy
-from throttle.policy import (
+from throttle.engine.policy import (
     Policy,
     format_duration,
     in_window,
@@ -19,8 +19,8 @@ from throttle.policy import (
     policy_errors,
     transitions,
 )
-from throttle.policy_index import PolicyIndex, registry_put
-from throttle.queue import Queue
+from throttle.engine.policy_index import PolicyIndex, registry_put
+from throttle.engine.queue import Queue
 
 
 @pytest.mark.parametrize(

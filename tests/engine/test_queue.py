@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from tests.engine.helpers import item, max_in_window, policy
-from throttle import keys
-from throttle.operator.reconcile import reconcile, retire
-from throttle.queue import Queue
+from throttle.engine import keys
+from throttle.engine.queue import Queue
+from throttle.engine.registry import reconcile, retire
 
 
 async def test_enqueue_dedupes_and_marks_the_queue_due(queue: Queue, engine_redis: Any) -> None:

@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.engine.helpers import Simulation, item, max_in_window, policy
-from throttle.localenv import RedisServer
-from throttle.operator.reconcile import reconcile
-from throttle.policy import Policy
-from throttle.queue import QueueItem
+from throttle.engine.policy import Policy
+from throttle.engine.queue import QueueItem
+from throttle.engine.registry import reconcile
+from throttle_dev.localenv import RedisServer
 
 policies_st = st.builds(
     lambda limit, period, burst: {"limit": limit, "period": f"{period}s", "burst": burst},

@@ -11,13 +11,13 @@ import pytest
 from click.testing import CliRunner
 
 from tests.engine.helpers import item, policy
-from throttle.cli import main
-from throttle.dispatcher.run import run_dispatcher
-from throttle.history import migrate
-from throttle.localenv import free_port
-from throttle.operator.reconcile import reconcile
-from throttle.queue import Queue
+from throttle.cli.main import main
+from throttle.dispatcher.service import run_dispatcher
+from throttle.engine.queue import Queue
+from throttle.engine.registry import reconcile
+from throttle.history.store import migrate
 from throttle.settings import Settings
+from throttle_dev.localenv import free_port
 
 
 async def test_dispatcher_serves_health_and_metrics(
@@ -63,7 +63,7 @@ async def test_recover_command(
     await reconcile(queue, p)
     await queue.enqueue(item("cb-1"), p)
     from throttle.dispatcher.history_writer import HistoryWriter
-    from throttle.history import create_pool
+    from throttle.history.store import create_pool
     from throttle.metrics import Metrics
 
     writer = HistoryWriter(redis, lambda: create_pool(settings.database_url or ""), Metrics())
@@ -89,7 +89,7 @@ async def test_history_command_shows_a_timeline(
     await queue.enqueue(item("cb-hist"), p)
     await queue.ack((await queue.take()).released)
     from throttle.dispatcher.history_writer import HistoryWriter
-    from throttle.history import create_pool
+    from throttle.history.store import create_pool
     from throttle.metrics import Metrics
 
     writer = HistoryWriter(redis, lambda: create_pool(settings.database_url or ""), Metrics())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from throttle.localenv import RedisServer
+from throttle_dev.localenv import RedisServer
 
 
 async def test_redis_runs_a_lua_script_atomically(redis: object) -> None:

@@ -19,7 +19,7 @@ SECRET = "s3cr3t-value-that-must-not-leak-0123456789"
 def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.isupper() or k in ("PATH", "HOME")}
     return subprocess.run(
-        [sys.executable, "-m", "throttle.cli", *args],
+        [sys.executable, "-m", "throttle.cli.main", *args],
         env={**base, **env},
         cwd=cwd,
         capture_output=True,

@@ -11,10 +11,10 @@ import aiohttp
 import asyncpg
 import pytest
 
-from throttle.crypto import TokenCipher
-from throttle.history import migrate
+from throttle.history.store import migrate
+from throttle.hubspot.crypto import TokenCipher
+from throttle.hubspot.tokens import TokenStore
 from throttle.settings import EncryptionKey, Settings
-from throttle.tokens import TokenStore
 
 
 @pytest.fixture

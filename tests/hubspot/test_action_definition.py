@@ -10,16 +10,16 @@ import json
 from importlib import resources
 from typing import Any
 
-from throttle.dispatcher.complete import Released
 from throttle.dispatcher.hubspot_completer import output_fields
-from throttle.policy import Policy
+from throttle.engine.policy import Policy
+from throttle.engine.queue import Released
 from throttle.webhook_service import actions
 
 HUBSPOT_STATES = {"hs_execution_state", "hs_expiration_duration"}
 
 
 def definition() -> dict[str, Any]:
-    text = resources.files("throttle").joinpath("hubspot_action.json").read_text()
+    text = resources.files("throttle.hubspot").joinpath("action_definition.json").read_text()
     loaded: dict[str, Any] = json.loads(text)
     return loaded
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from throttle.dispatcher.budget import PortalBudget
+from throttle.hubspot.budget import PortalBudget
 from throttle.settings import parse_budget_overrides as parse_overrides
 
 
@@ -100,7 +100,7 @@ async def test_calls_in_flight_are_capped_across_pods(redis: Any, redis_server: 
 @pytest.mark.cluster
 async def test_budget_and_token_lock_work_on_redis_cluster(redis_cluster: Any) -> None:
     """All keys of a portal share one hash tag, so the scripts run unchanged on a cluster."""
-    from throttle import keys
+    from throttle.engine import keys
 
     client = redis_cluster.client()
     try:

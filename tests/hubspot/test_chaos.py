@@ -11,7 +11,7 @@ import pytest
 
 from tests.fixtures.hubspot_simulator import StartSimulator
 from tests.hubspot.test_completer import drain, released, setup
-from throttle.tokens import TokenStore
+from throttle.hubspot.tokens import TokenStore
 
 pytestmark = pytest.mark.chaos
 

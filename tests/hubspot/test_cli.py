@@ -18,14 +18,14 @@ from typing import Any
 import asyncpg
 import pytest
 
-from throttle.crypto import TokenCipher
-from throttle.history import migrate
-from throttle.hubspot import TokenGrant
-from throttle.localenv import free_port
+from throttle.history.store import migrate
+from throttle.hubspot.client import TokenGrant
+from throttle.hubspot.crypto import TokenCipher
+from throttle.hubspot.tokens import TokenStore
 from throttle.settings import Settings
-from throttle.tokens import TokenStore
+from throttle_dev.localenv import free_port
 
-THROTTLE = [sys.executable, "-m", "throttle.cli"]
+THROTTLE = [sys.executable, "-m", "throttle.cli.main"]
 
 
 def env(tmp_path: Path, **values: str) -> dict[str, str]:

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from tests.fixtures.hubspot_simulator import RunningSimulator, StartSimulator
-from throttle.hubspot import (
+from throttle.hubspot.client import (
     CallbackCompletion,
     DeveloperAuth,
     HubSpotClient,
@@ -211,7 +211,7 @@ async def test_action_definition_crud(
     import json
     from importlib.resources import files
 
-    definition = json.loads(files("throttle").joinpath("hubspot_action.json").read_text())
+    definition = json.loads(files("throttle").joinpath("action_definition.json").read_text())
     definition["actionUrl"] = "https://throttle.example.com/api/hubspot/action"
     client = client_for(hubspot_sim, session)
     app_id = hubspot_sim.sim.config.app_id

@@ -11,12 +11,13 @@ from typing import Any
 import aiohttp
 
 from tests.fixtures.hubspot_simulator import RunningSimulator, StartSimulator
-from throttle.dispatcher.budget import PortalBudget
-from throttle.dispatcher.complete import CompletionResult, Released
+from throttle.dispatcher.complete import CompletionResult
 from throttle.dispatcher.hubspot_completer import HubSpotCompleter
-from throttle.hubspot import HubSpotClient, TokenGrant
+from throttle.engine.queue import Released
+from throttle.hubspot.budget import PortalBudget
+from throttle.hubspot.client import HubSpotClient, TokenGrant
+from throttle.hubspot.tokens import TokenManager, TokenStore
 from throttle.metrics import Metrics
-from throttle.tokens import TokenManager, TokenStore
 
 
 def released(portal_id: int, n: int, prefix: str = "cb") -> list[Released]:
@@ -236,8 +237,8 @@ async def test_build_completer_from_settings(
     session: aiohttp.ClientSession,
     redis: Any,
 ) -> None:
-    from throttle.crypto import TokenCipher
     from throttle.dispatcher.hubspot_completer import build_completer
+    from throttle.hubspot.crypto import TokenCipher
 
     config = hubspot_sim.sim.config
     settings = make_settings(
@@ -331,7 +332,7 @@ async def test_redis_outage_defers_and_loses_nothing(
 ) -> None:
     import redis.asyncio as aioredis
 
-    from throttle.localenv import free_port
+    from throttle_dev.localenv import free_port
 
     items = released(12, 5)
     completer = await setup(hubspot_sim, store, session, redis, 12, items)

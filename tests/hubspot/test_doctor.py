@@ -10,13 +10,13 @@ from typing import Any
 import aiohttp
 
 from tests.fixtures.hubspot_simulator import StartSimulator
-from throttle.crypto import TokenCipher
-from throttle.doctor import run_checks
-from throttle.hubspot import DeveloperAuth, HubSpotClient, TokenGrant
-from throttle.hubspot_action import register_action
-from throttle.policy import Policy
-from throttle.policy_index import registry_put
-from throttle.tokens import TokenStore
+from throttle.cli.doctor import run_checks
+from throttle.engine.policy import Policy
+from throttle.engine.policy_index import registry_put
+from throttle.hubspot.action_definition import register_action
+from throttle.hubspot.client import DeveloperAuth, HubSpotClient, TokenGrant
+from throttle.hubspot.crypto import TokenCipher
+from throttle.hubspot.tokens import TokenStore
 
 
 def by_name(checks: list[Any]) -> dict[str, list[tuple[str, str]]]:
@@ -76,7 +76,7 @@ async def test_doctor_reports_every_area(
 
 def test_doctor_cli_names_missing_settings(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "throttle.cli", "doctor"],
+        [sys.executable, "-m", "throttle.cli.main", "doctor"],
         env={"PATH": "/usr/bin:/bin", "LOG_FORMAT": "text"},
         cwd=tmp_path,
         capture_output=True,

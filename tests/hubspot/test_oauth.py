@@ -15,21 +15,21 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.fixtures.hubspot_simulator import RunningSimulator, StartSimulator
-from throttle.crypto import TokenCipher
-from throttle.dispatcher.budget import PortalBudget
-from throttle.dispatcher.complete import Released
 from throttle.dispatcher.hubspot_completer import HubSpotCompleter
-from throttle.hubspot import HubSpotClient
+from throttle.engine.queue import Released
+from throttle.hubspot.budget import PortalBudget
+from throttle.hubspot.client import HubSpotClient
+from throttle.hubspot.crypto import TokenCipher
+from throttle.hubspot.oauth_state import OAuthStateSigner
+from throttle.hubspot.tokens import TokenManager, TokenStore
 from throttle.logs import RedactingFilter
 from throttle.metrics import Metrics
-from throttle.oauth_state import OAuthStateSigner
 from throttle.settings import Settings
-from throttle.simulator import send_uninstall
-from throttle.tokens import TokenManager, TokenStore
 from throttle.webhook_service.appkeys import HUBSPOT, METRICS, REDIS, SETTINGS, TOKENS, VERIFIER
 from throttle.webhook_service.errors import json_errors
 from throttle.webhook_service.oauth import routes
 from throttle.webhook_service.verification import SignatureVerifier
+from throttle_dev.simulator import send_uninstall
 
 
 class Stack:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from throttle.oauth_state import OAuthStateSigner, StateError
+from throttle.hubspot.oauth_state import OAuthStateSigner, StateError
 
 KEY = "k" * 40
 

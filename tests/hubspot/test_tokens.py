@@ -10,10 +10,10 @@ import pytest
 
 from tests.fixtures.hubspot_simulator import StartSimulator
 from tests.hubspot.conftest import new_key
-from throttle.crypto import CryptoError, TokenCipher, UnknownKeyError
-from throttle.hubspot import HubSpotClient, TokenGrant
+from throttle.hubspot.client import HubSpotClient, TokenGrant
+from throttle.hubspot.crypto import CryptoError, TokenCipher, UnknownKeyError
+from throttle.hubspot.tokens import NotInstalled, PortalStopped, TokenManager, TokenStore
 from throttle.metrics import Metrics
-from throttle.tokens import NotInstalled, PortalStopped, TokenManager, TokenStore
 
 GRANT = TokenGrant("access-AAAA-secret", "refresh-BBBB-secret", 1800, scopes=("automation",))
 

@@ -16,9 +16,9 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
 from tests.fixtures.hubspot_simulator import RunningSimulator, StartSimulator
-from throttle.simulator import Driver, TrafficPlan, send_uninstall
 from throttle.webhook_service.app import AccessLogger, create_app
 from throttle.webhook_service.appkeys import INSTALLED, TOKENS
+from throttle_dev.simulator import Driver, TrafficPlan, send_uninstall
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ async def test_install_uninstall_through_the_webhook_app(
 
         # A stale (6 min old) signature on the uninstall endpoint is refused like any other.
         body = json.dumps([{"subscriptionType": "app.uninstall", "portalId": 5}]).encode()
-        from throttle.webhook_service.signatures import sign_v3
+        from throttle.hubspot.signatures import sign_v3
 
         old = int(time.time() * 1000) - 6 * 60 * 1000
         headers = {

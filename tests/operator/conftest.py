@@ -16,10 +16,10 @@ import pytest
 import yaml
 
 from tests.fixtures.kube import KubeEnv
-from throttle.localenv import RedisServer
 from throttle.metrics import Metrics
 from throttle.operator.main import run
 from throttle.settings import Settings
+from throttle_dev.localenv import RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "deploy" / "crds" / "throttlepolicies.yaml"

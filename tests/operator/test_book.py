@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from throttle import keys
-from throttle.manifests import policy_from_spec
+from throttle.engine import keys
+from throttle.engine.manifests import policy_from_spec
+from throttle.engine.queue import Queue
 from throttle.operator.book import PolicyBook, PolicyConflict
-from throttle.queue import Queue
 
 pytestmark = pytest.mark.cluster
 

@@ -21,13 +21,13 @@ from redis import Redis as SyncRedis
 
 from tests.operator.conftest import REPO
 from tests.operator.test_operator import eventually
-from throttle import keys
-from throttle.localenv import RedisServer, free_port
-from throttle.manifests import load_folder
+from throttle.engine import keys
+from throttle.engine.manifests import load_folder
+from throttle.engine.queue import Queue, QueueItem
 from throttle.metrics import Metrics
 from throttle.operator.local import run_local
-from throttle.queue import Queue, QueueItem
 from throttle.settings import Settings
+from throttle_dev.localenv import RedisServer, free_port
 
 EXAMPLES = REPO / "deploy" / "examples"
 
@@ -150,7 +150,7 @@ def test_cli_local_mode_serves_health_and_stops_cleanly(
         "LOG_FORMAT": "text",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "throttle.cli", "operator", "--local", str(EXAMPLES)],
+        [sys.executable, "-m", "throttle.cli.main", "operator", "--local", str(EXAMPLES)],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -192,7 +192,7 @@ def test_cli_without_cluster_credentials_says_what_to_do(
     }
     env.update(HOME=str(tmp_path), REDIS_URL=redis_server.url, METRICS_PORT="0")
     proc = subprocess.run(
-        [sys.executable, "-m", "throttle.cli", "operator"],
+        [sys.executable, "-m", "throttle.cli.main", "operator"],
         env=env,
         cwd=tmp_path,
         capture_output=True,

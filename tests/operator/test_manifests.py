@@ -10,7 +10,7 @@ import yaml
 
 from tests.fixtures.kube import KubeEnv
 from tests.operator.conftest import REPO, policy_manifest
-from throttle.manifests import (
+from throttle.engine.manifests import (
     ManifestError,
     crd_rule_errors,
     load_folder,

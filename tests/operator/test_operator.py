@@ -25,11 +25,11 @@ from redis import Redis as SyncRedis
 
 from tests.fixtures.kube import KubeEnv
 from tests.operator.conftest import OPERATOR_NS, REPO, OperatorThread, policy_manifest
-from throttle import keys
-from throttle.localenv import RedisServer, free_port
-from throttle.manifests import load_folder, policy_from_resource
-from throttle.policy import Policy
-from throttle.queue import Queue, QueueItem
+from throttle.engine import keys
+from throttle.engine.manifests import load_folder, policy_from_resource
+from throttle.engine.policy import Policy
+from throttle.engine.queue import Queue, QueueItem
+from throttle_dev.localenv import RedisServer, free_port
 
 pytestmark = [pytest.mark.kube, pytest.mark.usefixtures("throttle_crd")]
 
@@ -460,7 +460,7 @@ def test_throttle_operator_command_runs_and_stops_cleanly(
         "LOG_FORMAT": "text",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "throttle.cli", "operator", "-n", namespace],
+        [sys.executable, "-m", "throttle.cli.main", "operator", "-n", namespace],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,

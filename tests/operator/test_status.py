@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from throttle.manifests import policy_from_spec
+from throttle.engine.manifests import policy_from_spec
 from throttle.operator.book import drain_seconds
-from throttle.operator.status import (
+from throttle.operator.status_patch import (
     Outcome,
     QueueFigures,
     desired_status,

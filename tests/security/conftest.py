@@ -31,13 +31,13 @@ import requests
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from throttle import keys
-from throttle.localenv import PostgresServer, RedisServer, free_port
+from throttle.engine import keys
+from throttle.engine.policy import Policy
+from throttle.hubspot.signatures import sign_v2, sign_v3
 from throttle.logs import configure_logging
-from throttle.policy import Policy
 from throttle.settings import Settings
-from throttle.simulator import Simulator, SimulatorConfig, create_simulator_app
-from throttle.webhook_service.signatures import sign_v2, sign_v3
+from throttle_dev.localenv import PostgresServer, RedisServer, free_port
+from throttle_dev.simulator import Simulator, SimulatorConfig, create_simulator_app
 
 T = TypeVar("T")
 
@@ -238,7 +238,7 @@ class LiveWebhook:
     # --- state ---------------------------------------------------------------------------------
     def add_policy(self, name: str = POLICY_NAME, portal: int = PORTAL, **spec: Any) -> Policy:
         """Write a policy into the engine the way the config API's local store does."""
-        from throttle.operator.reconcile import reconcile
+        from throttle.engine.registry import reconcile
         from throttle.webhook_service.appkeys import POLICY_INDEX, QUEUE
 
         data: dict[str, Any] = {

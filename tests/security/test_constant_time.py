@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.security.conftest import LiveWebhook
-from throttle.oauth_state import OAuthStateSigner, StateError
-from throttle.webhook_service.signatures import sign_v2, sign_v3, verify
+from throttle.hubspot.oauth_state import OAuthStateSigner, StateError
+from throttle.hubspot.signatures import sign_v2, sign_v3, verify
 
 ROOT = Path(__file__).resolve().parents[2] / "throttle"
 # Code that compares something an outsider sent against something secret.

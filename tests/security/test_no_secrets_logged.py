@@ -21,7 +21,7 @@ from tests.security.conftest import (
     execution,
     secrets_of,
 )
-from throttle.simulator.driver import send_uninstall
+from throttle_dev.simulator.driver import send_uninstall
 
 PORTAL = 880011
 

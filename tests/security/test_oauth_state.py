@@ -11,7 +11,7 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 from tests.security.conftest import LiveWebhook
-from throttle.oauth_state import OAuthStateSigner
+from throttle.hubspot.oauth_state import OAuthStateSigner
 
 INSTALLING_PORTAL = 777001
 

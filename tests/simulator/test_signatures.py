@@ -10,8 +10,8 @@ from typing import Any
 from aiohttp import web
 from hubspot.utils.signature import Signature
 
-from throttle.simulator import Driver, Simulator, SimulatorConfig, TrafficPlan
-from throttle.webhook_service.signatures import sign_v2, verify
+from throttle.hubspot.signatures import sign_v2, verify
+from throttle_dev.simulator import Driver, Simulator, SimulatorConfig, TrafficPlan
 
 V2_SECRET = "yyyyyyyy-yyyy-yyyy-yyyy-yyyyyyyyyyyy"
 

@@ -12,12 +12,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
-from throttle.operator.reconcile import reconcile
-from throttle.policy import Policy
+from throttle.engine.policy import Policy
+from throttle.engine.registry import reconcile
+from throttle.hubspot.signatures import sign_v2, sign_v3
 from throttle.settings import Settings
 from throttle.webhook_service.app import create_app
 from throttle.webhook_service.appkeys import INSTALLED, POLICY_INDEX, QUEUE
-from throttle.webhook_service.signatures import sign_v2, sign_v3
 
 ACTION_PATH = "/api/hubspot/action"
 PORTAL = 102670506
@@ -107,7 +107,7 @@ class Webhook:
 
     async def install(self, *portals: int, stopped: dict[int, str] | None = None) -> None:
         """Mark portals installed through the Redis mirror (what the refresher reads)."""
-        from throttle import keys
+        from throttle.engine import keys
 
         mirror = {
             "installed": list(portals),

@@ -14,7 +14,7 @@ from typing import Any
 
 import schemathesis
 
-from throttle.webhook_service.signatures import sign_v3
+from throttle.hubspot.signatures import sign_v3
 
 SIGNED_PATHS = {"/api/hubspot/action", "/api/hubspot/options", "/api/hubspot/uninstall"}
 

@@ -7,7 +7,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from tests.webhook.conftest import PORTAL, StartWebhook, Webhook, execution, policy
-from throttle import keys
+from throttle.engine import keys
 from throttle.webhook_service.appkeys import QUEUE
 
 

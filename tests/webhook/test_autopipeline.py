@@ -75,7 +75,7 @@ async def test_connection_failure_reaches_every_waiter(redis_server: Any) -> Non
 async def test_selects_the_database_and_authenticates(tmp_path: Any) -> None:
     from redis.asyncio import Redis
 
-    from throttle.localenv import RedisServer
+    from throttle_dev.localenv import RedisServer
 
     server = RedisServer(tmp_path / "auth").start()
     server.sync_client().config_set("requirepass", "s3cret-pw")
@@ -103,7 +103,7 @@ async def test_selects_the_database_and_authenticates(tmp_path: Any) -> None:
 async def test_reconnects_after_a_redis_restart(tmp_path: Any) -> None:
     from redis.asyncio import Redis
 
-    from throttle.localenv import RedisServer
+    from throttle_dev.localenv import RedisServer
 
     server = RedisServer(tmp_path / "restart").start()
     try:

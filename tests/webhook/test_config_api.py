@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from tests.webhook.conftest import PORTAL, StartWebhook, Webhook, execution
-from throttle import keys
-from throttle.history import migrate
+from throttle.engine import keys
+from throttle.history.store import migrate
 from throttle.webhook_service.appkeys import POLICY_INDEX, POLICY_STORE, QUEUE
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from tests.fixtures.kube import KubeEnv
 from tests.webhook.conftest import PORTAL, StartWebhook, Webhook
-from throttle.policy_store import resource_name
+from throttle.webhook_service.policy_store import resource_name
 
 pytestmark = pytest.mark.kube
 

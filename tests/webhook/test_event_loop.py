@@ -16,12 +16,12 @@ import aiohttp
 from aiohttp import web
 
 from tests.webhook.conftest import ACTION_PATH, execution, policy
-from throttle.localenv import free_port
-from throttle.operator.reconcile import reconcile
+from throttle.engine.registry import reconcile
+from throttle.hubspot.signatures import sign_v3
 from throttle.settings import Settings
 from throttle.webhook_service.app import create_app, freeze_heap, new_event_loop
 from throttle.webhook_service.appkeys import POLICY_INDEX, QUEUE
-from throttle.webhook_service.signatures import sign_v3
+from throttle_dev.localenv import free_port
 
 
 async def test_the_start_up_heap_is_frozen_out_of_the_cyclic_gc() -> None:

@@ -11,10 +11,10 @@ from aiohttp.test_utils import make_mocked_request
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.webhook.conftest import PORTAL, StartWebhook, Webhook, execution, policy
-from throttle.localenv import RedisServer, free_port
 from throttle.metrics import Metrics
 from throttle.webhook_service.app import AccessLogger
 from throttle.webhook_service.appkeys import POLICY_INDEX, QUEUE
+from throttle_dev.localenv import RedisServer, free_port
 
 
 async def test_healthz_and_readyz(webhook: Webhook) -> None:

@@ -7,8 +7,8 @@ import json
 import asyncpg
 
 from tests.webhook.conftest import PORTAL, StartWebhook, execution, policy
-from throttle import keys
-from throttle.history import migrate
+from throttle.engine import keys
+from throttle.history.store import migrate
 from throttle.webhook_service.appkeys import INSTALLED, QUEUE
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.webhook.conftest import Webhook, settings_env
-from throttle.history import migrate
+from throttle.history.store import migrate
 from throttle.settings import Settings
 from throttle.webhook_service.errors import no_route
 from throttle.webhook_service.openapi import document
@@ -57,7 +57,7 @@ def webhook_process(make_settings: Callable[..., Settings], tmp_path: Path) -> I
     asyncio.run(migrate(settings.database_url))
     log = (tmp_path / "webhook.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "throttle.cli", "webhook"],
+        [sys.executable, "-m", "throttle.cli.main", "webhook"],
         env=settings_env(settings),
         stdout=log,
         stderr=subprocess.STDOUT,

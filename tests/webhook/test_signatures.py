@@ -7,7 +7,7 @@ import json
 import pytest
 from hubspot.utils.signature import Signature
 
-from throttle.webhook_service.signatures import (
+from throttle.hubspot.signatures import (
     MAX_SKEW_MS,
     decode_v3_url,
     sign_v1,

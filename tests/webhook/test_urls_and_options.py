@@ -95,7 +95,7 @@ async def test_previous_secret_accepted_while_rotating(start_webhook: StartWebho
 
 
 async def test_v1_refused_unless_enabled(start_webhook: StartWebhook) -> None:
-    from throttle.webhook_service.signatures import sign_v1
+    from throttle.hubspot.signatures import sign_v1
 
     for allowed, expected in ((False, 401), (True, 200)):
         webhook = await start_webhook(allow_signature_v1=allowed)

@@ -11,32 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-
-@dataclass(frozen=True)
-class Released:
-    """One execution the rate allowed out of its queue (leased to this dispatcher)."""
-
-    callback_id: str
-    portal_id: int
-    policy: str
-    queue: str
-    enqueued_at: float
-    attempts: int
-    wait_seconds: float
-    execution_state: str = "SUCCESS"
-    """What to complete it with: SUCCESS normally; FAIL_CONTINUE or SUCCESS when its policy was
-    deleted with "complete now" (the execution never waited out the rate)."""
-    released_at_us: int = 0
-    """When the rate let it go, on Redis' clock (microseconds since the epoch)."""
-
-    @property
-    def policy_key(self) -> str:
-        return f"{self.portal_id}:{self.policy}"
-
-    @property
-    def ref(self) -> str:
-        """The queue ref in Redis (`portal:policy:queue`)."""
-        return f"{self.portal_id}:{self.policy}:{self.queue}"
+from throttle.engine.queue import Released
 
 
 @dataclass

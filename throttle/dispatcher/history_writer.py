@@ -22,8 +22,8 @@ from typing import Any
 
 import asyncpg
 
-from throttle import keys
-from throttle.history import fold_events, prune, write_rows
+from throttle.engine import keys
+from throttle.history.store import fold_events, prune, write_rows
 from throttle.metrics import Metrics
 
 log = logging.getLogger(__name__)

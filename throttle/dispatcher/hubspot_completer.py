@@ -23,10 +23,10 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from throttle.crypto import TokenCipher
-from throttle.dispatcher.budget import BudgetGrant, PortalBudget
-from throttle.dispatcher.complete import CompletionResult, Released
-from throttle.hubspot import (
+from throttle.dispatcher.complete import CompletionResult
+from throttle.engine.queue import Released
+from throttle.hubspot.budget import BudgetGrant, PortalBudget
+from throttle.hubspot.client import (
     MAX_BATCH,
     CallbackCompletion,
     HubSpotClient,
@@ -36,9 +36,10 @@ from throttle.hubspot import (
     Success,
     Unauthorized,
 )
+from throttle.hubspot.crypto import TokenCipher
+from throttle.hubspot.tokens import PortalStopped, TokenManager, TokenStore, TokenUnavailable
 from throttle.metrics import Metrics
 from throttle.settings import Settings
-from throttle.tokens import PortalStopped, TokenManager, TokenStore, TokenUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class TokenSource(Protocol):
 
 
 def output_fields(item: Released) -> dict[str, Any]:
-    """The action's output fields (hubspot_action.json) for a released execution."""
+    """The action's output fields (action_definition.json) for a released execution."""
     return {
         "hs_execution_state": item.execution_state,
         "throttle_status": "released" if item.execution_state == "SUCCESS" else "failed",

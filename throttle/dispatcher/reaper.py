@@ -13,8 +13,8 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
+from throttle.engine.queue import Queue
 from throttle.metrics import Metrics
-from throttle.queue import Queue
 
 log = logging.getLogger(__name__)
 

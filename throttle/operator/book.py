@@ -20,12 +20,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from throttle import keys
-from throttle.manifests import OnDelete
-from throttle.operator import reconcile as engine
-from throttle.operator.status import QueueFigures
-from throttle.policy import Policy
-from throttle.queue import PolicyStats, Queue, RetireMode
+from throttle.engine import keys
+from throttle.engine import registry as engine
+from throttle.engine.manifests import OnDelete
+from throttle.engine.policy import Policy
+from throttle.engine.queue import PolicyStats, Queue, RetireMode
+from throttle.operator.status_patch import QueueFigures
 
 log = logging.getLogger(__name__)
 

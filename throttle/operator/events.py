@@ -13,9 +13,9 @@ from typing import Any
 
 import kopf
 
-from throttle.manifests import FieldErrors, OnDelete
-from throttle.operator.status import rate_text
-from throttle.policy import Policy
+from throttle.engine.manifests import FieldErrors, OnDelete
+from throttle.engine.policy import Policy
+from throttle.operator.status_patch import rate_text
 
 Body = Mapping[str, Any]
 

@@ -24,7 +24,7 @@ from typing import Any
 import kopf
 from redis.exceptions import RedisError
 
-from throttle.manifests import (
+from throttle.engine.manifests import (
     GROUP,
     PLURAL,
     VERSION,
@@ -32,19 +32,19 @@ from throttle.manifests import (
     on_delete_mode,
     policy_from_resource,
 )
+from throttle.engine.policy import Policy
+from throttle.engine.queue import Queue
+from throttle.kube import connection_info
 from throttle.metrics import Metrics
 from throttle.operator import events
 from throttle.operator.book import Entry, PolicyBook, PolicyConflict, tombstone
-from throttle.operator.connection import connection_info
-from throttle.operator.status import (
+from throttle.operator.status_patch import (
     FIGURE_KEYS,
     Outcome,
     QueueFigures,
     desired_status,
     status_patch,
 )
-from throttle.policy import Policy
-from throttle.queue import Queue
 from throttle.settings import Settings
 
 log = logging.getLogger(__name__)

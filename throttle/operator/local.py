@@ -1,8 +1,8 @@
 """`throttle operator --local DIR`: the operator's job without a cluster, fed by manifest files.
 
 Reads the ThrottlePolicy manifests in DIR (the same YAML `kubectl apply` takes, see
-`throttle.manifests`), reconciles each through the engine's one `reconcile` function, and keeps
-watching the folder: an edited file is reconciled again, a removed policy is retired as its
+`throttle.engine.manifests`), reconciles each through the engine's one `reconcile` function, and
+keeps watching the folder: an edited file is reconciled again, a removed policy is retired as its
 last `onDelete` said (until nothing of it is left), an invalid file is reported and the last
 valid version stays in force. Parameters Redis loses are written back, as in a cluster.
 """
@@ -18,13 +18,13 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from throttle.manifests import Manifest, OnDelete, load_folder, manifest_files, policy_name
+from throttle.engine.manifests import Manifest, OnDelete, load_folder, manifest_files, policy_name
+from throttle.engine.policy import Policy
+from throttle.engine.queue import Queue
+from throttle.health_server import health_server
 from throttle.metrics import Metrics
 from throttle.operator.book import PolicyBook, PolicyConflict
 from throttle.operator.handlers import redis_client
-from throttle.operator.main import health_server
-from throttle.policy import Policy
-from throttle.queue import Queue
 from throttle.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,10 @@ async def run_local(
     redis = redis_client(settings)
     reconciler = LocalReconciler(folder, PolicyBook(Queue(redis)), metrics)
     try:
-        async with health_server(settings, metrics, {"role": "local", "folder": str(folder)}):
+        role = {"status": "ok", "role": "local", "folder": str(folder)}
+        async with health_server(
+            settings.host, settings.metrics_port, metrics.registry, lambda: (True, role)
+        ):
             metrics.operator_leader.set(1)
             await reconciler.run(stop, settings.operator_check_interval)
     finally:

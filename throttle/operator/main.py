@@ -16,18 +16,17 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import kopf
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from throttle.health_server import health_server
+from throttle.kube import api_client, client_configuration
 from throttle.metrics import Metrics
-from throttle.operator.connection import api_client, client_configuration
 from throttle.operator.handlers import OperatorState, build_registry, operator_settings
 from throttle.operator.lease import LeaderLease, LeaseSettings
+from throttle.operator.local import run_local
 from throttle.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,34 +48,6 @@ def lease_namespace(settings: Settings) -> str:
     with contextlib.suppress(OSError):
         return _SA_NAMESPACE.read_text().strip() or "default"
     return "default"
-
-
-@contextlib.asynccontextmanager
-async def health_server(
-    settings: Settings, metrics: Metrics, role: dict[str, str]
-) -> AsyncIterator[int | None]:
-    """`/healthz` (alive, with this replica's role) and `/metrics` on METRICS_PORT (0 = off)."""
-    if not settings.metrics_port:
-        yield None
-        return
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", **role})
-
-    async def metrics_view(_: web.Request) -> web.Response:
-        body = generate_latest(metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    app = web.Application()
-    app.add_routes([web.get("/healthz", healthz), web.get("/metrics", metrics_view)])
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.metrics_port)
-    await site.start()
-    try:
-        yield settings.metrics_port
-    finally:
-        await runner.cleanup()
 
 
 async def run(
@@ -110,7 +81,12 @@ async def run(
         ),
     )
     role = {"role": "standby", "identity": identity}
-    async with health_server(settings, metrics, role):
+    async with health_server(
+        settings.host,
+        settings.metrics_port,
+        metrics.registry,
+        lambda: (True, {"status": "ok", **role}),
+    ):
         if not await lease.acquire(stop):
             return
         role["role"] = "leader"
@@ -158,8 +134,6 @@ def serve(settings: Settings, namespaces: list[str], local: Path | None = None) 
         # log lines say what matters. LOG_LEVEL=DEBUG shows kopf's per-object lines again.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if local is not None:
-        from throttle.operator.local import run_local
-
         asyncio.run(_with_signals(lambda stop: run_local(settings, local, stop=stop)))
         return
     from kubernetes.config import ConfigException

@@ -32,10 +32,10 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from throttle.engine.policy import Policy
+from throttle.engine.policy_index import PolicyIndex
+from throttle.engine.queue import EnqueueResult, QueueItem
 from throttle.metrics import Metrics
-from throttle.policy import Policy
-from throttle.policy_index import PolicyIndex
-from throttle.queue import EnqueueResult, QueueItem
 from throttle.webhook_service.appkeys import (
     INSTALLED,
     METRICS,
@@ -52,7 +52,7 @@ from throttle.webhook_service.verification import SignatureVerifier
 log = logging.getLogger(__name__)
 
 POLICY_FIELD = "policy"
-"""The action's input field naming the policy (see throttle/hubspot_action.json)."""
+"""The action's input field naming the policy (see throttle/hubspot/action_definition.json)."""
 
 REASON_FIELD = "throttle_reason"
 STATUS_FIELD = "throttle_status"

@@ -24,6 +24,13 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CollectorRegistry
 
+from throttle.engine.policy_index import PolicyIndex
+from throttle.engine.queue import Queue
+from throttle.engine.registry import reconcile, retire
+from throttle.hubspot.client import HubSpotClient
+from throttle.hubspot.crypto import TokenCipher
+from throttle.hubspot.tokens import TokenManager, TokenStore
+from throttle.kube import api_client, client_configuration
 from throttle.metrics import Metrics
 from throttle.settings import Settings
 from throttle.webhook_service import (
@@ -52,6 +59,7 @@ from throttle.webhook_service.appkeys import (
 )
 from throttle.webhook_service.autopipeline import AutoPipeline
 from throttle.webhook_service.errors import fallback_routes, json_errors
+from throttle.webhook_service.policy_store import KubePolicyStore, LocalPolicyStore
 from throttle.webhook_service.portals import InstalledPortals
 from throttle.webhook_service.verification import SignatureVerifier
 
@@ -113,7 +121,6 @@ def _redis_client(settings: Settings) -> Any:
 
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    from throttle.queue import Queue
 
     settings = app[SETTINGS]
     redis = _redis_client(settings)
@@ -162,7 +169,6 @@ async def _background(
 
 
 async def policy_index_ctx(app: web.Application) -> AsyncIterator[None]:
-    from throttle.policy_index import PolicyIndex
 
     index = PolicyIndex(app[REDIS], interval=POLICY_REFRESH_S)
     app[POLICY_INDEX] = index
@@ -186,7 +192,6 @@ async def db_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def http_ctx(app: web.Application) -> AsyncIterator[None]:
-    from throttle.hubspot import HubSpotClient
 
     settings = app[SETTINGS]
     metrics = app[METRICS]
@@ -211,8 +216,6 @@ async def http_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def _token_manager(app: web.Application) -> Any:
     """The OAuth flow's token manager, when encryption keys and a database are configured."""
-    from throttle.crypto import TokenCipher
-    from throttle.tokens import TokenManager, TokenStore
 
     settings = app[SETTINGS]
     if app[DB_POOL] is None or not settings.encryption_keys:
@@ -243,18 +246,14 @@ async def installed_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def policy_store_ctx(app: web.Application) -> AsyncIterator[None]:
-    from throttle.policy_store import KubePolicyStore, LocalPolicyStore
 
     settings = app[SETTINGS]
     if settings.config_backend == "cluster":
-        from throttle.operator.connection import api_client, client_configuration
-
         client = api_client(client_configuration(settings.kubeconfig))
         app[POLICY_STORE] = KubePolicyStore(client, settings.config_namespace)
         yield
         client.close()
         return
-    from throttle.operator.reconcile import reconcile, retire
 
     queue = app[QUEUE]
 

@@ -16,10 +16,10 @@ from throttle.metrics import Metrics
 from throttle.settings import Settings
 
 if TYPE_CHECKING:
-    from throttle.hubspot import HubSpotClient
-    from throttle.policy_index import PolicyIndex
-    from throttle.policy_store import PolicyStore
-    from throttle.queue import Queue
+    from throttle.engine.policy_index import PolicyIndex
+    from throttle.engine.queue import Queue
+    from throttle.hubspot.client import HubSpotClient
+    from throttle.webhook_service.policy_store import PolicyStore
     from throttle.webhook_service.portals import InstalledPortals
     from throttle.webhook_service.verification import SignatureVerifier
 

@@ -4,7 +4,7 @@ Every route needs `Authorization: Bearer <THROTTLE_API_TOKEN>` (compared in cons
 missing or wrong token is a 401 that changes nothing. Bodies are the policy spec as JSON (the
 same camelCase fields as a ThrottlePolicy's `spec`), validated with the engine's `Policy`, so a
 bad body is a 400 naming the field. The store behind it is PostgreSQL + reconcile locally, or
-ThrottlePolicy resources in a cluster (`throttle.policy_store`).
+ThrottlePolicy resources in a cluster (`throttle.webhook_service.policy_store`).
 
 Routes:
     POST   /api/config                                  create or replace (name from the body)
@@ -26,12 +26,12 @@ from typing import Any
 
 from aiohttp import web
 
-from throttle.manifests import ManifestError, policy_from_spec
-from throttle.policy import DEFAULT_POLICY_NAME, Policy
-from throttle.policy_store import PolicyConflict, PolicyRejected, StoreUnavailable
+from throttle.engine.manifests import ManifestError, policy_from_spec
+from throttle.engine.policy import DEFAULT_POLICY_NAME, Policy
 from throttle.webhook_service.appkeys import POLICY_STORE, SETTINGS
 from throttle.webhook_service.errors import ApiError
 from throttle.webhook_service.payloads import check_depth
+from throttle.webhook_service.policy_store import PolicyConflict, PolicyRejected, StoreUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from throttle.scripts import ENGINE_SCRIPTS, lua_source
+from throttle.engine.scripts import ENGINE_SCRIPTS, lua_source
 from throttle.webhook_service.appkeys import METRICS, POLICY_INDEX, QUEUE, REDIS
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from throttle.hubspot import (
+from throttle.hubspot.client import (
     HubSpotClient,
     RateLimited,
     Retryable,
@@ -33,7 +33,7 @@ from throttle.hubspot import (
     TokenInfo,
     TokenRefused,
 )
-from throttle.oauth_state import OAuthStateSigner, StateError
+from throttle.hubspot.oauth_state import OAuthStateSigner, StateError
 from throttle.webhook_service.appkeys import HUBSPOT, METRICS, REDIS, SETTINGS, TOKENS, VERIFIER
 from throttle.webhook_service.errors import ApiError
 

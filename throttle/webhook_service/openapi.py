@@ -15,7 +15,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from throttle import __version__
-from throttle.policy import Policy
+from throttle.engine.policy import Policy
 from throttle.webhook_service.payloads import ActionRequest, OptionsRequest
 
 REF = "#/components/schemas/{model}"

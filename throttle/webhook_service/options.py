@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from throttle.policy import Policy
+from throttle.engine.policy import Policy
 from throttle.webhook_service.appkeys import METRICS, POLICY_INDEX, VERIFIER
 from throttle.webhook_service.errors import ApiError
 from throttle.webhook_service.payloads import OptionsRequest, parse

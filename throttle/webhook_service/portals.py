@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from throttle import keys
+from throttle.engine import keys
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from throttle.hubspot.signatures import SignatureCheck, verify
 from throttle.settings import Settings
 from throttle.webhook_service.errors import ApiError
-from throttle.webhook_service.signatures import SignatureCheck, verify
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

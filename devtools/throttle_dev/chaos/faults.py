@@ -1,0 +1,231 @@
+"""The faults of issue 9, one scenario each, and the function that runs a scenario.
+
+A scenario's `act` runs while HubSpot's traffic for its portal flows: it waits until the system
+is mid-work (executions held by dispatchers, requests in flight), breaks one thing, and repairs
+it the way an operator or Kubernetes would. `run` then lets the backlog drain and judges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from throttle.engine.queue_status import StatusReader
+from throttle_dev.chaos.harness import FaultRow, Harness, Rate, Traffic
+
+Act = Callable[[Harness, int, str], Awaitable[list[str]]]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    act: Act
+    slow: bool = False
+    expect_failures: bool = False
+    """The fault makes completion impossible (a revoked token): failures with a reason are the
+    right outcome, silence is not."""
+    traffic: Traffic = field(default_factory=Traffic)
+    rate: Rate = field(default_factory=Rate)
+    settle_s: float = 120.0
+
+
+async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def _completed_at_least(h: Harness, portal: int, n: int) -> bool:
+    return await _until(lambda: _count_completed(h, portal, n))
+
+
+async def _count_completed(h: Harness, portal: int, n: int) -> bool:
+    return int((await h.report(portal))["completed"]) >= n
+
+
+async def _in_flight(h: Harness, portal: int, policy: str) -> int:
+
+    reader = StatusReader.from_url(h.stack.redis_url)
+    try:
+        row = (await reader.by_name([(portal, policy)])).get(policy)
+        return row.in_flight if row is not None else 0
+    finally:
+        await reader.close()
+
+
+# --- the faults ---------------------------------------------------------------------------------
+async def kill_dispatcher(h: Harness, portal: int, policy: str) -> list[str]:
+    """HubSpot answers in 300 ms here, so the dispatchers always hold leased executions with a
+    completion call in flight: the kill lands mid-batch, and HubSpot may apply the call the dead
+    dispatcher sent (the request reached it) while the lease later hands the executions back."""
+    await h.faults(latency_ms=300.0)
+    await _completed_at_least(h, portal, 10)
+
+    async def holding() -> bool:
+        return await _in_flight(h, portal, policy) > 0
+
+    mid_batch = await _until(holding, 10.0)
+    held = await _in_flight(h, portal, policy)
+    await asyncio.to_thread(h.stack.kill, "dispatcher-1")
+    await asyncio.sleep(2.0)
+    await asyncio.to_thread(h.stack.start_component, "dispatcher-1")
+    state = f"{held} executions leased" if mid_batch else "nothing leased at that instant"
+    return [f"dispatcher-1 SIGKILLed ({state}; HubSpot latency 300 ms), restarted 2 s later"]
+
+
+async def kill_webhook(h: Harness, portal: int, policy: str) -> list[str]:
+    await asyncio.sleep(2.0)
+    await asyncio.to_thread(h.stack.kill, "webhook")
+    await asyncio.sleep(1.5)
+    await asyncio.to_thread(h.stack.start_component, "webhook")
+    return ["webhook SIGKILLed with requests in flight, restarted 1.5 s later"]
+
+
+async def restart_redis(h: Harness, portal: int, policy: str) -> list[str]:
+    await _completed_at_least(h, portal, 10)
+    await asyncio.to_thread(h.stack.redis.restart)
+    return ["Redis restarted (SIGTERM, AOF appendfsync everysec) mid-traffic"]
+
+
+async def kill_redis(h: Harness, portal: int, policy: str) -> list[str]:
+    await _completed_at_least(h, portal, 10)
+    await asyncio.sleep(1.5)  # let AOF's everysec fsync cover the start of the run
+    await asyncio.to_thread(h.stack.redis.restart, True)
+    return ["Redis SIGKILLed and restarted from its AOF (everysec: up to 1 s of writes at risk)"]
+
+
+async def wipe_redis_and_recover(h: Harness, portal: int, policy: str) -> list[str]:
+    await _completed_at_least(h, portal, 20)
+    await asyncio.sleep(2.0)  # history writers copy events to PostgreSQL every ~second
+    client = h.stack.redis.sync_client()
+    await asyncio.to_thread(client.flushall)
+    client.close()
+    output = await h.recover()
+    return ["Redis wiped (FLUSHALL) mid-traffic", f"throttle recover: {output.splitlines()[0]}"]
+
+
+def stop_postgres(seconds: float) -> Act:
+    async def act(h: Harness, portal: int, policy: str) -> list[str]:
+        await _completed_at_least(h, portal, 10)
+        await asyncio.to_thread(h.stack.postgres.stop)
+        await asyncio.sleep(seconds)
+        await asyncio.to_thread(h.stack.postgres.start)
+        return [f"PostgreSQL stopped for {seconds:.0f} s mid-traffic"]
+
+    return act
+
+
+async def simulator_5xx(h: Harness, portal: int, policy: str) -> list[str]:
+    await h.faults(error_ratio=0.2)
+    return ["HubSpot answers 20% of API calls with 503 for the whole run"]
+
+
+async def simulator_latency(h: Harness, portal: int, policy: str) -> list[str]:
+    await h.faults(latency_ms=2000.0)
+    return ["every HubSpot API answer delayed 2 s for the whole run"]
+
+
+async def simulator_429_storm(h: Harness, portal: int, policy: str) -> list[str]:
+    await _completed_at_least(h, portal, 10)
+    await h.faults(storm_seconds=10.0, storm_portals=[portal])
+    return ["HubSpot answers every completion call of the portal 429 for 10 s"]
+
+
+async def revoke_token(h: Harness, portal: int, policy: str) -> list[str]:
+    await _completed_at_least(h, portal, 30)
+    await h.revoke(portal)
+    return ["the portal's refresh and access tokens revoked mid-traffic (an uninstall)"]
+
+
+FAULTS: list[Scenario] = [
+    Scenario("dispatcher-sigkill", "SIGKILL a dispatcher mid-batch", kill_dispatcher),
+    Scenario("webhook-sigkill", "SIGKILL the webhook mid-request", kill_webhook),
+    Scenario("redis-restart", "restart Redis (AOF on)", restart_redis),
+    Scenario("postgres-5s", "stop PostgreSQL for 5 s", stop_postgres(5.0)),
+    Scenario("hubspot-5xx", "HubSpot: 20% 5xx", simulator_5xx, slow=True),
+    Scenario("hubspot-429-storm", "HubSpot: 429 storm (10 s)", simulator_429_storm, slow=True),
+    Scenario(
+        "token-revoked",
+        "HubSpot: portal's token revoked",
+        revoke_token,
+        expect_failures=True,
+    ),
+    Scenario(
+        "hubspot-latency",
+        "HubSpot: 2 s latency",
+        simulator_latency,
+        slow=True,
+        traffic=Traffic(executions=100, rate_per_s=20.0),
+        settle_s=300.0,
+    ),
+    Scenario("redis-sigkill", "SIGKILL Redis (AOF everysec)", kill_redis, slow=True),
+    Scenario(
+        "redis-wipe-recover",
+        "wipe Redis, `throttle recover`",
+        wipe_redis_and_recover,
+        slow=True,
+    ),
+    Scenario(
+        "postgres-60s",
+        "stop PostgreSQL for 60 s",
+        stop_postgres(60.0),
+        slow=True,
+        traffic=Traffic(executions=900, rate_per_s=15.0),
+        rate=Rate(limit=10, period_s=1, burst=5),
+        settle_s=180.0,
+    ),
+]
+
+
+def by_key(key: str) -> Scenario:
+    for scenario in FAULTS:
+        if scenario.key == key:
+            return scenario
+    raise KeyError(f"no fault named {key!r}; known: {', '.join(s.key for s in FAULTS)}")
+
+
+async def heal(h: Harness) -> None:
+    """Bring back any process a scenario left down, so the next one starts from a whole system."""
+    if not h.stack.redis._proc.running:
+        await asyncio.to_thread(h.stack.redis.start)
+    if not h.stack.postgres._proc.running:
+        await asyncio.to_thread(h.stack.postgres.start)
+    for name in h.stack.check_alive():
+        await asyncio.to_thread(h.stack.start_component, name)
+
+
+async def run(h: Harness, scenario: Scenario) -> FaultRow:
+    """Traffic for a fresh portal, the fault mid-traffic, drain, judge.
+
+    Injected HubSpot faults stay on until the backlog has drained: the dispatchers must get
+    through them, not around them."""
+    portal = h.portal()
+    policy = f"chaos-{scenario.key}"
+    started = time.monotonic()
+    await h.put_policy(portal, policy, scenario.rate)
+    drive = asyncio.create_task(h.drive(portal, policy, scenario.traffic))
+    try:
+        try:
+            notes = await scenario.act(h, portal, policy)
+            result = await drive
+        finally:
+            if not drive.done():
+                drive.cancel()
+            await heal(h)
+        settled = await h.settle(portal, scenario.settle_s)
+    finally:
+        await h.clear_faults()
+    row = await h.judge(
+        scenario.title, portal, policy, scenario.rate, result, scenario.expect_failures
+    )
+    row.notes = notes + row.notes
+    if not settled:
+        row.notes.append(f"still open {scenario.settle_s:.0f} s after the traffic ended")
+    row.elapsed_s = round(time.monotonic() - started, 1)
+    return row

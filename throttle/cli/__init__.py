@@ -1,0 +1,1 @@
+"""The `throttle` command: starts each deployable and carries the operating tools."""

@@ -1,0 +1,125 @@
+"""CLI commands of the HubSpot integration: `throttle hubspot register-action`, `throttle
+rotate-keys`, `throttle doctor` (registered on the main group by throttle/cli/main.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import click
+
+
+@click.group()
+def hubspot() -> None:
+    """HubSpot app tools."""
+
+
+@hubspot.command(name="register-action")
+@click.option("--app-id", type=int, default=None, help="The app id (default: HUBSPOT_APP_ID).")
+def register_action(app_id: int | None) -> None:
+    """Create or update the Throttle action definition for the app (idempotent)."""
+    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    from throttle.cli.startup import fail, settings_for
+
+    settings = settings_for("public_url")
+    app_id = app_id or settings.hubspot_app_id
+    if app_id is None:
+        fail("HUBSPOT_APP_ID is not set and --app-id was not given: the HubSpot app's id")
+    key = settings.hubspot_developer_api_key
+    if key is None:
+        fail("HUBSPOT_DEVELOPER_API_KEY is not set: the developer API key of the app's account")
+    registration = asyncio.run(_register(settings, app_id, key.get_secret_value()))
+    verb = "created" if registration.created else "updated"
+    click.echo(
+        f"action definition {registration.definition_id} {verb} for app {app_id}: "
+        f"{registration.action_url}"
+    )
+
+
+async def _register(settings: Any, app_id: int, api_key: str) -> Any:
+    import aiohttp
+
+    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    from throttle.cli.startup import fail
+
+    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    from throttle.hubspot.action_definition import register_action as register
+
+    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    from throttle.hubspot.client import DeveloperAuth, HubSpotClient, HubSpotError
+
+    async with aiohttp.ClientSession() as session:
+        client = HubSpotClient(session, settings.hubspot_api_base)
+        try:
+            return await register(
+                client, app_id, DeveloperAuth(api_key=api_key), settings.public_url
+            )
+        except HubSpotError as exc:
+            fail(f"HubSpot refused the action definition: {exc}")
+
+
+@click.command(name="rotate-keys")
+def rotate_keys() -> None:
+    """Re-encrypt every stored OAuth token under the newest ENCRYPTION_KEY key."""
+    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    from throttle.cli.startup import fail, settings_for
+
+    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    from throttle.hubspot.crypto import CryptoError
+
+    settings = settings_for("database_url", "encryption_key")
+    try:
+        report = asyncio.run(_rotate(settings))
+    except CryptoError as exc:
+        fail(f"{exc}; add that key back to ENCRYPTION_KEY (after the newest) and run again")
+    older = [k.key_id for k in settings.encryption_keys[1:]]
+    click.echo(
+        f"{report.reencrypted} of {report.rows} token rows re-encrypted under key {report.key_id}."
+    )
+    if older:
+        click.echo(
+            f"No row uses key(s) {', '.join(older)} any more: remove them from ENCRYPTION_KEY."
+        )
+
+
+async def _rotate(settings: Any) -> Any:
+    import asyncpg
+
+    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    from throttle.hubspot.crypto import TokenCipher
+
+    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    from throttle.hubspot.tokens import TokenStore
+
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    try:
+        return await TokenStore(pool, TokenCipher(settings.encryption_keys)).rotate()
+    finally:
+        await pool.close()
+
+
+@click.command()
+def doctor() -> None:
+    """Check Redis, PostgreSQL, migrations, policies, each portal's token and the action."""
+    import sys
+
+    from rich.console import Console
+    from rich.table import Table
+
+    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    from throttle.cli.doctor import run_checks
+
+    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    from throttle.cli.startup import settings_for
+
+    settings = settings_for()
+    checks = asyncio.run(run_checks(settings))
+    table = Table("check", "status", "detail", title="throttle doctor")
+    colour = {"ok": "green", "warn": "yellow", "fail": "red"}
+    for check in checks:
+        table.add_row(check.name, f"[{colour[check.status]}]{check.status}[/]", check.detail)
+    Console().print(table)
+    sys.exit(1 if any(c.status == "fail" for c in checks) else 0)
+
+
+COMMANDS = (hubspot, rotate_keys, doctor)

@@ -1,0 +1,171 @@
+"""`throttle`: one command starts each part (webhook, dispatcher, operator, migrate) and the tools.
+
+Each command names the settings it needs; a missing or malformed one ends the process with one
+line naming the variable (exit code 2), before anything starts. Components are imported lazily so
+`throttle --help` is instant and a tool never pays for the others' imports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from throttle import __version__
+from throttle.cli.startup import settings_for
+from throttle.settings import describe
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="throttle")
+def main() -> None:
+    """Throttle: hold HubSpot workflow executions and release them at the rate you choose."""
+
+
+@main.command()
+@click.option("--port", type=int, default=None, help="Port to listen on (default: PORT or 8080).")
+def webhook(port: int | None) -> None:
+    """Serve the HubSpot action endpoint, config API, OAuth flow, health and metrics."""
+    overrides = {"port": port} if port else {}
+    settings = settings_for(
+        "redis_url",
+        "database_url",
+        "hubspot_client_id",
+        "hubspot_client_secret",
+        "public_url",
+        "secret_key_base",
+        "encryption_key",
+        **overrides,
+    )
+    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    from throttle.webhook_service.app import serve
+
+    serve(settings)
+
+
+@main.command()
+def dispatcher() -> None:
+    """Release queued executions at each policy's rate and complete them in HubSpot."""
+    settings = settings_for(
+        "redis_url", "database_url", "hubspot_client_id", "hubspot_client_secret", "encryption_key"
+    )
+    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    from throttle.dispatcher.service import serve
+
+    serve(settings)
+
+
+@main.command()
+@click.option("--namespace", "-n", multiple=True, help="Watch only these namespaces.")
+@click.option(
+    "--local",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="No cluster: reconcile the ThrottlePolicy manifests in this folder (or file), "
+    "and keep watching it.",
+)
+def operator(namespace: tuple[str, ...], local: Path | None) -> None:
+    """Reconcile ThrottlePolicy resources into the engine (kopf operator, one active replica)."""
+    settings = settings_for("redis_url")
+    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    from throttle.operator.main import serve
+
+    serve(settings, namespaces=list(namespace), local=local)
+
+
+@main.command()
+def migrate() -> None:
+    """Apply PostgreSQL migrations (idempotent; safe from several pods at once)."""
+    settings = settings_for("database_url")
+    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    from throttle.history.store import migrate_command
+
+    migrate_command(settings)
+
+
+@main.command()
+def recover() -> None:
+    """Rebuild queues from PostgreSQL history after Redis lost data (never duplicates)."""
+    settings = settings_for("redis_url", "database_url")
+    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    from throttle.history.store import recover_command
+
+    recover_command(settings)
+
+
+@main.command()
+@click.option("--portal", "portal_id", type=int, required=True, help="HubSpot portal id.")
+@click.option("--callback", "callback_id", default=None, help="One execution's callbackId.")
+@click.option("--limit", type=int, default=50, show_default=True, help="Most recent N.")
+def history(portal_id: int, callback_id: str | None, limit: int) -> None:
+    """Show executions' timelines (received, released, completed, outcome) from PostgreSQL."""
+    settings = settings_for("database_url")
+    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    from throttle.history.store import history_command
+
+    history_command(settings, portal_id, callback_id, limit)
+
+
+@main.command()
+@click.option("--watch", "-w", is_flag=True, help="Refresh the table until Ctrl-C.")
+@click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds (--watch).")
+def status(watch: bool, interval: float) -> None:
+    """Policies at a glance: rate, queued, in flight, oldest wait, released, projected drain."""
+    import asyncio
+    import contextlib
+
+    settings = settings_for("redis_url")
+    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    from throttle.engine.queue_status import show
+
+    assert settings.redis_url is not None
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(show(settings.redis_url, settings.redis_cluster, watch, interval))
+
+
+@main.command(name="settings")
+@click.option("--markdown", is_flag=True, help="Print a Markdown table (as in README.md).")
+def settings_table(markdown: bool) -> None:
+    """List every setting: environment variable, default, meaning."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if markdown:
+        click.echo(settings_markdown())
+        return
+    table = Table("variable", "default", "description", title="Throttle settings")
+    for name, default, description in describe():
+        table.add_row(name, default, description)
+    Console().print(table)
+
+
+def settings_markdown() -> str:
+    """The settings table README.md carries; a test keeps the two the same."""
+    lines = ["| variable | default | description |", "| --- | --- | --- |"]
+    for name, default, description in describe():
+        shown = f"`{default}`" if default else ""
+        lines.append(f"| `{name}` | {shown} | {description.replace('|', '/')} |")
+    return "\n".join(lines)
+
+
+def add_command(command: Callable[..., Any]) -> None:
+    """Let tool modules register themselves (kept for later issues' commands)."""
+    main.add_command(command)  # type: ignore[arg-type]
+
+
+def _hubspot_commands() -> None:
+    """`throttle hubspot register-action`, `throttle rotate-keys`, `throttle doctor`."""
+    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    from throttle.cli.hubspot_commands import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_hubspot_commands()
+
+
+if __name__ == "__main__":
+    main()

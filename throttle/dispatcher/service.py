@@ -1,0 +1,141 @@
+"""`throttle dispatcher`: everything a dispatcher pod runs, opened in order and closed in reverse.
+
+The drain loop (`drain.py`), the history writer, the lease reaper and the queue-figures refresher
+share one Redis client, one PostgreSQL pool and one HubSpot session; an `AsyncExitStack` opens
+them, so a start that fails half-way closes what it had opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from typing import Any
+
+import aiohttp
+from prometheus_client import CollectorRegistry
+
+from throttle.dispatcher.drain import Dispatcher, wait_any
+from throttle.dispatcher.history_writer import HistoryWriter
+from throttle.dispatcher.hubspot_completer import build_completer
+from throttle.dispatcher.reaper import LeaseReaper
+from throttle.engine.policy_index import registry_load
+from throttle.engine.queue import Queue, redis_from_settings
+from throttle.health_server import health_server
+from throttle.history.store import create_pool
+from throttle.metrics import Metrics, QueueStat
+from throttle.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def serve(settings: Settings) -> None:
+    """`throttle dispatcher`: run until SIGTERM / SIGINT."""
+    asyncio.run(run_dispatcher(settings))
+
+
+async def run_dispatcher(
+    settings: Settings, stop: asyncio.Event | None = None, *, handle_signals: bool = True
+) -> None:
+    """Everything a dispatcher pod runs, until `stop` is set (or SIGTERM / SIGINT)."""
+    assert settings.database_url is not None
+    dsn = settings.database_url
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT) if handle_signals else ():
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    async with contextlib.AsyncExitStack() as opened:
+        redis = redis_from_settings(settings)
+        opened.push_async_callback(redis.aclose)
+        queue = Queue(
+            redis,
+            lease_seconds=settings.dispatcher_lease_seconds,
+            events_maxlen=settings.history_buffer_events,
+            dedupe_seconds=settings.dedupe_seconds,
+        )
+        pool = await _pool_with_retry(dsn, stop)
+        opened.push_async_callback(pool.close)
+        session = await opened.enter_async_context(aiohttp.ClientSession())
+        completer = build_completer(settings, session, redis, pool, metrics)
+        dispatcher = Dispatcher(
+            queue,
+            completer,
+            metrics,
+            batch=settings.dispatcher_batch,
+            queue_quota=settings.dispatcher_queue_quota,
+            poll_seconds=settings.dispatcher_poll_seconds,
+            min_hold=settings.dispatcher_min_hold_seconds,
+            # An execution waits for at most one call before its own: two calls fit in its lease.
+            complete_timeout=max(5.0, settings.dispatcher_lease_seconds / 3),
+        )
+        writer = HistoryWriter(
+            redis,
+            lambda: create_pool(dsn),
+            metrics,
+            retention_days=settings.history_retention_days,
+        )
+        opened.push_async_callback(writer.close)
+        reaper = LeaseReaper(
+            queue, metrics, interval=max(0.5, settings.dispatcher_lease_seconds / 4)
+        )
+
+        def healthy() -> tuple[bool, dict[str, Any]]:
+            age = time.monotonic() - dispatcher.last_loop
+            return age < 60, {"ok": age < 60, "detail": f"last loop {age:.1f}s ago"}
+
+        served = await opened.enter_async_context(
+            health_server(settings.host, settings.metrics_port, registry, healthy)
+        )
+        log.info("dispatcher started; metrics on port %s", served)
+        tasks = [
+            asyncio.create_task(dispatcher.run(stop)),
+            asyncio.create_task(writer.run(stop)),
+            asyncio.create_task(reaper.run(stop)),
+            asyncio.create_task(refresh_queue_metrics(queue, metrics, stop)),
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    log.info("dispatcher stopped")
+
+
+async def refresh_queue_metrics(
+    queue: Queue, metrics: Metrics, stop: asyncio.Event, interval: float = 10.0
+) -> None:
+    """Keep the scrape-time queue snapshot fresh (depth, in flight, oldest age per policy)."""
+    while not stop.is_set():
+        try:
+            _, policies = await registry_load(queue.redis)
+            figures = await queue.stats_many(policies)
+            metrics.queues.update(
+                QueueStat(p.portal_id, p.name, s.depth, s.in_flight, s.oldest_age_seconds)
+                for p, s in zip(policies, figures, strict=True)
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.debug("queue metrics refresh failed: %s", type(exc).__name__)
+        await wait_any(stop, None, seconds=interval)
+
+
+async def _pool_with_retry(dsn: str, stop: asyncio.Event) -> Any:
+    """PostgreSQL holds the OAuth tokens: without it nothing can be completed, so wait for it."""
+    delay = 0.5
+    while True:
+        try:
+            return await create_pool(dsn)
+        except (OSError, TimeoutError) as exc:
+            if stop.is_set():
+                raise
+            log.warning("PostgreSQL unreachable (%s); retrying in %.0fs", type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(10.0, delay * 2)

@@ -1,0 +1,162 @@
+"""Which policy holds an incoming execution, answered from memory.
+
+The webhook may call Redis once per request (the enqueue), so policy resolution cannot read
+Redis. `PolicyIndex` keeps every active policy in process, loaded from the registry in Redis
+(`keys.REGISTRY`, written by `operator/reconcile.py`) at start and refreshed whenever the
+registry's revision counter moves (checked every `interval` seconds: one GET).
+
+Resolution order: the policy the action's `policy` input field names (in that portal) → the
+portal's policy for that action definition → the portal's default (`name: default`) → the
+global default (`portalId: 0`, `name: default`, applied per portal) → the fallback given at
+construction (if any).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import ValidationError
+
+from throttle.engine import keys
+from throttle.engine.policy import DEFAULT_POLICY_NAME, GLOBAL_PORTAL, Policy
+
+log = logging.getLogger(__name__)
+
+
+# --- the registry in Redis ------------------------------------------------------------------------
+async def registry_get(redis: Any, policy_key: str) -> tuple[int, Policy] | None:
+    raw = await redis.hget(keys.REGISTRY, policy_key)
+    if raw is None:
+        return None
+    return _decode(raw)
+
+
+async def registry_put(redis: Any, policy: Policy) -> int:
+    """Store the policy under a new revision; returns that revision."""
+    revision = int(await redis.incr(keys.REGISTRY_REV))
+    value = json.dumps({"revision": revision, "spec": policy.spec()}, separators=(",", ":"))
+    await redis.hset(keys.REGISTRY, policy.key, value)
+    return revision
+
+
+async def registry_delete(redis: Any, policy_key: str) -> bool:
+    removed = int(await redis.hdel(keys.REGISTRY, policy_key))
+    if removed:
+        await redis.incr(keys.REGISTRY_REV)
+    return removed > 0
+
+
+async def registry_load(redis: Any) -> tuple[int, list[Policy]]:
+    """(revision, policies); entries that no longer validate are skipped with a warning."""
+    revision = int(await redis.get(keys.REGISTRY_REV) or 0)
+    entries = await redis.hgetall(keys.REGISTRY)
+    policies = []
+    for name, raw in entries.items():
+        decoded = _decode(raw)
+        if decoded is None:
+            log.warning("registry entry %s does not validate; skipped", _text(name))
+            continue
+        policies.append(decoded[1])
+    return revision, policies
+
+
+def _decode(raw: bytes | str) -> tuple[int, Policy] | None:
+    try:
+        data = json.loads(raw)
+        revision = int(data["revision"])
+        return revision, Policy.model_validate(data["spec"]).with_revision(revision)
+    except (ValueError, KeyError, TypeError, ValidationError):
+        return None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# --- the in-process index -------------------------------------------------------------------------
+class PolicyIndex:
+    """Every active policy, in memory, with the resolution rules."""
+
+    def __init__(
+        self, redis: Any = None, *, fallback: Policy | None = None, interval: float = 1.0
+    ) -> None:
+        self.redis = redis
+        self.fallback = fallback
+        self.interval = interval
+        self.revision = -1
+        self._by_key: dict[str, Policy] = {}
+        self._by_action: dict[tuple[int, int], Policy] = {}
+        self._by_portal: dict[int, list[Policy]] = {}
+
+    @classmethod
+    def from_policies(cls, policies: Iterable[Policy], **kwargs: Any) -> PolicyIndex:
+        index = cls(**kwargs)
+        index.replace(policies)
+        return index
+
+    def replace(self, policies: Iterable[Policy]) -> None:
+        by_key: dict[str, Policy] = {}
+        by_action: dict[tuple[int, int], Policy] = {}
+        by_portal: dict[int, list[Policy]] = {}
+        for p in sorted(policies, key=lambda p: (p.portal_id, p.name)):
+            by_key[p.key] = p
+            by_portal.setdefault(p.portal_id, []).append(p)
+            if p.action_id is not None:
+                by_action.setdefault((p.portal_id, p.action_id), p)
+        self._by_key, self._by_action, self._by_portal = by_key, by_action, by_portal
+
+    async def load(self) -> None:
+        revision, policies = await registry_load(self.redis)
+        self.replace(policies)
+        self.revision = revision
+
+    async def refresh(self) -> bool:
+        """Reload if the registry changed since the last load; True if it did."""
+        revision = int(await self.redis.get(keys.REGISTRY_REV) or 0)
+        if revision == self.revision:
+            return False
+        await self.load()
+        return True
+
+    async def run(self) -> None:
+        """Keep refreshing until cancelled; a Redis hiccup only delays the next refresh."""
+        while True:
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep serving the last known policies
+                log.warning("policy index refresh failed: %s", type(exc).__name__)
+            await asyncio.sleep(self.interval)
+
+    # --- queries ---------------------------------------------------------------------------------
+    def get(self, portal_id: int, name: str) -> Policy | None:
+        return self._by_key.get(f"{portal_id}:{name}")
+
+    def policies(self, portal_id: int | None = None) -> list[Policy]:
+        if portal_id is None:
+            return list(self._by_key.values())
+        return list(self._by_portal.get(portal_id, []))
+
+    def resolve(
+        self, portal_id: int, action_definition_id: int | None, policy_name: str | None
+    ) -> Policy | None:
+        if policy_name:
+            named = self.get(portal_id, policy_name.strip())
+            if named is not None:
+                return named
+        if action_definition_id is not None:
+            by_action = self._by_action.get((portal_id, action_definition_id))
+            if by_action is not None:
+                return by_action
+        portal_default = self.get(portal_id, DEFAULT_POLICY_NAME)
+        if portal_default is not None:
+            return portal_default
+        global_default = self.get(GLOBAL_PORTAL, DEFAULT_POLICY_NAME) or self.fallback
+        if global_default is not None and portal_id != GLOBAL_PORTAL:
+            return global_default.for_portal(portal_id)
+        return global_default

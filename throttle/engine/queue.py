@@ -1,0 +1,488 @@
+"""The engine's queues in domain words: enqueue, take, ack, requeue, fail, reap, stats.
+
+Each method is one script call (or one per shard involved) — see `throttle/engine/lua/` for what
+each does atomically, and `throttle/engine/keys.py` for the layout. `time_offset_ms` shifts Redis'
+clock as the scripts see it; only tests set it, to drive time without sleeping.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, NamedTuple
+
+import msgspec
+
+from throttle.engine import keys
+from throttle.engine.policy import Policy
+from throttle.engine.scripts import Scripts
+from throttle.settings import Settings
+
+_JSON = msgspec.json.Encoder()
+
+EnqueueStatus = Literal["queued", "duplicate", "overflow", "expired"]
+_STATUS: dict[int, EnqueueStatus] = {1: "queued", 0: "duplicate", 2: "overflow", 3: "expired"}
+RetireMode = Literal["Drain", "SUCCESS", "FAIL_CONTINUE"]
+
+
+_NO_INPUTS: Mapping[str, str] = MappingProxyType({})
+
+
+class QueueItem(NamedTuple):
+    """One execution HubSpot asked us to hold, as the webhook parsed it. A named tuple: built
+    on every webhook request, where a frozen dataclass' `__init__` costs a microsecond more."""
+
+    callback_id: str
+    portal_id: int
+    action_definition_id: int
+    workflow_id: int | None
+    object_type: str
+    object_id: str
+    policy: str | None = None
+    """The policy named in the action's input fields, if any (the one it landed in may differ)."""
+    received_at: float = 0.0
+    """Epoch seconds; 0 = now. Set when rebuilding queues from history (`throttle recover`)."""
+    input_fields: Mapping[str, str] = _NO_INPUTS
+
+    def event_body(self) -> bytes:
+        """What history keeps of the execution (enough to rebuild the queue item): JSON, by
+        msgspec, which takes a tenth of the time `json.dumps` takes (once per request)."""
+        return _JSON.encode(
+            {
+                "portal": self.portal_id,
+                "action": self.action_definition_id,
+                "workflow": self.workflow_id,
+                "objectType": self.object_type,
+                "objectId": self.object_id,
+                "requested": self.policy,
+                "inputs": dict(self.input_fields),
+            }
+        )
+
+
+class EnqueueResult(NamedTuple):
+    """A tuple rather than a frozen dataclass: built on every webhook request, and a frozen
+    dataclass' `__init__` costs a microsecond."""
+
+    status: EnqueueStatus
+    depth: int
+    """Queue length after the call (for overflow: the length that made it refuse)."""
+    policy: Policy
+    queue: str
+
+    @property
+    def duplicate(self) -> bool:
+        return self.status == "duplicate"
+
+    @property
+    def queued(self) -> bool:
+        return self.status in ("queued", "duplicate")
+
+
+@dataclass(frozen=True)
+class Released:
+    """One execution the rate allowed out of its queue (leased to this dispatcher)."""
+
+    callback_id: str
+    portal_id: int
+    policy: str
+    queue: str
+    enqueued_at: float
+    attempts: int
+    wait_seconds: float
+    execution_state: str = "SUCCESS"
+    """What to complete it with: SUCCESS normally; FAIL_CONTINUE or SUCCESS when its policy was
+    deleted with "complete now" (the execution never waited out the rate)."""
+    released_at_us: int = 0
+    """When the rate let it go, on Redis' clock (microseconds since the epoch)."""
+
+    @property
+    def policy_key(self) -> str:
+        return f"{self.portal_id}:{self.policy}"
+
+    @property
+    def ref(self) -> str:
+        """The queue ref in Redis (`portal:policy:queue`)."""
+        return f"{self.portal_id}:{self.policy}:{self.queue}"
+
+
+@dataclass(frozen=True)
+class _EnqueueTarget:
+    """Everything an enqueue into one queue of one policy sends besides the execution itself,
+    built once per policy object and queue: key building, the shard hash and reading the
+    policy's fields cost about as much as the rest of the webhook's own work together."""
+
+    policy: Policy
+    keys: tuple[str, ...]
+    prefix: str
+    ref: str
+    qid: str
+    expiration_ms: int
+    revision: int
+    blocking: bool
+
+
+@dataclass(frozen=True)
+class TakeResult:
+    released: list[Released]
+    expired: int
+    next_due: dict[int, float]
+    """Shard -> the earliest due time (epoch seconds) left in its schedule (absent = none)."""
+    redis_now: float
+    lags: list[float] = field(default_factory=list)
+    """For each queue that released: seconds between its due time and the take."""
+
+
+@dataclass(frozen=True)
+class PolicyStats:
+    depth: int
+    in_flight: int
+    oldest_age_seconds: float
+    queues: int
+    received: int
+    released: int
+    acked: int
+    failed: int
+    expired: int
+    requeued: int
+    last_release_at: float | None
+
+
+@dataclass
+class Queue:
+    """The engine's Redis state behind one client (redis.asyncio.Redis or RedisCluster)."""
+
+    redis: Any
+    lease_seconds: float = 60.0
+    events_maxlen: int = 100_000
+    """Bound of each shard's history stream (the buffer while PostgreSQL is behind)."""
+    dedupe_seconds: float = 86_400.0
+    """How long a finished callback id is still recognised as a duplicate."""
+    time_offset_ms: int = 0
+    scripts: Scripts = field(init=False)
+    _capacity: dict[tuple[str, str, int], int] = field(init=False, default_factory=dict)
+    _targets: dict[tuple[int, str], _EnqueueTarget] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.scripts = Scripts(self.redis)
+
+    # --- the webhook's hot path -----------------------------------------------------------------
+    async def enqueue(
+        self, item: QueueItem, policy: Policy, *, check_overflow: bool = True
+    ) -> EnqueueResult:
+        """Hold one execution in `policy`'s queue: one round trip (two the first time a policy
+        is used in this Redis, when its parameters are written). `check_overflow=False` (used
+        by recovery) queues even beyond what fits in the expiration."""
+        target = self._target(policy, policy.queue_id(item.workflow_id))
+        max_depth = -1 if target.blocking or not check_overflow else self._max_depth(policy)
+        status, depth, params_state = await self.scripts.call(
+            "enqueue",
+            target.keys,
+            (
+                self.time_offset_ms,
+                target.prefix,
+                target.ref,
+                target.qid,
+                item.callback_id,
+                target.expiration_ms,
+                target.revision,
+                max_depth,
+                self.events_maxlen,
+                round(item.received_at * 1_000_000) if item.received_at else 0,
+                item.event_body(),
+            ),
+        )
+        if params_state:
+            await self.apply_policy(policy)
+        return EnqueueResult(_STATUS[int(status)], int(depth), policy, target.qid)
+
+    def _target(self, policy: Policy, qid: str) -> _EnqueueTarget:
+        """The enqueue target of `policy`'s queue `qid`, cached per policy object: a policy
+        is never changed in place (a new revision is a new object), and the entry holds the
+        object, so its id cannot be reused while cached."""
+        cache_key = (id(policy), qid)
+        target = self._targets.get(cache_key)
+        if target is not None and target.policy is policy:
+            return target
+        if len(self._targets) >= 10_000:
+            self._targets.clear()
+        pkey = policy.key
+        shard = keys.shard_of(pkey)
+        target = self._targets[cache_key] = _EnqueueTarget(
+            policy=policy,
+            # In the order enqueue.lua lists its KEYS.
+            keys=(
+                keys.due(shard),
+                keys.params(pkey),
+                keys.meta(pkey),
+                keys.done(pkey),
+                keys.queues(pkey),
+                keys.queue_list(pkey, qid),
+                keys.queue_state(pkey, qid),
+                keys.stats(pkey),
+            ),
+            prefix=keys.shard_prefix(shard),
+            ref=keys.queue_ref(pkey, qid),
+            qid=qid,
+            expiration_ms=round(policy.expiration.total_seconds() * 1000),
+            revision=policy.revision,
+            blocking=policy.overflow == "Block",
+        )
+        return target
+
+    def _max_depth(self, policy: Policy) -> int:
+        """Items that fit before the expiration (cached per policy version and minute)."""
+        minute = int(time.time() // 60)
+        key = (policy.key, policy.content_hash, minute)
+        cached = self._capacity.get(key)
+        if cached is None:
+            if len(self._capacity) > 10_000:
+                self._capacity.clear()
+            cached = self._capacity[key] = policy.capacity_within(time.time())
+        return cached
+
+    # --- the dispatcher ---------------------------------------------------------------------------
+    async def take(
+        self,
+        shards: Iterable[int] | None = None,
+        *,
+        max_items: int = 500,
+        queue_quota: int = 100,
+        max_queues: int = 200,
+        min_hold_seconds: float = 0.0,
+    ) -> TakeResult:
+        """Release what the due queues of these shards (default all) may release now, nothing
+        received less than `min_hold_seconds` ago."""
+        shard_list = list(range(keys.SHARDS)) if shards is None else list(shards)
+        results = await self.scripts.run_many(
+            [
+                Scripts.take(
+                    keys.due(s),
+                    keys.leases(s),
+                    now_offset_ms=self.time_offset_ms,
+                    prefix=keys.shard_prefix(s),
+                    events_maxlen=self.events_maxlen,
+                    lease_ms=round(self.lease_seconds * 1000),
+                    max_items=max_items,
+                    queue_quota=queue_quota,
+                    max_queues=max_queues,
+                    done_ms=round(self.dedupe_seconds * 1000),
+                    min_hold_ms=round(min_hold_seconds * 1000),
+                )
+                for s in shard_list
+            ]
+        )
+        released: list[Released] = []
+        next_due: dict[int, float] = {}
+        expired = 0
+        redis_now = 0.0
+        lags: list[float] = []
+        for shard, raw in zip(shard_list, results, strict=True):
+            now_us = int(raw[0])
+            redis_now = max(redis_now, now_us / 1e6)
+            if float(raw[1]) >= 0:
+                next_due[shard] = float(raw[1]) / 1000
+            expired += int(raw[2])
+            last_ref = None
+            for i in range(3, len(raw), 6):
+                ref = _text(raw[i])
+                if ref != last_ref:
+                    lags.append(max(0, int(raw[i + 5])) / 1000)
+                    last_ref = ref
+                portal, policy, qid = ref.split(":", 2)
+                enqueued_us = int(raw[i + 2])
+                released.append(
+                    Released(
+                        callback_id=_text(raw[i + 1]),
+                        portal_id=int(portal),
+                        policy=policy,
+                        queue=qid,
+                        enqueued_at=enqueued_us / 1e6,
+                        attempts=int(raw[i + 3]),
+                        wait_seconds=max(0.0, (now_us - enqueued_us) / 1e6),
+                        execution_state=_text(raw[i + 4]),
+                        released_at_us=now_us,
+                    )
+                )
+        return TakeResult(released, expired, next_due, redis_now, lags)
+
+    async def ack(self, items: Sequence[Released]) -> int:
+        """These were completed: forget them (their ids stay deduplicated)."""
+        calls = [
+            Scripts.ack(
+                keys.leases(shard),
+                now_offset_ms=self.time_offset_ms,
+                prefix=keys.shard_prefix(shard),
+                events_maxlen=self.events_maxlen,
+                done_ms=round(self.dedupe_seconds * 1000),
+                items=[(r.ref, r.callback_id) for r in group],
+            )
+            for shard, group in _by_shard(items).items()
+        ]
+        return sum(int(n) for n in await self.scripts.run_many(calls))
+
+    async def requeue(
+        self, items: Sequence[Released], delay_seconds: float = 0.0, reason: str = ""
+    ) -> int:
+        """Back to the head of their queues, in order; the queues wait `delay_seconds` first."""
+        calls = [
+            Scripts.requeue(
+                keys.leases(shard),
+                keys.due(shard),
+                now_offset_ms=self.time_offset_ms,
+                prefix=keys.shard_prefix(shard),
+                events_maxlen=self.events_maxlen,
+                delay_ms=max(0, round(delay_seconds * 1000)),
+                reason=reason[:500],
+                items=[(r.ref, r.callback_id) for r in group],
+            )
+            for shard, group in _by_shard(items).items()
+        ]
+        return sum(int(n) for n in await self.scripts.run_many(calls))
+
+    async def fail(self, failures: Sequence[tuple[Released, str]]) -> int:
+        """Record these as failed for good, each with its reason."""
+        grouped: dict[int, list[tuple[str, str, str]]] = defaultdict(list)
+        for r, reason in failures:
+            grouped[keys.shard_of(r.policy_key)].append((r.ref, r.callback_id, reason[:500]))
+        calls = [
+            Scripts.fail(
+                keys.leases(shard),
+                now_offset_ms=self.time_offset_ms,
+                prefix=keys.shard_prefix(shard),
+                events_maxlen=self.events_maxlen,
+                done_ms=round(self.dedupe_seconds * 1000),
+                items=group,
+            )
+            for shard, group in grouped.items()
+        ]
+        return sum(int(n) for n in await self.scripts.run_many(calls))
+
+    async def reap_expired_leases(self, limit: int = 1000) -> int:
+        """Return items whose lease ran out (a dispatcher died) to the head of their queues."""
+        calls = [
+            Scripts.reap(
+                keys.leases(s),
+                keys.due(s),
+                now_offset_ms=self.time_offset_ms,
+                prefix=keys.shard_prefix(s),
+                events_maxlen=self.events_maxlen,
+                limit=limit,
+            )
+            for s in range(keys.SHARDS)
+        ]
+        return sum(int(n) for n in await self.scripts.run_many(calls))
+
+    # --- policies ---------------------------------------------------------------------------------
+    async def apply_policy(self, policy: Policy) -> Literal["stale", "unchanged", "written"]:
+        """Write the policy's parameters (see operator/reconcile.py for the one public writer)."""
+        pkey = policy.key
+        shard = keys.shard_of(pkey)
+        result = await self.scripts.run(
+            Scripts.apply_policy(
+                keys.params(pkey),
+                keys.queues(pkey),
+                keys.due(shard),
+                now_offset_ms=self.time_offset_ms,
+                prefix=keys.shard_prefix(shard),
+                policy=pkey,
+                revision=policy.revision,
+                content_hash=policy.content_hash,
+                fields=policy.redis_fields(time.time()),
+            )
+        )
+        outcomes: tuple[Literal["stale", "unchanged", "written"], ...] = (
+            "stale",
+            "unchanged",
+            "written",
+        )
+        return outcomes[int(result)]
+
+    async def remove_policy(self, policy: Policy, mode: RetireMode = "Drain") -> int:
+        """Retire a policy; returns what is still queued or in flight (0 = all keys deleted)."""
+        pkey = policy.key
+        shard = keys.shard_of(pkey)
+        remaining = await self.scripts.run(
+            Scripts.retire(
+                keys.params(pkey),
+                keys.queues(pkey),
+                keys.due(shard),
+                keys.meta(pkey),
+                keys.done(pkey),
+                keys.stats(pkey),
+                now_offset_ms=self.time_offset_ms,
+                prefix=keys.shard_prefix(shard),
+                policy=pkey,
+                mode=mode,
+            )
+        )
+        return int(remaining)
+
+    async def stats(self, policy: Policy) -> PolicyStats:
+        return (await self.stats_many([policy]))[0]
+
+    async def stats_many(self, policies: Sequence[Policy], chunk: int = 500) -> list[PolicyStats]:
+        """Figures of many policies, `chunk` script calls per round trip."""
+        out: list[PolicyStats] = []
+        for start in range(0, len(policies), chunk):
+            calls = [
+                Scripts.stats(
+                    keys.queues(p.key),
+                    keys.meta(p.key),
+                    keys.stats(p.key),
+                    now_offset_ms=self.time_offset_ms,
+                    prefix=keys.shard_prefix(keys.shard_of(p.key)),
+                    policy=p.key,
+                )
+                for p in policies[start : start + chunk]
+            ]
+            out += [_policy_stats(raw) for raw in await self.scripts.run_many(calls)]
+        return out
+
+    async def redis_time(self) -> float:
+        """Redis' clock plus the test offset, as the scripts see it (epoch seconds)."""
+        seconds, micros = await self.redis.time()
+        return float(seconds) + float(micros) / 1e6 + self.time_offset_ms / 1000
+
+
+def redis_from_settings(settings: Settings, **options: Any) -> Any:
+    """The async client the engine uses: a plain Redis, or a cluster client (REDIS_CLUSTER)."""
+    from redis.asyncio import Redis, RedisCluster
+
+    assert settings.redis_url is not None
+    if settings.redis_cluster:
+        return RedisCluster.from_url(settings.redis_url, **options)
+    return Redis.from_url(settings.redis_url, **options)
+
+
+def _policy_stats(raw: Sequence[Any]) -> PolicyStats:
+    now_us, depth, oldest_us, queues = int(raw[0]), int(raw[1]), int(raw[2]), int(raw[3])
+    counters = {_text(raw[i]): int(raw[i + 1]) for i in range(4, len(raw) - 1, 2)}
+    last = counters.get("last_release_us")
+    return PolicyStats(
+        depth=depth,
+        in_flight=max(0, counters.get("inflight", 0)),
+        oldest_age_seconds=max(0.0, (now_us - oldest_us) / 1e6) if oldest_us else 0.0,
+        queues=queues,
+        received=counters.get("received", 0),
+        released=counters.get("released", 0),
+        acked=counters.get("acked", 0),
+        failed=counters.get("failed", 0),
+        expired=counters.get("expired", 0),
+        requeued=counters.get("requeued", 0),
+        last_release_at=last / 1e6 if last else None,
+    )
+
+
+def _by_shard(items: Iterable[Released]) -> dict[int, list[Released]]:
+    grouped: dict[int, list[Released]] = defaultdict(list)
+    for r in items:
+        grouped[keys.shard_of(r.policy_key)].append(r)
+    return grouped
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,248 @@
+"""The engine's Lua scripts: loaded once per client, called by SHA, one typed function each.
+
+Each script in `throttle/engine/lua/` is sent with `_lib.lua` prepended (shared helpers). Calls go
+by EVALSHA; if Redis answers NOSCRIPT (after a restart or a SCRIPT FLUSH) the source is loaded and
+the call repeated, so callers never think about loading. Every typed function takes the
+script's keys, then its arguments, in the order the script's header comment lists them, and
+returns a `ScriptCall`; `Scripts.run` sends one, `Scripts.run_many` sends several in one round
+trip (a pipeline on a single Redis; concurrent per-node calls, bounded, on a Cluster). The
+webhook's enqueue skips the `ScriptCall` and goes through `Scripts.call` with keys and
+arguments already in the script's order (`Queue.enqueue`), because it runs on every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+ENGINE_SCRIPTS = (
+    "enqueue",
+    "take",
+    "ack",
+    "requeue",
+    "fail",
+    "reap",
+    "apply_policy",
+    "retire",
+    "stats",
+)
+
+
+def lua_source(name: str) -> str:
+    """A script's full source as loaded: the shared helpers, then the script."""
+    lua = files("throttle.engine").joinpath("lua")
+    lib = lua.joinpath("_lib.lua").read_text(encoding="utf-8")
+    return lib + "\n" + lua.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+
+
+def _s(value: Any) -> str:
+    return str(value)
+
+
+@dataclass(frozen=True)
+class ScriptCall:
+    name: str
+    keys: tuple[str, ...]
+    args: tuple[str, ...]
+
+
+class Scripts:
+    """The engine's scripts on one redis client (plain or cluster)."""
+
+    def __init__(self, redis: Any, max_concurrency: int = 16) -> None:
+        self.redis = redis
+        self._scripts = {name: redis.register_script(lua_source(name)) for name in ENGINE_SCRIPTS}
+        self._cluster = _is_cluster(redis)
+        self._limit = asyncio.Semaphore(max_concurrency)
+
+    async def load(self) -> None:
+        """Load every script now (readiness checks; otherwise the first call loads it)."""
+        for script in self._scripts.values():
+            await self.redis.script_load(script.script)
+
+    async def run(self, call: ScriptCall) -> Any:
+        return await self.call(call.name, call.keys, call.args)
+
+    async def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """`run` without building a `ScriptCall` (the webhook's enqueue, once per request):
+        arguments go to the client as they are (str, int or bytes). EVALSHA straight on the
+        client rather than through the registered script object, whose own call checks the
+        client's type every time; on NOSCRIPT, load the source and send it again."""
+        script = self._scripts[name]
+        try:
+            return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            script.sha = await self.redis.script_load(script.script)
+            return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
+
+    async def run_many(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Results in order: one pipelined round trip on a single Redis, a fan-out per call on a
+        Cluster; either way at most `max_concurrency` at once, so a dispatcher settling many
+        portals' completions together never exhausts its connection pool."""
+        if len(calls) == 1 or self._cluster:
+
+            async def bounded(call: ScriptCall) -> Any:
+                async with self._limit:
+                    return await self.run(call)
+
+            return list(await asyncio.gather(*(bounded(c) for c in calls)))
+        async with self._limit:
+            pipe = self.redis.pipeline(transaction=False)
+            for c in calls:
+                sha = self._scripts[c.name].sha
+                pipe.evalsha(sha, len(c.keys), *c.keys, *c.args)
+            results = list(await pipe.execute(raise_on_error=False))
+        for i, result in enumerate(results):
+            if isinstance(result, NoScriptError):
+                results[i] = await self.run(calls[i])  # loads the script, then calls it
+            elif isinstance(result, Exception):
+                raise result
+        return results
+
+    # --- one typed function per script ----------------------------------------------------------
+    @staticmethod
+    def take(
+        due: str,
+        leases: str,
+        *,
+        now_offset_ms: int,
+        prefix: str,
+        events_maxlen: int,
+        lease_ms: int,
+        max_items: int,
+        queue_quota: int,
+        max_queues: int,
+        done_ms: int,
+        min_hold_ms: int,
+    ) -> ScriptCall:
+        args = (
+            now_offset_ms,
+            prefix,
+            events_maxlen,
+            lease_ms,
+            max_items,
+            queue_quota,
+            max_queues,
+            done_ms,
+            min_hold_ms,
+        )
+        return _call("take", (due, leases), args)
+
+    @staticmethod
+    def ack(
+        leases: str,
+        *,
+        now_offset_ms: int,
+        prefix: str,
+        events_maxlen: int,
+        done_ms: int,
+        items: Sequence[tuple[str, str]],
+    ) -> ScriptCall:
+        flat = [v for pair in items for v in pair]
+        args = (now_offset_ms, prefix, events_maxlen, done_ms, *flat)
+        return _call("ack", (leases,), args)
+
+    @staticmethod
+    def requeue(
+        leases: str,
+        due: str,
+        *,
+        now_offset_ms: int,
+        prefix: str,
+        events_maxlen: int,
+        delay_ms: int,
+        reason: str,
+        items: Sequence[tuple[str, str]],
+    ) -> ScriptCall:
+        flat = [v for pair in items for v in pair]
+        args = (now_offset_ms, prefix, events_maxlen, delay_ms, reason, *flat)
+        return _call("requeue", (leases, due), args)
+
+    @staticmethod
+    def fail(
+        leases: str,
+        *,
+        now_offset_ms: int,
+        prefix: str,
+        events_maxlen: int,
+        done_ms: int,
+        items: Sequence[tuple[str, str, str]],
+    ) -> ScriptCall:
+        flat = [v for triple in items for v in triple]
+        args = (now_offset_ms, prefix, events_maxlen, done_ms, *flat)
+        return _call("fail", (leases,), args)
+
+    @staticmethod
+    def reap(
+        leases: str,
+        due: str,
+        *,
+        now_offset_ms: int,
+        prefix: str,
+        events_maxlen: int,
+        limit: int,
+    ) -> ScriptCall:
+        args = (now_offset_ms, prefix, events_maxlen, limit)
+        return _call("reap", (leases, due), args)
+
+    @staticmethod
+    def apply_policy(
+        params: str,
+        queues: str,
+        due: str,
+        *,
+        now_offset_ms: int,
+        prefix: str,
+        policy: str,
+        revision: int,
+        content_hash: str,
+        fields: dict[str, str],
+    ) -> ScriptCall:
+        flat = [v for item in fields.items() for v in item]
+        args = (now_offset_ms, prefix, policy, revision, content_hash, *flat)
+        return _call("apply_policy", (params, queues, due), args)
+
+    @staticmethod
+    def retire(
+        params: str,
+        queues: str,
+        due: str,
+        meta: str,
+        done: str,
+        stats: str,
+        *,
+        now_offset_ms: int,
+        prefix: str,
+        policy: str,
+        mode: str,
+    ) -> ScriptCall:
+        keys = (params, queues, due, meta, done, stats)
+        return _call("retire", keys, (now_offset_ms, prefix, policy, mode))
+
+    @staticmethod
+    def stats(
+        queues: str,
+        meta: str,
+        stats: str,
+        *,
+        now_offset_ms: int,
+        prefix: str,
+        policy: str,
+    ) -> ScriptCall:
+        args = (now_offset_ms, prefix, policy)
+        return _call("stats", (queues, meta, stats), args)
+
+
+def _call(name: str, keys: Sequence[str], args: Sequence[Any]) -> ScriptCall:
+    return ScriptCall(name, tuple(keys), tuple(_s(a) for a in args))
+
+
+def _is_cluster(redis: Any) -> bool:
+    from redis.asyncio.cluster import RedisCluster
+
+    return isinstance(redis, RedisCluster)

@@ -1,0 +1,407 @@
+"""OAuth tokens: encrypted at rest in PostgreSQL, refreshed before expiry, once per portal.
+
+`TokenStore` keeps each portal's access and refresh tokens sealed with AES-256-GCM (portal id as
+associated data, key id per row) and its installation status with the reason it stopped.
+`TokenManager.access_token(portal)` hands out a valid token: from memory while it has more than
+the refresh margin left, else it refreshes under a Redis lock shared by every pod, re-reading
+PostgreSQL once the lock is held (another pod may have refreshed already). HubSpot may rotate the
+refresh token on every refresh, so two pods refreshing at once would leave one with a dead token:
+hence the single flight, and the returned refresh token is always the one stored.
+A refresh answered 400/401 means the app was uninstalled: the portal is marked so, with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.exceptions import LockError
+
+from throttle.engine import keys
+from throttle.hubspot.client import HubSpotClient, TokenGrant, TokenRefused
+from throttle.hubspot.crypto import Sealed, TokenCipher
+from throttle.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class TokenUnavailable(Exception):
+    """No usable token right now (HubSpot unreachable, lock busy); try again later."""
+
+
+class NotInstalled(TokenUnavailable):
+    """No tokens were ever stored for this portal."""
+
+
+class PortalStopped(Exception):
+    """The portal uninstalled the app (or its refresh token was refused): stop its releases."""
+
+    def __init__(self, portal_id: int, reason: str) -> None:
+        super().__init__(f"portal {portal_id} stopped: {reason}")
+        self.portal_id = portal_id
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class StoredTokens:
+    portal_id: int
+    access_token: str = field(repr=False)
+    refresh_token: str = field(repr=False)
+    expires_at: float
+    lifetime_s: int
+    generation: int
+
+    def fresh(self, now: float, margin_s: float) -> bool:
+        """More than the margin (at most half the token's lifetime) is left."""
+        return self.expires_at - min(margin_s, self.lifetime_s / 2) > now
+
+
+@dataclass(frozen=True)
+class Installation:
+    portal_id: int
+    status: str
+    uninstall_reason: str | None
+    installed_at: datetime
+    uninstalled_at: datetime | None
+    hub_domain: str | None
+    scopes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RotationReport:
+    rows: int
+    reencrypted: int
+    key_id: str
+
+
+def _ts(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, tz=UTC)
+
+
+class TokenStore:
+    """The `hubspot_portals` and `oauth_tokens` tables (migration 0010)."""
+
+    def __init__(self, pool: Any, cipher: TokenCipher) -> None:
+        self._pool = pool
+        self._cipher = cipher
+
+    async def save(
+        self,
+        portal_id: int,
+        grant: TokenGrant,
+        now: float | None = None,
+        hub_domain: str | None = None,
+    ) -> StoredTokens:
+        """Store a fresh install's tokens; marks the portal installed (again)."""
+        now = time.time() if now is None else now
+        access = self._cipher.seal(grant.access_token, portal_id)
+        refresh = self._cipher.seal(grant.refresh_token, portal_id)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """
+                INSERT INTO hubspot_portals (portal_id, status, hub_domain, scopes)
+                VALUES ($1, 'installed', $2, $3)
+                ON CONFLICT (portal_id) DO UPDATE SET
+                    status = 'installed', hub_domain = COALESCE($2, hubspot_portals.hub_domain),
+                    scopes = $3, installed_at = now(), uninstalled_at = NULL,
+                    uninstall_reason = NULL, updated_at = now()
+                """,
+                portal_id,
+                hub_domain,
+                list(grant.scopes),
+            )
+            generation = await conn.fetchval(
+                """
+                INSERT INTO oauth_tokens
+                    (portal_id, key_id, access_token, refresh_token, expires_at, lifetime_seconds)
+                VALUES ($1, $2, $3, $4, $5, $6)
+                ON CONFLICT (portal_id) DO UPDATE SET
+                    key_id = $2, access_token = $3, refresh_token = $4, expires_at = $5,
+                    lifetime_seconds = $6, refreshed_at = now(),
+                    generation = oauth_tokens.generation + 1
+                RETURNING generation
+                """,
+                portal_id,
+                access.key_id,
+                access.blob,
+                refresh.blob,
+                _ts(now + grant.expires_in),
+                max(grant.expires_in, 1),
+            )
+        return StoredTokens(
+            portal_id,
+            grant.access_token,
+            grant.refresh_token,
+            now + grant.expires_in,
+            max(grant.expires_in, 1),
+            int(generation),
+        )
+
+    async def save_refreshed(
+        self, portal_id: int, grant: TokenGrant, now: float
+    ) -> StoredTokens | None:
+        """Store a refresh's tokens, unless the portal was uninstalled meanwhile (then None)."""
+        access = self._cipher.seal(grant.access_token, portal_id)
+        refresh = self._cipher.seal(grant.refresh_token, portal_id)
+        generation = await self._pool.fetchval(
+            """
+            UPDATE oauth_tokens SET key_id = $2, access_token = $3, refresh_token = $4,
+                expires_at = $5, lifetime_seconds = $6, refreshed_at = now(),
+                generation = generation + 1
+            WHERE portal_id = $1
+            RETURNING generation
+            """,
+            portal_id,
+            access.key_id,
+            access.blob,
+            refresh.blob,
+            _ts(now + grant.expires_in),
+            max(grant.expires_in, 1),
+        )
+        if generation is None:
+            return None
+        return StoredTokens(
+            portal_id,
+            grant.access_token,
+            grant.refresh_token,
+            now + grant.expires_in,
+            max(grant.expires_in, 1),
+            int(generation),
+        )
+
+    async def load(self, portal_id: int) -> StoredTokens | None:
+        row = await self._pool.fetchrow(
+            """
+            SELECT key_id, access_token, refresh_token, expires_at, lifetime_seconds, generation
+            FROM oauth_tokens WHERE portal_id = $1
+            """,
+            portal_id,
+        )
+        if row is None:
+            return None
+        return StoredTokens(
+            portal_id,
+            self._cipher.open(Sealed(row["key_id"], bytes(row["access_token"])), portal_id),
+            self._cipher.open(Sealed(row["key_id"], bytes(row["refresh_token"])), portal_id),
+            row["expires_at"].timestamp(),
+            int(row["lifetime_seconds"]),
+            int(row["generation"]),
+        )
+
+    async def installation(self, portal_id: int) -> Installation | None:
+        row = await self._pool.fetchrow(
+            "SELECT * FROM hubspot_portals WHERE portal_id = $1", portal_id
+        )
+        return _installation(row) if row is not None else None
+
+    async def installations(self) -> list[Installation]:
+        rows = await self._pool.fetch("SELECT * FROM hubspot_portals ORDER BY portal_id")
+        return [_installation(row) for row in rows]
+
+    async def mark_uninstalled(self, portal_id: int, reason: str) -> bool:
+        """Record the uninstall and drop the tokens; True if the portal was installed until now."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            previous = await conn.fetchval(
+                "SELECT status FROM hubspot_portals WHERE portal_id = $1 FOR UPDATE", portal_id
+            )
+            await conn.execute(
+                """
+                INSERT INTO hubspot_portals (portal_id, status, uninstalled_at, uninstall_reason)
+                VALUES ($1, 'uninstalled', now(), $2)
+                ON CONFLICT (portal_id) DO UPDATE SET
+                    status = 'uninstalled', uninstalled_at = now(), uninstall_reason = $2,
+                    updated_at = now()
+                WHERE hubspot_portals.status = 'installed'
+                """,
+                portal_id,
+                reason,
+            )
+            await conn.execute("DELETE FROM oauth_tokens WHERE portal_id = $1", portal_id)
+        return bool(previous == "installed")
+
+    async def rotate(self, chunk: int = 200) -> RotationReport:
+        """Re-seal every row not under the newest key; afterwards older keys can be removed."""
+        current = self._cipher.current_key_id
+        total = await self._pool.fetchval("SELECT count(*) FROM oauth_tokens")
+        done = 0
+        while True:
+            async with self._pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(
+                    """
+                    SELECT portal_id, key_id, access_token, refresh_token FROM oauth_tokens
+                    WHERE key_id <> $1 ORDER BY portal_id LIMIT $2 FOR UPDATE SKIP LOCKED
+                    """,
+                    current,
+                    chunk,
+                )
+                for row in rows:
+                    portal_id = int(row["portal_id"])
+                    access = self._cipher.open(
+                        Sealed(row["key_id"], bytes(row["access_token"])), portal_id
+                    )
+                    refresh = self._cipher.open(
+                        Sealed(row["key_id"], bytes(row["refresh_token"])), portal_id
+                    )
+                    sealed_access = self._cipher.seal(access, portal_id)
+                    sealed_refresh = self._cipher.seal(refresh, portal_id)
+                    await conn.execute(
+                        """
+                        UPDATE oauth_tokens SET key_id = $2, access_token = $3, refresh_token = $4
+                        WHERE portal_id = $1
+                        """,
+                        portal_id,
+                        sealed_access.key_id,
+                        sealed_access.blob,
+                        sealed_refresh.blob,
+                    )
+            done += len(rows)
+            if len(rows) < chunk:
+                return RotationReport(int(total), done, current)
+
+
+def _installation(row: Any) -> Installation:
+    return Installation(
+        int(row["portal_id"]),
+        str(row["status"]),
+        row["uninstall_reason"],
+        row["installed_at"],
+        row["uninstalled_at"],
+        row["hub_domain"],
+        tuple(row["scopes"] or ()),
+    )
+
+
+class TokenManager:
+    """Valid access tokens for completion calls, one refresh per portal across all pods."""
+
+    def __init__(
+        self,
+        store: TokenStore,
+        client: HubSpotClient,
+        redis: Any,
+        metrics: Metrics | None = None,
+        refresh_margin_s: float = 300.0,
+        lock_timeout_s: float = 30.0,
+        lock_wait_s: float = 5.0,
+    ) -> None:
+        self._store = store
+        self._client = client
+        self._redis = redis
+        self._metrics = metrics
+        self._margin = refresh_margin_s
+        self._lock_timeout = lock_timeout_s
+        self._lock_wait = lock_wait_s
+        self._cache: dict[int, StoredTokens] = {}
+        self._local: dict[int, asyncio.Lock] = {}
+
+    @property
+    def store(self) -> TokenStore:
+        return self._store
+
+    async def install(
+        self, portal_id: int, grant: TokenGrant, hub_domain: str | None = None
+    ) -> StoredTokens:
+        """Store a new install's tokens (the OAuth callback)."""
+        stored = await self._store.save(portal_id, grant, hub_domain=hub_domain)
+        self._cache[portal_id] = stored
+        return stored
+
+    async def access_token(self, portal_id: int, rejected: str | None = None) -> str:
+        """A token with more than the margin left; `rejected` is one HubSpot just answered 401 to.
+
+        Raises PortalStopped (uninstalled) or TokenUnavailable (try later).
+        """
+        cached = self._cache.get(portal_id)
+        if self._usable(cached, rejected):
+            assert cached is not None
+            return cached.access_token
+        async with self._local.setdefault(portal_id, asyncio.Lock()):
+            cached = self._cache.get(portal_id)
+            if self._usable(cached, rejected):
+                assert cached is not None
+                return cached.access_token
+            stored = await self._load(portal_id)
+            if self._usable(stored, rejected):
+                return stored.access_token
+            return await self._refresh_under_lock(portal_id, rejected)
+
+    def forget(self, portal_id: int) -> None:
+        self._cache.pop(portal_id, None)
+
+    def _usable(self, tokens: StoredTokens | None, rejected: str | None) -> bool:
+        return (
+            tokens is not None
+            and tokens.access_token != rejected
+            and tokens.fresh(time.time(), self._margin)
+        )
+
+    async def _load(self, portal_id: int) -> StoredTokens:
+        stored = await self._store.load(portal_id)
+        if stored is None:
+            self._cache.pop(portal_id, None)
+            installation = await self._store.installation(portal_id)
+            if installation is not None and installation.status == "uninstalled":
+                raise PortalStopped(portal_id, installation.uninstall_reason or "uninstalled")
+            raise NotInstalled(f"portal {portal_id} has not installed the app")
+        self._cache[portal_id] = stored
+        return stored
+
+    async def _refresh_under_lock(self, portal_id: int, rejected: str | None) -> str:
+        lock = self._redis.lock(
+            keys.hubspot_token_lock(portal_id),
+            timeout=self._lock_timeout,
+            sleep=0.05,
+            blocking_timeout=self._lock_wait,
+        )
+        try:
+            async with lock:
+                # Another pod may have refreshed while this one waited for the lock.
+                stored = await self._load(portal_id)
+                if self._usable(stored, rejected):
+                    return stored.access_token
+                return await self._refresh(stored, rejected)
+        except LockError:
+            raise TokenUnavailable(f"portal {portal_id}: token refresh lock busy") from None
+
+    async def _refresh(self, stored: StoredTokens, rejected: str | None) -> str:
+        portal_id = stored.portal_id
+        now = time.time()
+        result = await self._client.refresh_token(stored.refresh_token)
+        match result:
+            case TokenGrant():
+                saved = await self._store.save_refreshed(portal_id, result, now)
+                self._count("ok")
+                if saved is None:
+                    raise PortalStopped(portal_id, "uninstalled while refreshing")
+                self._cache[portal_id] = saved
+                log.info("portal %s: access token refreshed", portal_id)
+                return saved.access_token
+            case TokenRefused(status=status, error=error):
+                reason = f"uninstalled: refresh token refused (HTTP {status} {error})"
+                self._count("refused")
+                await self.uninstall(portal_id, reason, cause="refresh_refused")
+                raise PortalStopped(portal_id, reason)
+            case _:
+                self._count("error")
+                log.warning("portal %s: token refresh failed, will retry", portal_id)
+                if stored.expires_at > time.time() + 1 and stored.access_token != rejected:
+                    return stored.access_token
+                raise TokenUnavailable(f"portal {portal_id}: token refresh failed")
+
+    async def uninstall(self, portal_id: int, reason: str, cause: str) -> bool:
+        """Record an uninstall (refresh refused or the uninstall webhook)."""
+        self._cache.pop(portal_id, None)
+        changed = await self._store.mark_uninstalled(portal_id, reason)
+        if changed:
+            log.warning("portal %s uninstalled: %s", portal_id, reason)
+            if self._metrics is not None:
+                self._metrics.portals_uninstalled.labels(cause).inc()
+        return changed
+
+    def _count(self, result: str) -> None:
+        if self._metrics is not None:
+            self._metrics.token_refreshes.labels(result).inc()
