@@ -149,14 +149,21 @@ def test_build_context_holds_what_the_build_copies_and_nothing_secret() -> None:
 def test_package_data_globs_cover_every_data_file() -> None:
     """The image installs the wheel; a data file missing from package-data is missing there."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
-    globs = project["tool"]["setuptools"]["package-data"]["throttle"]
-    package = REPO / "throttle"
-    data_files = [
-        p.relative_to(package).as_posix()
-        for p in package.rglob("*")
-        if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts
-    ]
-    uncovered = [f for f in data_files if not any(fnmatch.fnmatchcase(f, g) for g in globs)]
+    package_data: dict[str, list[str]] = project["tool"]["setuptools"]["package-data"]
+    uncovered = []
+    for path in (REPO / "throttle").rglob("*"):
+        if not path.is_file() or path.suffix in (".py", ".pyc") or "__pycache__" in path.parts:
+            continue
+        # The deepest package holding the file names the globs that must cover it.
+        parts = path.relative_to(REPO).parts
+        for depth in range(len(parts) - 1, 0, -1):
+            package = ".".join(parts[:depth])
+            if package in package_data:
+                inside = "/".join(parts[depth:])
+                if any(fnmatch.fnmatchcase(inside, g) for g in package_data[package]):
+                    break
+        else:
+            uncovered.append("/".join(parts))
     assert not uncovered, f"add these to [tool.setuptools.package-data]: {uncovered}"
 
 

@@ -1,4 +1,4 @@
-"""`throttle simulator`, `hubspot register-action` and `rotate-keys`, run as processes."""
+"""`throttle hubspot register-action` and `rotate-keys` against the simulator, run as processes."""
 
 from __future__ import annotations
 
@@ -38,8 +38,9 @@ def simulator_process(tmp_path: Path) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
         [
-            *THROTTLE,
-            "simulator",
+            sys.executable,
+            "-m",
+            "throttle_dev.simulator",
             "--port",
             str(port),
             "--app-id",

@@ -211,7 +211,9 @@ async def test_action_definition_crud(
     import json
     from importlib.resources import files
 
-    definition = json.loads(files("throttle").joinpath("action_definition.json").read_text())
+    definition = json.loads(
+        files("throttle.hubspot").joinpath("action_definition.json").read_text()
+    )
     definition["actionUrl"] = "https://throttle.example.com/api/hubspot/action"
     client = client_for(hubspot_sim, session)
     app_id = hubspot_sim.sim.config.app_id

@@ -92,7 +92,7 @@ def migrate_files(dsn: str) -> None:
     async def run() -> None:
         conn = await asyncpg.connect(dsn)
         try:
-            folder = files("throttle").joinpath("migrations")
+            folder = files("throttle.history").joinpath("migrations")
             for entry in sorted(folder.iterdir(), key=lambda e: e.name):
                 if entry.name.endswith(".sql"):
                     await conn.execute(entry.read_text(encoding="utf-8"))

@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[2] / "throttle"
 # Code that compares something an outsider sent against something secret.
 OUTSIDE_INPUT = [
     *sorted((ROOT / "webhook_service").glob("*.py")),
-    ROOT / "oauth_state.py",
-    ROOT / "crypto.py",
+    ROOT / "hubspot" / "oauth_state.py",
+    ROOT / "hubspot" / "crypto.py",
+    ROOT / "hubspot" / "signatures.py",
 ]
 SECRETISH = re.compile(
     r"(signature|secret|token|digest|hmac|password|api_?key|mac)$"
