@@ -7,9 +7,7 @@ line naming the variable (exit code 2), before anything starts. Components are i
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -148,11 +146,6 @@ def settings_markdown() -> str:
         shown = f"`{default}`" if default else ""
         lines.append(f"| `{name}` | {shown} | {description.replace('|', '/')} |")
     return "\n".join(lines)
-
-
-def add_command(command: Callable[..., Any]) -> None:
-    """Let tool modules register themselves (kept for later issues' commands)."""
-    main.add_command(command)  # type: ignore[arg-type]
 
 
 def _hubspot_commands() -> None:

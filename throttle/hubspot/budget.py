@@ -116,7 +116,3 @@ class PortalBudget:
             keys=[keys.hubspot_hold(portal_id)], args=[max(1, int(seconds * 1000))]
         )
         return int(held_ms) / 1000
-
-    async def held_for(self, portal_id: int) -> float:
-        ttl_ms = await self._redis.pttl(keys.hubspot_hold(portal_id))
-        return max(int(ttl_ms), 0) / 1000

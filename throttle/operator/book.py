@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -72,7 +71,6 @@ class PolicyBook:
 
     queue: Queue
     entries: dict[str, Entry] = field(default_factory=dict)
-    on_restored: Callable[[Entry], Awaitable[None]] | None = None
 
     # ---- ownership ------------------------------------------------------------------------------
 
@@ -128,8 +126,6 @@ class PolicyBook:
             await engine.reconcile(self.queue, entry.policy)
             restored.append(entry)
             log.warning("policy %s: parameters were missing in Redis; restored", entry.policy.key)
-            if self.on_restored is not None:
-                await self.on_restored(entry)
         return restored
 
     async def retire(self, policy: Policy, mode: OnDelete) -> int:
