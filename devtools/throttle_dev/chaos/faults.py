@@ -1,4 +1,4 @@
-"""The faults of issue 9, one scenario each, and the function that runs a scenario.
+"""The faults, one scenario each, and the function that runs a scenario.
 
 A scenario's `act` runs while HubSpot's traffic for its portal flows: it waits until the system
 is mid-work (executions held by dispatchers, requests in flight), breaks one thing, and repairs
