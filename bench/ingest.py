@@ -524,7 +524,7 @@ def report(rows: dict[str, Row], args: argparse.Namespace) -> None:
             f"{row.half.pct(1.0):>8.1f}{row.half_forks:>6}{errors:>8}"
         )
     print()
-    print("ratio      = peak req/s answered 200 / bare aiohttp's (issue 5 target: >= 0.5)")
+    print("ratio      = peak req/s answered 200 / bare aiohttp's (target: >= 0.5)")
     print("cpu us/req = server process CPU per request at peak (load-independent cost)")
     print("redis us   = Redis server CPU per request at peak")
     print("half       = open loop at 50% of that target's peak; latency from scheduled send time")

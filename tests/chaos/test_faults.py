@@ -1,4 +1,4 @@
-"""Issue 9's faults against the real processes: 0 lost, 0 duplicates, the rate held, no secret
+"""The faults against the real processes: 0 lost, 0 duplicates, the rate held, no secret
 logged. The same scenarios `make chaos` tabulates (devtools/throttle_dev/chaos/faults.py); the fast
 ones run in `make test`, the long ones (`chaos` + `slow`) only in `make chaos` / `pytest -m chaos`.
 
