@@ -11,8 +11,9 @@ Answers (HTTP 200 with a JSON body unless the request itself is bad):
 - the queue is already longer than the expiration can drain → the policy's `overflow`:
   `Block` (queued anyway), `Continue` (`SUCCESS` now), `Fail` (`FAIL_CONTINUE` with a reason);
 - a portal never seen before → 503 while the installs are re-read at once (it may have installed
-  a moment ago through another pod; the pod that ran its OAuth callback knows it already); the
-  503s last one re-read, then the portal is known or "not installed" (below);
+  a moment ago through another pod; the pod that ran its OAuth callback knows it already); once
+  that re-read is done — about a second, bounded in `portals.py` — it is known or "not
+  installed" (below);
 - the portal has not installed the app (or uninstalled it) → `FAIL_CONTINUE` with the reason in
   `throttle_reason`: the workflow moves on at once and the reason is visible in the workflow's
   history. A 4xx would do the same for HubSpot but hides the reason; BLOCK would hold records
