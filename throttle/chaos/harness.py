@@ -105,13 +105,19 @@ class Harness:
     """One stack for many scenarios; each scenario gets its own portal and policy."""
 
     def __init__(
-        self, root: Path, dispatchers: int = 2, lease_seconds: float = 8.0, keep: bool = False
+        self,
+        root: Path,
+        dispatchers: int = 2,
+        lease_seconds: float = 8.0,
+        keep: bool = False,
+        webhooks: int = 1,
     ) -> None:
         self.stack = Stack(
             StackConfig(
                 root=root,
                 dispatchers=dispatchers,
                 keep_data=keep,
+                webhooks=webhooks,
                 settings={
                     # Held executions of a killed dispatcher come back after the lease: short
                     # here so the suite runs in minutes (the chart's default is 60 s).
