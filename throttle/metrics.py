@@ -218,7 +218,7 @@ class Metrics:
         )
         self.completion_seconds = Histogram(
             "throttle_completion_duration_seconds",
-            "Duration of one completer call for one portal's released executions.",
+            "Duration of one completer call: one batch of a portal's released executions.",
             registry=r,
         )
 
@@ -265,7 +265,8 @@ class Metrics:
         )
         self.hubspot_callbacks = Counter(
             "throttle_hubspot_callbacks_total",
-            "Callbacks sent to HubSpot's completion API, by result (completed, retry, failed).",
+            "Callbacks sent to HubSpot's completion API, by result "
+            "(completed, already_completed, retry, failed).",
             ["result"],
             registry=r,
         )

@@ -171,6 +171,9 @@ class StackConfig:
     settings: dict[str, str] = field(default_factory=dict)
     log_level: str = "INFO"
     keep_data: bool = False
+    webhooks: int = 1
+    """Webhook processes ("webhook", then "webhook-2", ...), each on its own port and public
+    URL: more than one shows what a pod that did not take a change sees."""
 
 
 class Stack:
@@ -214,6 +217,12 @@ class Stack:
     @property
     def database_url(self) -> str:
         return self.settings["database_url"]
+
+    def webhook_url_of(self, name: str) -> str:
+        """The base URL of one webhook process ("webhook", "webhook-2", ...)."""
+        if name == "webhook":
+            return self.webhook_url
+        return f"http://127.0.0.1:{self.components[name].port}"
 
     @property
     def dispatcher_names(self) -> list[str]:
@@ -300,6 +309,8 @@ class Stack:
             port=self.webhook_port,
             env={"host": "127.0.0.1", "port": str(self.webhook_port)},
         )
+        for i in range(2, cfg.webhooks + 1):
+            self.add_webhook(f"webhook-{i}")
         for i in range(1, cfg.dispatchers + 1):
             self.add_dispatcher(f"dispatcher-{i}")
         if cfg.reconciler and cfg.manifests is not None:
@@ -310,6 +321,19 @@ class Stack:
                 port=metrics,
                 env={"metrics_port": str(metrics)},
             )
+
+    def add_webhook(self, name: str) -> Component:
+        """Another webhook process beside the first (same Redis and PostgreSQL); HubSpot signs
+        for the URL it calls, so its public URL is its own."""
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        return self.add(
+            name,
+            throttle_argv("webhook", "--port", str(port)),
+            ready_path="/readyz",
+            port=port,
+            env={"host": "127.0.0.1", "port": str(port), "public_url": url},
+        )
 
     def add_dispatcher(self, name: str) -> Component:
         metrics = free_port()

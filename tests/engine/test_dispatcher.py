@@ -175,7 +175,9 @@ async def test_killed_dispatcher_leases_are_released_by_another(
         proc.wait()
     assert (await queue.stats(p)).in_flight == 20
     survivor = RecordingCompleter()
-    queue.time_offset_ms = 2500  # the killed one's leases (2 s) ran out
+    # The killed one's leases ran out: 2 s, extended before its request went to cover it (the
+    # client's timeout, 10 s, and the budget's wait, 2 s).
+    queue.time_offset_ms = 12_500
     dispatcher = Dispatcher(queue, survivor, Metrics(CollectorRegistry()))
     assert await queue.reap_expired_leases() == 20
     await dispatcher.step([shard])

@@ -149,3 +149,42 @@ async def test_retention_prunes_old_rows(database_url: str) -> None:
         assert rows == ["new"]
     finally:
         await pool.close()
+
+
+async def test_a_completion_found_already_done_is_completed_with_a_note(
+    engine_redis: Any, database_url: str
+) -> None:
+    """History tells the truth: HubSpot answering a re-send "already completed" means the
+    execution completed; the note says how we learnt it."""
+    await migrate(database_url)
+    queue = Queue(engine_redis)
+    p = policy(name="noted", rate={"limit": 100, "period": "1s", "burst": 10})
+    await reconcile(queue, p)
+    for i in range(2):
+        await queue.enqueue(item(f"noted-{i}"), p)
+    taken = (await queue.take()).released
+    await queue.requeue(taken[1:], 0, "no answer in time")
+    await queue.ack(taken[:1])
+    queue.time_offset_ms = 1000
+    again = (await queue.take()).released
+    assert await queue.ack(again, note="HubSpot reported it already completed") == 1
+    w = writer(engine_redis, database_url)
+    await w.ensure_groups()
+    while await w.step():
+        pass
+    pool = await create_pool(database_url)
+    try:
+        rows = {
+            r["callback_id"]: r
+            for r in await pool.fetch(
+                "SELECT * FROM action_executions WHERE callback_id LIKE 'noted-%'"
+            )
+        }
+    finally:
+        await pool.close()
+        await w.close()
+    assert rows["noted-0"]["outcome"] == "completed"
+    assert rows["noted-0"]["last_error"] is None
+    assert rows["noted-1"]["outcome"] == "completed"
+    assert rows["noted-1"]["last_error"] == "HubSpot reported it already completed"
+    assert rows["noted-1"]["attempts"] == 2

@@ -252,3 +252,24 @@ async def test_min_hold_keeps_fresh_executions_back(queue: Queue) -> None:
     assert [r.callback_id for r in (await queue.take(shard, min_hold_seconds=1.0)).released] == [
         "cb-2"
     ]
+
+
+async def test_renew_extends_live_leases_only(queue: Queue, engine_redis: Any) -> None:
+    """A dispatcher keeps what it holds while HubSpot is slow to answer; what it lost (the
+    lease ran out, or it was settled) is reported so it is not sent."""
+    p = policy(rate={"limit": 100, "period": "1s", "burst": 10})
+    await reconcile(queue, p)
+    for i in range(4):
+        await queue.enqueue(item(f"cb-{i}"), p)
+    held = (await queue.take()).released
+    await queue.ack(held[:1])
+    queue.time_offset_ms = 20_000  # 10 s of the 30 s lease left
+    assert await queue.renew(held, 60) == {"cb-1", "cb-2", "cb-3"}
+    queue.time_offset_ms = 75_000  # past the first lease, inside the renewed one
+    assert await queue.reap_expired_leases() == 0
+    assert await queue.renew(held[1:2], 5) == {"cb-1"}  # never shortened
+    queue.time_offset_ms = 81_000
+    assert await queue.reap_expired_leases() == 3
+    assert await queue.renew(held, 60) == set()  # ran out: someone else's to send now
+    stats = await queue.stats(p)
+    assert (stats.depth, stats.in_flight) == (3, 0)

@@ -249,3 +249,39 @@ async def test_lost_answer_then_retry_reads_as_already_completed(
     assert isinstance(again, Rejected)
     assert [c.callback_id for c in sim.completions] == ["cb"]
     assert sim.portal(1).duplicates == 1
+
+
+async def test_already_completed_is_recognised_named_or_not(
+    start_simulator: StartSimulator, session: aiohttp.ClientSession
+) -> None:
+    """HubSpot refuses a re-sent completion; the client counts the errors that say "already
+    completed" apart from any other, on the batch and the single endpoint, named or not."""
+    for naming in (False, True):
+        running = await start_simulator(name_offenders_in_errors=naming)
+        sim = running.sim
+        client = client_for(running, session)
+        token = sim.issue_tokens(1)["access_token"]
+        for i in range(4):
+            sim.add_blocked(f"cb-{i}", 1)
+        sim.add_blocked("expired", 1)
+        sim.expire(["expired"])
+        assert isinstance(await client.complete_batch(token, entries("cb-0", "cb-1")), Success)
+
+        again = await client.complete_batch(token, entries("cb-0", "cb-2", "cb-1"))
+        assert isinstance(again, Rejected)
+        assert (again.already_completed, again.other_errors) == (2, 0)
+        assert again.only_already_completed
+        assert again.already_completed_ids == (("cb-0", "cb-1") if naming else ())
+
+        mixed = await client.complete_batch(token, entries("cb-0", "expired", "cb-3"))
+        assert isinstance(mixed, Rejected)
+        assert (mixed.already_completed, mixed.other_errors) == (1, 1)
+        assert not mixed.only_already_completed
+
+        one = await client.complete_one(token, CallbackCompletion("cb-1", DONE))
+        assert isinstance(one, Rejected)
+        assert one.only_already_completed
+        late = await client.complete_one(token, CallbackCompletion("expired", DONE))
+        assert isinstance(late, Rejected)
+        assert late.already_completed == 0
+        assert not sim.portal(1).unauthorized

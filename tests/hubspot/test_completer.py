@@ -6,14 +6,20 @@ import asyncio
 import itertools
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
 
+from tests.engine.helpers import item as queue_item
+from tests.engine.helpers import policy
 from tests.fixtures.hubspot_simulator import RunningSimulator, StartSimulator
 from throttle.dispatcher.complete import CompletionResult
+from throttle.dispatcher.drain import ALREADY_COMPLETED_NOTE, Dispatcher
 from throttle.dispatcher.hubspot_completer import HubSpotCompleter
-from throttle.engine.queue import Released
+from throttle.engine.policy import Policy
+from throttle.engine.queue import Queue, Released
+from throttle.engine.registry import reconcile
 from throttle.hubspot.budget import PortalBudget
 from throttle.hubspot.client import HubSpotClient, TokenGrant
 from throttle.hubspot.tokens import TokenManager, TokenStore
@@ -55,7 +61,8 @@ async def setup(
 async def drain(
     completer: HubSpotCompleter, portal_id: int, items: Sequence[Released], rounds: int = 50
 ) -> tuple[set[str], dict[str, str], list[CompletionResult]]:
-    """What a dispatcher does: complete, put retries back, honour retry_after."""
+    """What a dispatcher does: complete, put retries back (taken again: one more attempt),
+    honour retry_after. Done = completed, by this call or an earlier one whose answer was lost."""
     by_id = {i.callback_id: i for i in items}
     todo = list(items)
     done: set[str] = set()
@@ -67,7 +74,10 @@ async def drain(
         result = await completer.complete(portal_id, todo)
         results.append(result)
         done.update(result.completed)
+        done.update(result.already_completed)
         failed.update(result.failed)
+        for i in result.retry:
+            by_id[i] = replace(by_id[i], attempts=by_id[i].attempts + 1)
         todo = [by_id[i] for i in result.retry]
         if todo:
             await asyncio.sleep(result.retry_after)
@@ -349,3 +359,164 @@ async def test_redis_outage_defers_and_loses_nothing(
     assert result.retry == [i.callback_id for i in items]
     assert not result.completed
     assert hubspot_sim.sim.portal(12).completion_requests == 0
+
+
+def resent(items: Sequence[Released]) -> list[Released]:
+    """The same executions taken a second time (after a requeue or a lapsed lease)."""
+    return [replace(i, attempts=2) for i in items]
+
+
+async def test_already_completed_is_completed_and_costs_no_more_calls(
+    hubspot_sim: RunningSimulator, store: TokenStore, session: aiohttp.ClientSession, redis: Any
+) -> None:
+    """An earlier request went through but its answer was lost: the re-send is refused as
+    "already completed" (harsh: the whole batch, offenders unnamed). Those are completed, not
+    failed, and only what HubSpot has not applied is sent again: no splitting."""
+    items = released(13, 100)
+    sim = hubspot_sim.sim
+    completer = await setup(hubspot_sim, store, session, redis, 13, items)
+    sim.set_faults(error_after_apply_ratio=1.0)
+    lost = await completer.complete(13, items[:40])
+    assert lost.retry == [i.callback_id for i in items[:40]]
+    sim.set_faults(error_after_apply_ratio=0.0)
+    before = sim.portal(13).completion_requests
+
+    # the 40 again (sent before) with 60 never sent: one refusal, then the 60 alone
+    mixed = await completer.complete(13, [*resent(items[:40]), *items[40:]])
+    assert not mixed.failed
+    assert not mixed.retry
+    assert sim.portal(13).completion_requests - before == 2
+    assert sorted(mixed.already_completed) == sorted(i.callback_id for i in items[:40])
+    assert sorted(mixed.completed) == sorted(i.callback_id for i in items[40:])
+
+    # all of a batch already completed: that one refusal settles it
+    again = await completer.complete(13, resent(items[:50]))
+    assert not again.failed
+    assert not again.completed
+    assert sim.portal(13).completion_requests - before == 3
+    assert sorted(again.already_completed) == sorted(i.callback_id for i in items[:50])
+    assert len(sim.completions) == 100
+
+
+async def test_already_completed_when_the_count_does_not_tell_which(
+    hubspot_sim: RunningSimulator, store: TokenStore, session: aiohttp.ClientSession, redis: Any
+) -> None:
+    """Ten sent before, only four of them applied: the batch is halved until each answer is
+    unambiguous, and still nothing is recorded failed."""
+    items = released(14, 20)
+    sim = hubspot_sim.sim
+    completer = await setup(hubspot_sim, store, session, redis, 14, items)
+    assert len((await completer.complete(14, items[:4])).completed) == 4
+    result = await completer.complete(14, [*resent(items[:10]), *items[10:]])
+    assert not result.failed
+    assert not result.retry
+    assert sorted(result.already_completed) == sorted(i.callback_id for i in items[:4])
+    assert sorted(result.completed) == sorted(i.callback_id for i in items[4:])
+    assert len(sim.completions) == 20
+
+
+async def test_each_batch_goes_with_a_token_valid_when_it_goes(
+    start_simulator: StartSimulator, store: TokenStore, session: aiohttp.ClientSession, redis: Any
+) -> None:
+    """HubSpot answers slowly: the second batch must not go with the token the first one
+    took, which expired while it waited."""
+    running = await start_simulator(access_token_ttl_s=2)
+    items = released(15, 200)
+    completer = await setup(running, store, session, redis, 15, items)
+    running.sim.set_faults(completion_answer_delay_ms=2500)
+    result = await completer.complete(15, items)
+    assert len(result.completed) == 200
+    assert running.sim.portal(15).unauthorized == 0
+    assert running.sim.portal(15).completion_requests == 2
+
+
+async def _dispatch_until(
+    queue: Queue, dispatcher: Dispatcher, p: Policy, done: int, timeout_s: float = 20.0
+) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stop))
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            stats = await queue.stats(p)
+            if stats.acked + stats.failed >= done:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await task
+
+
+async def test_dispatcher_settles_each_batch_when_hubspot_answers_it(
+    hubspot_sim: RunningSimulator, store: TokenStore, session: aiohttp.ClientSession, redis: Any
+) -> None:
+    """HubSpot applies at once but answers 400 ms later; the portal's 300 executions take
+    three batches, longer together than one batch's deadline and than the lease. Each batch
+    is acknowledged as its answer comes: nothing handed back, sent twice or failed."""
+    p = policy(name="slow", portal=16, rate={"limit": 1000, "period": "1s", "burst": 1000})
+    queue = Queue(redis, lease_seconds=1.0)
+    await reconcile(queue, p)
+    blocked = released(16, 300)
+    completer = await setup(hubspot_sim, store, session, redis, 16, blocked)
+    for i in blocked:
+        await queue.enqueue(queue_item(i.callback_id, portal=16), p)
+    hubspot_sim.sim.set_faults(completion_answer_delay_ms=400)
+    # one take releases all 300, so they are all held at once
+    dispatcher = Dispatcher(queue, completer, Metrics(), queue_quota=300, complete_timeout=1.0)
+    await _dispatch_until(queue, dispatcher, p, 300)
+    stats = await queue.stats(p)
+    assert (stats.acked, stats.failed, stats.requeued, stats.in_flight) == (300, 0, 0, 0)
+    sim = hubspot_sim.sim.portal(16)
+    assert (sim.completion_requests, sim.duplicates, sim.sent_twice) == (3, 0, 0)
+
+
+async def test_a_batch_without_an_answer_is_requeued_and_its_resend_is_completed(
+    hubspot_sim: RunningSimulator,
+    store: TokenStore,
+    session: aiohttp.ClientSession,
+    redis: Any,
+    database_url: str,
+) -> None:
+    """No answer before the batch's deadline: its outcome is unknown, so it goes back to its
+    queue (never "failed"); HubSpot had applied it, and the re-send is recorded completed."""
+    from throttle.dispatcher.history_writer import HistoryWriter
+    from throttle.history.store import create_pool, migrate
+
+    p = policy(name="lost", portal=17, rate={"limit": 1000, "period": "1s", "burst": 1000})
+    queue = Queue(redis, lease_seconds=5.0)
+    await reconcile(queue, p)
+    blocked = released(17, 50)
+    completer = await setup(hubspot_sim, store, session, redis, 17, blocked)
+    for i in blocked:
+        await queue.enqueue(queue_item(i.callback_id, portal=17), p)
+    sim = hubspot_sim.sim
+    sim.set_faults(completion_answer_delay_ms=1500)
+    dispatcher = Dispatcher(queue, completer, Metrics(), complete_timeout=0.5, retry_base=0.2)
+
+    async def answer_promptly_once_applied() -> None:
+        while not sim.completions:
+            await asyncio.sleep(0.01)
+        sim.set_faults(completion_answer_delay_ms=0)
+
+    prompt = asyncio.create_task(answer_promptly_once_applied())
+    await _dispatch_until(queue, dispatcher, p, 50)
+    await prompt
+    stats = await queue.stats(p)
+    assert (stats.acked, stats.failed, stats.requeued) == (50, 0, 50)
+    assert len(sim.completions) == 50
+    assert sim.portal(17).completion_requests == 2  # the lost one, one re-send: no splitting
+
+    await migrate(database_url)
+    writer = HistoryWriter(redis, lambda: create_pool(database_url), Metrics())
+    await writer.ensure_groups()
+    while await writer.step():
+        pass
+    await writer.close()
+    pool = await create_pool(database_url)
+    try:
+        rows = await pool.fetch("SELECT outcome, last_error FROM action_executions")
+    finally:
+        await pool.close()
+    assert {(r["outcome"], r["last_error"]) for r in rows} == {
+        ("completed", ALREADY_COMPLETED_NOTE)
+    }

@@ -136,3 +136,62 @@ async def test_drive_over_http(
         http, "POST", hubspot_sim.url + "/_sim/drive", json={"actionUrl": "x", "bogus": 1}
     )
     assert status == 400
+
+
+async def test_late_answers_apply_first_and_resends_count_as_sent_twice(
+    hubspot_sim: RunningSimulator, http: aiohttp.ClientSession
+) -> None:
+    """HubSpot answering a completion late has already applied it: a client that gives up and
+    sends it again has sent a completion twice, whatever HubSpot answers the second time."""
+    import asyncio
+    import time
+
+    base = hubspot_sim.url
+    _, grant = await _json(http, "POST", base + "/_sim/portals", json={"portalId": 13})
+    auth = {"Authorization": f"Bearer {grant['access_token']}"}
+    for i in range(3):
+        hubspot_sim.sim.add_blocked(f"late{i}", 13)
+    status, faults = await _json(
+        http, "POST", base + "/_sim/faults", json={"completion_answer_delay_ms": 400}
+    )
+    assert (status, faults["completion_answer_delay_ms"]) == (200, 400)
+    status, _ = await _json(
+        http, "POST", base + "/_sim/faults", json={"completion_answer_delay_ms": -1}
+    )
+    assert status == 400
+    inputs = [{"callbackId": f"late{i}", "outputFields": {}} for i in (0, 1)]
+    started = time.monotonic()
+    request = asyncio.ensure_future(
+        http.post(
+            base + "/automation/v4/actions/callbacks/complete",
+            json={"inputs": inputs},
+            headers=auth,
+        )
+    )
+    await asyncio.sleep(0.2)
+    assert hubspot_sim.sim.callbacks["late0"].completed_at is not None  # applied at once
+    assert not request.done()
+    async with await request as response:
+        assert response.status == 204
+    assert time.monotonic() - started >= 0.4  # answered late
+    hubspot_sim.sim.set_faults(completion_answer_delay_ms=0)
+    # sent again with one never completed: refused as a whole, two callbacks sent twice
+    again = [*inputs, {"callbackId": "late2", "outputFields": {}}]
+    async with http.post(
+        base + "/automation/v4/actions/callbacks/complete", json={"inputs": again}, headers=auth
+    ) as response:
+        assert response.status == 400
+        body = await response.json()
+        assert [e["subCategory"] for e in body["errors"]] == ["DUPLICATE", "DUPLICATE"]
+    # a resend HubSpot refuses before reading it (an expired token) is sent twice all the same
+    async with http.post(
+        base + "/automation/v4/actions/callbacks/late0/complete",
+        json={"outputFields": {}},
+        headers={"Authorization": "Bearer nope"},
+    ) as response:
+        assert response.status == 401
+    _, report = await _json(http, "GET", base + "/_sim/report")
+    row = report["portals"][0]
+    assert (row["completed"], row["duplicates"], row["sent_twice"]) == (2, 2, 3)
+    async with http.get(base + "/_sim/report?format=text") as response:
+        assert "sent2x" in await response.text()

@@ -6,7 +6,7 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
-from tests.webhook.conftest import PORTAL, StartWebhook, Webhook, execution, policy
+from tests.webhook.conftest import ACTION_DEF, PORTAL, StartWebhook, Webhook, execution, policy
 from throttle.engine import keys
 from throttle.webhook_service.appkeys import QUEUE
 
@@ -61,7 +61,10 @@ async def test_no_policy_at_all_fails_continue_with_a_reason(webhook: Webhook) -
     assert status == 200
     fields = body["outputFields"]
     assert fields["hs_execution_state"] == "FAIL_CONTINUE"
-    assert "no policy 'enrichment'" in fields["throttle_reason"]
+    assert fields["throttle_reason"] == (
+        f"portal {PORTAL} has no policy named 'enrichment', no policy for action {ACTION_DEF} "
+        "and no default policy (its own or the global one)"
+    )
 
 
 async def test_overflow_continue_answers_success(webhook: Webhook) -> None:

@@ -1,14 +1,27 @@
-"""The config API's cluster mode against a real kube-apiserver: ThrottlePolicy resources."""
+"""The config API's cluster mode against a real kube-apiserver: ThrottlePolicy resources, put
+in force by the real operator (run as its ServiceAccount, as in tests/operator/) before the
+config API answers."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.fixtures.kube import KubeEnv
-from tests.webhook.conftest import PORTAL, StartWebhook, Webhook
+from tests.operator.conftest import (  # noqa: F401 - fixtures used by this module's tests
+    OperatorThread,
+    operator_kubeconfig,
+    operator_settings,
+    start_operator,
+    throttle_crd,
+    wait_for,
+)
+from tests.webhook.conftest import PORTAL, StartWebhook, Webhook, execution
+from throttle.webhook_service import config_api
+from throttle.webhook_service.appkeys import POLICY_INDEX
 from throttle.webhook_service.policy_store import resource_name
 
 pytestmark = pytest.mark.kube
@@ -23,7 +36,14 @@ def crd(kube: KubeEnv) -> None:
 
 
 @pytest.fixture
-async def api(start_webhook: StartWebhook, kube: KubeEnv, namespace: str, crd: None) -> Webhook:
+async def api(
+    start_webhook: StartWebhook,
+    kube: KubeEnv,
+    namespace: str,
+    crd: None,
+    start_operator: Callable[..., OperatorThread],  # noqa: F811 - the imported fixture
+) -> Webhook:
+    start_operator()
     return await start_webhook(
         config_backend="cluster", config_namespace=namespace, kubeconfig=str(kube.kubeconfig)
     )
@@ -77,7 +97,8 @@ async def test_create_patch_get_list_delete_resources(
 
     deleted = await api.client.delete(f"/api/config/{PORTAL}/42", headers=headers)
     assert deleted.status == 204
-    assert [o["spec"]["name"] for o in resources(kube, namespace)] == ["default"]
+    assert api.app[POLICY_INDEX].get(PORTAL, "action-42") is None
+    wait_for(lambda: [o["spec"]["name"] for o in resources(kube, namespace)] == ["default"])
 
 
 async def test_resources_made_with_kubectl_are_found(
@@ -107,7 +128,7 @@ async def test_resources_made_with_kubectl_are_found(
     assert obj["spec"]["rate"]["limit"] == 9
     gone = await api.client.delete(f"/api/config/{PORTAL}/policies/enrichment", headers=headers)
     assert gone.status == 204
-    assert resources(kube, namespace) == []
+    wait_for(lambda: resources(kube, namespace) == [])  # the operator's finalizer lets it go
 
 
 async def test_invalid_or_unauthorised_changes_nothing(
@@ -121,3 +142,37 @@ async def test_invalid_or_unauthorised_changes_nothing(
     anonymous = await api.client.post("/api/config", json=SPEC)
     assert anonymous.status == 401
     assert resources(kube, namespace) == []
+
+
+async def test_answered_once_in_force_so_another_pod_holds_the_next_execution(
+    api: Webhook, start_webhook: StartWebhook
+) -> None:
+    other = await start_webhook()  # another pod, which loaded the registry before the change
+    await other.app[POLICY_INDEX].refresh()
+    created = await api.client.post(
+        "/api/config",
+        json={"name": "fresh", "portalId": PORTAL, "rate": {"limit": 5, "period": "1s"}},
+        headers=auth(api),
+    )
+    assert created.status == 201, await created.text()
+    assert api.app[POLICY_INDEX].get(PORTAL, "fresh") is not None
+    for pod in (other, api):
+        _, body = await pod.post_action(execution(f"cb-{id(pod)}", inputFields={"policy": "fresh"}))
+        assert body["outputFields"]["hs_execution_state"] == "BLOCK", body
+
+
+async def test_without_the_operator_the_answer_says_not_in_force_yet(
+    start_webhook: StartWebhook,
+    kube: KubeEnv,
+    namespace: str,
+    crd: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(config_api, "IN_FORCE_TIMEOUT_S", 1.0)
+    api = await start_webhook(
+        config_backend="cluster", config_namespace=namespace, kubeconfig=str(kube.kubeconfig)
+    )
+    created = await api.client.post("/api/config", json=SPEC, headers=auth(api))
+    assert created.status == 202  # stored as a resource; nobody put it in force
+    assert (await created.json())["name"] == "action-42"
+    assert [o["spec"]["name"] for o in resources(kube, namespace)] == ["action-42"]

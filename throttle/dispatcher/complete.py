@@ -1,8 +1,10 @@
 """The completion interface: what the dispatcher hands over once the rate lets executions go.
 
-The dispatcher groups released executions by portal and calls `Completer.complete` once per
-portal with all it holds for that portal; the completer (HubSpot's, or a recording one in tests)
-splits them into API batches, respects the portal's budget, and says what became of each.
+The dispatcher groups released executions by portal and calls `Completer.complete` with one
+API batch at a time (at most `Dispatcher.send_batch`, HubSpot's 100), settling each answer in
+Redis before the next goes: what HubSpot accepted is acknowledged at once, whatever happens to
+the batches after it. The completer (HubSpot's, or a recording one in tests) respects the
+portal's budget, splits a refused batch if it must, and says what became of each.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ class CompletionResult:
 
     completed: list[str] = field(default_factory=list)
     """Callback ids HubSpot accepted: acknowledged."""
+    already_completed: list[str] = field(default_factory=list)
+    """Callback ids HubSpot says were already completed (an earlier request of ours went through
+    and its answer was lost or late): acknowledged too, with a note in their history."""
     retry: list[str] = field(default_factory=list)
     """Transient failure: back to the head of the queue."""
     retry_after: float = 0.0
@@ -32,6 +37,10 @@ class CompletionResult:
     budget_spent: bool = False
     """`retry` only waits for the portal's API budget (nothing failed): the dispatcher may keep
     the items and send them, with whatever the portal releases meanwhile, after `retry_after`."""
+    portal_paused: bool = False
+    """The whole portal must wait `retry_after` (a 429, HubSpot failing, no token): what the
+    dispatcher holds for it and has not sent goes back to its queues with the same delay
+    instead of meeting the same answer."""
 
 
 class Completer(Protocol):

@@ -5,13 +5,21 @@ goes to one dispatcher and every policy's rate holds however many take. Within a
 each portal has one sender task, so a slow or failing portal never holds up another, and what a
 portal's takes release while its previous HubSpot call is out goes together in the next call: a
 portal's API budget (about ten calls a second) buys full batches instead of one call per take.
-The number of executions held at once is bounded (back-pressure), and an execution waits for at
-most one call before its own, so leases never run out while items wait in memory. Fairness
-across queues comes from `take` itself (a per-queue quota per call; a queue with more goes to
-the back of the schedule).
+The number of executions held at once is bounded (back-pressure). Fairness across queues comes
+from `take` itself (a per-queue quota per call; a queue with more goes to the back of the
+schedule).
 
-SIGTERM: stop taking, let running completions finish (up to `shutdown_timeout`), hand back the
-rest (requeue at the head), then exit.
+Each batch (one HubSpot request) is settled in Redis the moment HubSpot answers it, before the
+next goes: a batch HubSpot accepted is acknowledged whatever happens to the ones after it, so it
+is never handed back and sent a second time. The leases of everything held are renewed while
+the dispatcher runs, and a batch's leases are extended to cover its request before it goes, so
+an execution never returns to its queue (for another dispatcher to send again) while HubSpot
+may still be applying it. A batch whose outcome is unknown (no answer in time, or stopped while
+the request was out) goes back to its queue, never to "failed": a re-send is answered "already
+completed", which is recorded as completed.
+
+SIGTERM: stop taking, send no new batch, let the requests out finish (up to `shutdown_timeout`),
+hand back the rest (requeue at the head), then exit.
 """
 
 from __future__ import annotations
@@ -30,6 +38,9 @@ from throttle.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+ALREADY_COMPLETED_NOTE = "HubSpot reported it already completed (an earlier request went through)"
+"""History's note on an execution a re-sent completion found completed: completed, not failed."""
+
 
 @dataclass
 class Dispatcher:
@@ -46,7 +57,16 @@ class Dispatcher:
     """Most executions held (released, not yet settled) at once by this dispatcher."""
     retry_base: float = 1.0
     retry_max: float = 60.0
+    send_batch: int = 100
+    """Most executions per completer call: one HubSpot batch request, settled on its own."""
+    call_seconds: float = 10.0
+    """The longest one HubSpot request may take (the client's timeout): before a batch goes, its
+    leases are extended to cover the wait for the portal's budget and that request, however
+    short the lease (the renewer covers whatever a batch does after that)."""
     complete_timeout: float = 30.0
+    """The longest one batch's completion may take, all its requests together (a 401's refresh
+    and re-send, a refused batch split): past it the batch's outcome is unknown and it goes back
+    to its queue. The batches after it are not touched."""
     shutdown_timeout: float = 20.0
     last_loop: float = field(default_factory=time.monotonic)
     released_total: int = 0
@@ -54,8 +74,13 @@ class Dispatcher:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _outbox: dict[int, list[Released]] = field(default_factory=dict)
     _senders: dict[int, asyncio.Task[None]] = field(default_factory=dict)
-    _taken_at: dict[str, float] = field(default_factory=dict)
-    """When this dispatcher took each execution it holds (monotonic): its lease started then."""
+    _holding: dict[str, Released] = field(default_factory=dict)
+    """Every execution this dispatcher holds (released to it, not settled), by callback id."""
+    _lease_until: dict[str, float] = field(default_factory=dict)
+    """Until when (monotonic, conservatively) each held execution's lease is known to last."""
+    _renewing: bool = False
+    """The lease renewer runs (`run`): what waits in an outbox keeps its lease."""
+    _stopping: bool = False
     _next_due: dict[int, float] = field(default_factory=dict)
     _skew: float = 0.0
     _room: asyncio.Event = field(default_factory=asyncio.Event)
@@ -64,6 +89,8 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         next_full_poll = 0.0
         self._room.set()
+        self._stopping = False
+        renewer = asyncio.create_task(self._keep_leases())
         try:
             while not stop.is_set():
                 self.last_loop = time.monotonic()
@@ -90,11 +117,17 @@ class Dispatcher:
                     log.warning("take failed: %s", type(exc).__name__)
                     await wait_any(stop, None, seconds=0.5)
         finally:
-            await self._drain()
+            self._stopping = True
+            try:
+                await self._drain()
+            finally:
+                renewer.cancel()
+                await asyncio.gather(renewer, return_exceptions=True)
 
     async def step(self, shards: Sequence[int] | None = None) -> int:
         """One take over these shards; completions run in the background. Returns released."""
         started = time.perf_counter()
+        asked = time.monotonic()  # the lease runs from a moment after this, on Redis' clock
         result = await self.queue.take(
             shards,
             max_items=self.batch,
@@ -118,10 +151,12 @@ class Dispatcher:
             by_portal[r.portal_id].append(r)
             self.metrics.released.labels(str(r.portal_id), r.policy).inc()
         self.released_total += len(result.released)
-        taken_at = time.monotonic()
+        lease_until = asked + self.queue.lease_seconds
         for portal, items in by_portal.items():
             self._held += len(items)
-            self._taken_at.update((r.callback_id, taken_at) for r in items)
+            for r in items:
+                self._holding[r.callback_id] = r
+                self._lease_until[r.callback_id] = lease_until
             self._outbox.setdefault(portal, []).extend(items)
             if portal not in self._senders:
                 task = asyncio.create_task(self._send(portal))
@@ -131,27 +166,103 @@ class Dispatcher:
         return len(result.released)
 
     async def _send(self, portal: int) -> None:
-        """The portal's one sender: complete whatever its outbox holds, until it stays empty."""
+        """The portal's one sender: one batch at a time from its outbox, each settled as soon
+        as HubSpot answers it, until the outbox stays empty."""
         try:
             while self._outbox.get(portal):
-                wait = await self._complete(portal, self._outbox.pop(portal))
+                outbox = self._outbox[portal]
+                if self._stopping:  # nothing new goes out: hand back what was never sent
+                    self._outbox[portal] = []
+                    await self._hand_back(outbox, 0.0, "dispatcher stopped before sending it")
+                    break
+                batch, self._outbox[portal] = outbox[: self.send_batch], outbox[self.send_batch :]
+                wait = await self._complete(portal, batch)
                 if wait:  # the budget is spent: what waits goes with what the portal releases
                     await asyncio.sleep(wait)
         except asyncio.CancelledError:
             left = self._outbox.pop(portal, [])
             if left:
-                await asyncio.shield(self.queue.requeue(left, 0.0, "dispatcher stopped"))
-                self._forget(left)
+                await asyncio.shield(self._hand_back(left, 0.0, "dispatcher stopped"))
             raise
         finally:
             self._senders.pop(portal, None)
+            if not self._outbox.get(portal):
+                self._outbox.pop(portal, None)
+
+    async def _hand_back(self, items: Sequence[Released], delay: float, reason: str) -> None:
+        """Items never sent go back to the head of their queues."""
+        try:
+            await self.queue.requeue(items, delay, reason)
+            for r in items:
+                self.metrics.requeued.labels(str(r.portal_id), r.policy).inc()
+        except Exception as exc:  # left to the lease reaper
+            log.error("%d items not handed back (%s)", len(items), type(exc).__name__)
+        finally:
+            self._forget(items)
 
     def _forget(self, items: Sequence[Released]) -> None:
         """These are settled (or handed back): no longer held by this dispatcher."""
         self._held -= len(items)
         for r in items:
-            self._taken_at.pop(r.callback_id, None)
+            self._holding.pop(r.callback_id, None)
+            self._lease_until.pop(r.callback_id, None)
         self._room.set()
+
+    @property
+    def _lease_margin(self) -> float:
+        """Below this much lease left, an execution may already be back in its queue."""
+        return max(0.5, self.queue.lease_seconds / 10)
+
+    async def _keep_leases(self) -> None:
+        """Renew the leases of everything held, every third of a lease, while the dispatcher
+        runs (and drains): executions waiting behind slow answers, or with a request out, never
+        return to their queue while this dispatcher may still send them or hear back. One that
+        dies stops renewing, and what it held comes back after one lease."""
+        self._renewing = True
+        try:
+            while True:
+                await asyncio.sleep(max(0.05, self.queue.lease_seconds / 3))
+                await self._renew(list(self._holding.values()), self.queue.lease_seconds)
+        finally:
+            self._renewing = False
+
+    async def _renew(self, items: Sequence[Released], seconds: float) -> set[str]:
+        """Extend these leases to `seconds` from now; the callback ids still leased to us."""
+        if not items:
+            return set()
+        asked = time.monotonic()
+        try:
+            held = await self.queue.renew(items, seconds)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # Redis unreachable: the leases run on; checked before sending
+            log.warning("renewing %d leases failed: %s", len(items), type(exc).__name__)
+            return set()
+        for callback_id in held:
+            if callback_id in self._lease_until:
+                self._lease_until[callback_id] = max(
+                    self._lease_until[callback_id], asked + seconds
+                )
+        return held
+
+    async def _claim(self, items: Sequence[Released]) -> list[Released]:
+        """Just before a batch goes: extend its leases to cover its request, and keep only what
+        is still ours. One whose lease may have run out may already be another dispatcher's to
+        complete: it is neither sent nor settled here (the reaper or its new holder sees to it)."""
+        now = time.monotonic()
+        cover = self.call_seconds + 2.0  # the budget's wait (a second at most), the request
+        live = [
+            r for r in items if self._lease_until.get(r.callback_id, now) - now > self._lease_margin
+        ]
+        held = await self.queue.renew(live, cover) if live else set()
+        for callback_id in held:
+            self._lease_until[callback_id] = max(self._lease_until[callback_id], now + cover)
+        ours = [r for r in live if r.callback_id in held]
+        lost = [r for r in items if r.callback_id not in held]
+        if lost:
+            log.warning("%d executions lost their lease before their turn; not sent", len(lost))
+            self._forget(lost)
+        return ours
 
     def _keep_for_budget(
         self, items: Sequence[Released], result: CompletionResult
@@ -161,31 +272,49 @@ class Dispatcher:
         if not result.budget_spent or result.portal_stopped or not result.retry:
             return []
         now = time.monotonic()
-        # Waiting, then one call of at most `complete_timeout`, must end well inside the lease.
-        room = self.queue.lease_seconds - self.complete_timeout - result.retry_after - 1.0
+        # Without the renewer (tests driving `step`), the lease must outlast the wait.
+        room = result.retry_after + self._lease_margin
         waiting = set(result.retry)
         keep = [
             r
             for r in items
-            if r.callback_id in waiting and now - self._taken_at.get(r.callback_id, now) < room
+            if r.callback_id in waiting
+            and (self._renewing or self._lease_until.get(r.callback_id, now) - now > room)
         ]
         kept = {r.callback_id for r in keep}
         result.retry = [c for c in result.retry if c not in kept]
         return keep
 
     async def _complete(self, portal: int, items: list[Released]) -> float:
-        """Complete and settle; returns how long to wait before the items it kept may go."""
+        """Complete one batch and settle it at once; returns how long to wait before the items
+        it kept may go."""
         started = time.perf_counter()
         kept: list[Released] = []
         result = CompletionResult()
         try:
             try:
+                items = await self._claim(items)
+                if not items:
+                    return 0.0
                 result = await asyncio.wait_for(
                     self.completer.complete(portal, items), self.complete_timeout
                 )
             except asyncio.CancelledError:
-                await asyncio.shield(self.queue.requeue(items, 0.0, "dispatcher stopped"))
+                # Stopped with the request perhaps out: its outcome is unknown, so the batch
+                # goes back to its queue (a re-send is answered "already completed").
+                await asyncio.shield(
+                    self.queue.requeue(items, 0.0, "dispatcher stopped while completing")
+                )
                 raise
+            except TimeoutError:
+                log.warning(
+                    "portal %s: no answer for a batch of %d in %.0f s; outcome unknown, requeued",
+                    portal,
+                    len(items),
+                    self.complete_timeout,
+                )
+                result = CompletionResult(retry=[r.callback_id for r in items])
+                result.retry_after = self._backoff(items)
             except Exception as exc:
                 log.warning("completing portal %s failed: %s", portal, type(exc).__name__)
                 result = CompletionResult(retry=[r.callback_id for r in items])
@@ -200,22 +329,44 @@ class Dispatcher:
                 await self.settle(items, result)
             except Exception as exc:  # left to the lease reaper
                 log.error("portal %s: %d items unsettled (%s)", portal, len(items), exc)
+            await self._after(portal, result)
         finally:
             self._forget(items)
         return result.retry_after if kept else 0.0
+
+    async def _after(self, portal: int, result: CompletionResult) -> None:
+        """What the answer says about the portal's batches not sent yet: an uninstalled portal
+        fails them with the same reason; a portal told to wait (429, HubSpot failing, no token)
+        hands them back with the same delay rather than meet the same answer."""
+        if not (result.portal_stopped or (result.portal_paused and result.retry_after > 0)):
+            return
+        rest = self._outbox.pop(portal, [])
+        if not rest:
+            return
+        if result.portal_stopped:
+            try:
+                await self.settle(rest, CompletionResult(portal_stopped=result.portal_stopped))
+            except Exception as exc:  # left to the lease reaper
+                log.error("portal %s: %d items unsettled (%s)", portal, len(rest), exc)
+            finally:
+                self._forget(rest)
+            return
+        await self._hand_back(rest, result.retry_after, "not sent: the portal waits for HubSpot")
 
     def _backoff(self, items: Sequence[Released]) -> float:
         attempts = max((r.attempts for r in items), default=1)
         return float(min(self.retry_max, self.retry_base * 2 ** max(0, attempts - 1)))
 
     async def settle(self, items: Sequence[Released], result: CompletionResult) -> None:
-        """Ack what completed, requeue what may be retried, record what failed for good."""
+        """Ack what completed (noting what HubSpot found already completed), requeue what may
+        be retried, record what failed for good."""
         by_id = {r.callback_id: r for r in items}
         completed = [by_id[c] for c in result.completed if c in by_id]
+        already = [by_id[c] for c in result.already_completed if c in by_id]
         failed = [(by_id[c], reason) for c, reason in result.failed.items() if c in by_id]
         retry = [by_id[c] for c in result.retry if c in by_id]
         accounted = {r.callback_id for r in completed} | {r.callback_id for r, _ in failed}
-        accounted |= {r.callback_id for r in retry}
+        accounted |= {r.callback_id for r in retry} | {r.callback_id for r in already}
         rest = [r for r in items if r.callback_id not in accounted]
         if result.portal_stopped:
             failed += [(r, result.portal_stopped) for r in [*retry, *rest]]
@@ -227,6 +378,8 @@ class Dispatcher:
             out: list[Awaitable[int]] = []
             if completed:
                 out.append(self.queue.ack(completed))
+            if already:
+                out.append(self.queue.ack(already, note=ALREADY_COMPLETED_NOTE))
             if failed:
                 out.append(self.queue.fail(failed))
             if retry:
@@ -234,7 +387,7 @@ class Dispatcher:
             return out
 
         await self._settle_with_retry(calls)
-        for r in completed:
+        for r in [*completed, *already]:
             self.metrics.acked.labels(str(r.portal_id), r.policy).inc()
         for r, _reason in failed:
             kind = "stopped" if result.portal_stopped else "terminal"

@@ -9,9 +9,15 @@ decides each callback's fate (shared/hubspot-contract.md §5, §6):
   app was uninstalled, so the portal stops and its callbacks fail with that reason.
 - 5xx, timeouts: this batch and the rest are retried after a back-off (back to the head of
   their queue) instead of spending the budget on more errors.
+- "already completed": an earlier request of ours went through though its answer was lost or
+  late, so those callbacks are completed (noted in their history), never failed, and cost no
+  call of their own; the rest of the refused batch is sent again.
 - another 4xx: the batch is split in halves until the offending callbacks stand alone; those are
   recorded as terminal, every other one is completed. (If HubSpot names the offenders, they are
   taken out at once.)
+
+Every request asks the token manager for the token (it keeps it in memory until near expiry), so
+a batch that waited never goes with a token that expired meanwhile.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
@@ -83,39 +90,49 @@ class HubSpotCompleter:
         self._batch_size = min(batch_size, MAX_BATCH)
         self._unknown_grace = unknown_grace_s
 
+    @property
+    def call_timeout_s(self) -> float:
+        """The longest one HubSpot request may take."""
+        return self._client.timeout_s
+
     async def complete(self, portal_id: int, items: Sequence[Released]) -> CompletionResult:
         result = CompletionResult()
         if not items:
             return result
         by_id = {item.callback_id: item for item in items}
         ids = list(by_id)
-        try:
-            token = await self._tokens.access_token(portal_id)
-        except PortalStopped as stopped:
-            return self._stop(result, ids, stopped.reason)
-        except TokenUnavailable as exc:
-            log.warning("portal %s: no token yet (%s); will retry", portal_id, exc)
-            return self._defer(result, ids, self._token_retry)
-        except Exception as exc:  # PostgreSQL or Redis unreachable: nothing is lost, retry later
-            log.warning("portal %s: token store unavailable (%s)", portal_id, type(exc).__name__)
-            return self._defer(result, ids, self._token_retry)
-
         # A stack of batches; splitting pushes the halves back on top, so order is kept.
-        pending: list[list[str]] = [
-            ids[i : i + self._batch_size] for i in range(0, len(ids), self._batch_size)
+        pending: list[_Job] = [
+            _Job(ids[i : i + self._batch_size]) for i in range(0, len(ids), self._batch_size)
         ][::-1]
         refreshed = False
+        rejected_token: str | None = None
         while pending:
-            batch = pending.pop()
+            job = pending.pop()
+            batch = job.ids
+            # The token is asked for per request (the manager keeps it in memory): a batch that
+            # waited behind slow answers never goes with a token that expired meanwhile.
+            try:
+                token = await self._tokens.access_token(portal_id, rejected=rejected_token)
+            except PortalStopped as stopped:
+                return self._stop(result, _flatten(job, pending), stopped.reason)
+            except TokenUnavailable as exc:
+                log.warning("portal %s: no token yet (%s); will retry", portal_id, exc)
+                return self._pause(result, _flatten(job, pending), self._token_retry)
+            except Exception as exc:  # PostgreSQL or Redis unreachable: nothing lost, retry later
+                log.warning(
+                    "portal %s: token store unavailable (%s)", portal_id, type(exc).__name__
+                )
+                return self._pause(result, _flatten(job, pending), self._token_retry)
             try:
                 grant = await self._budget.take(portal_id, self._max_budget_wait)
             except Exception as exc:  # Redis unreachable: keep what is done, retry the rest
                 log.warning("portal %s: budget unavailable (%s)", portal_id, type(exc).__name__)
-                return self._defer(result, _flatten(batch, pending), self._token_retry)
+                return self._pause(result, _flatten(job, pending), self._token_retry)
             if not grant.granted:
                 self._observe_budget_wait(portal_id)
                 result.budget_spent = not result.retry
-                return self._defer(result, _flatten(batch, pending), grant.wait_seconds)
+                return self._defer(result, _flatten(job, pending), grant.wait_seconds)
             entries = [CallbackCompletion(i, output_fields(by_id[i])) for i in batch]
             held = 0.0
             try:
@@ -135,31 +152,74 @@ class HubSpotCompleter:
                 case Success():
                     result.completed.extend(batch)
                     self._count("completed", len(batch))
+                    self._already(result, job.confirms)
                 case RateLimited():
                     if self._metrics is not None:
                         self._metrics.hubspot_rate_limited.labels(str(portal_id)).inc()
                     log.warning("portal %s: HubSpot answered 429; holding %.1f s", portal_id, held)
-                    return self._defer(result, _flatten(batch, pending), held)
+                    return self._pause(result, _flatten(job, pending), held)
                 case Unauthorized(status=status):
                     if refreshed:
                         log.warning("portal %s: HubSpot still answers %s", portal_id, status)
-                        return self._defer(result, _flatten(batch, pending), self._token_retry)
+                        return self._pause(result, _flatten(job, pending), self._token_retry)
                     refreshed = True
-                    try:
-                        token = await self._tokens.access_token(portal_id, rejected=token)
-                    except PortalStopped as stopped:
-                        return self._stop(result, _flatten(batch, pending), stopped.reason)
-                    except Exception:  # TokenUnavailable, or the token store unreachable
-                        return self._defer(result, _flatten(batch, pending), self._token_retry)
-                    pending.append(batch)
+                    rejected_token = token
+                    pending.append(job)
                 case Retryable(reason=reason):
                     # HubSpot is struggling: back off with everything left rather than spend
-                    # the budget on more errors (the contract: errors under 5% of calls).
+                    # the budget on more errors (the contract: errors under 5% of calls). The
+                    # request may have been applied: a re-send is answered "already completed".
                     log.warning("portal %s: completion failed (%s); will retry", portal_id, reason)
-                    return self._defer(result, _flatten(batch, pending), self._retry_backoff)
+                    return self._pause(result, _flatten(job, pending), self._retry_backoff)
                 case Rejected():
-                    self._isolate(batch, answer, pending, result, by_id)
+                    if job.confirms:  # the batch they depended on was refused: ask about them
+                        pending.append(_Job(job.confirms))
+                    if answer.only_already_completed:
+                        self._sort_out_completed(batch, answer, pending, result, by_id)
+                    else:
+                        self._isolate(batch, answer, pending, result, by_id)
         return result
+
+    def _sort_out_completed(
+        self,
+        batch: list[str],
+        answer: Rejected,
+        pending: list[_Job],
+        result: CompletionResult,
+        by_id: dict[str, Released],
+    ) -> None:
+        """HubSpot refused the batch only because some of it is already completed (an earlier
+        request of ours went through; its answer was lost or late): those are done, and cost no
+        call of their own. The refusal applied nothing, so the rest is sent again.
+
+        Which ones, when HubSpot does not name them: all of them if it counts as many errors
+        as the batch holds; else the ones sent before (taken more than once), if they are as
+        many as the errors, provided the others then go through on their own (a callback never
+        sent cannot be already completed, except after history was rebuilt). Only when the
+        count does not fit is the batch halved (a lone callback's answer is unambiguous)."""
+        named = [i for i in answer.already_completed_ids if i in batch]
+        if named:
+            done = set(named)
+        elif answer.already_completed >= len(batch):
+            done = set(batch)
+        else:
+            sent = [i for i in batch if by_id[i].attempts > 1]
+            fresh = [i for i in batch if by_id[i].attempts <= 1]
+            if len(sent) == answer.already_completed and fresh:
+                pending.append(_Job(fresh, confirms=sent))
+            else:
+                half = len(batch) // 2
+                pending.append(_Job(batch[half:]))
+                pending.append(_Job(batch[:half]))
+            return
+        self._already(result, [i for i in batch if i in done])
+        rest = [i for i in batch if i not in done]
+        if rest:
+            pending.append(_Job(rest))
+
+    def _already(self, result: CompletionResult, callback_ids: Sequence[str]) -> None:
+        result.already_completed.extend(callback_ids)
+        self._count("already_completed", len(callback_ids))
 
     async def _release(self, portal_id: int, grant: BudgetGrant) -> None:
         try:
@@ -171,7 +231,7 @@ class HubSpotCompleter:
         self,
         batch: list[str],
         answer: Rejected,
-        pending: list[list[str]],
+        pending: list[_Job],
         result: CompletionResult,
         by_id: dict[str, Released],
     ) -> None:
@@ -179,7 +239,14 @@ class HubSpotCompleter:
 
         A lone callback HubSpot does not know (404) that was queued moments ago is retried for
         a while: HubSpot may not have recorded our BLOCK answer yet (the answer was lost when a
-        webhook pod died, and HubSpot's retry of the delivery has not arrived)."""
+        webhook pod died, and HubSpot's retry of the delivery has not arrived). A named one
+        HubSpot says is already completed is completed, not failed."""
+        done = [i for i in answer.already_completed_ids if i in batch]
+        if done:
+            self._already(result, done)
+            batch = [i for i in batch if i not in set(done)]
+            if not batch:
+                return
         named = [i for i in answer.callback_ids if i in batch]
         reason = f"HubSpot refused the completion (HTTP {answer.status}): {answer.reason}"
         if len(batch) == 1:
@@ -195,11 +262,14 @@ class HubSpotCompleter:
             self._count("failed", len(named))
             rest = [i for i in batch if i not in set(named)]
             if rest:
-                pending.append(rest)
+                pending.append(_Job(rest))
+        elif done:
+            if batch:
+                pending.append(_Job(batch))
         else:
             half = len(batch) // 2
-            pending.append(batch[half:])
-            pending.append(batch[:half])
+            pending.append(_Job(batch[half:]))
+            pending.append(_Job(batch[:half]))
 
     def _stop(self, result: CompletionResult, ids: list[str], reason: str) -> CompletionResult:
         result.portal_stopped = reason
@@ -213,6 +283,11 @@ class HubSpotCompleter:
         result.retry_after = max(result.retry_after, wait)
         self._count("retry", len(ids))
         return result
+
+    def _pause(self, result: CompletionResult, ids: list[str], wait: float) -> CompletionResult:
+        """Defer these, and tell the dispatcher the whole portal must wait as long."""
+        result.portal_paused = True
+        return self._defer(result, ids, wait)
 
     def _count(self, outcome: str, n: int) -> None:
         if self._metrics is not None and n:
@@ -243,7 +318,15 @@ def build_completer(
     return HubSpotCompleter(client, tokens, PortalBudget.from_settings(redis, settings), metrics)
 
 
-def _flatten(batch: list[str], pending: list[list[str]]) -> list[str]:
+@dataclass
+class _Job:
+    """One request to make: `ids`; if HubSpot accepts it, `confirms` are already completed (see
+    `HubSpotCompleter._sort_out_completed`)."""
+
+    ids: list[str]
+    confirms: list[str] = field(default_factory=list)
+
+
+def _flatten(job: _Job, pending: list[_Job]) -> list[str]:
     """The current batch and everything still pending, in their original order."""
-    rest = [i for chunk in reversed(pending) for i in chunk]
-    return [*batch, *rest]
+    return [i for j in [job, *reversed(pending)] for i in [*j.ids, *j.confirms]]

@@ -63,6 +63,7 @@ async def run_dispatcher(
         opened.push_async_callback(pool.close)
         session = await opened.enter_async_context(aiohttp.ClientSession())
         completer = build_completer(settings, session, redis, pool, metrics)
+        call_seconds = completer.call_timeout_s
         dispatcher = Dispatcher(
             queue,
             completer,
@@ -71,8 +72,10 @@ async def run_dispatcher(
             queue_quota=settings.dispatcher_queue_quota,
             poll_seconds=settings.dispatcher_poll_seconds,
             min_hold=settings.dispatcher_min_hold_seconds,
-            # An execution waits for at most one call before its own: two calls fit in its lease.
-            complete_timeout=max(5.0, settings.dispatcher_lease_seconds / 3),
+            call_seconds=call_seconds,
+            # A batch's requests (a 401's refresh and re-send, a split) and the budget's waits;
+            # its leases are renewed meanwhile, so this need not fit in one lease.
+            complete_timeout=3 * call_seconds + 5.0,
         )
         writer = HistoryWriter(
             redis,

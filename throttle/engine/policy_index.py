@@ -9,6 +9,17 @@ Resolution order: the policy the action's `policy` input field names (in that po
 portal's policy for that action definition → the portal's default (`name: default`) → the
 global default (`portalId: 0`, `name: default`, applied per portal) → the fallback given at
 construction (if any).
+
+A policy created a moment ago may not be in memory yet, and "no policy" must never mean "not
+loaded yet": `refresh_since` is the fresh look the webhook takes before answering "no policy".
+It is single-flight and rate-limited per process (concurrent callers share one read; reads are
+at least `MIN_LOOK_GAP_S` apart), so executions naming a policy that does not exist cost Redis
+at most one GET per gap, however many arrive.
+
+Ordering: `registry_put` bumps the revision counter before and after writing the entry, and a
+load reads the counter before the entries. A load that saw the first bump but not the entry
+therefore carries an older revision than the final one, and the next refresh reloads; without
+the second bump such a load would keep the policy out of memory until some later change.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,6 +37,9 @@ from throttle.engine import keys
 from throttle.engine.policy import DEFAULT_POLICY_NAME, GLOBAL_PORTAL, Policy
 
 log = logging.getLogger(__name__)
+
+MIN_LOOK_GAP_S = 0.05
+"""Fresh looks at the registry (`PolicyIndex.refresh_since`) are at least this far apart."""
 
 
 # --- the registry in Redis ------------------------------------------------------------------------
@@ -36,10 +51,14 @@ async def registry_get(redis: Any, policy_key: str) -> tuple[int, Policy] | None
 
 
 async def registry_put(redis: Any, policy: Policy) -> int:
-    """Store the policy under a new revision; returns that revision."""
+    """Store the policy under a new revision; returns that revision.
+
+    The counter moves again after the entry is written (see the module docstring: a load
+    between the first bump and the write must not be taken for the current state)."""
     revision = int(await redis.incr(keys.REGISTRY_REV))
     value = json.dumps({"revision": revision, "spec": policy.spec()}, separators=(",", ":"))
     await redis.hset(keys.REGISTRY, policy.key, value)
+    await redis.incr(keys.REGISTRY_REV)
     return revision
 
 
@@ -77,6 +96,11 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 # --- the in-process index -------------------------------------------------------------------------
 class PolicyIndex:
     """Every active policy, in memory, with the resolution rules."""
@@ -88,6 +112,9 @@ class PolicyIndex:
         self.fallback = fallback
         self.interval = interval
         self.revision = -1
+        self._look: asyncio.Future[bool] | None = None
+        self._look_started = -MIN_LOOK_GAP_S
+        self._loading = asyncio.Lock()
         self._by_key: dict[str, Policy] = {}
         self._by_action: dict[tuple[int, int], Policy] = {}
         self._by_portal: dict[int, list[Policy]] = {}
@@ -110,9 +137,11 @@ class PolicyIndex:
         self._by_key, self._by_action, self._by_portal = by_key, by_action, by_portal
 
     async def load(self) -> None:
-        revision, policies = await registry_load(self.redis)
-        self.replace(policies)
-        self.revision = revision
+        # One at a time: two overlapping loads could finish out of order, the older last.
+        async with self._loading:
+            revision, policies = await registry_load(self.redis)
+            self.replace(policies)
+            self.revision = revision
 
     async def refresh(self) -> bool:
         """Reload if the registry changed since the last load; True if it did."""
@@ -121,6 +150,32 @@ class PolicyIndex:
             return False
         await self.load()
         return True
+
+    async def refresh_since(self, since: float | None = None) -> None:
+        """Refresh with a read of the registry that started at or after `since` (monotonic
+        seconds; default now), so whatever was written before `since` is in memory afterwards.
+
+        Single-flight and rate-limited: callers join a read in flight if it started late
+        enough, else wait for it and the gap, and the first of them starts the next read for
+        all. A failed read raises in every caller that joined it (the webhook answers 503)."""
+        since = time.monotonic() if since is None else since
+        while True:
+            look = self._look
+            if look is not None and self._look_started >= since:
+                await asyncio.shield(look)
+                return
+            if look is not None and not look.done():
+                # Started before `since`: it may miss what the caller needs. Wait, then look again.
+                await asyncio.wait([look])
+                continue
+            gap = self._look_started + MIN_LOOK_GAP_S - time.monotonic()
+            if gap > 0:
+                await asyncio.sleep(gap)
+                continue
+            self._look_started = time.monotonic()
+            self._look = asyncio.ensure_future(self.refresh())
+            # Nobody may await it (a caller cancelled): keep its failure out of the loop's log.
+            self._look.add_done_callback(_retrieve)
 
     async def run(self) -> None:
         """Keep refreshing until cancelled; a Redis hiccup only delays the next refresh."""

@@ -309,8 +309,9 @@ class Queue:
                 )
         return TakeResult(released, expired, next_due, redis_now, lags)
 
-    async def ack(self, items: Sequence[Released]) -> int:
-        """These were completed: forget them (their ids stay deduplicated)."""
+    async def ack(self, items: Sequence[Released], note: str = "") -> int:
+        """These were completed: forget them (their ids stay deduplicated). `note` goes into
+        their history with the completion."""
         calls = [
             Scripts.ack(
                 keys.leases(shard),
@@ -318,11 +319,31 @@ class Queue:
                 prefix=keys.shard_prefix(shard),
                 events_maxlen=self.events_maxlen,
                 done_ms=round(self.dedupe_seconds * 1000),
+                note=note[:500],
                 items=[(r.ref, r.callback_id) for r in group],
             )
             for shard, group in _by_shard(items).items()
         ]
         return sum(int(n) for n in await self.scripts.run_many(calls))
+
+    async def renew(self, items: Sequence[Released], seconds: float) -> set[str]:
+        """Extend the leases of these (still leased) executions to at least `seconds` from now;
+        returns the callback ids still leased. One left out lost its lease (or was settled):
+        it may be someone else's to complete now, so it must not be sent."""
+        groups = list(_by_shard(items).items())
+        calls = [
+            Scripts.renew(
+                keys.leases(shard),
+                now_offset_ms=self.time_offset_ms,
+                lease_ms=max(1, round(seconds * 1000)),
+                items=[(r.ref, r.callback_id) for r in group],
+            )
+            for shard, group in groups
+        ]
+        held: set[str] = set()
+        for (_shard, group), flags in zip(groups, await self.scripts.run_many(calls), strict=True):
+            held.update(r.callback_id for r, flag in zip(group, flags, strict=True) if int(flag))
+        return held
 
     async def requeue(
         self, items: Sequence[Released], delay_seconds: float = 0.0, reason: str = ""

@@ -24,6 +24,7 @@ ENGINE_SCRIPTS = (
     "enqueue",
     "take",
     "ack",
+    "renew",
     "requeue",
     "fail",
     "reap",
@@ -141,11 +142,23 @@ class Scripts:
         prefix: str,
         events_maxlen: int,
         done_ms: int,
+        note: str = "",
         items: Sequence[tuple[str, str]],
     ) -> ScriptCall:
         flat = [v for pair in items for v in pair]
-        args = (now_offset_ms, prefix, events_maxlen, done_ms, *flat)
+        args = (now_offset_ms, prefix, events_maxlen, done_ms, note, *flat)
         return _call("ack", (leases,), args)
+
+    @staticmethod
+    def renew(
+        leases: str,
+        *,
+        now_offset_ms: int,
+        lease_ms: int,
+        items: Sequence[tuple[str, str]],
+    ) -> ScriptCall:
+        flat = [v for pair in items for v in pair]
+        return _call("renew", (leases,), (now_offset_ms, lease_ms, *flat))
 
     @staticmethod
     def requeue(

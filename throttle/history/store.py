@@ -248,6 +248,7 @@ def fold_events(events: Iterable[dict[str, str]]) -> list[ExecutionRow]:
                     r.attempts = max(r.attempts, int(attempts[i]))
             elif kind == "done":
                 r.completed_at = ts
+                r.last_error = e.get("note") or r.last_error
                 r.advance("completed")
             elif kind == "retry":
                 r.last_error = e.get("err") or r.last_error

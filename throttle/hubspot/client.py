@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +68,18 @@ class Rejected:
     reason: str
     category: str = ""
     callback_ids: tuple[str, ...] = ()
+    already_completed: int = 0
+    """How many of HubSpot's errors say a callback is already completed: an earlier request
+    went through (its answer was lost or late). The execution is done, not failed."""
+    other_errors: int = 0
+    """How many errors say anything else (expired, unknown, invalid)."""
+    already_completed_ids: tuple[str, ...] = ()
+    """The already-completed callbacks HubSpot named, if it named them."""
+
+    @property
+    def only_already_completed(self) -> bool:
+        """Every error says "already completed": nothing else is wrong with the request."""
+        return self.already_completed > 0 and self.other_errors == 0
 
 
 CallResult = Success | RateLimited | Retryable | Unauthorized | Rejected
@@ -152,6 +165,11 @@ class HubSpotClient:
         self._client_secret = client_secret
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._on_response = on_response
+
+    @property
+    def timeout_s(self) -> float:
+        """The longest one call may take: a caller's lease on what it sends must outlast it."""
+        return float(self._timeout.total or 0.0)
 
     @classmethod
     def from_settings(
@@ -409,11 +427,15 @@ def _classify(outcome: _Response) -> CallResult:
         return Unauthorized(str(data["category"]), 403)
     if status >= 500 or status in (408, 425):
         return Retryable(f"HTTP {status}", status)
+    already, other, already_ids = _already_completed_in(data)
     return Rejected(
         status,
         _rejection_reason(status, data),
         str(data.get("category") or ""),
         _callback_ids_in(data),
+        already,
+        other,
+        already_ids,
     )
 
 
@@ -444,14 +466,45 @@ def _callback_ids_in(data: Mapping[str, Any]) -> tuple[str, ...]:
     """Callback ids HubSpot named in `errors[].context.callbackId` (if it names any)."""
     found: list[str] = []
     for error in data.get("errors") or []:
-        if not isinstance(error, dict):
-            continue
-        context = error.get("context") or {}
-        ids = context.get("callbackId") or context.get("callbackIds") or []
-        if isinstance(ids, str):
-            ids = [ids]
-        found.extend(str(i) for i in ids)
+        if isinstance(error, dict):
+            found.extend(_named_ids(error))
     return tuple(found)
+
+
+def _named_ids(error: Mapping[str, Any]) -> list[str]:
+    context = error.get("context") or {}
+    if not isinstance(context, dict):
+        return []
+    ids = context.get("callbackId") or context.get("callbackIds") or []
+    if isinstance(ids, str):
+        ids = [ids]
+    return [str(i) for i in ids]
+
+
+_ALREADY_COMPLETED = re.compile(r"already\s+(been\s+)?(completed|complete)\b", re.IGNORECASE)
+_ALREADY_COMPLETED_CODES = {"ALREADY_COMPLETED", "CALLBACK_ALREADY_COMPLETED", "DUPLICATE"}
+
+
+def _says_already_completed(error: Mapping[str, Any]) -> bool:
+    codes = {str(error.get(k) or "").upper() for k in ("subCategory", "code", "errorType")}
+    return bool(codes & _ALREADY_COMPLETED_CODES) or bool(
+        _ALREADY_COMPLETED.search(str(error.get("message") or ""))
+    )
+
+
+def _already_completed_in(data: Mapping[str, Any]) -> tuple[int, int, tuple[str, ...]]:
+    """(errors saying "already completed", other errors, the already-completed ids named).
+
+    HubSpot does not document what completing a completed callback answers (contract §5): a
+    batch is refused as a whole (400) with one `errors[]` entry per offender that may or may
+    not name the callback; the single endpoint answers 400 with only a message. Both are read
+    here: the entry's subCategory or code, else its message."""
+    errors = [e for e in data.get("errors") or [] if isinstance(e, dict)]
+    if not errors:
+        return (1, 0, ()) if _says_already_completed(data) else (0, 0, ())
+    already = [e for e in errors if _says_already_completed(e)]
+    ids = tuple(i for e in already for i in _named_ids(e))
+    return len(already), len(errors) - len(already), ids
 
 
 def _describe(result: Retryable | RateLimited | Unauthorized | Rejected) -> str:

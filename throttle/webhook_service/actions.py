@@ -11,14 +11,35 @@ Answers (HTTP 200 with a JSON body unless the request itself is bad):
 - the queue is already longer than the expiration can drain → the policy's `overflow`:
   `Block` (queued anyway), `Continue` (`SUCCESS` now), `Fail` (`FAIL_CONTINUE` with a reason);
 - a portal never seen before → 503 while the installs are re-read at once (it may have installed
-  a moment ago through another pod); then, if still unknown, as below;
-- the portal has not installed the app (or uninstalled it), or no policy applies →
-  `FAIL_CONTINUE` with the reason in `throttle_reason`: the workflow moves on at once and the
-  reason is visible in the workflow's history. A 4xx would do the same for HubSpot but hides the
-  reason; BLOCK would hold records that nothing can ever release (no token, no rate).
+  a moment ago through another pod; the pod that ran its OAuth callback knows it already); once
+  that re-read is done — about a second, bounded in `portals.py` — it is known or "not
+  installed" (below);
+- the portal has not installed the app (or uninstalled it) → `FAIL_CONTINUE` with the reason in
+  `throttle_reason`: the workflow moves on at once and the reason is visible in the workflow's
+  history. A 4xx would do the same for HubSpot but hides the reason; BLOCK would hold records
+  that nothing can ever release (no token);
+- the policy is not in this pod's memory (the one named in the input fields, or none resolves;
+  the index reloads only every 2 s) → before answering, one fresh read of the registry, shared
+  by every request waiting for one and at most one per 50 ms per pod
+  (`PolicyIndex.refresh_since`). A policy created before the request arrived — through any pod,
+  the operator or a manifest — is then found and the execution queued in its own queue: `BLOCK`.
+  Only if the registry really has no policy for it: `FAIL_CONTINUE` with "portal P has no
+  policy named 'x', no policy for action A and no default policy …";
 - bad signature → 401, bad payload → 400 naming the field (HubSpot treats both as a failed
-  action and continues); Redis unreachable → 503, which HubSpot retries with backoff for days:
-  nothing is dropped silently. The same 503 while the policy table has never been loaded.
+  action and continues); Redis unreachable (the enqueue, or the registry while this pod has
+  never loaded it) → 503, which HubSpot retries with backoff for days: nothing is dropped
+  silently.
+
+Why a fresh read rather than holding or a retryable status for "not in memory": it settles the
+question in milliseconds and leaves nothing to resolve later. A `BLOCK` into a holding queue
+would hold executions of a policy that may never exist, and need a sweeper and an invented
+expiration for them; a 503 costs every execution of a new policy a HubSpot retry, after
+HubSpot's backoff. The read is one GET of the registry's revision (a full reload only
+when it moved), on this rare path only; shared and spaced, it cannot multiply one request into
+many Redis calls. The execution it finds a policy for is held in that policy's own queue even
+if the rate parameters are not in Redis yet (the registry entry is written first): the
+dispatcher looks for them every second and the reconcile schedules the queue the moment it
+writes them. Nothing here writes policy parameters.
 """
 
 from __future__ import annotations
@@ -151,6 +172,14 @@ def requested_policy(payload: Execution) -> str | None:
     return value.strip() or None
 
 
+def no_policy_reason(portal_id: int, action_id: int, name: str | None) -> str:
+    named = f"no policy named {name!r}, " if name else ""
+    return (
+        f"portal {portal_id} has {named}no policy for action {action_id} "
+        "and no default policy (its own or the global one)"
+    )
+
+
 def overflow_reason(policy: Policy, depth: int) -> str:
     if policy.paused:
         return f"policy {policy.name!r} is paused and set to overflow: {policy.overflow}"
@@ -224,6 +253,8 @@ class ActionEndpoint:
             payload = self.verified(request, body)
             name = requested_policy(payload)
             policy = self.policy_for(payload, name)
+            if policy is None:
+                policy = await self.looked_up(payload, name)
             if isinstance(policy, Policy):
                 result = await self.queue.enqueue(self.item(payload, name), policy)
                 kind, answer = self.answer_for(result)
@@ -262,10 +293,10 @@ class ActionEndpoint:
         self.counts.signed(check.version, bool(check.secret_index))
         return parse_execution(body)
 
-    def policy_for(self, payload: Execution, name: str | None) -> Policy | Answer:
+    def policy_for(self, payload: Execution, name: str | None) -> Policy | Answer | None:
         """The policy to queue the execution in (`name`: the one its input fields ask for),
-        or the answer when it is not to be queued (the portal has not installed the app, no
-        policy applies)."""
+        the answer when it is not to be queued (the portal has not installed the app), or
+        None when this pod's memory has no such policy: then `looked_up` decides."""
         portal_id = payload.origin.portal_id
         if self.require_installed:
             state = self.installed.state(portal_id)
@@ -280,25 +311,21 @@ class ActionEndpoint:
             if state is not None and not state.installed:
                 return "not_installed", _encoded(failed(f"portal {portal_id}: {state.reason}"))
 
-        if self.index.revision < 0:
-            # Never loaded (Redis was down at start): "no policy" would wave every execution
-            # through, so ask HubSpot to retry instead.
-            raise ApiError(
-                503,
-                "unavailable",
-                "policies are not loaded yet; retry later",
-                headers={"Retry-After": "10"},
-            )
+        policy = self.resolver.resolve(portal_id, payload.origin.action_definition_id, name)
+        if policy is None or (name is not None and policy.name != name):
+            return None  # not in memory (never loaded, or created a moment ago elsewhere?)
+        return policy
+
+    async def looked_up(self, payload: Execution, name: str | None) -> Policy | Answer:
+        """Resolve again after a fresh read of the registry (`PolicyIndex.refresh_since`: one
+        read shared by every request waiting for it, at most one per 50 ms per pod). Only
+        now is "no policy" an answer; a named policy still missing falls back as usual."""
+        await self.index.refresh_since()
+        portal_id = payload.origin.portal_id
         action_id = payload.origin.action_definition_id
         policy = self.resolver.resolve(portal_id, action_id, name)
         if policy is None:
-            wanted = f"policy {name!r}" if name else "a throttle policy"
-            return "no_policy", _encoded(
-                failed(
-                    f"portal {portal_id} has no {wanted} for action {action_id} "
-                    "and there is no default policy"
-                )
-            )
+            return "no_policy", _encoded(failed(no_policy_reason(portal_id, action_id, name)))
         return policy
 
     @staticmethod

@@ -6,6 +6,14 @@ same camelCase fields as a ThrottlePolicy's `spec`), validated with the engine's
 bad body is a 400 naming the field. The store behind it is PostgreSQL + reconcile locally, or
 ThrottlePolicy resources in a cluster (`throttle.webhook_service.policy_store`).
 
+A change is answered once it is in force: the policy's registry entry and rate parameters are
+in Redis (written by the one `reconcile` — here in local mode, by the operator in a cluster) and
+this pod's policy index has it, so the next execution sent to any pod is held by it (another
+pod that has not reloaded yet looks at the registry before it answers "no policy"; see
+`actions.py`). In a cluster the operator may be slow or down: after `IN_FORCE_TIMEOUT_S` the
+answer is 202 — stored as a resource, not in force yet — instead of a 200/201 that would claim
+more than is true.
+
 Routes:
     POST   /api/config                                  create or replace (name from the body)
     GET    /api/config[?portalId=]                      list
@@ -17,18 +25,23 @@ Routes:
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
+from throttle.engine import keys
 from throttle.engine.manifests import ManifestError, policy_from_spec
 from throttle.engine.policy import DEFAULT_POLICY_NAME, Policy
-from throttle.webhook_service.appkeys import POLICY_STORE, SETTINGS
+from throttle.engine.policy_index import registry_get
+from throttle.webhook_service.appkeys import POLICY_INDEX, POLICY_STORE, REDIS, SETTINGS
 from throttle.webhook_service.errors import ApiError
 from throttle.webhook_service.payloads import check_depth
 from throttle.webhook_service.policy_store import PolicyConflict, PolicyRejected, StoreUnavailable
@@ -39,6 +52,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_ID = 2**53 - 1
 """Portal and action ids are JSON numbers; beyond 2^53 they cannot round-trip anyway."""
+IN_FORCE_TIMEOUT_S = 10.0
+"""How long a change may take to be in force before the answer says it is not yet (202)."""
+IN_FORCE_POLL_S = 0.05
 
 
 def require_token(request: web.Request) -> None:
@@ -124,19 +140,71 @@ def _answer(policy: Policy, status: int = 200) -> web.Response:
     return web.json_response(policy.spec(), status=status)
 
 
+async def _in_redis(redis: Any, policy: Policy, present: bool) -> bool:
+    """Whether Redis holds this policy in force (registry entry and rate parameters of this
+    content), or — `present=False` — no longer routes to it (registry entry gone)."""
+    entry = await registry_get(redis, policy.key)
+    if not present:
+        return entry is None
+    if entry is None or entry[1].content_hash != policy.content_hash:
+        return False
+    params_hash = await redis.hget(keys.params(policy.key), "hash")
+    return params_hash is not None and params_hash.decode() == policy.content_hash
+
+
+async def in_force(app: web.Application, policy: Policy, present: bool = True) -> bool:
+    """Wait until the change is in force in Redis (see `_in_redis`), then bring this pod's
+    policy index up to date; False if Redis did not show it within `IN_FORCE_TIMEOUT_S`
+    (the operator has not reconciled it yet, or Redis does not answer)."""
+    redis = app[REDIS]
+    deadline = time.monotonic() + IN_FORCE_TIMEOUT_S
+    while True:
+        try:
+            if await _in_redis(redis, policy, present):
+                break
+        except (RedisError, OSError) as exc:
+            log.debug("policy %s: Redis unavailable (%s)", policy.key, type(exc).__name__)
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(IN_FORCE_POLL_S)
+    try:
+        await app[POLICY_INDEX].refresh_since()
+    except (RedisError, OSError):
+        return False
+    return True
+
+
+def _not_in_force(policy: Policy, change: str) -> str:
+    """Log, and return for the answer, why a change is not in force yet."""
+    text = (
+        f"policy {policy.portal_id}:{policy.name} {change}, but not in force within "
+        f"{IN_FORCE_TIMEOUT_S:.0f} s: the operator has not reconciled it yet (see the "
+        "ThrottlePolicy's status and the operator's log)"
+    )
+    log.warning("%s", text)
+    return text
+
+
 async def _put(request: web.Request, policy: Policy) -> web.Response:
     store = request.app[POLICY_STORE]
     try:
         result = await store.put(policy)
     except PolicyConflict as exc:
         raise ApiError(409, "conflict", str(exc), "actionId") from None
-    log.info(
-        "policy %s %s:%s via config API",
-        "created" if result.created else "updated",
-        policy.portal_id,
-        policy.name,
-    )
+    change = "created" if result.created else "updated"
+    log.info("policy %s %s:%s via config API", change, policy.portal_id, policy.name)
+    if not await in_force(request.app, result.policy):
+        _not_in_force(result.policy, change)
+        return _answer(result.policy, 202)
     return _answer(result.policy, 201 if result.created else 200)
+
+
+async def _deleted(request: web.Request, policy: Policy) -> web.Response:
+    """204 once the deletion is in force (the policy no longer takes executions), else 202."""
+    if not await in_force(request.app, policy, present=False):
+        detail = _not_in_force(policy, "deleted")
+        return web.json_response({"status": "deleting", "detail": detail}, status=202)
+    return web.Response(status=204)
 
 
 async def create_or_replace(request: web.Request) -> web.Response:
@@ -175,7 +243,7 @@ async def delete_for_action(request: web.Request) -> web.Response:
     require_token(request)
     policy = await _by_action(request)
     await request.app[POLICY_STORE].delete(policy.portal_id, policy.name)
-    return web.Response(status=204)
+    return await _deleted(request, policy)
 
 
 def _named(request: web.Request) -> tuple[int, str]:
@@ -204,9 +272,11 @@ async def put_named(request: web.Request) -> web.Response:
 async def delete_named(request: web.Request) -> web.Response:
     require_token(request)
     portal_id, name = _named(request)
-    if not await request.app[POLICY_STORE].delete(portal_id, name):
+    store = request.app[POLICY_STORE]
+    policy = await store.get(portal_id, name)
+    if policy is None or not await store.delete(portal_id, name):
         raise ApiError(404, "not_found", f"portal {portal_id} has no policy named {name!r}")
-    return web.Response(status=204)
+    return await _deleted(request, policy)
 
 
 def store_errors(handler: Handler) -> Handler:

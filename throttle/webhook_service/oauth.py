@@ -5,7 +5,9 @@
   signed, expiring, single-use `state`.
 - `GET /api/oauth/callback` checks `state` (wrong, expired or replayed → 400, nothing stored),
   exchanges the code, learns the portal (token response `hub_id`, else introspection), stores the
-  tokens encrypted, and shows a plain page. JSON instead of HTML when the client asks for it.
+  tokens encrypted, tells this pod's installed-portals view at once (so the portal's first
+  executions here are held, not answered 503 while the view catches up), and shows a plain
+  page. JSON instead of HTML when the client asks for it.
 - `POST /api/hubspot/uninstall`: HubSpot documents no uninstall payload, so this endpoint takes
   its webhook shape: a JSON array (or one object) of events `{subscriptionType: "app.uninstall",
   portalId, appId?, ...}`, signed like HubSpot's other calls (v3, else v2; the webhook's
@@ -34,7 +36,15 @@ from throttle.hubspot.client import (
     TokenRefused,
 )
 from throttle.hubspot.oauth_state import OAuthStateSigner, StateError
-from throttle.webhook_service.appkeys import HUBSPOT, METRICS, REDIS, SETTINGS, TOKENS, VERIFIER
+from throttle.webhook_service.appkeys import (
+    HUBSPOT,
+    INSTALLED,
+    METRICS,
+    REDIS,
+    SETTINGS,
+    TOKENS,
+    VERIFIER,
+)
 from throttle.webhook_service.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -140,6 +150,9 @@ async def callback(request: web.Request) -> web.StreamResponse:
         _count(request, "store_failed")
         log.error("portal %s: tokens not stored (%s)", portal_id, type(exc).__name__)
         return _page(request, 503, "Install failed", "could not save the install; start again")
+    installed = request.app.get(INSTALLED)  # absent in apps mounting only these routes
+    if installed is not None:
+        installed.note_installed(portal_id)
     _count(request, "installed")
     log.info("portal %s installed the app", portal_id)
     return _page(
@@ -178,6 +191,9 @@ async def uninstall(request: web.Request) -> web.StreamResponse:
         portals.append(int(portal))
     for portal_id in portals:
         await tokens.uninstall(portal_id, "uninstalled: app uninstall webhook", "uninstall_webhook")
+    installed = request.app.get(INSTALLED)
+    if portals and installed is not None:
+        installed.refresh_soon()
     return web.json_response({"uninstalled": portals})
 
 

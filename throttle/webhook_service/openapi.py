@@ -176,11 +176,27 @@ def document() -> dict[str, Any]:
 
     ok_policy = {"200": _json(policy, "The policy.")}
     saved = {
-        "200": _json(policy, "Replaced."),
-        "201": _json(policy, "Created."),
+        "200": _json(policy, "Replaced; in force (the next execution on any pod is held by it)."),
+        "201": _json(policy, "Created; in force (the next execution on any pod is held by it)."),
+        "202": _json(
+            policy,
+            "Stored as a ThrottlePolicy (cluster mode) but not in force yet: the operator has "
+            "not reconciled it within 10 s.",
+        ),
         **_errors(400, 409, 413),
     }
-    deleted = {"204": {"description": "Deleted."}, **_errors(404)}
+    deleted = {
+        "204": {"description": "Deleted; no pod routes executions to it any more."},
+        "202": _json(
+            {
+                "type": "object",
+                "required": ["status", "detail"],
+                "properties": {"status": {"const": "deleting"}, "detail": {"type": "string"}},
+            },
+            "Deleted (cluster mode), but the operator has not retired it within 10 s.",
+        ),
+        **_errors(404),
+    }
     paths: dict[str, Any] = {
         "/api/hubspot/action": {
             "post": {

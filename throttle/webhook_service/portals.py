@@ -6,10 +6,17 @@ starts while PostgreSQL is down still knows the portals (from Redis) and keeps s
 either source has answered once, nothing is refused for being unknown: refusing every portal
 because the database was slow at start would fail real workflows.
 
+The pod that runs a portal's OAuth callback knows the portal the moment its tokens are stored
+(`note_installed`), so that portal's first executions are held there, not refused.
+
 A portal seen for the first time may simply have installed a moment ago (another pod ran the
 OAuth callback): it is "pending" — the caller answers 503, which HubSpot retries — and the loop
 refreshes at once. Only when a refresh that started after the portal was first seen still does
-not know it is the portal "not installed" (a FAIL_CONTINUE with that reason).
+not know it is the portal "not installed" (a FAIL_CONTINUE with that reason). The 503s are
+bounded: the early refresh starts within `MIN_REFRESH_GAP_S` of the first sight (after the one
+in progress, if any), and PostgreSQL gets `LOAD_TIMEOUT_S` before the Redis mirror answers
+instead. Only while neither source answers at all (Redis down too) do they go on — as every
+enqueue would then.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ log = logging.getLogger(__name__)
 
 MIN_REFRESH_GAP_S = 0.5
 """Early refreshes (asked for by unknown portals) are at least this far apart."""
+LOAD_TIMEOUT_S = 5.0
+"""How long a refresh waits for PostgreSQL before it reads the Redis mirror instead."""
 MAX_FIRST_SEEN = 10_000
 
 
@@ -59,6 +68,9 @@ class InstalledPortals:
         self._installed: frozenset[int] = frozenset()
         self._stopped: dict[int, str] = {}
         self._first_seen: dict[int, float] = {}
+        self._noted: dict[int, float] = {}
+        """Installs this pod stored itself (portal -> monotonic time), until a refresh that
+        started later has read them."""
         self._loaded_from = -1.0  # monotonic start time of the last successful refresh
         self._wake = asyncio.Event()
         self.loaded = False
@@ -81,9 +93,25 @@ class InstalledPortals:
         self._wake.set()
         return PortalState(False, "this portal's installation is not known yet", pending=True)
 
+    def note_installed(self, portal_id: int) -> None:
+        """This pod has just stored the portal's install (the OAuth callback): known at once
+        here. Every pod's view follows from PostgreSQL; the refresh woken here also rewrites
+        the Redis mirror for pods that cannot reach PostgreSQL."""
+        self._noted[portal_id] = time.monotonic()
+        self._installed = self._installed | {portal_id}
+        self._stopped = {p: r for p, r in self._stopped.items() if p != portal_id}
+        self._first_seen.pop(portal_id, None)
+        self._wake.set()
+
+    def refresh_soon(self) -> None:
+        """Re-read the installs now rather than at the next interval (an uninstall arrived)."""
+        self._wake.set()
+
     def _set(self, started: float, installed: Sequence[int], stopped: dict[int, str]) -> None:
-        self._installed = frozenset(installed)
-        self._stopped = dict(stopped)
+        # A refresh that started before this pod stored an install may not have seen it.
+        self._noted = {p: at for p, at in self._noted.items() if at >= started}
+        self._installed = frozenset(installed) | frozenset(self._noted)
+        self._stopped = {p: r for p, r in stopped.items() if p not in self._noted}
         self._loaded_from = started
         self.loaded = True
 
@@ -92,7 +120,7 @@ class InstalledPortals:
         started = time.monotonic()
         if self._load is not None:
             try:
-                rows = await self._load()
+                rows = await asyncio.wait_for(self._load(), LOAD_TIMEOUT_S)
             except Exception as exc:  # any database failure: fall back to the Redis mirror
                 log.debug("installed portals: PostgreSQL unavailable (%s)", type(exc).__name__)
             else:

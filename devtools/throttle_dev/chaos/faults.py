@@ -143,6 +143,14 @@ async def revoke_token(h: Harness, portal: int, policy: str) -> list[str]:
     return ["the portal's refresh and access tokens revoked mid-traffic (an uninstall)"]
 
 
+async def late_completion_answers(h: Harness, portal: int, policy: str) -> list[str]:
+    """HubSpot applies each completion at once but answers 8 s later, longer than the stack's
+    lease (8 s): a dispatcher that gives up on a batch, or lets the ones behind it lapse, has
+    them sent a second time, and a refused re-send must never read as a failure."""
+    await h.faults(completion_answer_delay_ms=8000.0)
+    return ["HubSpot applies each completion at once and answers it 8 s later"]
+
+
 FAULTS: list[Scenario] = [
     Scenario("dispatcher-sigkill", "SIGKILL a dispatcher mid-batch", kill_dispatcher),
     Scenario("webhook-sigkill", "SIGKILL the webhook mid-request", kill_webhook),
@@ -163,6 +171,14 @@ FAULTS: list[Scenario] = [
         slow=True,
         traffic=Traffic(executions=100, rate_per_s=20.0),
         settle_s=300.0,
+    ),
+    Scenario(
+        "hubspot-late-answers",
+        "HubSpot: completions answered 8 s late",
+        late_completion_answers,
+        # a backlog of 1,000 for the portal at once: ten batches, each answered 8 s late
+        traffic=Traffic(executions=1000, rate_per_s=250.0),
+        rate=Rate(limit=500, period_s=1, burst=500),
     ),
     Scenario("redis-sigkill", "SIGKILL Redis (AOF everysec)", kill_redis, slow=True),
     Scenario(

@@ -2,6 +2,8 @@
 
 - completed: blocked callbacks completed (once) before they expired
 - duplicates: completion attempts naming a callback already completed
+- sent_twice: completion requests naming a callback already completed when they arrived,
+  however HubSpot answered them (the client sent a completion twice)
 - expired: blocked callbacks whose expiry passed without a completion
 - never_completed: blocked callbacks still open (not yet expired) when the report was made
 - late: completion attempts after expiry; unknown: attempts naming callbacks the portal never had
@@ -23,6 +25,7 @@ class PortalReport:
     blocked: int = 0
     completed: int = 0
     duplicates: int = 0
+    sent_twice: int = 0
     expired: int = 0
     never_completed: int = 0
     late: int = 0
@@ -90,6 +93,7 @@ def build_report(sim: Simulator) -> SimReport:
     for portal_id, stats in sim.stats.items():
         r = row(portal_id)
         r.duplicates = stats.duplicates
+        r.sent_twice = stats.sent_twice
         r.late = stats.late
         r.unknown = stats.unknown
         r.requests = stats.requests
@@ -126,6 +130,7 @@ COLUMNS = (
     ("blocked", "blocked"),
     ("completed", "completed"),
     ("dup", "duplicates"),
+    ("sent2x", "sent_twice"),
     ("expired", "expired"),
     ("open", "never_completed"),
     ("requests", "requests"),

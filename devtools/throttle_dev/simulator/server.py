@@ -131,9 +131,41 @@ async def revoke_refresh_token(request: web.Request) -> web.StreamResponse:
 
 # --- callback completion ------------------------------------------------------------------------
 async def _completion(
-    request: web.Request, apply: Callable[[Simulator, int, Any], None]
+    request: web.Request,
+    apply: Callable[[Simulator, int, Any], None],
+    named: Callable[[Any], list[Any]],
 ) -> web.StreamResponse:
+    """Handle a completion call at once; answer it `completion_answer_delay_ms` later."""
     sim = _sim(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    sim.note_completion_request(named(body))
+    try:
+        response = await _apply_completion(request, sim, apply)
+    except ApiError:
+        await _answer_delay(sim)
+        raise
+    await _answer_delay(sim)
+    return response
+
+
+async def _answer_delay(sim: Simulator) -> None:
+    if sim.faults.completion_answer_delay_ms > 0:
+        await asyncio.sleep(sim.faults.completion_answer_delay_ms / 1000)
+
+
+def _batch_ids(body: Any) -> list[Any]:
+    inputs = body.get("inputs") if isinstance(body, dict) else None
+    if not isinstance(inputs, list):
+        return []
+    return [entry.get("callbackId") for entry in inputs if isinstance(entry, dict)]
+
+
+async def _apply_completion(
+    request: web.Request, sim: Simulator, apply: Callable[[Simulator, int, Any], None]
+) -> web.StreamResponse:
     access = sim.authenticate(request.headers.get("Authorization"))
     if "automation" not in access.scopes:
         raise ApiError(403, error_body("MISSING_SCOPES", "this call needs the automation scope"))
@@ -157,13 +189,17 @@ async def _completion(
 
 
 async def complete_batch(request: web.Request) -> web.StreamResponse:
-    return await _completion(request, lambda sim, portal, body: sim.complete_batch(portal, body))
+    return await _completion(
+        request, lambda sim, portal, body: sim.complete_batch(portal, body), _batch_ids
+    )
 
 
 async def complete_one(request: web.Request) -> web.StreamResponse:
     callback_id = request.match_info["callback_id"]
     return await _completion(
-        request, lambda sim, portal, body: sim.complete_one(portal, callback_id, body)
+        request,
+        lambda sim, portal, body: sim.complete_one(portal, callback_id, body),
+        lambda _body: [callback_id],
     )
 
 

@@ -12,7 +12,10 @@ What completing a callback answers (the contract leaves it open):
 - single (`POST .../callbacks/{id}/complete`): unknown or another portal's → 404
   `OBJECT_NOT_FOUND`; expired or already completed → 400 `VALIDATION_ERROR`.
 - every attempt on an already-completed callback counts as a duplicate, on an expired one as
-  late, on an unknown one as unknown (per portal, in the report).
+  late, on an unknown one as unknown (per portal, in the report). Separately, every completion
+  request that names an already-completed callback counts as "sent twice" when it arrives,
+  however it is answered (a 401, 429 or 5xx too): the invariant is that Throttle never sends a
+  completion twice, not merely that HubSpot never applies one twice.
 - 204 on success. 401 for a missing, unknown, revoked or expired bearer token; 403
   `MISSING_SCOPES` without `automation`. Rate limit: 110 calls per rolling 10 s per portal
   (calls answered 429 count too), 429 with HubSpot's body and `X-HubSpot-RateLimit-*` headers.
@@ -46,7 +49,10 @@ class Faults:
     error_after_apply_ratio: float = 0.0
     """Share of completion calls that apply, then answer 5xx anyway (the answer was "lost")."""
     latency_ms: float = 0.0
-    """Added to every API answer (not to /_sim admin calls)."""
+    """Added to every API answer (not to /_sim admin calls), before the call is handled."""
+    completion_answer_delay_ms: float = 0.0
+    """Completion calls are handled (applied) at once, then answered this much later: HubSpot
+    slow to answer, not slow to apply. A client that gives up first does not know it worked."""
     storm_until: float = 0.0
     """Until this epoch time every completion call of `storm_portals` answers 429."""
     storm_portals: list[int] | None = None
@@ -68,7 +74,7 @@ class Faults:
                 if not 0.0 <= float(value) <= 1.0:
                     raise ValueError(f"{name} must be between 0 and 1")
                 parsed[name] = float(value)
-            elif name in ("latency_ms", "storm_until"):
+            elif name in ("latency_ms", "storm_until", "completion_answer_delay_ms"):
                 if float(value) < 0:
                     raise ValueError(f"{name} must not be negative")
                 parsed[name] = float(value)
@@ -177,6 +183,9 @@ class PortalStats:
     rejected: int = 0
     duplicates: int = 0
     """Completion attempts naming a callback that was already completed (or answered)."""
+    sent_twice: int = 0
+    """Completion requests naming a callback already completed (or answered) when the request
+    arrived, counted once per callback named, whatever the answer (401, 429 and 5xx too)."""
     late: int = 0
     """Completion attempts naming an expired callback."""
     unknown: int = 0
@@ -509,6 +518,20 @@ class Simulator:
             callback = self.callbacks.get(callback_id)
             if callback is not None and callback.completed_at is None:
                 callback.expires_at = now - 0.001
+                count += 1
+        return count
+
+    def note_completion_request(self, callback_ids: Iterable[Any]) -> int:
+        """A completion request arrived naming these callbacks: count each one that is already
+        completed (or answered) as sent twice, under the callback's own portal. Returns how
+        many (before authentication: a resend is a fault however HubSpot answers it)."""
+        count = 0
+        for callback_id in callback_ids:
+            callback = self.callbacks.get(callback_id) if isinstance(callback_id, str) else None
+            if callback is None:
+                continue
+            if callback.completed_at is not None or callback.state == "answered":
+                self.portal(callback.portal_id).sent_twice += 1
                 count += 1
         return count
 

@@ -7,17 +7,20 @@
 -- ARGV[2]  prefix         the shard key prefix "throttle:{tN}:"
 -- ARGV[3]  events_maxlen  bound of the shard's event stream (then events are dropped and counted)
 -- ARGV[4]  done_ms        how long a finished callback id stays deduplicated
--- ARGV[5..] pairs: ref, callbackId
+-- ARGV[5]  note           recorded in history with the completion ("" = none), e.g. HubSpot
+--                         reporting it already completed by an earlier request
+-- ARGV[6..] pairs: ref, callbackId
 -- Returns the number of items acknowledged (items already finished are skipped)
 
 local now = clock_us(ARGV[1])
 local now_ms = math.floor(now / 1000)
 local prefix, maxlen = ARGV[2], ARGV[3]
 local done_ms = tonumber(ARGV[4])
+local note = ARGV[5]
 
 local acked = 0
 local by_queue = {}
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   local ref, cb = ARGV[i], ARGV[i + 1]
   local pol = split_ref(ref)
   if finish(KEYS[1], prefix, policy_keys(prefix, pol), ref, cb, now_ms + done_ms, "acked") then
@@ -29,7 +32,11 @@ for i = 5, #ARGV, 2 do
 end
 for ref, cbs in pairs(by_queue) do
   local pol, qid = split_ref(ref)
-  emit(prefix, maxlen, { "t", "done", "pol", pol, "q", qid, "ts", fmt(now),
-                         "cbs", table.concat(cbs, ",") })
+  local event = { "t", "done", "pol", pol, "q", qid, "ts", fmt(now), "cbs", table.concat(cbs, ",") }
+  if note ~= "" then
+    event[#event + 1] = "note"
+    event[#event + 1] = note
+  end
+  emit(prefix, maxlen, event)
 end
 return acked

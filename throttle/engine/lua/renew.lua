@@ -1,0 +1,29 @@
+-- renew.lua: extend the leases of released executions a dispatcher still holds, so that neither
+-- a completion call HubSpot answers slowly nor a wait for the portal's budget lets them return
+-- to their queue while a completion may be on its way (another dispatcher would send it again).
+-- Only leases that have not run out are extended, and a deadline is never moved earlier.
+--
+-- KEYS[1]  leases  zset  the shard's leases ("ref|callbackId" -> deadline ms)
+-- ARGV[1]  now_offset_ms  added to Redis TIME; tests only, production passes 0
+-- ARGV[2]  lease_ms       the new deadline is now + lease_ms (a later one is kept)
+-- ARGV[3..] pairs: ref, callbackId
+-- Returns one flag per pair, in order: 1 still leased (until now + lease_ms at least), 0 not
+-- (its lease ran out, or it was settled): the dispatcher must not send it
+
+local now_ms = math.floor(clock_us(ARGV[1]) / 1000)
+local deadline = now_ms + tonumber(ARGV[2])
+
+local held = {}
+for i = 3, #ARGV, 2 do
+  local member = ARGV[i] .. "|" .. ARGV[i + 1]
+  local score = tonumber(redis.call("ZSCORE", KEYS[1], member))
+  if score and score > now_ms then
+    if score < deadline then
+      redis.call("ZADD", KEYS[1], fmt(deadline), member)
+    end
+    held[#held + 1] = 1
+  else
+    held[#held + 1] = 0
+  end
+end
+return held
