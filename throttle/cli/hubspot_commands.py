@@ -18,7 +18,7 @@ def hubspot() -> None:
 @click.option("--app-id", type=int, default=None, help="The app id (default: HUBSPOT_APP_ID).")
 def register_action(app_id: int | None) -> None:
     """Create or update the Throttle action definition for the app (idempotent)."""
-    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
     from throttle.cli.startup import fail, settings_for
 
     settings = settings_for("public_url")
@@ -39,13 +39,13 @@ def register_action(app_id: int | None) -> None:
 async def _register(settings: Any, app_id: int, api_key: str) -> Any:
     import aiohttp
 
-    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
     from throttle.cli.startup import fail
 
-    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
     from throttle.hubspot.action_definition import register_action as register
 
-    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
     from throttle.hubspot.client import DeveloperAuth, HubSpotClient, HubSpotError
 
     async with aiohttp.ClientSession() as session:
@@ -61,10 +61,10 @@ async def _register(settings: Any, app_id: int, api_key: str) -> Any:
 @click.command(name="rotate-keys")
 def rotate_keys() -> None:
     """Re-encrypt every stored OAuth token under the newest ENCRYPTION_KEY key."""
-    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
     from throttle.cli.startup import fail, settings_for
 
-    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
     from throttle.hubspot.crypto import CryptoError
 
     settings = settings_for("database_url", "encryption_key")
@@ -85,10 +85,10 @@ def rotate_keys() -> None:
 async def _rotate(settings: Any) -> Any:
     import asyncpg
 
-    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
     from throttle.hubspot.crypto import TokenCipher
 
-    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
     from throttle.hubspot.tokens import TokenStore
 
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
@@ -106,10 +106,10 @@ def doctor() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
     from throttle.cli.doctor import run_checks
 
-    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
     from throttle.cli.startup import settings_for
 
     settings = settings_for()

@@ -37,7 +37,7 @@ def webhook(port: int | None) -> None:
         "encryption_key",
         **overrides,
     )
-    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
     from throttle.webhook_service.app import serve
 
     serve(settings)
@@ -49,7 +49,7 @@ def dispatcher() -> None:
     settings = settings_for(
         "redis_url", "database_url", "hubspot_client_id", "hubspot_client_secret", "encryption_key"
     )
-    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
     from throttle.dispatcher.service import serve
 
     serve(settings)
@@ -67,7 +67,7 @@ def dispatcher() -> None:
 def operator(namespace: tuple[str, ...], local: Path | None) -> None:
     """Reconcile ThrottlePolicy resources into the engine (kopf operator, one active replica)."""
     settings = settings_for("redis_url")
-    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
     from throttle.operator.main import serve
 
     serve(settings, namespaces=list(namespace), local=local)
@@ -77,7 +77,7 @@ def operator(namespace: tuple[str, ...], local: Path | None) -> None:
 def migrate() -> None:
     """Apply PostgreSQL migrations (idempotent; safe from several pods at once)."""
     settings = settings_for("database_url")
-    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
     from throttle.history.store import migrate_command
 
     migrate_command(settings)
@@ -87,7 +87,7 @@ def migrate() -> None:
 def recover() -> None:
     """Rebuild queues from PostgreSQL history after Redis lost data (never duplicates)."""
     settings = settings_for("redis_url", "database_url")
-    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
     from throttle.history.store import recover_command
 
     recover_command(settings)
@@ -100,7 +100,7 @@ def recover() -> None:
 def history(portal_id: int, callback_id: str | None, limit: int) -> None:
     """Show executions' timelines (received, released, completed, outcome) from PostgreSQL."""
     settings = settings_for("database_url")
-    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
     from throttle.history.store import history_command
 
     history_command(settings, portal_id, callback_id, limit)
@@ -115,7 +115,7 @@ def status(watch: bool, interval: float) -> None:
     import contextlib
 
     settings = settings_for("redis_url")
-    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
     from throttle.engine.queue_status import show
 
     assert settings.redis_url is not None
@@ -150,7 +150,7 @@ def settings_markdown() -> str:
 
 def _hubspot_commands() -> None:
     """`throttle hubspot register-action`, `throttle rotate-keys`, `throttle doctor`."""
-    # lazy: `throttle --help` starts in 0.6 s, not 1.5 s (bench/RESULTS.md)
+    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
     from throttle.cli.hubspot_commands import COMMANDS
 
     for command in COMMANDS:
