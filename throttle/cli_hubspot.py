@@ -1,5 +1,6 @@
 """CLI commands of the HubSpot integration: `throttle simulator`, `throttle hubspot
-register-action`, `throttle rotate-keys` (registered on the main group by throttle/cli.py)."""
+register-action`, `throttle rotate-keys`, `throttle doctor`, `throttle portal restore`
+(registered on the main group by throttle/cli.py)."""
 
 from __future__ import annotations
 
@@ -174,4 +175,51 @@ def doctor() -> None:
     sys.exit(1 if any(c.status == "fail" for c in checks) else 0)
 
 
-COMMANDS = (simulator, hubspot, rotate_keys, doctor)
+@click.group()
+def portal() -> None:
+    """Portals that installed the app."""
+
+
+@portal.command()
+@click.argument("portal_id", type=int)
+def restore(portal_id: int) -> None:
+    """Undo an uninstall while the portal's tokens are kept (UNINSTALL_GRACE_DAYS)."""
+    from throttle.cli import fail, settings_for
+
+    settings = settings_for("database_url", "encryption_key")
+    result, reason = asyncio.run(_restore(settings, portal_id))
+    match result:
+        case "restored":
+            click.echo(
+                f"portal {portal_id} restored (it had been {reason}); webhook pods and "
+                "dispatchers pick it up within seconds, and its next token refresh tells whether "
+                "HubSpot still honours its tokens"
+            )
+        case "installed":
+            click.echo(f"portal {portal_id} is installed: nothing to restore")
+        case "unknown":
+            fail(f"portal {portal_id} never installed the app")
+        case _:
+            fail(
+                f"portal {portal_id} was {reason} and its tokens are no longer kept: "
+                "install the app again (PUBLIC_URL/api/oauth/authorize)"
+            )
+
+
+async def _restore(settings: Any, portal_id: int) -> tuple[str, str]:
+    import asyncpg
+
+    from throttle.crypto import TokenCipher
+    from throttle.tokens import TokenStore
+
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    try:
+        store = TokenStore(pool, TokenCipher(settings.encryption_keys))
+        before = await store.installation(portal_id)
+        reason = (before.uninstall_reason if before else None) or "uninstalled"
+        return await store.restore(portal_id), reason
+    finally:
+        await pool.close()
+
+
+COMMANDS = (simulator, hubspot, rotate_keys, doctor, portal)

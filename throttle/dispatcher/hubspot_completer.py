@@ -5,8 +5,10 @@ request first taking a call from the portal's budget shared by all pods. What Hu
 decides each callback's fate (shared/hubspot-contract.md §5, §6):
 - 204: completed.
 - 429: the portal is held for the whole window on every pod; the rest is retried after it.
-- 401: refresh the token once (single flight across pods) and resend; a refused refresh means the
-  app was uninstalled, so the portal stops and its callbacks fail with that reason.
+- 401: refresh the token once (single flight across pods) and resend; a refresh token HubSpot
+  refuses means the app was uninstalled, so the portal stops and its callbacks fail with that
+  reason. The token endpoint refusing the app itself (client secret, 403, a proxy) stops
+  nobody: like any token trouble, the callbacks go back to their queue and wait.
 - 5xx, timeouts: this batch and the rest are retried after a back-off (back to the head of
   their queue) instead of spending the budget on more errors.
 - another 4xx: the batch is split in halves until the offending callbacks stand alone; those are
@@ -23,6 +25,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from throttle.config_fault import FaultRecord
 from throttle.crypto import TokenCipher
 from throttle.dispatcher.budget import BudgetGrant, PortalBudget
 from throttle.dispatcher.complete import CompletionResult, Released
@@ -38,13 +41,23 @@ from throttle.hubspot import (
 )
 from throttle.metrics import Metrics
 from throttle.settings import Settings
-from throttle.tokens import PortalStopped, TokenManager, TokenStore, TokenUnavailable
+from throttle.tokens import (
+    ConfigFaultActive,
+    PortalStopped,
+    TokenManager,
+    TokenStore,
+    TokenUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
 
 class TokenSource(Protocol):
     async def access_token(self, portal_id: int, rejected: str | None = None) -> str: ...
+
+    def config_fault(self) -> FaultRecord | None: ...
+
+    async def recheck(self) -> None: ...
 
 
 def output_fields(item: Released) -> dict[str, Any]:
@@ -73,7 +86,7 @@ class HubSpotCompleter:
         unknown_grace_s: float = 120.0,
     ) -> None:
         self._client = client
-        self._tokens = tokens
+        self.tokens = tokens
         self._budget = budget
         self._metrics = metrics
         self._max_budget_wait = max_budget_wait_s
@@ -89,9 +102,11 @@ class HubSpotCompleter:
         by_id = {item.callback_id: item for item in items}
         ids = list(by_id)
         try:
-            token = await self._tokens.access_token(portal_id)
+            token = await self.tokens.access_token(portal_id)
         except PortalStopped as stopped:
             return self._stop(result, ids, stopped.reason)
+        except ConfigFaultActive:  # said once by the token manager, not once per portal and call
+            return self._defer(result, ids, self._token_retry)
         except TokenUnavailable as exc:
             log.warning("portal %s: no token yet (%s); will retry", portal_id, exc)
             return self._defer(result, ids, self._token_retry)
@@ -145,7 +160,7 @@ class HubSpotCompleter:
                         return self._defer(result, _flatten(batch, pending), self._token_retry)
                     refreshed = True
                     try:
-                        token = await self._tokens.access_token(portal_id, rejected=token)
+                        token = await self.tokens.access_token(portal_id, rejected=token)
                     except PortalStopped as stopped:
                         return self._stop(result, _flatten(batch, pending), stopped.reason)
                     except Exception:  # TokenUnavailable, or the token store unreachable

@@ -323,12 +323,37 @@ async def refresh_queue_metrics(
         await _wait_any(stop, None, seconds=interval)
 
 
-def metrics_app(registry: CollectorRegistry, healthy: Any) -> web.Application:
-    """/metrics and /healthz for the dispatcher (and any process that is not the webhook)."""
+async def recheck_config_fault(tokens: Any, stop: asyncio.Event) -> None:
+    """While HubSpot refuses the app's configuration, ask again now and then even if nothing
+    waits, so the fault (and its alert) clears by itself once fixed."""
+    from throttle.config_fault import RECHECK_S
+
+    while not stop.is_set():
+        await _wait_any(stop, None, seconds=RECHECK_S)
+        try:
+            await tokens.recheck()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # PostgreSQL or Redis unreachable: the next round asks again
+            log.debug("config fault recheck failed: %s", type(exc).__name__)
+
+
+def metrics_app(
+    registry: CollectorRegistry,
+    healthy: Any,
+    faults: Callable[[], dict[str, str]] | None = None,
+) -> web.Application:
+    """/metrics and /healthz for the dispatcher (and any process that is not the webhook).
+
+    `faults` names what is wrong outside the process (the app's configuration refused by
+    HubSpot): said in /healthz, but no reason to restart the process, so the status stays."""
 
     async def healthz(_request: web.Request) -> web.Response:
         ok, detail = healthy()
-        return web.json_response({"ok": ok, "detail": detail}, status=200 if ok else 503)
+        body: dict[str, Any] = {"ok": ok, "detail": detail}
+        if faults is not None:
+            body["faults"] = faults()
+        return web.json_response(body, status=200 if ok else 503)
 
     app = web.Application()
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
@@ -384,7 +409,11 @@ async def run_dispatcher(
         complete_timeout=max(5.0, settings.dispatcher_lease_seconds / 3),
     )
     writer = HistoryWriter(
-        redis, lambda: create_pool(dsn), metrics, retention_days=settings.history_retention_days
+        redis,
+        lambda: create_pool(dsn),
+        metrics,
+        retention_days=settings.history_retention_days,
+        uninstall_grace_days=settings.uninstall_grace_days,
     )
     reaper = LeaseReaper(queue, metrics, interval=max(0.5, settings.dispatcher_lease_seconds / 4))
 
@@ -392,7 +421,11 @@ async def run_dispatcher(
         age = time.monotonic() - dispatcher.last_loop
         return age < 60, f"last loop {age:.1f}s ago"
 
-    runner = web.AppRunner(metrics_app(registry, healthy), access_log=None)
+    def faults() -> dict[str, str]:
+        record = completer.tokens.config_fault()
+        return {"hubspot_config": record.summary()} if record is not None else {}
+
+    runner = web.AppRunner(metrics_app(registry, healthy, faults), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.metrics_port)
     await site.start()
@@ -402,6 +435,7 @@ async def run_dispatcher(
         asyncio.create_task(writer.run(stop)),
         asyncio.create_task(reaper.run(stop)),
         asyncio.create_task(refresh_queue_metrics(queue, metrics, stop)),
+        asyncio.create_task(recheck_config_fault(completer.tokens, stop)),
     ]
     try:
         await asyncio.gather(*tasks)
