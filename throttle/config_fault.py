@@ -133,24 +133,16 @@ class ConfigFaultMonitor:
         return None
 
     async def report(self, fault: ConfigFault, portal_id: int | None = None) -> FaultRecord:
-        now = time.time()
-        previous = self._record
-        same = previous is not None and (previous.kind, previous.status) == (
-            fault.kind,
-            fault.status,
-        )
+        now = since = time.time()
+        previous = self.active()
+        if previous is not None and (previous.kind, previous.status) == (fault.kind, fault.status):
+            since = previous.since  # the same fault, met again
         record = FaultRecord(
-            fault.kind,
-            fault.status,
-            fault.error,
-            fault.describe(),
-            previous.since if same and previous is not None else now,
-            now,
-            portal_id,
+            fault.kind, fault.status, fault.error, fault.describe(), since, now, portal_id
         )
         self._record = record
         self._asked = time.monotonic()
-        if not same:
+        if since == now:
             log.error(
                 "%s; no portal is uninstalled for it: tokens are kept and executions wait",
                 record.detail,

@@ -410,12 +410,16 @@ class _Response:
     def json(self) -> Any:
         return json.loads(self.body)
 
-    def json_or_empty(self) -> dict[str, Any]:
+    def json_object(self) -> dict[str, Any] | None:
+        """The body as a JSON object; None when it is anything else (empty, HTML, a list)."""
         try:
-            data = json.loads(self.body) if self.body else {}
+            data = json.loads(self.body) if self.body else None
         except ValueError:
-            return {}
-        return data if isinstance(data, dict) else {}
+            return None
+        return data if isinstance(data, dict) else None
+
+    def json_or_empty(self) -> dict[str, Any]:
+        return self.json_object() or {}
 
     def header_int(self, name: str) -> int | None:
         value = self.headers.get(name)
@@ -461,7 +465,7 @@ def token_result(
     (a proxy's page), a 200 without tokens — is a `ConfigFault`: never an uninstall. 429 and
     408/425 keep their usual meaning (wait, retry)."""
     response = _Response(status, dict(headers or {}), body)
-    data = _json_object(body)
+    data = response.json_object()
     if status == 200:
         if data is None:
             return ConfigFault("unexpected_answer", status, "NOT_JSON")
@@ -502,15 +506,6 @@ def token_result(
     if status == 403:
         return ConfigFault("forbidden", status, error)
     return ConfigFault("unexpected_answer", status, error)
-
-
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    """The body as a JSON object, or None when it is anything else (HTML, text, a list)."""
-    try:
-        data = json.loads(body) if body else None
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _classify(outcome: _Response) -> CallResult:
