@@ -10,6 +10,7 @@ Other components add their metrics as attributes in `Metrics.__init__` (one smal
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -159,6 +160,39 @@ class ActionTally(Collector):
         yield seconds
 
 
+class ConfigFaultGauge(Collector):
+    """`throttle_hubspot_config_fault{kind}`: 1 while HubSpot's token endpoint refuses the app's
+    own configuration in a way of that kind, as this process last heard it, else 0 (every kind
+    seen since start). The process that reports it says until when (`set`), so one that stops
+    asking does not keep the alarm up forever; a success clears it at once."""
+
+    def __init__(self) -> None:
+        self._kind: str | None = None
+        self._until = 0.0
+        self._kinds: set[str] = set()
+
+    def set(self, kind: str, until_monotonic: float) -> None:
+        self._kind = kind
+        self._until = until_monotonic
+        self._kinds.add(kind)
+
+    def clear(self) -> None:
+        self._kind = None
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "throttle_hubspot_config_fault",
+            "1 while HubSpot's token endpoint refuses the app's own configuration, by kind "
+            "(client_credentials, forbidden, bad_request, server_error, unexpected_answer): "
+            "portals stay installed and executions wait.",
+            labels=["kind"],
+        )
+        current = self._kind if time.monotonic() < self._until else None
+        for kind in sorted(self._kinds):
+            family.add_metric([kind], 1.0 if kind == current else 0.0)
+        yield family
+
+
 class Metrics:
     """The metrics of one process; build one per registry."""
 
@@ -272,8 +306,18 @@ class Metrics:
         )
         self.token_refreshes = Counter(
             "throttle_token_refreshes_total",
-            "OAuth access token refreshes, by result (ok, refused, error).",
+            "OAuth access token refreshes, by result (ok, refused: the portal's refresh token is "
+            "dead; config_fault: the app's configuration is refused; error).",
             ["result"],
+            registry=r,
+        )
+        self.hubspot_config_fault = ConfigFaultGauge()
+        r.register(self.hubspot_config_fault)
+        self.hubspot_config_faults = Counter(
+            "throttle_hubspot_config_faults_total",
+            "Answers of HubSpot's token endpoint refusing the app's own configuration, by kind "
+            "(never an uninstall).",
+            ["kind"],
             registry=r,
         )
         self.portals_uninstalled = Counter(

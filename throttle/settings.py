@@ -246,6 +246,12 @@ class Settings(BaseSettings):
     history_retention_days: int = Field(
         30, ge=1, description="Execution history older than this many days is pruned."
     )
+    uninstall_grace_days: float = Field(
+        7.0,
+        ge=0,
+        description="An uninstalled portal's OAuth tokens are kept, disabled, this many days (a "
+        "mistaken uninstall can be undone: `throttle portal restore`), then deleted.",
+    )
     history_buffer_events: int = Field(
         100_000,
         ge=100,

@@ -509,6 +509,7 @@ def test_promtool_check_rules(
         "ThrottleBacklogNearExpiration",
         "ThrottleHubSpotRateLimited",
         "ThrottleTokenRefreshFailing",
+        "ThrottleHubSpotConfigFault",
         "ThrottleDispatcherLag",
     } <= alerts
 

@@ -21,7 +21,7 @@ import pytest
 from throttle.history.store import migrate
 from throttle.hubspot.client import TokenGrant
 from throttle.hubspot.crypto import TokenCipher
-from throttle.hubspot.tokens import TokenStore
+from throttle.hubspot.tokens import TokenStore, purge_disabled_tokens
 from throttle.settings import Settings
 from throttle_dev.localenv import free_port
 
@@ -192,3 +192,52 @@ def test_rotate_keys_then_old_key_can_go(database_url: str, tmp_path: Path) -> N
     assert stranger.returncode == 2
     assert "no longer holds" in stranger.stderr
     assert asyncio.run(_read(database_url, new, 3)) == "rt-3"
+
+
+async def _uninstall(database_url: str, key_text: str, portal: int, purge: bool) -> None:
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        await TokenStore(pool, TokenCipher(_keys(key_text))).mark_uninstalled(
+            portal, "uninstalled: refresh token refused (HTTP 400 BAD_REFRESH_TOKEN)"
+        )
+        if purge:
+            await pool.execute(
+                "UPDATE oauth_tokens SET disabled_at = now() - interval '30 days' "
+                "WHERE portal_id = $1",
+                portal,
+            )
+            assert await purge_disabled_tokens(pool, 7) == 1
+    finally:
+        await pool.close()
+
+
+def test_portal_restore_undoes_an_uninstall_while_its_tokens_are_kept(
+    database_url: str, tmp_path: Path
+) -> None:
+    key = _key()
+    asyncio.run(_seed(database_url, key, 2))
+    asyncio.run(_uninstall(database_url, key, 1, purge=False))
+    asyncio.run(_uninstall(database_url, key, 2, purge=True))
+    base = {**env(tmp_path, database_url=database_url), "ENCRYPTION_KEY": key}
+
+    def restore(portal: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*THROTTLE, "portal", "restore", str(portal)],
+            env=base,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    restored = restore(1)
+    assert restored.returncode == 0, restored.stderr
+    assert "portal 1 restored (it had been uninstalled: refresh token refused" in restored.stdout
+    assert asyncio.run(_read(database_url, key, 1)) == "rt-1"  # the very tokens it had
+    assert "nothing to restore" in restore(1).stdout
+    purged = restore(2)
+    assert purged.returncode == 2
+    assert "no longer kept: install the app again" in purged.stderr
+    unknown = restore(99)
+    assert unknown.returncode == 2
+    assert "never installed the app" in unknown.stderr

@@ -224,6 +224,37 @@ async def test_revoked_install_stops_the_portal(
     assert again.portal_stopped == result.portal_stopped
 
 
+async def test_refused_client_secret_keeps_everything_waiting_then_completes(
+    start_simulator: StartSimulator, store: TokenStore, session: aiohttp.ClientSession, redis: Any
+) -> None:
+    """The app's client secret refused at the token endpoint while the portal's token has
+    expired: nothing fails, nobody is uninstalled; once HubSpot accepts it again, all complete."""
+    running = await start_simulator(access_token_ttl_s=1)
+    items = released(17, 30)
+    metrics = Metrics()
+    completer = await setup(running, store, session, redis, 17, items, metrics=metrics)
+    running.sim.set_faults(reject_client_secret_seconds=3600)
+    await asyncio.sleep(1.1)  # the access token expired
+    result = await completer.complete(17, items)
+    assert result.retry == [i.callback_id for i in items]
+    assert not result.failed
+    assert result.portal_stopped is None
+    assert result.retry_after >= 1.0
+    again = await completer.complete(17, items)  # within the probe interval: HubSpot not asked
+    assert again.retry == result.retry
+    assert running.sim.portal(17).client_refusals == 1
+    assert running.sim.portal(17).completion_requests == 0
+    installation = await store.installation(17)
+    assert installation is not None
+    assert installation.status == "installed"
+    assert metrics.portals_uninstalled.labels("refresh_refused")._value.get() == 0
+    running.sim.set_faults(reject_client_secret_until=0.0)
+    done, failed, _ = await drain(completer, 17, items)
+    assert done == {i.callback_id for i in items}
+    assert not failed
+    assert running.sim.portal(17).duplicates == 0
+
+
 async def test_5xx_is_retried(
     hubspot_sim: RunningSimulator, store: TokenStore, session: aiohttp.ClientSession, redis: Any
 ) -> None:
@@ -350,7 +381,7 @@ async def test_redis_outage_defers_and_loses_nothing(
     try:
         broken = HubSpotCompleter(
             HubSpotClient(session, hubspot_sim.url, "sim-client-id", "sim-client-secret"),
-            completer._tokens,
+            completer.tokens,
             PortalBudget(dead, 100, 10.0),
         )
         result = await broken.complete(12, items)

@@ -19,6 +19,7 @@ from throttle.dispatcher.hubspot_completer import HubSpotCompleter
 from throttle.engine.queue import Released
 from throttle.hubspot.budget import PortalBudget
 from throttle.hubspot.client import HubSpotClient
+from throttle.hubspot.config_fault import read_shared
 from throttle.hubspot.crypto import TokenCipher
 from throttle.hubspot.oauth_state import OAuthStateSigner
 from throttle.hubspot.tokens import TokenManager, TokenStore
@@ -188,7 +189,30 @@ async def test_uninstall_webhook_marks_portal_uninstalled(
     assert installation.status == "uninstalled"
     assert installation.uninstall_reason == "uninstalled: app uninstall webhook"
     assert await stack.tokens.store.load(777) is None
+    assert installation.tokens_disabled_at is not None  # kept, disabled, for the grace period
     assert stack.app[METRICS].portals_uninstalled.labels("uninstall_webhook")._value.get() == 1
+
+
+async def test_install_meeting_a_refused_client_secret_is_recorded_not_blamed_on_the_admin(
+    stack: Stack, session: aiohttp.ClientSession, pool: Any, redis: Any
+) -> None:
+    stack.sim.set_faults(reject_client_secret_seconds=3600)
+    async with session.get(await install(stack, session, 432)) as r:
+        assert r.status == 502
+        text = await r.text()
+    assert "<h1>Install failed</h1>" in text
+    assert "HUBSPOT_CLIENT_SECRET" not in text  # internals are for the operators' eyes
+    assert await pool.fetchval("SELECT count(*) FROM hubspot_portals") == 0
+    record = await read_shared(redis)  # what /readyz and `throttle doctor` show
+    assert record is not None
+    assert (record.kind, record.error) == ("client_credentials", "BAD_CLIENT_SECRET")
+    metrics = stack.app[METRICS]
+    assert metrics.oauth_installs.labels("exchange_failed")._value.get() == 1
+    assert metrics.hubspot_config_faults.labels("client_credentials")._value.get() == 1
+    stack.sim.set_faults(reject_client_secret_until=0.0)
+    async with session.get(await install(stack, session, 432)) as r:
+        assert r.status == 200
+    assert await read_shared(redis) is None
 
 
 async def test_no_token_in_any_log_line(

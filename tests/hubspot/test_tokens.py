@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from typing import Any
 
 import aiohttp
@@ -10,9 +12,18 @@ import pytest
 
 from tests.fixtures.hubspot_simulator import StartSimulator
 from tests.hubspot.conftest import new_key
+from throttle.dispatcher.history_writer import HistoryWriter
 from throttle.hubspot.client import HubSpotClient, TokenGrant
+from throttle.hubspot.config_fault import read_shared
 from throttle.hubspot.crypto import CryptoError, TokenCipher, UnknownKeyError
-from throttle.hubspot.tokens import NotInstalled, PortalStopped, TokenManager, TokenStore
+from throttle.hubspot.tokens import (
+    ConfigFaultActive,
+    NotInstalled,
+    PortalStopped,
+    TokenManager,
+    TokenStore,
+    purge_disabled_tokens,
+)
 from throttle.metrics import Metrics
 
 GRANT = TokenGrant("access-AAAA-secret", "refresh-BBBB-secret", 1800, scopes=("automation",))
@@ -63,7 +74,9 @@ async def test_rotation_reencrypts_every_row_then_old_key_can_go(pool: Any) -> N
         await old_store.load(1)
 
 
-async def test_uninstall_keeps_the_reason_and_drops_tokens(store: TokenStore) -> None:
+async def test_uninstall_disables_tokens_restore_undoes_it_then_purge_deletes_them(
+    store: TokenStore, pool: Any, redis: Any
+) -> None:
     await store.save(5, GRANT)
     assert await store.mark_uninstalled(5, "uninstalled: test") is True
     assert await store.mark_uninstalled(5, "again") is False
@@ -71,11 +84,54 @@ async def test_uninstall_keeps_the_reason_and_drops_tokens(store: TokenStore) ->
     assert installation is not None
     assert installation.status == "uninstalled"
     assert installation.uninstall_reason == "uninstalled: test"
-    assert await store.load(5) is None
-    await store.save(5, GRANT)  # reinstall
+    assert installation.tokens_disabled_at is not None
+    assert await store.load(5) is None  # disabled: never handed out...
+    assert await store.save_refreshed(5, GRANT, time.time()) is None  # ...nor refreshed
+    assert await pool.fetchval("SELECT count(*) FROM oauth_tokens WHERE portal_id = 5") == 1
+
+    # A mistaken uninstall is undone with the very tokens it had.
+    assert await store.restore(5) == "restored"
+    restored = await store.load(5)
+    assert restored is not None
+    assert restored.refresh_token == GRANT.refresh_token
     again = await store.installation(5)
     assert again is not None
-    assert (again.status, again.uninstall_reason) == ("installed", None)
+    assert (again.status, again.uninstall_reason, again.tokens_disabled_at) == (
+        "installed",
+        None,
+        None,
+    )
+    assert await store.restore(5) == "installed"
+    assert await store.restore(404) == "unknown"
+
+    # Within the grace period pruning keeps them; past it, the dispatchers' pruning deletes them.
+    await store.save(6, GRANT)
+    await store.mark_uninstalled(5, "uninstalled: again")
+    writer = HistoryWriter(redis, _shared(pool), Metrics(), uninstall_grace_days=7)
+    await writer.prune_once()
+    assert await pool.fetchval("SELECT count(*) FROM oauth_tokens") == 2
+    await pool.execute(
+        "UPDATE oauth_tokens SET disabled_at = now() - interval '8 days' WHERE portal_id = 5"
+    )
+    await writer.prune_once()
+    assert await pool.fetchval("SELECT array_agg(portal_id) FROM oauth_tokens") == [6]
+    assert await store.restore(5) == "no_tokens"  # only a reinstall brings it back now
+    gone = await store.installation(5)
+    assert gone is not None
+    assert (gone.status, gone.uninstall_reason) == ("uninstalled", "uninstalled: again")
+    assert gone.tokens_disabled_at is None
+    await store.save(5, GRANT)  # reinstall
+    back = await store.installation(5)
+    assert back is not None
+    assert (back.status, back.uninstall_reason) == ("installed", None)
+    assert await purge_disabled_tokens(pool, 0) == 0  # nothing disabled: nothing purged
+
+
+def _shared(pool: Any) -> Any:
+    async def factory() -> Any:
+        return pool
+
+    return factory
 
 
 async def _managers(
@@ -86,6 +142,7 @@ async def _managers(
     redis_server: Any,
     metrics: Metrics,
     margin: float,
+    probe_s: float = 5.0,
 ) -> tuple[list[TokenManager], list[Any]]:
     redis_clients = [redis_server.client() for _ in range(n)]
     managers = [
@@ -95,6 +152,7 @@ async def _managers(
             client,
             metrics,
             refresh_margin_s=margin,
+            config_probe_s=probe_s,
         )
         for client in redis_clients
     ]
@@ -158,6 +216,7 @@ async def test_revoked_refresh_token_marks_portal_uninstalled(
         assert installation is not None
         assert installation.status == "uninstalled"
         assert "BAD_REFRESH_TOKEN" in (installation.uninstall_reason or "")
+        assert installation.tokens_disabled_at is not None  # kept for the grace period
         assert running.sim.portal(88).refresh_failures == 1  # only one pod asked
         assert metrics.portals_uninstalled.labels("refresh_refused")._value.get() == 1
         with pytest.raises(PortalStopped):
@@ -186,3 +245,104 @@ async def test_a_401_forces_one_refresh(
     assert fresh != grant["access_token"]
     assert await manager.access_token(5, rejected=grant["access_token"]) == fresh
     assert running.sim.portal(5).refreshes == 1
+
+
+async def test_refused_client_secret_uninstalls_nobody_and_clears_by_itself_once_fixed(
+    start_simulator: StartSimulator,
+    store: TokenStore,
+    session: aiohttp.ClientSession,
+    redis_server: Any,
+    redis: Any,
+) -> None:
+    """HubSpot refuses the app's client secret (400 BAD_CLIENT_SECRET, the status a dead refresh
+    token gets too): two pods keep the portal installed and its tokens, say why, ask HubSpot
+    once per probe interval, and go on by themselves once the secret is accepted again."""
+    running = await start_simulator(access_token_ttl_s=4)
+    sim = running.sim
+    grant = sim.issue_tokens(66)
+    await store.save(66, TokenGrant(grant["access_token"], grant["refresh_token"], 4))
+    sim.set_faults(reject_client_secret_seconds=3600)
+    metrics = Metrics()
+    managers, clients = await _managers(
+        2, store, running.url, session, redis_server, metrics, 300, probe_s=3.0
+    )
+    try:
+        await asyncio.sleep(2.2)  # inside the margin (2 s): a refresh is due, the token valid
+        kept = await asyncio.gather(*(m.access_token(66) for m in managers))
+        assert kept == [grant["access_token"]] * 2  # used until it expires
+        await asyncio.sleep(2.0)  # expired now: nothing to hand out, nothing to uninstall
+        for _ in range(10):
+            results = await asyncio.gather(
+                *(m.access_token(66) for m in managers), return_exceptions=True
+            )
+            assert all(isinstance(r, ConfigFaultActive) for r in results), results
+        assert "BAD_CLIENT_SECRET" in str(results[0])
+        assert "sim-client-secret" not in str(results[0])
+        assert sim.portal(66).client_refusals == 2  # one per pod in the probe interval, not 22
+
+        installation = await store.installation(66)
+        assert installation is not None
+        assert (installation.status, installation.tokens_disabled_at) == ("installed", None)
+        stored = await store.load(66)
+        assert stored is not None
+        assert stored.refresh_token == grant["refresh_token"]
+        assert metrics.portals_uninstalled.labels("refresh_refused")._value.get() == 0
+        assert metrics.token_refreshes.labels("config_fault")._value.get() == 2
+        assert metrics.hubspot_config_faults.labels("client_credentials")._value.get() == 2
+        assert _gauge(metrics, "client_credentials") == 1.0
+        shared = await read_shared(redis)
+        assert shared is not None
+        assert (shared.kind, shared.status, shared.error) == (
+            "client_credentials",
+            400,
+            "BAD_CLIENT_SECRET",
+        )
+        assert managers[1].config_fault() is not None
+
+        sim.set_faults(reject_client_secret_until=0.0)  # the secret is fixed in HubSpot
+        await asyncio.sleep(3.1)  # past the probe interval: the next call asks again
+        fresh = await managers[0].access_token(66)
+        assert fresh != grant["access_token"]
+        assert await read_shared(redis) is None
+        assert _gauge(metrics, "client_credentials") == 0.0
+        assert await managers[1].access_token(66) == fresh  # stored by the other pod
+        await managers[1].recheck()  # the dispatcher's loop asks again, traffic or not
+        assert managers[1].config_fault() is None
+        assert sim.portal(66).refresh_failures == 0  # the refresh token was never spent
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+async def test_recheck_asks_only_while_a_fault_is_on(
+    start_simulator: StartSimulator, store: TokenStore, session: aiohttp.ClientSession, redis: Any
+) -> None:
+    running = await start_simulator(access_token_ttl_s=1800)
+    grant = running.sim.issue_tokens(67)
+    await store.save(67, TokenGrant(grant["access_token"], grant["refresh_token"], 1800))
+    manager = TokenManager(
+        store,
+        HubSpotClient(session, running.url, "sim-client-id", "sim-client-secret"),
+        redis,
+        config_probe_s=0.0,
+    )
+    await manager.recheck()
+    assert running.sim.portal(67).refreshes == 0  # nothing wrong: nothing asked
+    running.sim.set_faults(reject_client_secret_seconds=3600)
+    with contextlib.suppress(ConfigFaultActive):
+        await manager.access_token(67, rejected=grant["access_token"])
+    assert manager.config_fault() is not None
+    await manager.recheck()
+    assert running.sim.portal(67).client_refusals == 2
+    running.sim.set_faults(reject_client_secret_until=0.0)
+    await manager.recheck()
+    assert manager.config_fault() is None
+    assert running.sim.portal(67).refreshes == 1
+    installation = await store.installation(67)
+    assert installation is not None
+    assert installation.status == "installed"
+
+
+def _gauge(metrics: Metrics, kind: str) -> float | None:
+    value = metrics.registry.get_sample_value("throttle_hubspot_config_fault", {"kind": kind})
+    return value

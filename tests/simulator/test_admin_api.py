@@ -67,7 +67,13 @@ async def test_faults_and_revocation(
     base = hubspot_sim.url
     status, body = await _json(http, "POST", base + "/_sim/faults", json={"nope": 1})
     assert status == 400
-    for bad in ({"error_ratio": 2}, {"error_ratio": "x"}, {"error_status": 404}):
+    for bad in (
+        {"error_ratio": 2},
+        {"error_ratio": "x"},
+        {"error_status": 404},
+        {"reject_client_secret_seconds": -1},
+        {"reject_client_secret_until": "soon"},
+    ):
         status, body = await _json(
             http, "POST", base + "/_sim/faults", json={**bad, "latency_ms": 9}
         )
@@ -97,6 +103,21 @@ async def test_faults_and_revocation(
     }
     status, body = await _json(http, "POST", base + "/oauth/v1/token", data=form)
     assert (status, body["status"]) == (400, "BAD_REFRESH_TOKEN")
+    # The app's client secret refused for a while: the status a dead refresh token gets, the
+    # body says it is the app's; the refresh token is not spent, and works once it is over.
+    status, faults = await _json(
+        http, "POST", base + "/_sim/faults", json={"reject_client_secret_seconds": 60}
+    )
+    assert faults["reject_client_secret_until"] > 0
+    _, other = await _json(http, "POST", base + "/_sim/portals", json={"portalId": 13})
+    form = {**form, "refresh_token": other["refresh_token"]}
+    status, body = await _json(http, "POST", base + "/oauth/v1/token", data=form)
+    assert (status, body["status"]) == (400, "BAD_CLIENT_SECRET")
+    assert hubspot_sim.sim.portal(13).client_refusals == 1
+    await _json(http, "POST", base + "/_sim/faults", json={"reject_client_secret_until": 0})
+    status, body = await _json(http, "POST", base + "/oauth/v1/token", data=form)
+    assert status == 200
+    assert body["access_token"]
     status, body = await _json(http, "POST", base + "/_sim/revoke", json={})
     assert status == 400
     for path, bad in (

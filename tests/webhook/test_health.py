@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from tests.webhook.conftest import PORTAL, StartWebhook, Webhook, execution, policy
 from throttle.metrics import Metrics
 from throttle.webhook_service.app import AccessLogger
-from throttle.webhook_service.appkeys import POLICY_INDEX, QUEUE
+from throttle.webhook_service.appkeys import POLICY_INDEX, QUEUE, REDIS
 from throttle_dev.localenv import RedisServer, free_port
 
 
@@ -26,7 +26,29 @@ async def test_healthz_and_readyz(webhook: Webhook) -> None:
     assert await ready.json() == {
         "status": "ready",
         "checks": {"redis": "ok", "scripts": "ok", "policies": "ok"},
+        "faults": {},
     }
+
+
+async def test_readyz_names_a_config_fault_some_pod_met_and_stays_ready(webhook: Webhook) -> None:
+    """A dispatcher met HubSpot refusing the app's client secret: every webhook pod's /readyz
+    names it (no secret in it) without failing readiness — the pod still queues correctly."""
+    from throttle.hubspot.client import ConfigFault
+    from throttle.hubspot.config_fault import ConfigFaultMonitor
+
+    dispatcher_side = ConfigFaultMonitor(webhook.app[REDIS])
+    await dispatcher_side.report(ConfigFault("client_credentials", 400, "BAD_CLIENT_SECRET"), 7)
+    ready = await webhook.client.get("/readyz")
+    assert ready.status == 200
+    body = await ready.json()
+    assert body["status"] == "ready"
+    detail = body["faults"]["hubspot_config"]
+    assert "refuses the app's client id or secret (HTTP 400 BAD_CLIENT_SECRET)" in detail
+    assert "check HUBSPOT_CLIENT_ID and HUBSPOT_CLIENT_SECRET" in detail
+    assert "portals stay installed" in detail
+    assert webhook.secret not in detail
+    await ConfigFaultMonitor(webhook.app[REDIS]).clear()  # any pod's success clears it
+    assert (await (await webhook.client.get("/readyz")).json())["faults"] == {}
 
 
 async def test_readyz_reloads_scripts_after_a_flush(webhook: Webhook) -> None:

@@ -6,7 +6,10 @@ Each check is a small function returning `Check`s; one failing check never hides
 - PostgreSQL reachable; migrations current;
 - policies in the registry that no longer validate; policies of portals that are not installed;
 - each installed portal's token: valid now (refreshed if due) and introspected — the right portal,
-  the `automation` and `oauth` scopes; uninstalled portals with their reason;
+  the `automation` and `oauth` scopes; uninstalled portals with their reason, and whether their
+  tokens are still kept (then `throttle portal restore` can undo the uninstall);
+- HubSpot refusing the app's own configuration (client id or secret, a proxy): met by this run's
+  refreshes or recorded by a dispatcher or webhook pod — portals stay installed meanwhile;
 - the action definition registered for HUBSPOT_APP_ID with this PUBLIC_URL (when a developer
   API key is configured).
 Tokens are never printed; a failed check names the setting or the step to fix.
@@ -27,6 +30,7 @@ from throttle.engine.scripts import ENGINE_SCRIPTS, lua_source
 from throttle.history.store import create_pool, pending_migrations
 from throttle.hubspot.action_definition import action_definition
 from throttle.hubspot.client import DeveloperAuth, HubSpotClient, HubSpotError, TokenInfo
+from throttle.hubspot.config_fault import read_shared
 from throttle.hubspot.crypto import CryptoError, TokenCipher
 from throttle.hubspot.tokens import PortalStopped, TokenManager, TokenStore, TokenUnavailable
 from throttle.settings import Settings
@@ -112,6 +116,12 @@ async def check_portals(tokens: Any, client: Any) -> tuple[list[Check], set[int]
         name = f"portal {installation.portal_id}"
         if installation.status != "installed":
             reason = installation.uninstall_reason or "no reason recorded"
+            if installation.tokens_disabled_at is not None:
+                reason += (
+                    f"; tokens kept since {installation.tokens_disabled_at:%Y-%m-%d %H:%M} UTC "
+                    f"(`throttle portal restore {installation.portal_id}` undoes the uninstall "
+                    "until UNINSTALL_GRACE_DAYS have passed)"
+                )
             checks.append(Check(name, "warn", reason))
             continue
         installed.add(installation.portal_id)
@@ -134,6 +144,17 @@ async def check_portals(tokens: Any, client: Any) -> tuple[list[Check], set[int]
     if not checks:
         checks.append(Check("portals", "warn", "no portal has installed the app yet"))
     return checks, installed
+
+
+async def check_config_fault(redis: Any, tokens: Any) -> list[Check]:
+    """HubSpot refusing the app itself: what this run's refreshes met, else what a pod recorded."""
+
+    record = tokens.config_fault() if tokens is not None else None
+    if record is None and redis is not None:
+        record = await read_shared(redis)
+    if record is not None:
+        return [Check("hubspot app", "fail", record.summary())]
+    return [Check("hubspot app", "ok", "no configuration fault met at HubSpot's token endpoint")]
 
 
 async def check_action_definition(client: Any, settings: Settings) -> list[Check]:
@@ -190,6 +211,7 @@ async def run_checks(settings: Settings) -> list[Check]:
         async with aiohttp.ClientSession() as session:
             client = HubSpotClient.from_settings(session, settings)
             installed: set[int] | None = None
+            tokens = None
             if database_ok and redis is not None and settings.encryption_keys:
                 assert settings.database_url is not None
                 pool = await create_pool(settings.database_url, max_size=2)
@@ -201,6 +223,7 @@ async def run_checks(settings: Settings) -> list[Check]:
                     checks += portal_checks
                 except CryptoError as exc:
                     checks.append(Check("tokens", "fail", f"{exc} (see `throttle rotate-keys`)"))
+            checks += await check_config_fault(redis, tokens)
             if redis is not None and any(c.name == "redis" and c.status == "ok" for c in checks):
                 checks += await check_policies(redis, installed)
             checks += await check_action_definition(client, settings)

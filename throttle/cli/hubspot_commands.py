@@ -1,5 +1,6 @@
 """CLI commands of the HubSpot integration: `throttle hubspot register-action`, `throttle
-rotate-keys`, `throttle doctor` (registered on the main group by throttle/cli/main.py)."""
+rotate-keys`, `throttle doctor`, `throttle portal restore` (registered on the main group by
+throttle/cli/main.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import asyncio
 from typing import Any
 
 import click
+
+from throttle.cli.startup import fail, settings_for
 
 
 @click.group()
@@ -18,8 +21,6 @@ def hubspot() -> None:
 @click.option("--app-id", type=int, default=None, help="The app id (default: HUBSPOT_APP_ID).")
 def register_action(app_id: int | None) -> None:
     """Create or update the Throttle action definition for the app (idempotent)."""
-    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
-    from throttle.cli.startup import fail, settings_for
 
     settings = settings_for("public_url")
     app_id = app_id or settings.hubspot_app_id
@@ -40,9 +41,6 @@ async def _register(settings: Any, app_id: int, api_key: str) -> Any:
     import aiohttp
 
     # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
-    from throttle.cli.startup import fail
-
-    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
     from throttle.hubspot.action_definition import register_action as register
 
     # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
@@ -61,8 +59,6 @@ async def _register(settings: Any, app_id: int, api_key: str) -> Any:
 @click.command(name="rotate-keys")
 def rotate_keys() -> None:
     """Re-encrypt every stored OAuth token under the newest ENCRYPTION_KEY key."""
-    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
-    from throttle.cli.startup import fail, settings_for
 
     # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
     from throttle.hubspot.crypto import CryptoError
@@ -109,9 +105,6 @@ def doctor() -> None:
     # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
     from throttle.cli.doctor import run_checks
 
-    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
-    from throttle.cli.startup import settings_for
-
     settings = settings_for()
     checks = asyncio.run(run_checks(settings))
     table = Table("check", "status", "detail", title="throttle doctor")
@@ -122,4 +115,52 @@ def doctor() -> None:
     sys.exit(1 if any(c.status == "fail" for c in checks) else 0)
 
 
-COMMANDS = (hubspot, rotate_keys, doctor)
+@click.group()
+def portal() -> None:
+    """Portals that installed the app."""
+
+
+@portal.command()
+@click.argument("portal_id", type=int)
+def restore(portal_id: int) -> None:
+    """Undo an uninstall while the portal's tokens are kept (UNINSTALL_GRACE_DAYS)."""
+    settings = settings_for("database_url", "encryption_key")
+    result, reason = asyncio.run(_restore(settings, portal_id))
+    match result:
+        case "restored":
+            click.echo(
+                f"portal {portal_id} restored (it had been {reason}); webhook pods and "
+                "dispatchers pick it up within seconds, and its next token refresh tells whether "
+                "HubSpot still honours its tokens"
+            )
+        case "installed":
+            click.echo(f"portal {portal_id} is installed: nothing to restore")
+        case "unknown":
+            fail(f"portal {portal_id} never installed the app")
+        case _:
+            fail(
+                f"portal {portal_id} was {reason} and its tokens are no longer kept: "
+                "install the app again (PUBLIC_URL/api/oauth/authorize)"
+            )
+
+
+async def _restore(settings: Any, portal_id: int) -> tuple[str, str]:
+    import asyncpg
+
+    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
+    from throttle.hubspot.crypto import TokenCipher
+
+    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
+    from throttle.hubspot.tokens import TokenStore
+
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    try:
+        store = TokenStore(pool, TokenCipher(settings.encryption_keys))
+        before = await store.installation(portal_id)
+        reason = (before.uninstall_reason if before else None) or "uninstalled"
+        return await store.restore(portal_id), reason
+    finally:
+        await pool.close()
+
+
+COMMANDS = (hubspot, rotate_keys, doctor, portal)

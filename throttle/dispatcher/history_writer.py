@@ -7,6 +7,9 @@ batch and retries with backoff, and the streams buffer new events (up to
 HISTORY_BUFFER_EVENTS per shard; beyond that the scripts drop and count them) — releases never
 wait for history. A writer that dies leaves its unacknowledged events pending; another writer
 claims them after `claim_idle_seconds`.
+
+Once an hour one writer (an advisory lock) prunes: history past HISTORY_RETENTION_DAYS, and the
+disabled tokens of portals uninstalled more than UNINSTALL_GRACE_DAYS ago.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import asyncpg
 
 from throttle.engine import keys
 from throttle.history.store import fold_events, prune, write_rows
+from throttle.hubspot.tokens import purge_disabled_tokens
 from throttle.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -56,6 +60,7 @@ class HistoryWriter:
     idle_sleep: float = 0.2
     claim_idle_seconds: float = 60.0
     retention_days: int = 30
+    uninstall_grace_days: float = 7.0
     prune_every_seconds: float = 3600.0
     _pool: asyncpg.Pool | None = None
     _held: _Batch | None = None
@@ -215,7 +220,8 @@ class HistoryWriter:
         return total
 
     async def prune_once(self) -> int:
-        """Delete rows past the retention, if no other pod is doing it right now."""
+        """Delete rows past the retention, and the disabled tokens past the uninstall grace
+        period, if no other pod is doing it right now; returns the executions deleted."""
         try:
             pool = await self._get_pool()
             async with pool.acquire() as conn:
@@ -223,6 +229,7 @@ class HistoryWriter:
                     return 0
                 try:
                     deleted = await prune(pool, self.retention_days)
+                    purged = await purge_disabled_tokens(pool, self.uninstall_grace_days)
                 finally:
                     await conn.execute("SELECT pg_advisory_unlock($1)", PRUNE_LOCK)
         except _DB_ERRORS:
@@ -230,6 +237,12 @@ class HistoryWriter:
         if deleted:
             log.info(
                 "history: pruned %d executions older than %d days", deleted, self.retention_days
+            )
+        if purged:
+            log.info(
+                "deleted the tokens of %d portals uninstalled more than %g days ago",
+                purged,
+                self.uninstall_grace_days,
             )
         return deleted
 

@@ -5,8 +5,10 @@ request first taking a call from the portal's budget shared by all pods. What Hu
 decides each callback's fate (shared/hubspot-contract.md §5, §6):
 - 204: completed.
 - 429: the portal is held for the whole window on every pod; the rest is retried after it.
-- 401: refresh the token once (single flight across pods) and resend; a refused refresh means the
-  app was uninstalled, so the portal stops and its callbacks fail with that reason.
+- 401: refresh the token once (single flight across pods) and resend; a refresh token HubSpot
+  refuses means the app was uninstalled, so the portal stops and its callbacks fail with that
+  reason. The token endpoint refusing the app itself (client secret, 403, a proxy) stops
+  nobody: like any token trouble, the callbacks go back to their queue and wait.
 - 5xx, timeouts: this batch and the rest are retried after a back-off (back to the head of
   their queue) instead of spending the budget on more errors.
 - "already completed": an earlier request of ours went through though its answer was lost or
@@ -43,8 +45,15 @@ from throttle.hubspot.client import (
     Success,
     Unauthorized,
 )
+from throttle.hubspot.config_fault import FaultRecord
 from throttle.hubspot.crypto import TokenCipher
-from throttle.hubspot.tokens import PortalStopped, TokenManager, TokenStore, TokenUnavailable
+from throttle.hubspot.tokens import (
+    ConfigFaultActive,
+    PortalStopped,
+    TokenManager,
+    TokenStore,
+    TokenUnavailable,
+)
 from throttle.metrics import Metrics
 from throttle.settings import Settings
 
@@ -53,6 +62,10 @@ log = logging.getLogger(__name__)
 
 class TokenSource(Protocol):
     async def access_token(self, portal_id: int, rejected: str | None = None) -> str: ...
+
+    def config_fault(self) -> FaultRecord | None: ...
+
+    async def recheck(self) -> None: ...
 
 
 def output_fields(item: Released) -> dict[str, Any]:
@@ -81,7 +94,7 @@ class HubSpotCompleter:
         unknown_grace_s: float = 120.0,
     ) -> None:
         self._client = client
-        self._tokens = tokens
+        self.tokens = tokens
         self._budget = budget
         self._metrics = metrics
         self._max_budget_wait = max_budget_wait_s
@@ -113,9 +126,11 @@ class HubSpotCompleter:
             # The token is asked for per request (the manager keeps it in memory): a batch that
             # waited behind slow answers never goes with a token that expired meanwhile.
             try:
-                token = await self._tokens.access_token(portal_id, rejected=rejected_token)
+                token = await self.tokens.access_token(portal_id, rejected=rejected_token)
             except PortalStopped as stopped:
                 return self._stop(result, _flatten(job, pending), stopped.reason)
+            except ConfigFaultActive:  # said once by the token manager, not per portal and call
+                return self._pause(result, _flatten(job, pending), self._token_retry)
             except TokenUnavailable as exc:
                 log.warning("portal %s: no token yet (%s); will retry", portal_id, exc)
                 return self._pause(result, _flatten(job, pending), self._token_retry)

@@ -19,12 +19,13 @@ from prometheus_client import CollectorRegistry
 
 from throttle.dispatcher.drain import Dispatcher, wait_any
 from throttle.dispatcher.history_writer import HistoryWriter
-from throttle.dispatcher.hubspot_completer import build_completer
+from throttle.dispatcher.hubspot_completer import TokenSource, build_completer
 from throttle.dispatcher.reaper import LeaseReaper
 from throttle.engine.policy_index import registry_load
 from throttle.engine.queue import Queue, redis_from_settings
 from throttle.health_server import health_server
 from throttle.history.store import create_pool
+from throttle.hubspot.config_fault import RECHECK_S
 from throttle.metrics import Metrics, QueueStat
 from throttle.settings import Settings
 
@@ -82,6 +83,7 @@ async def run_dispatcher(
             lambda: create_pool(dsn),
             metrics,
             retention_days=settings.history_retention_days,
+            uninstall_grace_days=settings.uninstall_grace_days,
         )
         opened.push_async_callback(writer.close)
         reaper = LeaseReaper(
@@ -89,8 +91,16 @@ async def run_dispatcher(
         )
 
         def healthy() -> tuple[bool, dict[str, Any]]:
+            """Alive while the loop turns. A configuration HubSpot refuses is named under
+            `faults` but is no reason to restart the process, so the status stays."""
             age = time.monotonic() - dispatcher.last_loop
-            return age < 60, {"ok": age < 60, "detail": f"last loop {age:.1f}s ago"}
+            record = completer.tokens.config_fault()
+            faults = {"hubspot_config": record.summary()} if record is not None else {}
+            return age < 60, {
+                "ok": age < 60,
+                "detail": f"last loop {age:.1f}s ago",
+                "faults": faults,
+            }
 
         served = await opened.enter_async_context(
             health_server(settings.host, settings.metrics_port, registry, healthy)
@@ -101,6 +111,7 @@ async def run_dispatcher(
             asyncio.create_task(writer.run(stop)),
             asyncio.create_task(reaper.run(stop)),
             asyncio.create_task(refresh_queue_metrics(queue, metrics, stop)),
+            asyncio.create_task(recheck_config_fault(completer.tokens, stop)),
         ]
         try:
             await asyncio.gather(*tasks)
@@ -128,6 +139,19 @@ async def refresh_queue_metrics(
         except Exception as exc:
             log.debug("queue metrics refresh failed: %s", type(exc).__name__)
         await wait_any(stop, None, seconds=interval)
+
+
+async def recheck_config_fault(tokens: TokenSource, stop: asyncio.Event) -> None:
+    """While HubSpot refuses the app's configuration, ask again now and then even if nothing
+    waits, so the fault (and its alert) clears by itself once fixed."""
+    while not stop.is_set():
+        await wait_any(stop, None, seconds=RECHECK_S)
+        try:
+            await tokens.recheck()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # PostgreSQL or Redis unreachable: the next round asks again
+            log.debug("config fault recheck failed: %s", type(exc).__name__)
 
 
 async def _pool_with_retry(dsn: str, stop: asyncio.Event) -> Any:

@@ -118,6 +118,9 @@ REAPER_LOCK = f"{PREFIX}:{{reg}}:reaper"
 HISTORY_GROUP = "history"
 INSTALLED_PORTALS = f"{PREFIX}:{{reg}}:installed"
 """JSON {installed: [...], stopped: {portal: reason}}: the webhook's mirror of hubspot_portals."""
+HUBSPOT_CONFIG_FAULT = f"{PREFIX}:{{reg}}:hubspot-config-fault"
+"""JSON of the latest configuration fault HubSpot's token endpoint answered, no secret in it
+(throttle/hubspot/config_fault.py); it expires unless met again, and the next success deletes it."""
 
 
 # --- HubSpot (per portal; all keys of a portal share the tag {hs<portal>}) ------------------------

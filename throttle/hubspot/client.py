@@ -2,8 +2,10 @@
 
 Every call returns a typed result instead of raising on HTTP status, so callers decide with a
 `match`: completion callers need to tell "wait for the window" from "try again" from "refresh the
-token" from "this callback is dead". Tokens are never put in a log line, an exception message or a
-`repr`; URLs that carry a token (introspection) are never logged.
+token" from "this callback is dead", and token callers "this portal's refresh token is dead" (an
+uninstall) from "the app's own configuration is refused" (never an uninstall; `token_result`).
+Tokens are never put in a log line, an exception message or a `repr`; URLs that carry a token
+(introspection) are never logged.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 from urllib.parse import quote
 
 import aiohttp
@@ -98,14 +100,60 @@ class TokenGrant:
 
 @dataclass(frozen=True)
 class TokenRefused:
-    """400/401 from the token endpoint: bad code, or a refresh token HubSpot no longer honours."""
+    """The token endpoint refused this grant itself, definitively: this install's code, or this
+    portal's refresh token (400 `BAD_REFRESH_TOKEN`, or 401: the app was uninstalled)."""
 
     status: int
     error: str
     message: str = ""
 
 
-TokenResult = TokenGrant | TokenRefused | Retryable | RateLimited
+ConfigFaultKind = Literal[
+    "client_credentials", "forbidden", "bad_request", "server_error", "unexpected_answer"
+]
+CONFIG_FAULT_KINDS: tuple[ConfigFaultKind, ...] = get_args(ConfigFaultKind)
+
+
+@dataclass(frozen=True)
+class ConfigFault:
+    """The token endpoint refused the app, not a portal (contract §7): the client id or secret
+    is not accepted, a 403, a 5xx, an answer that is not HubSpot's (a proxy's page, a wrong
+    HUBSPOT_API_BASE). Never a reason to uninstall: keep the tokens, hold the executions, and
+    say what is wrong. `error` is HubSpot's error code when it sent one (never its message or
+    anything else from the body, which could echo what was sent)."""
+
+    kind: ConfigFaultKind
+    status: int
+    error: str = ""
+
+    def describe(self) -> str:
+        """One line for logs, /readyz, `throttle doctor`: what HubSpot answered, what to check."""
+        answer = f"HTTP {self.status}{f' {self.error}' if self.error else ''}"
+        match self.kind:
+            case "client_credentials":
+                return (
+                    f"HubSpot's token endpoint refuses the app's client id or secret ({answer}): "
+                    "check HUBSPOT_CLIENT_ID and HUBSPOT_CLIENT_SECRET against the app in HubSpot"
+                )
+            case "forbidden":
+                return (
+                    f"HubSpot's token endpoint answers {answer}: a proxy or firewall between "
+                    "Throttle and HubSpot, or the app's access"
+                )
+            case "bad_request":
+                return (
+                    f"HubSpot's token endpoint refuses the app's requests ({answer}), not one "
+                    "portal's token: check the app's settings"
+                )
+            case "server_error":
+                return f"HubSpot's token endpoint fails ({answer})"
+        return (
+            f"the token endpoint's answer is not HubSpot's ({answer}): check HUBSPOT_API_BASE "
+            "and any proxy in between"
+        )
+
+
+TokenResult = TokenGrant | TokenRefused | ConfigFault | Retryable | RateLimited
 
 
 @dataclass(frozen=True)
@@ -249,29 +297,9 @@ class HubSpotClient:
         outcome = await self._request("POST", "/oauth/v1/token", "token", form=form)
         if not isinstance(outcome, _Response):
             return outcome
-        if outcome.status == 200:
-            data = outcome.json()
-            scopes = data.get("scopes") or data.get("scope") or ()
-            if isinstance(scopes, str):
-                scopes = scopes.split()
-            return TokenGrant(
-                access_token=str(data["access_token"]),
-                refresh_token=str(data["refresh_token"]),
-                expires_in=int(data["expires_in"]),
-                hub_id=int(data["hub_id"]) if data.get("hub_id") is not None else None,
-                scopes=tuple(scopes),
-            )
-        if outcome.status in (400, 401, 403):
-            data = outcome.json_or_empty()
-            return TokenRefused(
-                outcome.status,
-                str(data.get("status") or data.get("error") or "BAD_REQUEST"),
-                str(data.get("message") or "")[:200],
-            )
-        result = _classify(outcome)
-        if isinstance(result, RateLimited | Retryable):
-            return result
-        return TokenRefused(outcome.status, "UNEXPECTED_STATUS")
+        return token_result(
+            outcome.status, outcome.body, form["grant_type"], outcome.headers, self._client_secret
+        )
 
     # action definitions ------------------------------------------------------------------------
     async def list_definitions(self, app_id: int, auth: DeveloperAuth) -> list[dict[str, Any]]:
@@ -399,12 +427,16 @@ class _Response:
     def json(self) -> Any:
         return json.loads(self.body)
 
-    def json_or_empty(self) -> dict[str, Any]:
+    def json_object(self) -> dict[str, Any] | None:
+        """The body as a JSON object; None when it is anything else (empty, HTML, a list)."""
         try:
-            data = json.loads(self.body) if self.body else {}
+            data = json.loads(self.body) if self.body else None
         except ValueError:
-            return {}
-        return data if isinstance(data, dict) else {}
+            return None
+        return data if isinstance(data, dict) else None
+
+    def json_or_empty(self) -> dict[str, Any]:
+        return self.json_object() or {}
 
     def header_int(self, name: str) -> int | None:
         value = self.headers.get(name)
@@ -412,6 +444,85 @@ class _Response:
             return int(value) if value is not None else None
         except ValueError:
             return None
+
+
+_ERROR_CODE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+
+
+def _error_codes(data: Mapping[str, Any], hide: str = "") -> list[str]:
+    """HubSpot's error codes in an answer (`status`, OAuth's `error`, `category`, `errorType`),
+    as sent; the generic `status: "error"`, anything that does not look like a code, and anything
+    holding `hide` (the client secret, in any case) dropped."""
+    codes = []
+    secret = hide.upper().replace("-", "_")
+    for name in ("status", "error", "category", "errorType"):
+        value = data.get(name)
+        if not isinstance(value, str) or not _ERROR_CODE.fullmatch(value):
+            continue
+        if value.lower() == "error" or (secret and secret in value.upper()):
+            continue
+        codes.append(value)
+    return codes
+
+
+def token_result(
+    status: int,
+    body: bytes,
+    grant_type: str,
+    headers: Mapping[str, str] | None = None,
+    hide: str = "",
+) -> TokenResult:
+    """What an answer of the token endpoint means (contract §7), as a typed result.
+
+    Only a definitive, grant-specific refusal is `TokenRefused`: for a refresh, 400 naming
+    `BAD_REFRESH_TOKEN` or a 401 (HubSpot's JSON); for a code exchange, a 400/401 about the code.
+    `hide` (the client secret) never makes it into an error code.
+    Everything about the app itself — its client id or secret refused (any status), a 403,
+    another 400, a 5xx, a status HubSpot does not use here, a body that is not HubSpot's JSON
+    (a proxy's page), a 200 without tokens — is a `ConfigFault`: never an uninstall. 429 and
+    408/425 keep their usual meaning (wait, retry)."""
+    response = _Response(status, dict(headers or {}), body)
+    data = response.json_object()
+    if status == 200:
+        if data is None:
+            return ConfigFault("unexpected_answer", status, "NOT_JSON")
+        try:
+            scopes = data.get("scopes") or data.get("scope") or ()
+            if isinstance(scopes, str):
+                scopes = scopes.split()
+            return TokenGrant(
+                access_token=str(data["access_token"]),
+                refresh_token=str(data["refresh_token"]),
+                expires_in=int(data["expires_in"]),
+                hub_id=int(data["hub_id"]) if data.get("hub_id") is not None else None,
+                scopes=tuple(scopes),
+            )
+        except (KeyError, TypeError, ValueError):
+            return ConfigFault("unexpected_answer", status, "NO_TOKENS_IN_ANSWER")
+    if status == 429:
+        return RateLimited(_wait_after_429(response), str((data or {}).get("policyName") or ""))
+    if status in (408, 425):
+        return Retryable(f"HTTP {status}", status)
+    if status >= 500:
+        codes = _error_codes(data or {}, hide)
+        return ConfigFault("server_error", status, codes[0] if codes else "")
+    if data is None:
+        return ConfigFault("unexpected_answer", status, "NOT_JSON")
+    codes = _error_codes(data, hide)
+    error = codes[0] if codes else ""
+    if any("CLIENT" in code.upper() for code in codes):  # BAD_CLIENT_SECRET, invalid_client...
+        return ConfigFault("client_credentials", status, error)
+    message = str(data.get("message") or "")[:200]
+    if grant_type == "refresh_token":
+        if status == 401 or (status == 400 and "BAD_REFRESH_TOKEN" in {c.upper() for c in codes}):
+            return TokenRefused(status, error or "UNAUTHORIZED", message)
+    elif status in (400, 401):
+        return TokenRefused(status, error or "BAD_REQUEST", message)
+    if status == 400:
+        return ConfigFault("bad_request", status, error)
+    if status == 403:
+        return ConfigFault("forbidden", status, error)
+    return ConfigFault("unexpected_answer", status, error)
 
 
 def _classify(outcome: _Response) -> CallResult:

@@ -7,22 +7,33 @@ the refresh margin left, else it refreshes under a Redis lock shared by every po
 PostgreSQL once the lock is held (another pod may have refreshed already). HubSpot may rotate the
 refresh token on every refresh, so two pods refreshing at once would leave one with a dead token:
 hence the single flight, and the returned refresh token is always the one stored.
-A refresh answered 400/401 means the app was uninstalled: the portal is marked so, with the reason.
+
+Only a definitive, portal-specific signal uninstalls (contract §7): HubSpot's uninstall event, or
+this portal's refresh token refused (400 `BAD_REFRESH_TOKEN`, 401). Anything about the app itself
+(its client id or secret refused, a 403, a 5xx, a proxy's answer) is a configuration fault: the
+portal stays installed, its tokens are kept, `TokenUnavailable` makes its executions wait, and
+`ConfigFaultMonitor` (throttle/hubspot/config_fault.py) makes the fault visible until the next
+success.
+An uninstall disables the portal's tokens rather than deleting them: for UNINSTALL_GRACE_DAYS a
+mistaken uninstall can be undone (`restore`, or a reinstall); `purge_disabled_tokens` deletes them
+after.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from redis.exceptions import LockError
 
 from throttle.engine import keys
-from throttle.hubspot.client import HubSpotClient, TokenGrant, TokenRefused
+from throttle.hubspot.client import ConfigFault, HubSpotClient, TokenGrant, TokenRefused
+from throttle.hubspot.config_fault import PROBE_S, ConfigFaultMonitor, FaultRecord
 from throttle.hubspot.crypto import Sealed, TokenCipher
 from throttle.metrics import Metrics
 
@@ -35,6 +46,16 @@ class TokenUnavailable(Exception):
 
 class NotInstalled(TokenUnavailable):
     """No tokens were ever stored for this portal."""
+
+
+class ConfigFaultActive(TokenUnavailable):
+    """HubSpot's token endpoint refuses the app's configuration (not this portal): wait, keep
+    everything, and say what is wrong (the message names it; no secret in it)."""
+
+    def __init__(self, portal_id: int, fault: ConfigFault) -> None:
+        super().__init__(f"portal {portal_id}: no token refresh possible: {fault.describe()}")
+        self.portal_id = portal_id
+        self.fault = fault
 
 
 class PortalStopped(Exception):
@@ -69,6 +90,13 @@ class Installation:
     uninstalled_at: datetime | None
     hub_domain: str | None
     scopes: tuple[str, ...]
+    tokens_disabled_at: datetime | None = None
+    """Uninstalled with its tokens kept (disabled) since then: `restore` can still undo it."""
+
+
+RestoreResult = Literal["restored", "installed", "unknown", "no_tokens"]
+"""restored; already installed; never installed; uninstalled with its tokens already purged
+(or dropped before tokens were kept): only a reinstall brings it back."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +111,10 @@ def _ts(epoch: float) -> datetime:
 
 
 class TokenStore:
-    """The `hubspot_portals` and `oauth_tokens` tables (migration 0010)."""
+    """The `hubspot_portals` and `oauth_tokens` tables (migrations 0010, 0011).
+
+    A row of `oauth_tokens` with `disabled_at` set belongs to an uninstalled portal: kept for
+    the grace period, never handed out (`load`, `save_refreshed` skip it)."""
 
     def __init__(self, pool: Any, cipher: TokenCipher) -> None:
         self._pool = pool
@@ -122,7 +153,7 @@ class TokenStore:
                 ON CONFLICT (portal_id) DO UPDATE SET
                     key_id = $2, access_token = $3, refresh_token = $4, expires_at = $5,
                     lifetime_seconds = $6, refreshed_at = now(),
-                    generation = oauth_tokens.generation + 1
+                    generation = oauth_tokens.generation + 1, disabled_at = NULL
                 RETURNING generation
                 """,
                 portal_id,
@@ -152,7 +183,7 @@ class TokenStore:
             UPDATE oauth_tokens SET key_id = $2, access_token = $3, refresh_token = $4,
                 expires_at = $5, lifetime_seconds = $6, refreshed_at = now(),
                 generation = generation + 1
-            WHERE portal_id = $1
+            WHERE portal_id = $1 AND disabled_at IS NULL
             RETURNING generation
             """,
             portal_id,
@@ -177,7 +208,7 @@ class TokenStore:
         row = await self._pool.fetchrow(
             """
             SELECT key_id, access_token, refresh_token, expires_at, lifetime_seconds, generation
-            FROM oauth_tokens WHERE portal_id = $1
+            FROM oauth_tokens WHERE portal_id = $1 AND disabled_at IS NULL
             """,
             portal_id,
         )
@@ -193,17 +224,16 @@ class TokenStore:
         )
 
     async def installation(self, portal_id: int) -> Installation | None:
-        row = await self._pool.fetchrow(
-            "SELECT * FROM hubspot_portals WHERE portal_id = $1", portal_id
-        )
+        row = await self._pool.fetchrow(_INSTALLATIONS + " WHERE p.portal_id = $1", portal_id)
         return _installation(row) if row is not None else None
 
     async def installations(self) -> list[Installation]:
-        rows = await self._pool.fetch("SELECT * FROM hubspot_portals ORDER BY portal_id")
+        rows = await self._pool.fetch(_INSTALLATIONS + " ORDER BY p.portal_id")
         return [_installation(row) for row in rows]
 
     async def mark_uninstalled(self, portal_id: int, reason: str) -> bool:
-        """Record the uninstall and drop the tokens; True if the portal was installed until now."""
+        """Record the uninstall and disable the tokens (kept for the grace period, never handed
+        out); True if the portal was installed until now."""
         async with self._pool.acquire() as conn, conn.transaction():
             previous = await conn.fetchval(
                 "SELECT status FROM hubspot_portals WHERE portal_id = $1 FOR UPDATE", portal_id
@@ -220,8 +250,40 @@ class TokenStore:
                 portal_id,
                 reason,
             )
-            await conn.execute("DELETE FROM oauth_tokens WHERE portal_id = $1", portal_id)
+            await conn.execute(
+                "UPDATE oauth_tokens SET disabled_at = now() "
+                "WHERE portal_id = $1 AND disabled_at IS NULL",
+                portal_id,
+            )
         return bool(previous == "installed")
+
+    async def restore(self, portal_id: int) -> RestoreResult:
+        """Undo an uninstall within the grace period: the portal installed again, its kept tokens
+        enabled (the next refresh tells whether HubSpot still honours them)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            status = await conn.fetchval(
+                "SELECT status FROM hubspot_portals WHERE portal_id = $1 FOR UPDATE", portal_id
+            )
+            if status is None:
+                return "unknown"
+            if status == "installed":
+                return "installed"
+            enabled = await conn.execute(
+                "UPDATE oauth_tokens SET disabled_at = NULL "
+                "WHERE portal_id = $1 AND disabled_at IS NOT NULL",
+                portal_id,
+            )
+            if enabled.split()[-1] == "0":
+                return "no_tokens"
+            await conn.execute(
+                """
+                UPDATE hubspot_portals SET status = 'installed', uninstalled_at = NULL,
+                    uninstall_reason = NULL, updated_at = now()
+                WHERE portal_id = $1
+                """,
+                portal_id,
+            )
+        return "restored"
 
     async def rotate(self, chunk: int = 200) -> RotationReport:
         """Re-seal every row not under the newest key; afterwards older keys can be removed."""
@@ -263,6 +325,23 @@ class TokenStore:
                 return RotationReport(int(total), done, current)
 
 
+async def purge_disabled_tokens(pool: Any, grace_days: float) -> int:
+    """Delete the tokens of portals uninstalled more than `grace_days` ago (the dispatchers'
+    hourly pruning); the `hubspot_portals` row and its reason stay."""
+    result = await pool.execute(
+        "DELETE FROM oauth_tokens "
+        "WHERE disabled_at < now() - make_interval(secs => $1::float8 * 86400)",
+        float(grace_days),
+    )
+    return int(result.split()[-1])
+
+
+_INSTALLATIONS = """
+    SELECT p.*, t.disabled_at AS tokens_disabled_at
+    FROM hubspot_portals p LEFT JOIN oauth_tokens t USING (portal_id)
+"""
+
+
 def _installation(row: Any) -> Installation:
     return Installation(
         int(row["portal_id"]),
@@ -272,6 +351,7 @@ def _installation(row: Any) -> Installation:
         row["uninstalled_at"],
         row["hub_domain"],
         tuple(row["scopes"] or ()),
+        row["tokens_disabled_at"],
     )
 
 
@@ -287,6 +367,7 @@ class TokenManager:
         refresh_margin_s: float = 300.0,
         lock_timeout_s: float = 30.0,
         lock_wait_s: float = 5.0,
+        config_probe_s: float = PROBE_S,
     ) -> None:
         self._store = store
         self._client = client
@@ -297,10 +378,26 @@ class TokenManager:
         self._lock_wait = lock_wait_s
         self._cache: dict[int, StoredTokens] = {}
         self._local: dict[int, asyncio.Lock] = {}
+        self.faults = ConfigFaultMonitor(redis, metrics, probe_s=config_probe_s)
 
     @property
     def store(self) -> TokenStore:
         return self._store
+
+    def config_fault(self) -> FaultRecord | None:
+        """The configuration fault this process met last and has not seen cleared."""
+        return self.faults.active()
+
+    async def recheck(self) -> None:
+        """While the token endpoint refuses the app's configuration, ask it again (the refresh
+        that met the fault), so the fault clears once fixed even when no execution waits."""
+        record = self.faults.active()
+        if record is None or record.portal_id is None or self.faults.held() is not None:
+            return
+        portal_id = record.portal_id
+        with contextlib.suppress(TokenUnavailable, PortalStopped):
+            async with self._local.setdefault(portal_id, asyncio.Lock()):
+                await self._refresh_under_lock(portal_id, None, force=True)
 
     async def install(
         self, portal_id: int, grant: TokenGrant, hub_domain: str | None = None
@@ -350,7 +447,9 @@ class TokenManager:
         self._cache[portal_id] = stored
         return stored
 
-    async def _refresh_under_lock(self, portal_id: int, rejected: str | None) -> str:
+    async def _refresh_under_lock(
+        self, portal_id: int, rejected: str | None, force: bool = False
+    ) -> str:
         lock = self._redis.lock(
             keys.hubspot_token_lock(portal_id),
             timeout=self._lock_timeout,
@@ -361,7 +460,7 @@ class TokenManager:
             async with lock:
                 # Another pod may have refreshed while this one waited for the lock.
                 stored = await self._load(portal_id)
-                if self._usable(stored, rejected):
+                if not force and self._usable(stored, rejected):
                     return stored.access_token
                 return await self._refresh(stored, rejected)
         except LockError:
@@ -370,21 +469,33 @@ class TokenManager:
     async def _refresh(self, stored: StoredTokens, rejected: str | None) -> str:
         portal_id = stored.portal_id
         now = time.time()
-        result = await self._client.refresh_token(stored.refresh_token)
+        # While the app's configuration is refused, one call per probe interval asks again.
+        held = self.faults.held()
+        result = held or await self._client.refresh_token(stored.refresh_token)
         match result:
             case TokenGrant():
                 saved = await self._store.save_refreshed(portal_id, result, now)
                 self._count("ok")
+                await self.faults.clear()
                 if saved is None:
                     raise PortalStopped(portal_id, "uninstalled while refreshing")
                 self._cache[portal_id] = saved
                 log.info("portal %s: access token refreshed", portal_id)
                 return saved.access_token
             case TokenRefused(status=status, error=error):
+                # This portal's refresh token, definitively: the app was uninstalled there.
                 reason = f"uninstalled: refresh token refused (HTTP {status} {error})"
                 self._count("refused")
                 await self.uninstall(portal_id, reason, cause="refresh_refused")
                 raise PortalStopped(portal_id, reason)
+            case ConfigFault():
+                # The app's own configuration: nobody is uninstalled, nothing is dropped.
+                if held is None:
+                    self._count("config_fault")
+                    await self.faults.report(result, portal_id)
+                if stored.expires_at > time.time() + 1 and stored.access_token != rejected:
+                    return stored.access_token
+                raise ConfigFaultActive(portal_id, result)
             case _:
                 self._count("error")
                 log.warning("portal %s: token refresh failed, will retry", portal_id)

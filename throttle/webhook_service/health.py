@@ -3,7 +3,10 @@
 `/healthz` says only that the process answers (a restart would not fix Redis being down).
 `/readyz` says whether this pod can take HubSpot's traffic: Redis answers, the engine's scripts
 are loaded and the policy table has been read once — otherwise the ingress should send the request
-to another pod. `/metrics` renders the process' own registry (never the global default one).
+to another pod. It also names `faults` outside the pod that stop completions — HubSpot refusing the
+app's own configuration (the client secret, a proxy; shared by whichever process met it) — without
+failing readiness: this pod still queues HubSpot's executions correctly, and they are completed
+once the fault is fixed. `/metrics` renders the process' own registry (never the global one).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from throttle.engine.scripts import ENGINE_SCRIPTS, lua_source
+from throttle.hubspot.config_fault import read_shared
 from throttle.webhook_service.appkeys import METRICS, POLICY_INDEX, QUEUE, REDIS
 
 log = logging.getLogger(__name__)
@@ -74,8 +78,16 @@ async def readyz(request: web.Request) -> web.Response:
     checks["scripts"] = await _check_scripts(request) if checks["redis"] == "ok" else "unknown"
     checks["policies"] = "ok" if request.app[POLICY_INDEX].revision >= 0 else "not loaded yet"
     ready = all(value == "ok" for value in checks.values())
+    faults: dict[str, str] = {}
+    if checks["redis"] == "ok":
+        try:
+            record = await asyncio.wait_for(read_shared(request.app[REDIS]), READY_TIMEOUT_S)
+        except TimeoutError:
+            record = None
+        if record is not None:
+            faults["hubspot_config"] = record.summary()
     return web.json_response(
-        {"status": "ready" if ready else "not ready", "checks": checks},
+        {"status": "ready" if ready else "not ready", "checks": checks, "faults": faults},
         status=200 if ready else 503,
     )
 

@@ -11,8 +11,12 @@
 - `POST /api/hubspot/uninstall`: HubSpot documents no uninstall payload, so this endpoint takes
   its webhook shape: a JSON array (or one object) of events `{subscriptionType: "app.uninstall",
   portalId, appId?, ...}`, signed like HubSpot's other calls (v3, else v2; the webhook's
-  verifier). Each such portal is marked uninstalled with the reason; the dispatcher then stops it
-  and records its queued executions as failed with that reason.
+  verifier). Each such portal is marked uninstalled with the reason (its tokens kept, disabled,
+  for UNINSTALL_GRACE_DAYS); the dispatcher then stops it and records its queued executions as
+  failed with that reason.
+- A code exchange HubSpot refuses for the app's own configuration (client secret, a proxy) is
+  recorded as a configuration fault (/readyz, metrics, `throttle doctor`); the page tells the
+  portal's admin only that it is not their doing.
 
 Codes and tokens never reach a log line or a page.
 """
@@ -28,6 +32,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from throttle.hubspot.client import (
+    ConfigFault,
     HubSpotClient,
     RateLimited,
     Retryable,
@@ -133,10 +138,26 @@ async def callback(request: web.Request) -> web.StreamResponse:
         _count(request, "exchange_failed")
         log.warning("OAuth code exchange refused: HTTP %s %s", grant.status, grant.error)
         return _page(request, 400, "Install refused", f"HubSpot refused the code ({grant.error})")
+    if isinstance(grant, ConfigFault):
+        # About this deployment, not the install: recorded where operators look (/readyz,
+        # metrics, doctor); the page says only that it is not the admin's doing.
+        _count(request, "exchange_failed")
+        await tokens.faults.report(grant)
+        if grant.kind == "server_error":
+            return _page(request, 502, "HubSpot unavailable", "try the install again in a minute")
+        return _page(
+            request,
+            502,
+            "Install failed",
+            "HubSpot (or something on the way to it) refused this Throttle deployment's app "
+            "configuration; its operators can see why. Try the install again once they have "
+            "fixed it.",
+        )
     if isinstance(grant, Retryable | RateLimited):
         _count(request, "exchange_failed")
         return _page(request, 502, "HubSpot unavailable", "try the install again in a minute")
     assert isinstance(grant, TokenGrant)
+    await tokens.faults.clear()
     portal_id, hub_domain = grant.hub_id, None
     info = await client.introspect(grant.access_token)
     if isinstance(info, TokenInfo):

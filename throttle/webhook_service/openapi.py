@@ -156,6 +156,13 @@ def document() -> dict[str, Any]:
             "properties": {
                 "status": {"type": "string", "enum": ["ready", "not ready"]},
                 "checks": {"type": "object", "additionalProperties": {"type": "string"}},
+                "faults": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string"},
+                    "description": "What stops completions outside this pod (e.g. "
+                    "hubspot_config: HubSpot refuses the app's client secret); not a readiness "
+                    "failure.",
+                },
             },
         },
     }

@@ -2,7 +2,9 @@
 
 A scenario's `act` runs while HubSpot's traffic for its portal flows: it waits until the system
 is mid-work (executions held by dispatchers, requests in flight), breaks one thing, and repairs
-it the way an operator or Kubernetes would. `run` then lets the backlog drain and judges.
+it the way an operator or Kubernetes would. `run` then lets the backlog drain and judges. What an
+act checks itself while the fault lasts and finds broken, it returns as a note starting with
+`UNMET`: the row fails on it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from throttle.engine.queue_status import StatusReader
 from throttle_dev.chaos.harness import FaultRow, Harness, Rate, Traffic
 
 Act = Callable[[Harness, int, str], Awaitable[list[str]]]
+UNMET = "unmet: "
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,56 @@ async def simulator_429_storm(h: Harness, portal: int, policy: str) -> list[str]
     return ["HubSpot answers every completion call of the portal 429 for 10 s"]
 
 
+async def refuse_client_secret(h: Harness, portal: int, policy: str) -> list[str]:
+    """HubSpot's token endpoint refuses the app's client secret (rotated in HubSpot before the
+    deployment, a stray newline in a Secret: 400 BAD_CLIENT_SECRET, the status a dead refresh
+    token gets too) for two token lifetimes mid-traffic, then accepts it again. Nobody may be
+    uninstalled, every held execution must wait and complete once it is over, and the fault
+    must be named while it lasts: the webhook's /readyz, the dispatchers' /healthz and
+    `throttle_hubspot_config_fault`, `throttle doctor`."""
+    await _completed_at_least(h, portal, 10)
+    window = 2.0 * h.token_ttl_s
+    await h.faults(reject_client_secret_seconds=window)
+    ends = time.monotonic() + window
+    notes = [
+        f"HubSpot refuses the app's client secret for {window:.0f} s (two token lifetimes) "
+        "mid-traffic, then accepts it again"
+    ]
+
+    async def readyz_fault() -> str:
+        return str((await h.readyz()).get("faults", {}).get("hubspot_config", ""))
+
+    async def named() -> bool:
+        return "BAD_CLIENT_SECRET" in await readyz_fault()
+
+    if await _until(named, timeout_s=window):
+        seen = await h.dispatchers_seen()
+        if not any(
+            "BAD_CLIENT_SECRET" in health.get("faults", {}).get("hubspot_config", "")
+            and 'throttle_hubspot_config_fault{kind="client_credentials"} 1.0' in metrics
+            for health, metrics in seen
+        ):
+            notes.append(UNMET + "no dispatcher's /healthz and metrics named the fault")
+        code, out = await h.doctor()
+        if code != 1 or "hubspot app" not in out or "BAD_CLIENT_SECRET" not in out:
+            notes.append(UNMET + f"`throttle doctor` did not name the fault (exit {code})")
+    else:
+        notes.append(UNMET + "/readyz never named the fault while it lasted")
+    await asyncio.sleep(max(0.0, ends - time.monotonic()))
+    report = await h.report(portal)
+    held = int(report["blocked"]) - int(report["completed"])
+    notes.append(f"{held} executions held when the secret was accepted again")
+    if held <= 0:
+        notes.append(UNMET + "nothing was held: the fault never stopped a completion")
+
+    async def cleared() -> bool:
+        return not await readyz_fault()
+
+    if not await _until(cleared, timeout_s=90.0):
+        notes.append(UNMET + "/readyz still names the fault 90 s after it was fixed")
+    return notes
+
+
 async def revoke_token(h: Harness, portal: int, policy: str) -> list[str]:
     await _completed_at_least(h, portal, 30)
     await h.revoke(portal)
@@ -163,6 +216,16 @@ FAULTS: list[Scenario] = [
         "HubSpot: portal's token revoked",
         revoke_token,
         expect_failures=True,
+    ),
+    Scenario(
+        "client-secret-refused",
+        "HubSpot: app's client secret refused",
+        refuse_client_secret,
+        # Enrollments keep arriving through the fault (50 s at 6/s): some complete before it,
+        # the rest are held while the token expires, and all complete after.
+        traffic=Traffic(executions=300, rate_per_s=6.0),
+        rate=Rate(limit=10, period_s=1, burst=5),
+        settle_s=150.0,
     ),
     Scenario(
         "hubspot-latency",
@@ -194,7 +257,7 @@ FAULTS: list[Scenario] = [
         slow=True,
         traffic=Traffic(executions=900, rate_per_s=15.0),
         rate=Rate(limit=10, period_s=1, burst=5),
-        settle_s=180.0,
+        settle_s=150.0,
     ),
 ]
 
@@ -240,7 +303,8 @@ async def run(h: Harness, scenario: Scenario) -> FaultRow:
     row = await h.judge(
         scenario.title, portal, policy, scenario.rate, result, scenario.expect_failures
     )
-    row.notes = notes + row.notes
+    row.unmet += [n.removeprefix(UNMET) for n in notes if n.startswith(UNMET)]
+    row.notes = [n for n in notes if not n.startswith(UNMET)] + row.notes
     if not settled:
         row.notes.append(f"still open {scenario.settle_s:.0f} s after the traffic ended")
     row.elapsed_s = round(time.monotonic() - started, 1)

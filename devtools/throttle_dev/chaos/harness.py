@@ -26,6 +26,9 @@ POLICY_REFRESH_WAIT_S = 3.0
 """Webhook pods reload policies every 2 s: wait this long after writing one."""
 INSTALL_REFRESH_WAIT_S = 6.5
 """Webhook pods reload installed portals every 5 s."""
+TOKEN_TTL_S = 20
+"""Access tokens the simulator hands out live this long (HubSpot's: 1800 s), so a fault can
+outlast a token's life within a scenario; dispatchers refresh them at half-life."""
 FIRST_PORTAL = 910001
 SECRET_SETTINGS = (
     "hubspot_client_secret",
@@ -72,6 +75,10 @@ class FaultRow:
     answers: dict[str, int] = field(default_factory=dict)
     gave_up: int = 0
     secrets_in_logs: list[str] = field(default_factory=list)
+    uninstalled: str | None = None
+    """The portal's uninstall reason, if the run uninstalled it."""
+    unmet: list[str] = field(default_factory=list)
+    """Promises the scenario checked itself while the fault lasted, and found broken."""
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
     expect_failures: bool = False
@@ -95,6 +102,9 @@ class FaultRow:
             found.append("no execution was blocked: the scenario tested nothing")
         if self.secrets_in_logs:
             found.append(f"secrets in logs: {', '.join(self.secrets_in_logs)}")
+        if self.uninstalled and not self.expect_failures:
+            found.append(f"the portal was uninstalled ({self.uninstalled})")
+        found += self.unmet
         return found
 
     @property
@@ -112,13 +122,16 @@ class Harness:
         lease_seconds: float = 8.0,
         keep: bool = False,
         webhooks: int = 1,
+        token_ttl_s: int = TOKEN_TTL_S,
     ) -> None:
+        self.token_ttl_s = token_ttl_s
         self.stack = Stack(
             StackConfig(
                 root=root,
                 dispatchers=dispatchers,
                 keep_data=keep,
                 webhooks=webhooks,
+                simulator_args=["--token-ttl", str(token_ttl_s)],
                 settings={
                     # Held executions of a killed dispatcher come back after the lease: short
                     # here so the suite runs in minutes (the chart's default is 60 s).
@@ -211,6 +224,7 @@ class Harness:
             latency_ms=0.0,
             storm_until=0.0,
             completion_answer_delay_ms=0.0,
+            reject_client_secret_until=0.0,
         )
 
     async def revoke(self, portal: int) -> None:
@@ -249,6 +263,53 @@ class Harness:
         finally:
             await conn.close()
         return {r["callback_id"]: r["reason"] for r in rows}
+
+    async def uninstall_reason(self, portal: int) -> str | None:
+        """Why the portal is uninstalled (PostgreSQL), or None while it is installed."""
+        import asyncpg
+
+        conn = await asyncpg.connect(self.stack.database_url, timeout=5)
+        try:
+            row = await conn.fetchrow(
+                "SELECT status, uninstall_reason FROM hubspot_portals WHERE portal_id = $1", portal
+            )
+        finally:
+            await conn.close()
+        if row is None or row["status"] == "installed":
+            return None
+        return str(row["uninstall_reason"] or "no reason recorded")
+
+    async def readyz(self) -> dict[str, Any]:
+        """The webhook's /readyz body (its `faults` name what stops completions)."""
+        async with self.http.get(f"{self.stack.webhook_url}/readyz") as r:
+            body: dict[str, Any] = await r.json()
+            return body
+
+    async def dispatchers_seen(self) -> list[tuple[dict[str, Any], str]]:
+        """Each running dispatcher's /healthz body and /metrics text."""
+        seen = []
+        for name in self.stack.dispatcher_names:
+            component = self.stack.components[name]
+            if not component.running:
+                continue
+            base = f"http://127.0.0.1:{component.port}"
+            async with self.http.get(base + "/healthz") as r:
+                health = await r.json()
+            async with self.http.get(base + "/metrics") as r:
+                seen.append((health, await r.text()))
+        return seen
+
+    async def doctor(self) -> tuple[int, str]:
+        """`throttle doctor`, as an operator runs it: exit code and what it printed."""
+        proc = await asyncio.create_subprocess_exec(
+            *throttle_argv("doctor"),
+            env={**self.stack.environment(), "COLUMNS": "250"},
+            cwd=self.stack.root,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 120)
+        return int(proc.returncode or 0), out.decode(errors="replace")
 
     async def recover(self) -> str:
         """`throttle recover`, as an operator runs it after losing Redis."""
@@ -342,6 +403,7 @@ class Harness:
             row.notes.append(f"{len(completed) - len(completed_ids)} callbacks completed twice")
             row.duplicates += len(completed) - len(completed_ids)
         row.secrets_in_logs = self.secrets_in_logs()
+        row.uninstalled = await self.uninstall_reason(portal)
         return row
 
     def secrets_in_logs(self) -> list[str]:

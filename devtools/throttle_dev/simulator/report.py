@@ -8,6 +8,7 @@
 - never_completed: blocked callbacks still open (not yet expired) when the report was made
 - late: completion attempts after expiry; unknown: attempts naming callbacks the portal never had
 - requests / rate_limited / server_errors: API calls, 429s and 5xx answers
+- refreshes / client_refusals: token refreshes granted, and refused for the app's client secret
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class PortalReport:
     server_errors: int = 0
     unauthorized: int = 0
     refreshes: int = 0
+    client_refusals: int = 0
     max_in_window: int = 0
     wait_p50_s: float = 0.0
     wait_p95_s: float = 0.0
@@ -102,6 +104,7 @@ def build_report(sim: Simulator) -> SimReport:
         r.server_errors = stats.server_errors
         r.unauthorized = stats.unauthorized
         r.refreshes = stats.refreshes
+        r.client_refusals = stats.client_refusals
         r.max_in_window = stats.max_in_window
     for portal_id, values in waits.items():
         r = rows[portal_id]

@@ -4,7 +4,8 @@ per-portal rate limits, and an admin API under `/_sim` for tests, the demo and b
 `create_simulator_app(config)` is the factory; the `Simulator` it drives is at `app[SIMULATOR]`.
 Admin API (JSON):
 - `GET /_sim/report` (`?format=text` for the table), `GET /_sim/completions?portalId=`
-- `GET|POST /_sim/faults` (partial update; `storm_seconds` starts a 429 storm now)
+- `GET|POST /_sim/faults` (partial update; `storm_seconds` starts a 429 storm now,
+  `reject_client_secret_seconds` refuses the app's client secret at the token endpoint for a while)
 - `POST /_sim/portals` `{portalId, scopes?}` → tokens, as if the portal had installed the app
 - `POST /_sim/revoke` `{portalId, accessTokens?}` → revokes the portal's refresh tokens
 - `POST /_sim/callbacks` `{callbacks:[{callbackId, portalId, expiresInSeconds?}]}` → blocked

@@ -21,7 +21,9 @@ What completing a callback answers (the contract leaves it open):
   (calls answered 429 count too), 429 with HubSpot's body and `X-HubSpot-RateLimit-*` headers.
 - OAuth: codes are single use and bound to their `redirect_uri`; refresh tokens rotate on every
   refresh (the old one dies); token responses carry no `hub_id`; a revoked refresh token answers
-  400 `BAD_REFRESH_TOKEN`; access tokens stay valid until they expire.
+  400 `BAD_REFRESH_TOKEN`; access tokens stay valid until they expire. A client id or secret the
+  app does not have answers 400 `BAD_CLIENT_ID` / `BAD_CLIENT_SECRET` (the same status as a dead
+  refresh token: only the body tells the app's fault from the portal's).
 """
 
 from __future__ import annotations
@@ -57,13 +59,21 @@ class Faults:
     """Until this epoch time every completion call of `storm_portals` answers 429."""
     storm_portals: list[int] | None = None
     """Portals the 429 storm hits; None means every portal."""
+    reject_client_secret_until: float = 0.0
+    """Until this epoch time the token endpoint refuses the app's client secret as HubSpot
+    refuses one it does not hold (a secret rotated in HubSpot before the deployment, a stray
+    newline in a Secret): 400 `BAD_CLIENT_SECRET`, for refreshes and code exchanges alike.
+    Harsh: the status is the one a revoked refresh token gets, so only the body tells them
+    apart. Nothing is consumed (codes and refresh tokens stay valid)."""
 
     def update(self, changes: dict[str, Any]) -> None:
         """Validate every change first, then apply them all (a bad one changes nothing)."""
         parsed: dict[str, Any] = {}
         for name, value in changes.items():
-            if name == "storm_seconds":
-                parsed["storm_until"] = time.time() + float(value)
+            if name in ("storm_seconds", "reject_client_secret_seconds"):
+                if float(value) < 0:
+                    raise ValueError(f"{name} must not be negative")
+                parsed[name.replace("_seconds", "_until")] = time.time() + float(value)
             elif name == "storm_portals":
                 parsed[name] = None if value is None else [int(p) for p in value]
             elif name == "error_status":
@@ -74,7 +84,12 @@ class Faults:
                 if not 0.0 <= float(value) <= 1.0:
                     raise ValueError(f"{name} must be between 0 and 1")
                 parsed[name] = float(value)
-            elif name in ("latency_ms", "storm_until", "completion_answer_delay_ms"):
+            elif name in (
+                "latency_ms",
+                "storm_until",
+                "completion_answer_delay_ms",
+                "reject_client_secret_until",
+            ):
                 if float(value) < 0:
                     raise ValueError(f"{name} must not be negative")
                 parsed[name] = float(value)
@@ -192,6 +207,8 @@ class PortalStats:
     """Completion attempts naming a callback this portal never had."""
     refreshes: int = 0
     refresh_failures: int = 0
+    client_refusals: int = 0
+    """Refreshes of this portal's token refused for the app's client secret (not the portal)."""
     max_in_window: int = 0
 
 
@@ -247,9 +264,14 @@ class Simulator:
         return self.stats.setdefault(portal_id, PortalStats())
 
     def set_faults(self, **changes: Any) -> Faults:
-        """Change faults; `storm_seconds=n` starts a 429 storm of n seconds now (simulator time)."""
-        if "storm_seconds" in changes:
-            changes["storm_until"] = self.now() + float(changes.pop("storm_seconds"))
+        """Change faults; `storm_seconds=n` starts a 429 storm of n seconds now (simulator time),
+        `reject_client_secret_seconds=n` refuses the app's client secret for n seconds from now."""
+        for name in ("storm_seconds", "reject_client_secret_seconds"):
+            if name in changes:
+                seconds = float(changes.pop(name))
+                if seconds < 0:
+                    raise ValueError(f"{name} must not be negative")
+                changes[name.replace("_seconds", "_until")] = self.now() + seconds
         self.faults.update(changes)
         return self.faults
 
@@ -286,10 +308,15 @@ class Simulator:
         """POST /oauth/v1/token with a form already parsed."""
         if form.get("client_id") != self.config.client_id:
             raise ApiError(400, oauth_error("BAD_CLIENT_ID", "missing or unknown client id"))
-        if form.get("client_secret") != self.config.client_secret:
+        now = self.now()
+        if form.get("client_secret") != self.config.client_secret or (
+            now < self.faults.reject_client_secret_until
+        ):
+            refresh = self.refresh_tokens.get(form.get("refresh_token", ""))
+            if refresh is not None:
+                self.portal(refresh.portal_id).client_refusals += 1
             raise ApiError(400, oauth_error("BAD_CLIENT_SECRET", "client secret does not match"))
         grant = form.get("grant_type")
-        now = self.now()
         if grant == "authorization_code":
             code = self.codes.get(form.get("code", ""))
             if code is None or code.used or code.expires_at < now:
