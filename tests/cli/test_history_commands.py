@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from click.testing import CliRunner
 
-from tests.engine.helpers import item, policy
+from tests.fixtures.builders import item, policy
 from throttle.cli.main import main
 from throttle.dispatcher.service import run_dispatcher
 from throttle.engine.queue import Queue

@@ -13,7 +13,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from tests.engine.helpers import RecordingCompleter, Simulation, item, policy
+from tests.fixtures.builders import item, policy
+from tests.fixtures.simulation import RecordingCompleter, Simulation
 from throttle.dispatcher.complete import CompletionResult
 from throttle.dispatcher.drain import Dispatcher
 from throttle.engine import keys
@@ -157,7 +158,7 @@ async def test_killed_dispatcher_leases_are_released_by_another(
         [
             sys.executable,
             "-m",
-            "tests.engine.stalling_dispatcher",
+            "tests.fixtures.stalling_dispatcher",
             redis_server.url,
             str(shard),
             "2",

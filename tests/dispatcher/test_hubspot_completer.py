@@ -11,77 +11,19 @@ from typing import Any
 
 import aiohttp
 
-from tests.engine.helpers import item as queue_item
-from tests.engine.helpers import policy
+from tests.fixtures.builders import item as queue_item
+from tests.fixtures.builders import policy
+from tests.fixtures.hubspot_completion import drain, released, setup
 from tests.fixtures.hubspot_simulator import RunningSimulator, StartSimulator
-from throttle.dispatcher.complete import CompletionResult
 from throttle.dispatcher.drain import ALREADY_COMPLETED_NOTE, Dispatcher
 from throttle.dispatcher.hubspot_completer import HubSpotCompleter
 from throttle.engine.policy import Policy
 from throttle.engine.queue import Queue, Released
 from throttle.engine.registry import reconcile
 from throttle.hubspot.budget import PortalBudget
-from throttle.hubspot.client import HubSpotClient, TokenGrant
+from throttle.hubspot.client import HubSpotClient
 from throttle.hubspot.tokens import TokenManager, TokenStore
 from throttle.metrics import Metrics
-
-
-def released(portal_id: int, n: int, prefix: str = "cb") -> list[Released]:
-    return [
-        Released(f"{prefix}-{portal_id}-{i}", portal_id, "enrich", "shared", time.time(), 0, 12.4)
-        for i in range(n)
-    ]
-
-
-async def setup(
-    running: RunningSimulator,
-    store: TokenStore,
-    session: aiohttp.ClientSession,
-    redis: Any,
-    portal_id: int,
-    items: Sequence[Released],
-    budget: int = 100,
-    window_s: float = 10.0,
-    metrics: Metrics | None = None,
-) -> HubSpotCompleter:
-    grant = running.sim.issue_tokens(portal_id)
-    await store.save(
-        portal_id,
-        TokenGrant(grant["access_token"], grant["refresh_token"], grant["expires_in"]),
-    )
-    for item in items:
-        running.sim.add_blocked(item.callback_id, portal_id)
-    client = HubSpotClient(session, running.url, "sim-client-id", "sim-client-secret")
-    tokens = TokenManager(store, client, redis, metrics)
-    return HubSpotCompleter(
-        client, tokens, PortalBudget(redis, budget, window_s), metrics, max_budget_wait_s=0.2
-    )
-
-
-async def drain(
-    completer: HubSpotCompleter, portal_id: int, items: Sequence[Released], rounds: int = 50
-) -> tuple[set[str], dict[str, str], list[CompletionResult]]:
-    """What a dispatcher does: complete, put retries back (taken again: one more attempt),
-    honour retry_after. Done = completed, by this call or an earlier one whose answer was lost."""
-    by_id = {i.callback_id: i for i in items}
-    todo = list(items)
-    done: set[str] = set()
-    failed: dict[str, str] = {}
-    results = []
-    for _ in range(rounds):
-        if not todo:
-            break
-        result = await completer.complete(portal_id, todo)
-        results.append(result)
-        done.update(result.completed)
-        done.update(result.already_completed)
-        failed.update(result.failed)
-        for i in result.retry:
-            by_id[i] = replace(by_id[i], attempts=by_id[i].attempts + 1)
-        todo = [by_id[i] for i in result.retry]
-        if todo:
-            await asyncio.sleep(result.retry_after)
-    return done, failed, results
 
 
 async def test_1000_callbacks_in_10_requests(

@@ -9,8 +9,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.fixtures.hubspot_completion import drain, released, setup
 from tests.fixtures.hubspot_simulator import StartSimulator
-from tests.hubspot.test_completer import drain, released, setup
 from throttle.hubspot.tokens import TokenStore
 
 pytestmark = pytest.mark.chaos

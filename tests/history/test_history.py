@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 from prometheus_client import CollectorRegistry
 
-from tests.engine.helpers import item, policy
+from tests.fixtures.builders import item, policy
 from throttle.dispatcher.history_writer import HistoryWriter
 from throttle.engine import keys
 from throttle.engine.queue import Queue

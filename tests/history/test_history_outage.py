@@ -10,7 +10,8 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.engine.helpers import RecordingCompleter, item, policy
+from tests.fixtures.builders import item, policy
+from tests.fixtures.simulation import RecordingCompleter
 from throttle.dispatcher.drain import Dispatcher
 from throttle.dispatcher.history_writer import HistoryWriter
 from throttle.engine.queue import Queue

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from tests.fixtures.hubspot_simulator import StartSimulator
-from tests.hubspot.conftest import new_key
+from tests.fixtures.hubspot_tokens import new_key
 from throttle.hubspot.client import HubSpotClient, TokenGrant
 from throttle.hubspot.crypto import CryptoError, TokenCipher, UnknownKeyError
 from throttle.hubspot.tokens import NotInstalled, PortalStopped, TokenManager, TokenStore

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.core import NotSet
 
-from tests.security.conftest import ACTION_PATH, OPTIONS_PATH, LiveWebhook, dumps, execution
+from tests.fixtures.live_webhook import ACTION_PATH, OPTIONS_PATH, LiveWebhook, dumps, execution
 from throttle.webhook_service.openapi import document
 
 SIGNED_PATHS = (ACTION_PATH, OPTIONS_PATH)

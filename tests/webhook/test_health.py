@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from prometheus_client import CollectorRegistry, generate_latest
 
-from tests.webhook.conftest import PORTAL, StartWebhook, Webhook, execution, policy
+from tests.fixtures.webhook import PORTAL, StartWebhook, Webhook, execution, policy
 from throttle.metrics import Metrics
 from throttle.webhook_service.app import AccessLogger
 from throttle.webhook_service.appkeys import POLICY_INDEX, QUEUE

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
 from tests.fixtures.hubspot_simulator import StartSimulator
-from tests.webhook.conftest import (
+from tests.fixtures.webhook import (
     ACTION_DEF,
     ACTION_PATH,
     PORTAL,
