@@ -1,52 +1,47 @@
-"""`throttle dispatcher` and `throttle recover` as their commands wire them."""
+"""`throttle migrate`, `throttle recover` and `throttle history` as their commands wire them."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from click.testing import CliRunner
 
 from tests.fixtures.builders import item, policy
 from throttle.cli.main import main
-from throttle.dispatcher.service import run_dispatcher
+from throttle.dispatcher.history_writer import HistoryWriter
 from throttle.engine.queue import Queue
 from throttle.engine.registry import reconcile
-from throttle.history.store import migrate
+from throttle.history.migrations import migrate, migration_files
+from throttle.history.pool import create_pool
+from throttle.metrics import Metrics
 from throttle.settings import Settings
-from throttle_dev.localenv import free_port
 
 
-async def test_dispatcher_serves_health_and_metrics(
-    make_settings: Callable[..., Settings], redis: Any
+async def copy_history(redis: Any, database_url: str) -> None:
+    """What a dispatcher's history writer does between two commands: events into PostgreSQL."""
+    writer = HistoryWriter(redis, lambda: create_pool(database_url), Metrics())
+    await writer.ensure_groups()
+    await writer.step()
+    await writer.close()
+
+
+async def test_migrate_command_applies_each_migration_once(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = make_settings(metrics_port=free_port(), host="127.0.0.1")
-    assert settings.database_url is not None
-    await migrate(settings.database_url)
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_dispatcher(settings, stop, handle_signals=False))
-    base = f"http://127.0.0.1:{settings.metrics_port}"
-    try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(100):
-                try:
-                    async with session.get(f"{base}/healthz") as response:
-                        assert response.status == 200
-                        break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.1)
-            else:
-                pytest.fail("dispatcher never listened")
-            async with session.get(f"{base}/metrics") as response:
-                text = await response.text()
-        assert "throttle_take_duration_seconds" in text
-        assert "throttle_history_events_written_total" in text
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    monkeypatch.chdir(tmp_path)  # no stray .env from the working folder
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    runner = CliRunner()
+    first = await asyncio.to_thread(runner.invoke, main, ["migrate"])
+    assert first.exit_code == 0, first.output
+    shipped = [f"applied {v:04d}_{name}" for v, name, _ in migration_files()]
+    assert first.output.splitlines() == shipped
+    again = await asyncio.to_thread(runner.invoke, main, ["migrate"])
+    assert again.exit_code == 0, again.output
+    assert again.output.strip() == "database is up to date"
 
 
 async def test_recover_command(
@@ -62,14 +57,7 @@ async def test_recover_command(
     p = policy()
     await reconcile(queue, p)
     await queue.enqueue(item("cb-1"), p)
-    from throttle.dispatcher.history_writer import HistoryWriter
-    from throttle.history.store import create_pool
-    from throttle.metrics import Metrics
-
-    writer = HistoryWriter(redis, lambda: create_pool(settings.database_url or ""), Metrics())
-    await writer.ensure_groups()
-    await writer.step()
-    await writer.close()
+    await copy_history(redis, settings.database_url)
     runner = CliRunner()
     result = await asyncio.to_thread(runner.invoke, main, ["recover"])
     assert result.exit_code == 0, result.output
@@ -88,14 +76,7 @@ async def test_history_command_shows_a_timeline(
     await reconcile(queue, p)
     await queue.enqueue(item("cb-hist"), p)
     await queue.ack((await queue.take()).released)
-    from throttle.dispatcher.history_writer import HistoryWriter
-    from throttle.history.store import create_pool
-    from throttle.metrics import Metrics
-
-    writer = HistoryWriter(redis, lambda: create_pool(settings.database_url or ""), Metrics())
-    await writer.ensure_groups()
-    await writer.step()
-    await writer.close()
+    await copy_history(redis, settings.database_url)
     runner = CliRunner()
     one = await asyncio.to_thread(
         runner.invoke, main, ["history", "--portal", "7", "--callback", "cb-hist"]

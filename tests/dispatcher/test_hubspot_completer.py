@@ -422,7 +422,8 @@ async def test_a_batch_without_an_answer_is_requeued_and_its_resend_is_completed
     """No answer before the batch's deadline: its outcome is unknown, so it goes back to its
     queue (never "failed"); HubSpot had applied it, and the re-send is recorded completed."""
     from throttle.dispatcher.history_writer import HistoryWriter
-    from throttle.history.store import create_pool, migrate
+    from throttle.history.migrations import migrate
+    from throttle.history.pool import create_pool
 
     p = policy(name="lost", portal=17, rate={"limit": 1000, "period": "1s", "burst": 1000})
     queue = Queue(redis, lease_seconds=5.0)

@@ -13,7 +13,10 @@ from throttle.dispatcher.history_writer import HistoryWriter
 from throttle.engine import keys
 from throttle.engine.queue import Queue
 from throttle.engine.registry import reconcile
-from throttle.history.store import create_pool, migrate, pending_migrations, prune, recover
+from throttle.history.migrations import migrate, pending_migrations
+from throttle.history.pool import create_pool
+from throttle.history.pruning import prune
+from throttle.history.recovery import recover
 from throttle.metrics import Metrics
 
 

@@ -16,7 +16,8 @@ from throttle.dispatcher.drain import Dispatcher
 from throttle.dispatcher.history_writer import HistoryWriter
 from throttle.engine.queue import Queue
 from throttle.engine.registry import reconcile
-from throttle.history.store import create_pool, migrate
+from throttle.history.migrations import migrate
+from throttle.history.pool import create_pool
 from throttle.metrics import Metrics
 from throttle_dev.localenv import PostgresServer
 

@@ -8,7 +8,7 @@ import pytest
 
 from tests.fixtures.webhook import PORTAL, StartWebhook, Webhook, execution
 from throttle.engine import keys
-from throttle.history.store import migrate
+from throttle.history.migrations import migrate
 from throttle.webhook_service.appkeys import POLICY_INDEX, POLICY_STORE, QUEUE
 
 

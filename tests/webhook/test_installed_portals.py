@@ -8,7 +8,7 @@ import asyncpg
 
 from tests.fixtures.webhook import PORTAL, StartWebhook, execution, policy
 from throttle.engine import keys
-from throttle.history.store import migrate
+from throttle.history.migrations import migrate
 from throttle.webhook_service.appkeys import INSTALLED, QUEUE
 
 

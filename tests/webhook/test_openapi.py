@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.webhook import Webhook, settings_env
-from throttle.history.store import migrate
+from throttle.history.migrations import migrate
 from throttle.settings import Settings
 from throttle.webhook_service.errors import no_route
 from throttle.webhook_service.openapi import document
