@@ -12,6 +12,6 @@ pytest_plugins = [
     "tests.fixtures.hubspot_tokens",
     "tests.fixtures.webhook",
     "tests.fixtures.live_webhook",
-    "tests.fixtures.operator",
+    "tests.fixtures.operator_thread",
     "tests.fixtures.helm_chart",
 ]

@@ -13,7 +13,7 @@ import aiohttp
 
 from tests.fixtures.builders import item as queue_item
 from tests.fixtures.builders import policy
-from tests.fixtures.hubspot_completion import drain, released, setup
+from tests.fixtures.completer_on_simulator import drain, released, setup
 from tests.fixtures.hubspot_simulator import RunningSimulator, StartSimulator
 from throttle.dispatcher.drain import ALREADY_COMPLETED_NOTE, Dispatcher
 from throttle.dispatcher.hubspot_completer import HubSpotCompleter

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.fixtures.hubspot_completion import drain, released, setup
+from tests.fixtures.completer_on_simulator import drain, released, setup
 from tests.fixtures.hubspot_simulator import StartSimulator
 from throttle.hubspot.tokens import TokenStore
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from redis import Redis as SyncRedis
 
-from tests.fixtures.operator import REPO, eventually
+from tests.fixtures.operator_thread import REPO, eventually
 from throttle.engine import keys
 from throttle.engine.manifests import load_folder
 from throttle.engine.queue import Queue, QueueItem

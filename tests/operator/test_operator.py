@@ -23,7 +23,13 @@ import pytest
 from redis import Redis as SyncRedis
 
 from tests.fixtures.kube import KubeEnv
-from tests.fixtures.operator import OPERATOR_NS, REPO, OperatorThread, eventually, policy_manifest
+from tests.fixtures.operator_thread import (
+    OPERATOR_NS,
+    REPO,
+    OperatorThread,
+    eventually,
+    policy_manifest,
+)
 from throttle.engine import keys
 from throttle.engine.manifests import load_folder, policy_from_resource
 from throttle.engine.policy import Policy
