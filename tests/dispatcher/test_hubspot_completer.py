@@ -15,6 +15,7 @@ from tests.fixtures.builders import item as queue_item
 from tests.fixtures.builders import policy
 from tests.fixtures.completer_on_simulator import drain, released, setup
 from tests.fixtures.hubspot_simulator import RunningSimulator, StartSimulator
+from tests.fixtures.metric_samples import sample
 from throttle.dispatcher.drain import ALREADY_COMPLETED_NOTE, Dispatcher
 from throttle.dispatcher.hubspot_completer import HubSpotCompleter
 from throttle.engine.policy import Policy
@@ -45,7 +46,7 @@ async def test_1000_callbacks_in_10_requests(
         "throttle_wait_seconds": 12,
         "throttle_policy": "enrich",
     }
-    assert metrics.hubspot_callbacks.labels("completed")._value.get() == 1000
+    assert sample(metrics, "throttle_hubspot_callbacks_total", result="completed") == 1000
 
 
 async def test_a_bad_callback_does_not_sink_its_batch(
@@ -161,7 +162,7 @@ async def test_revoked_install_stops_the_portal(
     installation = await store.installation(7)
     assert installation is not None
     assert installation.status == "uninstalled"
-    assert metrics.portals_uninstalled.labels("refresh_refused")._value.get() == 1
+    assert sample(metrics, "throttle_portals_uninstalled_total", cause="refresh_refused") == 1
     again = await completer.complete(7, items)
     assert again.portal_stopped == result.portal_stopped
 
@@ -205,7 +206,10 @@ async def test_build_completer_from_settings(
     completer = build_completer(settings, session, redis, pool, metrics)
     result = await completer.complete(9, items)
     assert len(result.completed) == 3
-    assert metrics.hubspot_requests.labels("complete_batch", "204")._value.get() == 1
+    assert (
+        sample(metrics, "throttle_hubspot_requests_total", operation="complete_batch", status="204")
+        == 1
+    )
 
 
 async def test_storm_with_three_pods_costs_one_429_per_window(
