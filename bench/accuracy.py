@@ -1,7 +1,7 @@
 """Accuracy: does every policy release at its rate, and never more than `limit + burst` per period,
 with 3 dispatchers racing for the same queues over a long run?
 
-Runs the demo's machinery (`throttle_dev.demo.run`: every component a real process, the app
+Runs the demo's machinery (`throttle_dev.demo.runner`: every component a real process, the app
 installed through OAuth, executions sent by the HubSpot simulator) with its own set of policies —
 different rates, periods and bursts, all backlogged for the whole run — and judges every release the
 engine recorded (its history streams, Redis' clock):
@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from throttle_dev.demo.measure import parse_duration
-from throttle_dev.demo.run import DemoOptions, run
+from throttle_dev.demo.runner import DemoOptions, run
 
 POLICIES = [
     # name, limit, period, burst

@@ -16,8 +16,8 @@ from pathlib import Path
 THROTTLE = str(Path(sys.executable).parent / "throttle")
 EAGER = (
     "import throttle.cli.main, throttle.webhook_service.app, throttle.dispatcher.service, "
-    "throttle.operator.main, throttle.cli.doctor, throttle.history.store, "
-    "throttle.engine.queue_status"
+    "throttle.operator.main, throttle.cli.doctor, throttle.history.migrations, "
+    "throttle.history.recovery, throttle.history.timeline, throttle.engine.queue_status"
 )
 
 

@@ -34,7 +34,8 @@ from throttle.engine import keys
 from throttle.engine.policy import Policy
 from throttle.engine.queue import Queue, QueueItem, Released
 from throttle.engine.registry import reconcile
-from throttle.history.store import create_pool, migrate
+from throttle.history.migrations import migrate
+from throttle.history.pool import create_pool
 from throttle.metrics import Metrics
 from throttle_dev.localenv import PostgresServer, RedisServer
 

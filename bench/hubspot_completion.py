@@ -35,7 +35,8 @@ from rich.table import Table
 
 from throttle.dispatcher.hubspot_completer import HubSpotCompleter
 from throttle.engine.queue import Released
-from throttle.history.store import create_pool, migrate
+from throttle.history.migrations import migrate
+from throttle.history.pool import create_pool
 from throttle.hubspot.budget import PortalBudget
 from throttle.hubspot.client import HubSpotClient, TokenGrant
 from throttle.hubspot.crypto import TokenCipher

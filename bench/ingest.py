@@ -261,7 +261,7 @@ async def prepare(redis_url: str, database_url: str) -> None:
     from throttle.engine.policy import Policy
     from throttle.engine.queue import Queue
     from throttle.engine.registry import reconcile
-    from throttle.history.store import migrate
+    from throttle.history.migrations import migrate
 
     await migrate(database_url)
     conn = await asyncpg.connect(database_url)

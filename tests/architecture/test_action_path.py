@@ -29,7 +29,7 @@ from tests.fixtures.hubspot_simulator import StartSimulator
 from throttle.dispatcher.drain import Dispatcher
 from throttle.dispatcher.hubspot_completer import build_completer
 from throttle.engine.queue import Queue
-from throttle.history.store import migrate
+from throttle.history.migrations import migrate
 from throttle.hubspot.signatures import sign_v3
 from throttle.metrics import Metrics
 from throttle.webhook_service.app import AccessLogger, create_app

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from tests.deploy.conftest import (
+from tests.fixtures.helm_chart import (
     CHART,
     REPO,
     VALUES_ALL,

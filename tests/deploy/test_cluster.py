@@ -28,10 +28,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from tests.deploy.conftest import CHART, REPO, THIRD_PARTY_CRDS, VALUES_ALL, Helm, by_kind, one
+from tests.fixtures.helm_chart import CHART, REPO, THIRD_PARTY_CRDS, VALUES_ALL, Helm, by_kind, one
 from tests.fixtures.kube import KubeEnv
+from tests.fixtures.operator_thread import OperatorThread
 from tests.fixtures.services import RedisServer
-from tests.operator.conftest import OperatorThread
 from throttle.cli.main import main as cli
 from throttle.settings import Settings
 

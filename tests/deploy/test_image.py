@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.deploy.conftest import REPO, by_kind
+from tests.fixtures.helm_chart import REPO, by_kind
 from throttle.cli.main import main as cli
 
 DOCKERFILE = REPO / "Dockerfile"

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.conftest import VALUES_ALL, Helm, by_kind, one, pod_specs
+from tests.fixtures.helm_chart import VALUES_ALL, Helm, by_kind, one, pod_specs
 from tests.fixtures.services import RedisServer
 
 

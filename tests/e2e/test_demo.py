@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from throttle_dev.demo.run import DemoOptions, run
+from throttle_dev.demo.runner import DemoOptions, run
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,9 @@ import pytest
 
 from throttle.engine.policy import Policy
 from throttle_dev.demo import measure
-from throttle_dev.demo.events import ReleaseLog
-from throttle_dev.demo.report import PolicyResult
+from throttle_dev.demo.release_log import ReleaseLog
 from throttle_dev.demo.scenario import closed_window, open_window, period_seconds, render
+from throttle_dev.demo.verdict import PolicyResult
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from tests.engine.helpers import Simulation, item, max_in_window, policy
+from tests.fixtures.builders import item, policy
+from tests.fixtures.simulation import Simulation, max_in_window
 from throttle.engine.policy import Policy, in_window
 from throttle.engine.registry import reconcile
 

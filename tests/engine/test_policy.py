@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import ValidationError
 
-from tests.engine.helpers import item, policy
+from tests.fixtures.builders import item, policy
 from throttle.engine.policy import (
     Policy,
     format_duration,

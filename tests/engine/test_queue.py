@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from tests.engine.helpers import item, max_in_window, policy
+from tests.fixtures.builders import item, policy
+from tests.fixtures.simulation import max_in_window
 from throttle.engine import keys
 from throttle.engine.queue import Queue
 from throttle.engine.registry import reconcile, retire

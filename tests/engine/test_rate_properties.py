@@ -14,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.engine.helpers import Simulation, item, max_in_window, policy
+from tests.fixtures.builders import item, policy
+from tests.fixtures.simulation import Simulation, max_in_window
 from throttle.engine.policy import Policy
 from throttle.engine.queue import QueueItem
 from throttle.engine.registry import reconcile

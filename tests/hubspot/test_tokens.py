@@ -11,7 +11,8 @@ import aiohttp
 import pytest
 
 from tests.fixtures.hubspot_simulator import StartSimulator
-from tests.hubspot.conftest import new_key
+from tests.fixtures.hubspot_tokens import new_key
+from tests.fixtures.metric_samples import sample
 from throttle.dispatcher.history_writer import HistoryWriter
 from throttle.hubspot.client import HubSpotClient, TokenGrant
 from throttle.hubspot.config_fault import read_shared
@@ -186,7 +187,7 @@ async def test_refresh_before_expiry_exactly_once_across_three_pods(
         assert stored is not None
         assert stored.refresh_token != grant["refresh_token"]  # the rotated one is kept
         assert sim.refresh_tokens[stored.refresh_token].revoked is False
-        assert metrics.token_refreshes.labels("ok")._value.get() == 1
+        assert sample(metrics, "throttle_token_refreshes_total", result="ok") == 1
     finally:
         for client in clients:
             await client.aclose()
@@ -218,7 +219,7 @@ async def test_revoked_refresh_token_marks_portal_uninstalled(
         assert "BAD_REFRESH_TOKEN" in (installation.uninstall_reason or "")
         assert installation.tokens_disabled_at is not None  # kept for the grace period
         assert running.sim.portal(88).refresh_failures == 1  # only one pod asked
-        assert metrics.portals_uninstalled.labels("refresh_refused")._value.get() == 1
+        assert sample(metrics, "throttle_portals_uninstalled_total", cause="refresh_refused") == 1
         with pytest.raises(PortalStopped):
             await managers[0].access_token(88)
         with pytest.raises(NotInstalled):

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.fixtures.kube import KubeEnv
-from tests.operator.conftest import CRD_FILE, policy_manifest
+from tests.fixtures.operator_thread import CRD_FILE, policy_manifest
 
 pytestmark = [pytest.mark.kube, pytest.mark.usefixtures("throttle_crd")]
 

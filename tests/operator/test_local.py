@@ -19,8 +19,7 @@ import pytest
 import yaml
 from redis import Redis as SyncRedis
 
-from tests.operator.conftest import REPO
-from tests.operator.test_operator import eventually
+from tests.fixtures.operator_thread import REPO, eventually
 from throttle.engine import keys
 from throttle.engine.manifests import load_folder
 from throttle.engine.queue import Queue, QueueItem

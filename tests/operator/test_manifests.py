@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tests.fixtures.kube import KubeEnv
-from tests.operator.conftest import REPO, policy_manifest
+from tests.fixtures.operator_thread import REPO, policy_manifest
 from throttle.engine.manifests import (
     ManifestError,
     crd_rule_errors,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import os
 import signal
@@ -24,7 +23,13 @@ import pytest
 from redis import Redis as SyncRedis
 
 from tests.fixtures.kube import KubeEnv
-from tests.operator.conftest import OPERATOR_NS, REPO, OperatorThread, policy_manifest
+from tests.fixtures.operator_thread import (
+    OPERATOR_NS,
+    REPO,
+    OperatorThread,
+    eventually,
+    policy_manifest,
+)
 from throttle.engine import keys
 from throttle.engine.manifests import load_folder, policy_from_resource
 from throttle.engine.policy import Policy
@@ -32,20 +37,6 @@ from throttle.engine.queue import Queue, QueueItem
 from throttle_dev.localenv import RedisServer, free_port
 
 pytestmark = [pytest.mark.kube, pytest.mark.usefixtures("throttle_crd")]
-
-
-async def eventually(predicate: Callable[[], Any], timeout: float = 10) -> Any:
-    """Poll `predicate` (sync or async) until truthy; return its value."""
-    deadline = time.monotonic() + timeout
-    value: Any = None
-    while time.monotonic() < deadline:
-        value = predicate()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"not within {timeout}s; last value: {value!r}")
 
 
 def get_tp(kube: KubeEnv, namespace: str, name: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.kube import KubeEnv
-from tests.operator.conftest import OPERATOR_NS, OPERATOR_SA
+from tests.fixtures.operator_thread import OPERATOR_NS, OPERATOR_SA
 
 pytestmark = pytest.mark.kube
 

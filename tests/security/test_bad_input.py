@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 
-from tests.security.conftest import (
+from tests.fixtures.live_webhook import (
     ACTION_PATH,
     OPTIONS_PATH,
     LiveWebhook,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.security.conftest import LiveWebhook
+from tests.fixtures.live_webhook import LiveWebhook
 
 POLICY = {"name": "nightly", "portalId": 42, "rate": {"limit": 5, "period": "1m"}}
 

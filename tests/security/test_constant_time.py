@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.security.conftest import LiveWebhook
+from tests.fixtures.live_webhook import LiveWebhook
 from throttle.hubspot.oauth_state import OAuthStateSigner, StateError
 from throttle.hubspot.signatures import sign_v2, sign_v3, verify
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.core import NotSet
 
-from tests.security.conftest import ACTION_PATH, OPTIONS_PATH, LiveWebhook, dumps, execution
+from tests.fixtures.live_webhook import ACTION_PATH, OPTIONS_PATH, LiveWebhook, dumps, execution
 from throttle.webhook_service.openapi import document
 
 SIGNED_PATHS = (ACTION_PATH, OPTIONS_PATH)
@@ -71,13 +72,19 @@ def _check(live: LiveWebhook, before: dict[str, str], response: Any, what: str) 
             assert "detail" in body, body
 
 
+@pytest.fixture(scope="module")
+def webhook_with_policy(module_webhook: LiveWebhook) -> LiveWebhook:
+    """The module's service with the policy valid executions name, so the fuzz reaches the queue."""
+    module_webhook.add_policy()
+    return module_webhook
+
+
 @schema.parametrize()
 @FUZZ
-def test_every_operation_of_the_openapi_document(case: Any, module_webhook: LiveWebhook) -> None:
-    live = module_webhook
-    if not getattr(live, "_fuzz_policy", False):
-        live.add_policy()
-        live._fuzz_policy = True  # type: ignore[attr-defined]
+def test_every_operation_of_the_openapi_document(
+    case: Any, webhook_with_policy: LiveWebhook
+) -> None:
+    live = webhook_with_policy
     path = case.formatted_path
     body: bytes | None = None
     if not isinstance(case.body, NotSet):

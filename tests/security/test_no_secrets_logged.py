@@ -13,7 +13,7 @@ import base64
 import json
 from urllib.parse import parse_qs, urlsplit
 
-from tests.security.conftest import (
+from tests.fixtures.live_webhook import (
     ACTION_PATH,
     OPTIONS_PATH,
     LiveWebhook,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from urllib.parse import parse_qs, urlsplit
 
-from tests.security.conftest import LiveWebhook
+from tests.fixtures.live_webhook import LiveWebhook
 from throttle.hubspot.oauth_state import OAuthStateSigner
 
 INSTALLING_PORTAL = 777001

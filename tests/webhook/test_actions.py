@@ -6,7 +6,7 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
-from tests.webhook.conftest import ACTION_DEF, PORTAL, StartWebhook, Webhook, execution, policy
+from tests.fixtures.webhook import ACTION_DEF, PORTAL, StartWebhook, Webhook, execution, policy
 from throttle.engine import keys
 from throttle.webhook_service.appkeys import QUEUE
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.webhook.conftest import StartWebhook, execution, policy
+from tests.fixtures.webhook import StartWebhook, execution, policy
 
 pytestmark = pytest.mark.cluster
 

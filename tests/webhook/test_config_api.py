@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from tests.webhook.conftest import PORTAL, StartWebhook, Webhook, execution
+from tests.fixtures.webhook import PORTAL, StartWebhook, Webhook, execution
 from throttle.engine import keys
-from throttle.history.store import migrate
+from throttle.history.migrations import migrate
 from throttle.webhook_service.appkeys import POLICY_INDEX, POLICY_STORE, QUEUE
 
 

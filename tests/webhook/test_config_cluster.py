@@ -11,15 +11,8 @@ from typing import Any
 import pytest
 
 from tests.fixtures.kube import KubeEnv
-from tests.operator.conftest import (  # noqa: F401 - fixtures used by this module's tests
-    OperatorThread,
-    operator_kubeconfig,
-    operator_settings,
-    start_operator,
-    throttle_crd,
-    wait_for,
-)
-from tests.webhook.conftest import PORTAL, StartWebhook, Webhook, execution
+from tests.fixtures.operator_thread import OperatorThread, wait_for
+from tests.fixtures.webhook import PORTAL, StartWebhook, Webhook, execution
 from throttle.webhook_service import config_api
 from throttle.webhook_service.appkeys import POLICY_INDEX
 from throttle.webhook_service.policy_store import resource_name
@@ -41,7 +34,7 @@ async def api(
     kube: KubeEnv,
     namespace: str,
     crd: None,
-    start_operator: Callable[..., OperatorThread],  # noqa: F811 - the imported fixture
+    start_operator: Callable[..., OperatorThread],
 ) -> Webhook:
     start_operator()
     return await start_webhook(

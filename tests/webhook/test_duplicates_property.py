@@ -13,7 +13,7 @@ import itertools
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.webhook.conftest import Webhook, execution, policy
+from tests.fixtures.webhook import Webhook, execution, policy
 
 PORTALS = itertools.count(500_000)
 

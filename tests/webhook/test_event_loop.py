@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from tests.webhook.conftest import ACTION_PATH, execution, policy
+from tests.fixtures.webhook import ACTION_PATH, execution, policy
 from throttle.engine.registry import reconcile
 from throttle.hubspot.signatures import sign_v3
 from throttle.settings import Settings

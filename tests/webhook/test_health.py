@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
-from tests.webhook.conftest import PORTAL, StartWebhook, Webhook, execution, policy
+from tests.fixtures.webhook import PORTAL, StartWebhook, Webhook, execution, policy
 from throttle.metrics import Metrics
 from throttle.webhook_service.app import AccessLogger
 from throttle.webhook_service.appkeys import POLICY_INDEX, QUEUE, REDIS
@@ -169,13 +169,13 @@ def test_the_action_tally_exports_what_a_counter_and_a_histogram_would() -> None
     tally.answered("block")
     tally.answered("block")
     tally.signed("v3", "previous")
-    text = generate_latest(registry).decode()
+    value = registry.get_sample_value
     name = "throttle_webhook_action_duration_seconds"
-    assert f'{name}_bucket{{le="0.0005"}} 2.0' in text  # a bucket counts values <= its bound
-    assert f'{name}_bucket{{le="0.002"}} 3.0' in text
-    assert f'{name}_bucket{{le="1.0"}} 4.0' in text
-    assert f'{name}_bucket{{le="+Inf"}} 5.0' in text
-    assert f"{name}_count 5.0" in text
-    assert f"{name}_sum 2.3024" in text
-    assert 'throttle_webhook_answers_total{answer="block"} 2.0' in text
-    assert 'throttle_webhook_signatures_total{secret="previous",version="v3"} 1.0' in text
+    assert value(f"{name}_bucket", {"le": "0.0005"}) == 2  # a bucket counts values <= its bound
+    assert value(f"{name}_bucket", {"le": "0.002"}) == 3
+    assert value(f"{name}_bucket", {"le": "1.0"}) == 4
+    assert value(f"{name}_bucket", {"le": "+Inf"}) == 5
+    assert value(f"{name}_count") == 5
+    assert value(f"{name}_sum") == pytest.approx(2.3024)
+    assert value("throttle_webhook_answers_total", {"answer": "block"}) == 2
+    assert value("throttle_webhook_signatures_total", {"secret": "previous", "version": "v3"}) == 1

@@ -6,9 +6,9 @@ import json
 
 import asyncpg
 
-from tests.webhook.conftest import PORTAL, StartWebhook, execution, policy
+from tests.fixtures.webhook import PORTAL, StartWebhook, execution, policy
 from throttle.engine import keys
-from throttle.history.store import migrate
+from throttle.history.migrations import migrate
 from throttle.webhook_service.appkeys import INSTALLED, QUEUE
 
 

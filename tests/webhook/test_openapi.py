@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.webhook.conftest import Webhook, settings_env
-from throttle.history.store import migrate
+from tests.fixtures.webhook import Webhook, settings_env
+from throttle.history.migrations import migrate
 from throttle.settings import Settings
 from throttle.webhook_service.errors import no_route
 from throttle.webhook_service.openapi import document

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
 from tests.fixtures.hubspot_simulator import StartSimulator
-from tests.webhook.conftest import (
+from tests.fixtures.webhook import (
     ACTION_DEF,
     ACTION_PATH,
     PORTAL,
@@ -28,7 +28,7 @@ from tests.webhook.conftest import (
 from throttle.engine import keys
 from throttle.engine.policy_index import registry_put
 from throttle.engine.registry import reconcile
-from throttle.history.store import migrate
+from throttle.history.migrations import migrate
 from throttle.hubspot.signatures import sign_v3
 from throttle.webhook_service.app import create_app
 from throttle.webhook_service.appkeys import INSTALLED, POLICY_INDEX, QUEUE

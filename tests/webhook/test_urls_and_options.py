@@ -8,7 +8,7 @@ from typing import Any
 
 from hubspot.utils.signature import Signature
 
-from tests.webhook.conftest import PORTAL, StartWebhook, Webhook, execution, policy
+from tests.fixtures.webhook import PORTAL, StartWebhook, Webhook, execution, policy
 
 
 async def test_signed_public_url_is_accepted_whatever_host_the_pod_sees(webhook: Webhook) -> None:

@@ -27,7 +27,8 @@ from throttle.engine import keys
 from throttle.engine.policy_index import registry_load
 from throttle.engine.queue import redis_from_settings
 from throttle.engine.scripts import ENGINE_SCRIPTS, lua_source
-from throttle.history.store import create_pool, pending_migrations
+from throttle.history.migrations import pending_migrations
+from throttle.history.pool import create_pool
 from throttle.hubspot.action_definition import action_definition
 from throttle.hubspot.client import DeveloperAuth, HubSpotClient, HubSpotError, TokenInfo
 from throttle.hubspot.config_fault import read_shared

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from throttle import __version__
+from throttle.cli.history_commands import HISTORY_COMMANDS
 from throttle.cli.startup import settings_for
 from throttle.settings import describe
 
@@ -74,39 +75,6 @@ def operator(namespace: tuple[str, ...], local: Path | None) -> None:
 
 
 @main.command()
-def migrate() -> None:
-    """Apply PostgreSQL migrations (idempotent; safe from several pods at once)."""
-    settings = settings_for("database_url")
-    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
-    from throttle.history.store import migrate_command
-
-    migrate_command(settings)
-
-
-@main.command()
-def recover() -> None:
-    """Rebuild queues from PostgreSQL history after Redis lost data (never duplicates)."""
-    settings = settings_for("redis_url", "database_url")
-    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
-    from throttle.history.store import recover_command
-
-    recover_command(settings)
-
-
-@main.command()
-@click.option("--portal", "portal_id", type=int, required=True, help="HubSpot portal id.")
-@click.option("--callback", "callback_id", default=None, help="One execution's callbackId.")
-@click.option("--limit", type=int, default=50, show_default=True, help="Most recent N.")
-def history(portal_id: int, callback_id: str | None, limit: int) -> None:
-    """Show executions' timelines (received, released, completed, outcome) from PostgreSQL."""
-    settings = settings_for("database_url")
-    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
-    from throttle.history.store import history_command
-
-    history_command(settings, portal_id, callback_id, limit)
-
-
-@main.command()
 @click.option("--watch", "-w", is_flag=True, help="Refresh the table until Ctrl-C.")
 @click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds (--watch).")
 def status(watch: bool, interval: float) -> None:
@@ -157,7 +125,14 @@ def _hubspot_commands() -> None:
         main.add_command(command)
 
 
+def _history_commands() -> None:
+    """`throttle migrate`, `throttle recover`, `throttle history`."""
+    for command in HISTORY_COMMANDS:
+        main.add_command(command)
+
+
 _hubspot_commands()
+_history_commands()
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ from typing import Any
 import asyncpg
 
 from throttle.engine import keys
-from throttle.history.store import fold_events, prune, write_rows
+from throttle.history.folding import fold_events
+from throttle.history.pruning import prune
+from throttle.history.upsert import write_rows
 from throttle.hubspot.tokens import purge_disabled_tokens
 from throttle.metrics import Metrics
 

@@ -24,7 +24,7 @@ from throttle.dispatcher.reaper import LeaseReaper
 from throttle.engine.policy_index import registry_load
 from throttle.engine.queue import Queue, redis_from_settings
 from throttle.health_server import health_server
-from throttle.history.store import create_pool
+from throttle.history.pool import create_pool
 from throttle.hubspot.config_fault import RECHECK_S
 from throttle.metrics import Metrics, QueueStat
 from throttle.settings import Settings

@@ -17,9 +17,9 @@ from typing import Any
 
 import aiohttp
 
-from throttle_dev.demo.events import read_release_log
 from throttle_dev.demo.install import client_session, install_portal
 from throttle_dev.demo.measure import max_in_window
+from throttle_dev.demo.release_log import read_release_log
 from throttle_dev.stack import Stack, StackConfig, throttle_argv
 
 POLICY_REFRESH_WAIT_S = 3.0

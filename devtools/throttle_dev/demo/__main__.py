@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from throttle_dev.demo.measure import parse_duration
-from throttle_dev.demo.run import DemoError, DemoOptions, run
+from throttle_dev.demo.runner import DemoError, DemoOptions, run
 from throttle_dev.localenv import ServiceError
 
 

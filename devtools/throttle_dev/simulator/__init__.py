@@ -8,7 +8,7 @@ print(format_report(build_report(sim)))
 """
 
 from throttle_dev.simulator.driver import Driver, DriveResult, TrafficPlan, send_uninstall
-from throttle_dev.simulator.report import SimReport, build_report, format_report
+from throttle_dev.simulator.portal_report import SimReport, build_report, format_report
 from throttle_dev.simulator.server import SIMULATOR, create_simulator_app
 from throttle_dev.simulator.state import Faults, Simulator, SimulatorConfig
 

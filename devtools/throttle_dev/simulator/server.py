@@ -26,7 +26,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from throttle_dev.simulator.driver import Driver, TrafficPlan, send_uninstall
-from throttle_dev.simulator.report import build_report, format_report
+from throttle_dev.simulator.portal_report import build_report, format_report
 from throttle_dev.simulator.state import (
     ApiError,
     Faults,

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from throttle_dev.simulator import Driver, Simulator, SimulatorConfig, TrafficPlan, build_report
 from throttle_dev.simulator.driver import parse_expiration
-from throttle_dev.simulator.report import format_report
+from throttle_dev.simulator.portal_report import format_report
 
 BLOCK = {"outputFields": {"hs_execution_state": "BLOCK", "hs_expiration_duration": "PT30S"}}
 

@@ -10,12 +10,15 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.engine.helpers import RecordingCompleter, item, policy
+from tests.fixtures.builders import item, policy
+from tests.fixtures.metric_samples import sample
+from tests.fixtures.simulation import RecordingCompleter
 from throttle.dispatcher.drain import Dispatcher
 from throttle.dispatcher.history_writer import HistoryWriter
 from throttle.engine.queue import Queue
 from throttle.engine.registry import reconcile
-from throttle.history.store import create_pool, migrate
+from throttle.history.migrations import migrate
+from throttle.history.pool import create_pool
 from throttle.metrics import Metrics
 from throttle_dev.localenv import PostgresServer
 
@@ -69,12 +72,13 @@ async def test_postgres_outage_never_stops_releases(
         await wait_for(lambda: _done(completer, 400), 20)
         remaining = OUTAGE_SECONDS - (time.monotonic() - outage_started)
         await asyncio.sleep(max(0.0, remaining))
-        assert metrics.history_errors._value.get() > 0  # it tried, failed, and kept the batch
+        # it tried, failed, and kept the batch
+        assert sample(metrics, "throttle_history_write_errors_total") > 0
         postgres_server.start()
 
         # history catches up: every execution is in PostgreSQL, completed
         await wait_for(lambda: _rows(database_url, 400), 60)
-        assert metrics.history_dropped._value.get() == 0
+        assert sample(metrics, "throttle_history_events_dropped_total") == 0
     finally:
         stop.set()
         await asyncio.gather(*tasks)

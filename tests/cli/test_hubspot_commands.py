@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from throttle.history.store import migrate
+from throttle.history.migrations import migrate
 from throttle.hubspot.client import TokenGrant
 from throttle.hubspot.crypto import TokenCipher
 from throttle.hubspot.tokens import TokenStore, purge_disabled_tokens

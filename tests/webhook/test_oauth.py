@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.fixtures.hubspot_simulator import RunningSimulator, StartSimulator
+from tests.fixtures.metric_samples import sample
 from throttle.dispatcher.hubspot_completer import HubSpotCompleter
 from throttle.engine.queue import Released
 from throttle.hubspot.budget import PortalBudget
@@ -124,8 +125,8 @@ async def test_install_stores_tokens_and_refuses_replay(
     assert again is not None
     assert again.generation == generation
     metrics = stack.app[METRICS]
-    assert metrics.oauth_installs.labels("installed")._value.get() == 1
-    assert metrics.oauth_installs.labels("bad_state")._value.get() == 1
+    assert sample(metrics, "throttle_oauth_installs_total", result="installed") == 1
+    assert sample(metrics, "throttle_oauth_installs_total", result="bad_state") == 1
 
 
 @pytest.mark.parametrize(
@@ -190,7 +191,10 @@ async def test_uninstall_webhook_marks_portal_uninstalled(
     assert installation.uninstall_reason == "uninstalled: app uninstall webhook"
     assert await stack.tokens.store.load(777) is None
     assert installation.tokens_disabled_at is not None  # kept, disabled, for the grace period
-    assert stack.app[METRICS].portals_uninstalled.labels("uninstall_webhook")._value.get() == 1
+    assert (
+        sample(stack.app[METRICS], "throttle_portals_uninstalled_total", cause="uninstall_webhook")
+        == 1
+    )
 
 
 async def test_install_meeting_a_refused_client_secret_is_recorded_not_blamed_on_the_admin(
@@ -279,4 +283,4 @@ async def test_database_down_during_install_says_so(
     async with session.get(callback_url) as r:
         assert r.status == 503
         assert "start again" in await r.text()
-    assert stack.app[METRICS].oauth_installs.labels("store_failed")._value.get() == 1
+    assert sample(stack.app[METRICS], "throttle_oauth_installs_total", result="store_failed") == 1

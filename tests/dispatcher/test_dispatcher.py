@@ -13,9 +13,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from tests.engine.helpers import RecordingCompleter, Simulation, item, policy
+from tests.fixtures.builders import item, policy
+from tests.fixtures.simulation import RecordingCompleter, Simulation
 from throttle.dispatcher.complete import CompletionResult
 from throttle.dispatcher.drain import Dispatcher
+from throttle.dispatcher.service import refresh_queue_metrics
 from throttle.engine import keys
 from throttle.engine.queue import Queue, Released
 from throttle.engine.registry import reconcile
@@ -157,7 +159,7 @@ async def test_killed_dispatcher_leases_are_released_by_another(
         [
             sys.executable,
             "-m",
-            "tests.engine.stalling_dispatcher",
+            "tests.fixtures.stalling_dispatcher",
             redis_server.url,
             str(shard),
             "2",
@@ -203,10 +205,6 @@ async def test_metrics_and_health_endpoints(aiohttp_client: Any) -> None:
 
 
 async def test_queue_metrics_are_read_at_scrape_time(redis: Any) -> None:
-    from prometheus_client import generate_latest
-
-    from throttle.dispatcher.service import refresh_queue_metrics
-
     p = policy(rate={"limit": 1, "period": "1h"})
     queue = Queue(redis)
     await reconcile(queue, p)
@@ -219,10 +217,10 @@ async def test_queue_metrics_are_read_at_scrape_time(redis: Any) -> None:
     await asyncio.sleep(0.2)
     stop.set()
     await task
-    text = generate_latest(metrics.registry).decode()
-    assert 'throttle_queue_depth{policy="p",portal="7"} 3.0' in text
-    assert 'throttle_in_flight{policy="p",portal="7"} 1.0' in text
-    assert 'throttle_queue_oldest_age_seconds{policy="p",portal="7"}' in text
+    mine = {"policy": "p", "portal": "7"}
+    assert metrics.registry.get_sample_value("throttle_queue_depth", mine) == 3
+    assert metrics.registry.get_sample_value("throttle_in_flight", mine) == 1
+    assert metrics.registry.get_sample_value("throttle_queue_oldest_age_seconds", mine) is not None
 
 
 async def test_hundreds_of_portals_in_one_take_settle_without_exhausting_connections(

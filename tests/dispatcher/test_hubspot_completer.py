@@ -11,77 +11,20 @@ from typing import Any
 
 import aiohttp
 
-from tests.engine.helpers import item as queue_item
-from tests.engine.helpers import policy
+from tests.fixtures.builders import item as queue_item
+from tests.fixtures.builders import policy
+from tests.fixtures.completer_on_simulator import drain, released, setup
 from tests.fixtures.hubspot_simulator import RunningSimulator, StartSimulator
-from throttle.dispatcher.complete import CompletionResult
+from tests.fixtures.metric_samples import sample
 from throttle.dispatcher.drain import ALREADY_COMPLETED_NOTE, Dispatcher
 from throttle.dispatcher.hubspot_completer import HubSpotCompleter
 from throttle.engine.policy import Policy
 from throttle.engine.queue import Queue, Released
 from throttle.engine.registry import reconcile
 from throttle.hubspot.budget import PortalBudget
-from throttle.hubspot.client import HubSpotClient, TokenGrant
+from throttle.hubspot.client import HubSpotClient
 from throttle.hubspot.tokens import TokenManager, TokenStore
 from throttle.metrics import Metrics
-
-
-def released(portal_id: int, n: int, prefix: str = "cb") -> list[Released]:
-    return [
-        Released(f"{prefix}-{portal_id}-{i}", portal_id, "enrich", "shared", time.time(), 0, 12.4)
-        for i in range(n)
-    ]
-
-
-async def setup(
-    running: RunningSimulator,
-    store: TokenStore,
-    session: aiohttp.ClientSession,
-    redis: Any,
-    portal_id: int,
-    items: Sequence[Released],
-    budget: int = 100,
-    window_s: float = 10.0,
-    metrics: Metrics | None = None,
-) -> HubSpotCompleter:
-    grant = running.sim.issue_tokens(portal_id)
-    await store.save(
-        portal_id,
-        TokenGrant(grant["access_token"], grant["refresh_token"], grant["expires_in"]),
-    )
-    for item in items:
-        running.sim.add_blocked(item.callback_id, portal_id)
-    client = HubSpotClient(session, running.url, "sim-client-id", "sim-client-secret")
-    tokens = TokenManager(store, client, redis, metrics)
-    return HubSpotCompleter(
-        client, tokens, PortalBudget(redis, budget, window_s), metrics, max_budget_wait_s=0.2
-    )
-
-
-async def drain(
-    completer: HubSpotCompleter, portal_id: int, items: Sequence[Released], rounds: int = 50
-) -> tuple[set[str], dict[str, str], list[CompletionResult]]:
-    """What a dispatcher does: complete, put retries back (taken again: one more attempt),
-    honour retry_after. Done = completed, by this call or an earlier one whose answer was lost."""
-    by_id = {i.callback_id: i for i in items}
-    todo = list(items)
-    done: set[str] = set()
-    failed: dict[str, str] = {}
-    results = []
-    for _ in range(rounds):
-        if not todo:
-            break
-        result = await completer.complete(portal_id, todo)
-        results.append(result)
-        done.update(result.completed)
-        done.update(result.already_completed)
-        failed.update(result.failed)
-        for i in result.retry:
-            by_id[i] = replace(by_id[i], attempts=by_id[i].attempts + 1)
-        todo = [by_id[i] for i in result.retry]
-        if todo:
-            await asyncio.sleep(result.retry_after)
-    return done, failed, results
 
 
 async def test_1000_callbacks_in_10_requests(
@@ -103,7 +46,7 @@ async def test_1000_callbacks_in_10_requests(
         "throttle_wait_seconds": 12,
         "throttle_policy": "enrich",
     }
-    assert metrics.hubspot_callbacks.labels("completed")._value.get() == 1000
+    assert sample(metrics, "throttle_hubspot_callbacks_total", result="completed") == 1000
 
 
 async def test_a_bad_callback_does_not_sink_its_batch(
@@ -219,7 +162,7 @@ async def test_revoked_install_stops_the_portal(
     installation = await store.installation(7)
     assert installation is not None
     assert installation.status == "uninstalled"
-    assert metrics.portals_uninstalled.labels("refresh_refused")._value.get() == 1
+    assert sample(metrics, "throttle_portals_uninstalled_total", cause="refresh_refused") == 1
     again = await completer.complete(7, items)
     assert again.portal_stopped == result.portal_stopped
 
@@ -294,7 +237,10 @@ async def test_build_completer_from_settings(
     completer = build_completer(settings, session, redis, pool, metrics)
     result = await completer.complete(9, items)
     assert len(result.completed) == 3
-    assert metrics.hubspot_requests.labels("complete_batch", "204")._value.get() == 1
+    assert (
+        sample(metrics, "throttle_hubspot_requests_total", operation="complete_batch", status="204")
+        == 1
+    )
 
 
 async def test_storm_with_three_pods_costs_one_429_per_window(
@@ -511,7 +457,8 @@ async def test_a_batch_without_an_answer_is_requeued_and_its_resend_is_completed
     """No answer before the batch's deadline: its outcome is unknown, so it goes back to its
     queue (never "failed"); HubSpot had applied it, and the re-send is recorded completed."""
     from throttle.dispatcher.history_writer import HistoryWriter
-    from throttle.history.store import create_pool, migrate
+    from throttle.history.migrations import migrate
+    from throttle.history.pool import create_pool
 
     p = policy(name="lost", portal=17, rate={"limit": 1000, "period": "1s", "burst": 1000})
     queue = Queue(redis, lease_seconds=5.0)

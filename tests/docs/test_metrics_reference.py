@@ -1,6 +1,6 @@
 """The metrics reference lists exactly the metrics the code exports, with types and labels.
 
-`python tests/e2e/test_docs.py` rewrites the table in docs/metrics.md from the code.
+`python tests/docs/test_metrics_reference.py` rewrites the table in docs/metrics.md from the code.
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ def test_metrics_reference_matches_the_code() -> None:
     exported = dict(
         re.findall(r"^\| `(throttle_[a-z_]+)` \| (\w+) \|", "\n".join(table_rows()), re.M)
     )
-    assert documented == exported, "run `python tests/e2e/test_docs.py` to update docs/metrics.md"
+    assert documented == exported, (
+        "run `python tests/docs/test_metrics_reference.py` to update docs/metrics.md"
+    )
 
 
 if __name__ == "__main__":

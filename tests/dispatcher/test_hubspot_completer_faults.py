@@ -9,8 +9,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.fixtures.completer_on_simulator import drain, released, setup
 from tests.fixtures.hubspot_simulator import StartSimulator
-from tests.hubspot.test_completer import drain, released, setup
 from throttle.hubspot.tokens import TokenStore
 
 pytestmark = pytest.mark.chaos
@@ -23,8 +23,10 @@ async def test_nothing_lost_and_nothing_completed_twice(
     running = await start_simulator(rate_window_s=window, seed=7)
     portals = (21, 22, 23)
     items = {p: released(p, 400) for p in portals}
-    completers = {
-        p: await setup(running, store, session, redis, p, items[p], window_s=window)
+    completers = {  # a 10 ms retry backoff keeps the test short; the default is 1 s
+        p: await setup(
+            running, store, session, redis, p, items[p], window_s=window, retry_backoff_s=0.01
+        )
         for p in portals
     }
     running.sim.set_faults(
@@ -34,8 +36,6 @@ async def test_nothing_lost_and_nothing_completed_twice(
         storm_until=time.time() + 1.5,
         storm_portals=[22],
     )
-    for completer in completers.values():
-        completer._retry_backoff = 0.01  # keep the test short; the default is 1 s
     import asyncio
 
     outcomes = await asyncio.gather(

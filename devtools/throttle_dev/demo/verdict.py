@@ -1,7 +1,7 @@
 """The demo's verdict: one row per policy and per portal, a pass/fail line, and the plot.
 
-Everything here works on plain figures gathered by `throttle_dev.demo.run`, so the end-to-end test
-can judge the same `PolicyResult`s the demo prints.
+Everything here works on plain figures gathered by `throttle_dev.demo.runner`, so the end-to-end
+test can judge the same `PolicyResult`s the demo prints.
 """
 
 from __future__ import annotations

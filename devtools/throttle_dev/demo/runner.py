@@ -25,9 +25,10 @@ from rich.table import Table
 from throttle.engine.queue_status import StatusReader
 from throttle.webhook_service.app import PORTALS_REFRESH_S
 from throttle_dev.demo import measure
-from throttle_dev.demo.events import read_release_log
 from throttle_dev.demo.install import client_session, install_portal
-from throttle_dev.demo.report import (
+from throttle_dev.demo.release_log import read_release_log
+from throttle_dev.demo.scenario import DemoPolicy, Scenario, render, resume
+from throttle_dev.demo.verdict import (
     RATE_TOLERANCE,
     PolicyResult,
     PortalResult,
@@ -35,7 +36,6 @@ from throttle_dev.demo.report import (
     plot_releases,
     print_report,
 )
-from throttle_dev.demo.scenario import DemoPolicy, Scenario, render, resume
 from throttle_dev.stack import Stack, StackConfig
 
 REPO = Path(__file__).resolve().parents[3]
