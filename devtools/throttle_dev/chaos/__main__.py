@@ -17,13 +17,19 @@ from throttle_dev.chaos.faults import FAULTS, Scenario, by_key, run
 from throttle_dev.chaos.harness import FaultRow, Harness
 from throttle_dev.chaos.load import LoadResult, overload
 from throttle_dev.chaos.load import table as load_table
+from throttle_dev.chaos.policy_arrival import TITLE as ARRIVAL_TITLE
+from throttle_dev.chaos.policy_arrival import harness_for, policy_arrival
 from throttle_dev.chaos.table import plain, write_section
 
 ROOT = Path(__file__).resolve().parents[3] / ".local" / "chaos"
 
 
 async def run_all(
-    scenarios: list[Scenario], root: Path, keep: bool = False, load_s: float = 0.0
+    scenarios: list[Scenario],
+    root: Path,
+    keep: bool = False,
+    load_s: float = 0.0,
+    run_arrival: bool = True,
 ) -> tuple[list[FaultRow], LoadResult | None]:
     harness = Harness(root, keep=keep)
     rows: list[FaultRow] = []
@@ -46,6 +52,18 @@ async def run_all(
             print(load_table(result), flush=True)
     finally:
         await harness.stop()
+    if run_arrival:
+        print(f"==> {ARRIVAL_TITLE}", flush=True)
+        arrival = harness_for(root / "arrival", keep=keep)
+        await arrival.start(portals=1)
+        try:
+            row = await policy_arrival(arrival)
+        except Exception as exc:  # one broken scenario must not hide the others' results
+            row = FaultRow(ARRIVAL_TITLE, notes=[f"scenario error: {exc!r}"[:500]])
+        finally:
+            await arrival.stop()
+        print(plain([row]), flush=True)
+        rows.append(row)
     return rows, result
 
 
@@ -53,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m throttle_dev.chaos", description=__doc__)
     parser.add_argument("--fast", action="store_true", help="only the fast scenarios")
     parser.add_argument(
-        "--only", nargs="*", default=None, help="scenario keys to run ('load': the load test)"
+        "--only",
+        nargs="*",
+        default=None,
+        help="scenario keys to run ('load': the load test, 'policy-arrival': a new policy)",
     )
     parser.add_argument("--write", type=Path, default=None, help="Markdown file to update")
     parser.add_argument("--root", type=Path, default=ROOT, help="folder for the stack's data")
@@ -63,12 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     load_s = 0.0 if args.fast else args.load_seconds
+    arrival = True
     if args.only:
-        scenarios = [by_key(k) for k in args.only if k != "load"]
+        scenarios = [by_key(k) for k in args.only if k not in ("load", "policy-arrival")]
         load_s = args.load_seconds if "load" in args.only else 0.0
+        arrival = "policy-arrival" in args.only
     else:
         scenarios = [s for s in FAULTS if not (args.fast and s.slow)]
-    rows, load = asyncio.run(run_all(scenarios, args.root, args.keep, load_s))
+    rows, load = asyncio.run(run_all(scenarios, args.root, args.keep, load_s, arrival))
     print("\nFault table\n")
     print(plain(rows))
     if args.write is not None:
