@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tests.engine.helpers import Simulation, item, max_in_window, policy
-from throttle.engine.policy import Policy, in_window
+from throttle.engine.calendars import in_window
+from throttle.engine.policy import Policy
 from throttle.engine.registry import reconcile
 
 

@@ -11,14 +11,10 @@ import pytest
 from pydantic import ValidationError
 
 from tests.engine.helpers import item, policy
-from throttle.engine.policy import (
-    Policy,
-    format_duration,
-    in_window,
-    parse_duration,
-    policy_errors,
-    transitions,
-)
+from throttle.engine.calendars import in_window, transitions
+from throttle.engine.durations import format_duration, parse_duration
+from throttle.engine.forecast import capacity_within, projected_wait
+from throttle.engine.policy import Policy, policy_errors
 from throttle.engine.policy_index import PolicyIndex, registry_put
 from throttle.engine.queue import Queue
 
@@ -125,15 +121,15 @@ def test_window_membership_uses_local_wall_clock() -> None:
 def test_projected_wait_and_capacity() -> None:
     p = policy(rate={"limit": 60, "period": "1m"}, expiration="PT10M")
     now = 1_800_000_000.0
-    assert p.projected_wait(1, now) == 0
-    assert p.projected_wait(61, now) == pytest.approx(60)
-    assert p.capacity_within(now) == 601
+    assert projected_wait(p, 1, now) == 0
+    assert projected_wait(p, 61, now) == pytest.approx(60)
+    assert capacity_within(p, now) == 601
     capped = policy(rate={"limit": 60, "period": "1m"}, dailyCap={"limit": 100, "timeZone": "UTC"})
     midnight = datetime(2027, 3, 1, tzinfo=UTC).timestamp()
     # 100 today, the 101st waits for tomorrow's midnight
-    assert capped.projected_wait(100, midnight) == pytest.approx(99)
-    assert capped.projected_wait(101, midnight) == pytest.approx(86400)
-    assert math.isinf(p.model_copy(update={"paused": True}).projected_wait(1, now))
+    assert projected_wait(capped, 100, midnight) == pytest.approx(99)
+    assert projected_wait(capped, 101, midnight) == pytest.approx(86400)
+    assert math.isinf(projected_wait(p.model_copy(update={"paused": True}), 1, now))
 
 
 def test_resolution_order() -> None:

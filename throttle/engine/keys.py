@@ -10,7 +10,7 @@ single key is hot, and a dispatcher drains one shard per script call.
     throttle:{tN}:leases                    zset  "ref|callbackId" -> lease deadline (ms)
     throttle:{tN}:events                    stream history events (received, released, ...)
     throttle:{tN}:evdropped                 int   events dropped because the stream was full
-    throttle:{tN}:p:<portal>:<name>:params  hash  rate parameters (Policy.redis_fields)
+    throttle:{tN}:p:<portal>:<name>:params  hash  rate parameters (policy_encoding.redis_fields)
     throttle:{tN}:p:<portal>:<name>:queues  set   queue ids of the policy ("shared", "wf<id>")
     throttle:{tN}:p:<portal>:<name>:meta    hash  callbackId -> "seq,enq_us,exp_us,attempts,qid"
     throttle:{tN}:p:<portal>:<name>:done    zset  callbackId -> forget-after ms (dedupe when done)

@@ -17,7 +17,9 @@ from typing import Any, Literal, NamedTuple
 import msgspec
 
 from throttle.engine import keys
+from throttle.engine.forecast import capacity_within
 from throttle.engine.policy import Policy
+from throttle.engine.policy_encoding import redis_fields
 from throttle.engine.scripts import Scripts
 from throttle.settings import Settings
 
@@ -241,7 +243,7 @@ class Queue:
         if cached is None:
             if len(self._capacity) > 10_000:
                 self._capacity.clear()
-            cached = self._capacity[key] = policy.capacity_within(time.time())
+            cached = self._capacity[key] = capacity_within(policy, time.time())
         return cached
 
     # --- the dispatcher ---------------------------------------------------------------------------
@@ -412,7 +414,7 @@ class Queue:
                 policy=pkey,
                 revision=policy.revision,
                 content_hash=policy.content_hash,
-                fields=policy.redis_fields(time.time()),
+                fields=redis_fields(policy, time.time()),
             )
         )
         outcomes: tuple[Literal["stale", "unchanged", "written"], ...] = (

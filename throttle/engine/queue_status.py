@@ -22,7 +22,9 @@ from rich.live import Live
 from rich.table import Table
 
 from throttle.engine import keys
-from throttle.engine.policy import Policy, local_day
+from throttle.engine.calendars import local_day
+from throttle.engine.forecast import projected_wait
+from throttle.engine.policy import Policy
 from throttle.engine.policy_index import registry_load
 from throttle.engine.queue import PolicyStats, Queue
 
@@ -66,7 +68,7 @@ def _short(seconds: float) -> str:
 def row_from_stats(
     policy: Policy, stats: PolicyStats, now: float, today: int | None = None
 ) -> StatusRow:
-    drain = 0.0 if stats.depth == 0 else policy.projected_wait(stats.depth, now)
+    drain = 0.0 if stats.depth == 0 else projected_wait(policy, stats.depth, now)
     return StatusRow(
         portal_id=policy.portal_id,
         name=policy.name,

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 
 from throttle.engine import keys
 from throttle.engine import registry as engine
+from throttle.engine.forecast import projected_wait
 from throttle.engine.manifests import OnDelete
 from throttle.engine.policy import Policy
 from throttle.engine.queue import PolicyStats, Queue, RetireMode
@@ -172,7 +173,7 @@ def drain_seconds(policy: Policy, depth: int, now: float) -> float | None:
     if policy.paused:
         return None
     if depth <= _EXACT_DRAIN_LIMIT:
-        wait = policy.projected_wait(depth, now)
+        wait = projected_wait(policy, depth, now)
     else:
-        wait = policy.projected_wait(_EXACT_DRAIN_LIMIT, now) * depth / _EXACT_DRAIN_LIMIT
+        wait = projected_wait(policy, _EXACT_DRAIN_LIMIT, now) * depth / _EXACT_DRAIN_LIMIT
     return None if math.isinf(wait) else wait
