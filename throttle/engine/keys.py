@@ -47,17 +47,13 @@ def shard_prefix(shard: int) -> str:
 
 
 def policy_key(portal_id: int, name: str) -> str:
+    """`portal:name`, a policy's identity: in every key of the policy, the registry, history."""
     return f"{portal_id}:{name}"
 
 
 def queue_ref(policy_key_: str, queue_id: str) -> str:
+    """`portal:name:qid`, one queue of a policy (the due schedule's and the leases' members)."""
     return f"{policy_key_}:{queue_id}"
-
-
-def split_ref(ref: str) -> tuple[str, str]:
-    """(`portal:name`, qid) of a queue ref."""
-    policy, _, qid = ref.rpartition(":")
-    return policy, qid
 
 
 # --- per shard ------------------------------------------------------------------------------------

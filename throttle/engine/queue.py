@@ -103,12 +103,12 @@ class Released:
 
     @property
     def policy_key(self) -> str:
-        return f"{self.portal_id}:{self.policy}"
+        return keys.policy_key(self.portal_id, self.policy)
 
     @property
     def ref(self) -> str:
         """The queue ref in Redis (`portal:policy:queue`)."""
-        return f"{self.portal_id}:{self.policy}:{self.queue}"
+        return keys.queue_ref(self.policy_key, self.queue)
 
 
 @dataclass(frozen=True)
@@ -401,7 +401,7 @@ class Queue:
 
     # --- policies ---------------------------------------------------------------------------------
     async def apply_policy(self, policy: Policy) -> Literal["stale", "unchanged", "written"]:
-        """Write the policy's parameters (see operator/reconcile.py for the one public writer)."""
+        """Write the policy's parameters: for `engine/registry.py`, the one writer of them."""
         pkey = policy.key
         shard = keys.shard_of(pkey)
         result = await self.scripts.run(
