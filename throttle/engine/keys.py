@@ -20,7 +20,8 @@ single key is hot, and a dispatcher drains one shard per script call.
 
 A queue ref is `<portal>:<name>:<qid>`. The scripts that visit many queues of a shard (take, ack,
 reap) build the per-policy and per-queue keys from the shard prefix and the ref with exactly the
-suffixes above (`tests/engine/test_keys.py` checks that they agree with these builders).
+suffixes above (`test_lua_builds_the_same_keys_as_keys_py` in tests/engine/test_queue.py checks
+that they agree with these builders).
 
 The policy registry (what PolicyIndex loads) is global and small: `throttle:{reg}:policies`
 (hash `portal:name` -> JSON) and `throttle:{reg}:rev` (bumped on every change).

@@ -33,9 +33,13 @@
 -- Nothing here reads the queue's rate state: the caller decides overflow from max_depth (what
 -- the policy can release within its expiration), so the webhook's one round trip stays cheap.
 
-local now = clock_us(ARGV[1])
-local now_ms = math.floor(now / 1000)
-local prefix, ref, qid, cb = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local due_key, params_key, meta_key, done_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local queues_key, list_key, state_key, stats_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local now_offset_ms = ARGV[1]
+local prefix = ARGV[2]
+local ref = ARGV[3]
+local qid = ARGV[4]
+local cb = ARGV[5]
 local expiration_ms = tonumber(ARGV[6])
 local revision = tonumber(ARGV[7])
 local max_depth = tonumber(ARGV[8])
@@ -43,16 +47,19 @@ local maxlen = ARGV[9]
 local enqueued = tonumber(ARGV[10])
 local body = ARGV[11]
 
+local now = clock_us(now_offset_ms)
+local now_ms = math.floor(now / 1000)
+
 -- lim: present once the policy was applied; rev: which revision; paused: hold, no schedule
-local p = redis.call("HMGET", KEYS[2], "lim", "rev", "paused")
+local p = redis.call("HMGET", params_key, "lim", "rev", "paused")
 local params_state = 0
 if not p[1] or tonumber(p[2] or "0") < revision then params_state = 1 end
 
-if redis.call("HEXISTS", KEYS[3], cb) == 1 or redis.call("ZSCORE", KEYS[4], cb) then
-  return { 0, redis.call("LLEN", KEYS[6]), params_state }
+if redis.call("HEXISTS", meta_key, cb) == 1 or redis.call("ZSCORE", done_key, cb) then
+  return { 0, redis.call("LLEN", list_key), params_state }
 end
 
-local depth = redis.call("LLEN", KEYS[6])
+local depth = redis.call("LLEN", list_key)
 if max_depth >= 0 and depth >= max_depth then
   return { 2, depth, params_state }
 end
@@ -64,17 +71,17 @@ if expires <= now then
 end
 
 -- forget finished callback ids whose dedupe window passed (amortised: a few per call)
-local old = redis.call("ZRANGEBYSCORE", KEYS[4], "-inf", now_ms, "LIMIT", 0, 16)
-if #old > 0 then redis.call("ZREM", KEYS[4], unpack(old)) end
+local old = redis.call("ZRANGEBYSCORE", done_key, "-inf", now_ms, "LIMIT", 0, 16)
+if #old > 0 then redis.call("ZREM", done_key, unpack(old)) end
 
-local seq = redis.call("HINCRBY", KEYS[7], "seq", 1)
-redis.call("HSET", KEYS[3], cb, meta_format(seq, enqueued, expires, 0, qid))
-depth = redis.call("RPUSH", KEYS[6], cb)
-redis.call("SADD", KEYS[5], qid)
+local seq = redis.call("HINCRBY", state_key, "seq", 1)
+redis.call("HSET", meta_key, cb, meta_format(seq, enqueued, expires, 0, qid))
+depth = redis.call("RPUSH", list_key, cb)
+redis.call("SADD", queues_key, qid)
 if p[3] ~= "1" then
-  redis.call("ZADD", KEYS[1], "NX", now_ms, ref)
+  redis.call("ZADD", due_key, "NX", now_ms, ref)
 end
-redis.call("HINCRBY", KEYS[8], "received", 1)
+redis.call("HINCRBY", stats_key, "received", 1)
 local pol = split_ref(ref)
 emit(prefix, maxlen, { "t", "recv", "pol", pol, "q", qid, "cb", cb, "ts", fmt(now),
                        "enq", fmt(enqueued), "exp", fmt(expires), "body", body })
