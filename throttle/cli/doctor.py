@@ -22,7 +22,7 @@ import aiohttp
 
 from throttle.engine import keys
 from throttle.engine.policy_index import registry_load
-from throttle.engine.queue import redis_from_settings
+from throttle.engine.redis_client import redis_client
 from throttle.engine.scripts import ENGINE_SCRIPTS, lua_source
 from throttle.history.store import create_pool, pending_migrations
 from throttle.hubspot.action_definition import action_definition
@@ -177,7 +177,7 @@ async def run_checks(settings: Settings) -> list[Check]:
         for name in ("redis_url", "database_url", "encryption_key")
         if getattr(settings, name) in (None, "")
     ]
-    redis = redis_from_settings(settings) if settings.redis_url else None
+    redis = redis_client(settings) if settings.redis_url else None
     pool = None
     try:
         if redis is not None:

@@ -21,7 +21,6 @@ from throttle.engine.forecast import capacity_within
 from throttle.engine.policy import Policy
 from throttle.engine.policy_encoding import redis_fields
 from throttle.engine.scripts import Scripts
-from throttle.settings import Settings
 
 _JSON = msgspec.json.Encoder()
 
@@ -469,16 +468,6 @@ class Queue:
         """Redis' clock plus the test offset, as the scripts see it (epoch seconds)."""
         seconds, micros = await self.redis.time()
         return float(seconds) + float(micros) / 1e6 + self.time_offset_ms / 1000
-
-
-def redis_from_settings(settings: Settings, **options: Any) -> Any:
-    """The async client the engine uses: a plain Redis, or a cluster client (REDIS_CLUSTER)."""
-    from redis.asyncio import Redis, RedisCluster
-
-    assert settings.redis_url is not None
-    if settings.redis_cluster:
-        return RedisCluster.from_url(settings.redis_url, **options)
-    return Redis.from_url(settings.redis_url, **options)
 
 
 def _policy_stats(raw: Sequence[Any]) -> PolicyStats:

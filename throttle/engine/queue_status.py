@@ -27,6 +27,8 @@ from throttle.engine.forecast import projected_wait
 from throttle.engine.policy import Policy
 from throttle.engine.policy_index import registry_load
 from throttle.engine.queue import PolicyStats, Queue
+from throttle.engine.redis_client import redis_client
+from throttle.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -93,14 +95,8 @@ class StatusReader:
         self.queue = Queue(redis)
 
     @classmethod
-    def from_url(cls, url: str, cluster: bool = False) -> StatusReader:
-        if cluster:
-            from redis.asyncio.cluster import RedisCluster
-
-            return cls(RedisCluster.from_url(url))
-        import redis.asyncio as aioredis
-
-        return cls(aioredis.Redis.from_url(url))
+    def from_settings(cls, settings: Settings) -> StatusReader:
+        return cls(redis_client(settings))
 
     async def policies(self) -> list[Policy]:
         _revision, found = await registry_load(self.redis)
@@ -179,8 +175,8 @@ def status_table(rows: Sequence[StatusRow], title: str = "Throttle policies") ->
     return table
 
 
-async def show(redis_url: str, cluster: bool, watch: bool, interval: float) -> None:
-    reader = StatusReader.from_url(redis_url, cluster)
+async def show(settings: Settings, watch: bool, interval: float) -> None:
+    reader = StatusReader.from_settings(settings)
     console = Console()
     try:
         if not watch:

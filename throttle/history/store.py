@@ -23,7 +23,8 @@ import asyncpg
 from throttle.engine import keys
 from throttle.engine.policy import Policy
 from throttle.engine.policy_index import registry_load
-from throttle.engine.queue import Queue, QueueItem, redis_from_settings
+from throttle.engine.queue import Queue, QueueItem
+from throttle.engine.redis_client import redis_client
 from throttle.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -360,7 +361,7 @@ def recover_command(settings: Settings) -> None:
 
     async def run() -> RecoverReport:
         assert settings.database_url is not None
-        redis = redis_from_settings(settings)
+        redis = redis_client(settings)
         pool = await create_pool(settings.database_url)
         try:
             policies = await load_policies_for_recovery(redis, pool)

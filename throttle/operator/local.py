@@ -22,10 +22,10 @@ from throttle.engine import keys
 from throttle.engine.manifests import Manifest, OnDelete, load_folder, manifest_files, policy_name
 from throttle.engine.policy import Policy
 from throttle.engine.queue import Queue
+from throttle.engine.redis_client import redis_client
 from throttle.health_server import health_server
 from throttle.metrics import Metrics
 from throttle.operator.book import PolicyBook, PolicyConflict
-from throttle.operator.handlers import redis_client
 from throttle.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from throttle.engine.policy_index import PolicyIndex
 from throttle.engine.queue import Queue
+from throttle.engine.redis_client import redis_client
 from throttle.engine.registry import reconcile, retire
 from throttle.hubspot.client import HubSpotClient
 from throttle.hubspot.crypto import TokenCipher
@@ -109,21 +110,10 @@ class ErrorAccessLogger(AccessLogger):
 # --- cleanup contexts ---------------------------------------------------------------------------
 
 
-def _redis_client(settings: Settings) -> Any:
-    from redis.asyncio import Redis, RedisCluster
-
-    url = settings.redis_url or "redis://127.0.0.1:6379/0"
-    if settings.redis_cluster:
-        return RedisCluster.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
-    return Redis.from_url(
-        url, socket_timeout=5.0, socket_connect_timeout=5.0, health_check_interval=30
-    )
-
-
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
     settings = app[SETTINGS]
-    redis = _redis_client(settings)
+    redis = redis_client(settings)
     app[REDIS] = redis
     # Concurrent requests' enqueue calls share network writes (one round trip each still).
     client = redis if settings.redis_cluster else AutoPipeline(redis)

@@ -127,7 +127,7 @@ class Probe:
 
     def __init__(self, stack: Stack, scenario: Scenario) -> None:
 
-        self.reader = StatusReader.from_url(stack.redis_url)
+        self.reader = StatusReader.from_settings(stack.settings_object())
         self.scenario = scenario
 
     async def read(self) -> dict[str, Any]:
