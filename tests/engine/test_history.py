@@ -12,7 +12,7 @@ from tests.engine.helpers import item, policy
 from throttle.dispatcher.history_writer import HistoryWriter
 from throttle.engine import keys
 from throttle.engine.queue import Queue
-from throttle.engine.registry import reconcile
+from throttle.engine.registry import reconcile, reconcile_awaited
 from throttle.history.store import create_pool, migrate, pending_migrations, prune, recover
 from throttle.metrics import Metrics
 
@@ -108,6 +108,9 @@ async def test_recover_rebuilds_lost_queues_without_duplicates(
         await redis.flushall()
         second = await recover(queue, pool, {p.key: p})
         assert second.queued == 4
+        # held until the policy's writer restores its parameters (recover writes none)
+        assert (await queue.take()).released == []
+        assert await reconcile_awaited(queue, {p.key: p}) == [p.key]
         queue.time_offset_ms = 5000
         again = [r.callback_id for r in (await queue.take()).released]
         assert again == ["cb-2", "cb-3", "cb-4", "cb-5"]

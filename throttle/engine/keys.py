@@ -10,6 +10,9 @@ single key is hot, and a dispatcher drains one shard per script call.
     throttle:{tN}:leases                    zset  "ref|callbackId" -> lease deadline (ms)
     throttle:{tN}:events                    stream history events (received, released, ...)
     throttle:{tN}:evdropped                 int   events dropped because the stream was full
+    throttle:{tN}:awaiting                  set   policies (`portal:name`) whose queues took
+                                                  executions while Redis held no parameters for
+                                                  them, or older ones (for the reconcilers)
     throttle:{tN}:p:<portal>:<name>:params  hash  rate parameters (policy_encoding.redis_fields)
     throttle:{tN}:p:<portal>:<name>:queues  set   queue ids of the policy ("shared", "wf<id>")
     throttle:{tN}:p:<portal>:<name>:meta    hash  callbackId -> "seq,enq_us,exp_us,attempts,qid"
@@ -52,6 +55,12 @@ def policy_key(portal_id: int, name: str) -> str:
     return f"{portal_id}:{name}"
 
 
+def split_policy_key(policy_key_: str) -> tuple[int, str]:
+    """(portal, name) of a `portal:name`."""
+    portal, _, name = policy_key_.partition(":")
+    return int(portal), name
+
+
 def queue_ref(policy_key_: str, queue_id: str) -> str:
     """`portal:name:qid`, one queue of a policy (the due schedule's and the leases' members)."""
     return f"{policy_key_}:{queue_id}"
@@ -72,6 +81,10 @@ def events(shard: int) -> str:
 
 def events_dropped(shard: int) -> str:
     return shard_prefix(shard) + "evdropped"
+
+
+def awaiting_params(shard: int) -> str:
+    return shard_prefix(shard) + "awaiting"
 
 
 # --- per policy -----------------------------------------------------------------------------------

@@ -174,12 +174,13 @@ class Queue:
     async def enqueue(
         self, item: QueueItem, policy: Policy, *, check_overflow: bool = True
     ) -> EnqueueResult:
-        """Hold one execution in `policy`'s queue: one round trip (two the first time a policy
-        is used in this Redis, when its parameters are written). `check_overflow=False` (used
-        by recovery) queues even beyond what fits in the expiration."""
+        """Hold one execution in `policy`'s queue, in one round trip. It never writes the
+        policy's parameters: if Redis has none (or older ones), the queue waits for the policy's
+        writer (see `registry.reconcile_awaited`). `check_overflow=False` (used by recovery)
+        queues even beyond what fits in the expiration."""
         target = self._target(policy, policy.queue_id(item.workflow_id))
         max_depth = -1 if target.blocking or not check_overflow else self._max_depth(policy)
-        status, depth, params_state = await self.scripts.call(
+        status, depth = await self.scripts.call(
             "enqueue",
             target.keys,
             (
@@ -196,8 +197,6 @@ class Queue:
                 item.event_body(),
             ),
         )
-        if params_state:
-            await self.apply_policy(policy)
         return EnqueueResult(_STATUS[int(status)], int(depth), policy, target.qid)
 
     def _target(self, policy: Policy, qid: str) -> _EnqueueTarget:
@@ -224,6 +223,7 @@ class Queue:
                 keys.queue_list(pkey, qid),
                 keys.queue_state(pkey, qid),
                 keys.stats(pkey),
+                keys.awaiting_params(shard),
             ),
             prefix=keys.shard_prefix(shard),
             ref=keys.queue_ref(pkey, qid),
@@ -408,6 +408,7 @@ class Queue:
                 keys.params(pkey),
                 keys.queues(pkey),
                 keys.due(shard),
+                keys.awaiting_params(shard),
                 now_offset_ms=self.time_offset_ms,
                 prefix=keys.shard_prefix(shard),
                 policy=pkey,
@@ -435,6 +436,7 @@ class Queue:
                 keys.meta(pkey),
                 keys.done(pkey),
                 keys.stats(pkey),
+                keys.awaiting_params(shard),
                 now_offset_ms=self.time_offset_ms,
                 prefix=keys.shard_prefix(shard),
                 policy=pkey,
@@ -442,6 +444,16 @@ class Queue:
             )
         )
         return int(remaining)
+
+    async def awaiting_params(self) -> set[str]:
+        """Policies (`portal:name`) whose queues hold executions that arrived while Redis had no
+        parameters for them, or older ones than the webhook's copy (enqueue.lua marks them;
+        writing the parameters clears the mark). One pipelined read of every shard."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in range(keys.SHARDS):
+                pipe.smembers(keys.awaiting_params(shard))
+            found = await pipe.execute()
+        return {_text(key) for members in found for key in members}
 
     async def stats(self, policy: Policy) -> PolicyStats:
         return (await self.stats_many([policy]))[0]

@@ -215,6 +215,7 @@ class Scripts:
         params: str,
         queues: str,
         due: str,
+        awaiting: str,
         *,
         now_offset_ms: int,
         prefix: str,
@@ -225,7 +226,7 @@ class Scripts:
     ) -> ScriptCall:
         flat = [v for item in fields.items() for v in item]
         args = (now_offset_ms, prefix, policy, revision, content_hash, *flat)
-        return _call("apply_policy", (params, queues, due), args)
+        return _call("apply_policy", (params, queues, due, awaiting), args)
 
     @staticmethod
     def retire(
@@ -235,13 +236,14 @@ class Scripts:
         meta: str,
         done: str,
         stats: str,
+        awaiting: str,
         *,
         now_offset_ms: int,
         prefix: str,
         policy: str,
         mode: str,
     ) -> ScriptCall:
-        keys = (params, queues, due, meta, done, stats)
+        keys = (params, queues, due, meta, done, stats, awaiting)
         return _call("retire", keys, (now_offset_ms, prefix, policy, mode))
 
     @staticmethod

@@ -24,10 +24,11 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CollectorRegistry
 
+from throttle.engine.policy import Policy
 from throttle.engine.policy_index import PolicyIndex
 from throttle.engine.queue import Queue
 from throttle.engine.redis_client import redis_client
-from throttle.engine.registry import reconcile, retire
+from throttle.engine.registry import reconcile, reconcile_awaited, retire
 from throttle.hubspot.client import HubSpotClient
 from throttle.hubspot.crypto import TokenCipher
 from throttle.hubspot.tokens import TokenManager, TokenStore
@@ -253,7 +254,10 @@ async def policy_store_ctx(app: web.Application) -> AsyncIterator[None]:
     async def remove(policy: Any) -> Any:
         return await retire(queue, policy, "Drain")
 
-    store = LocalPolicyStore(app[DB_POOL], apply, remove)
+    async def apply_awaited(policies: list[Policy]) -> Any:
+        return await reconcile_awaited(queue, {p.key: p for p in policies})
+
+    store = LocalPolicyStore(app[DB_POOL], apply, remove, apply_awaited)
     app[POLICY_STORE] = store
     if app[DB_POOL] is None:
         yield

@@ -4,18 +4,20 @@
 -- resume or a new window takes effect on the next take (the GCRA state carries over: no
 -- catch-up burst). Pausing drops the queues from the schedule.
 --
--- KEYS[1]  params  hash  the policy's parameters
--- KEYS[2]  queues  set   the policy's queue ids
--- KEYS[3]  due     zset  the shard's due schedule
+-- KEYS[1]  params    hash  the policy's parameters
+-- KEYS[2]  queues    set   the policy's queue ids
+-- KEYS[3]  due       zset  the shard's due schedule
+-- KEYS[4]  awaiting  set   the shard's policies waiting for parameters (see enqueue.lua); the
+--                          policy leaves it unless the call is stale
 -- ARGV[1]  now_offset_ms  added to Redis TIME; tests only, production passes 0
 -- ARGV[2]  prefix         the shard key prefix "throttle:{tN}:"
 -- ARGV[3]  policy         "portal:name"
 -- ARGV[4]  revision       registry revision of this copy (0 = unknown: applies unless newer stored)
 -- ARGV[5]  hash           content hash of the spec
--- ARGV[6..] field, value pairs (Policy.redis_fields)
+-- ARGV[6..] field, value pairs (policy_encoding.redis_fields)
 -- Returns 0 stale (a newer revision is stored; nothing written), 1 unchanged, 2 written
 
-local params_key, queues_key, due_key = KEYS[1], KEYS[2], KEYS[3]
+local params_key, queues_key, due_key, awaiting_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now_offset_ms = ARGV[1]
 local prefix = ARGV[2]
 local pol = ARGV[3]
@@ -29,6 +31,7 @@ local now_ms = math.floor(now / 1000)
 local stored = redis.call("HMGET", params_key, "rev", "hash", "lim")
 local stored_rev = tonumber(stored[1] or "0")
 if stored[3] and stored_rev > revision then return 0 end
+redis.call("SREM", awaiting_key, pol)
 if stored[3] and stored[2] == hash then
   if revision > stored_rev then redis.call("HSET", params_key, "rev", fmt(revision)) end
   return 1

@@ -4,12 +4,13 @@
 -- them so). When nothing is queued or in flight any more, every key of the policy is deleted.
 -- Call it again until it returns 0.
 --
--- KEYS[1]  params  hash  the policy's parameters
--- KEYS[2]  queues  set   the policy's queue ids
--- KEYS[3]  due     zset  the shard's due schedule
--- KEYS[4]  meta    hash  the policy's queued / in-flight items
--- KEYS[5]  done    zset  finished ids (dedupe)
--- KEYS[6]  stats   hash  the policy's counters
+-- KEYS[1]  params    hash  the policy's parameters
+-- KEYS[2]  queues    set   the policy's queue ids
+-- KEYS[3]  due       zset  the shard's due schedule
+-- KEYS[4]  meta      hash  the policy's queued / in-flight items
+-- KEYS[5]  done      zset  finished ids (dedupe)
+-- KEYS[6]  stats     hash  the policy's counters
+-- KEYS[7]  awaiting  set   the shard's policies waiting for parameters (left when deleted)
 -- ARGV[1]  now_offset_ms  added to Redis TIME; tests only, production passes 0
 -- ARGV[2]  prefix         the shard key prefix "throttle:{tN}:"
 -- ARGV[3]  policy         "portal:name"
@@ -17,7 +18,7 @@
 -- Returns the number of items still queued or in flight (0 = retired and deleted)
 
 local params_key, queues_key, due_key = KEYS[1], KEYS[2], KEYS[3]
-local meta_key, done_key, stats_key = KEYS[4], KEYS[5], KEYS[6]
+local meta_key, done_key, stats_key, awaiting_key = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local now_offset_ms = ARGV[1]
 local prefix = ARGV[2]
 local pol = ARGV[3]
@@ -36,6 +37,7 @@ if remaining == 0 then
     redis.call("ZREM", due_key, ref)
   end
   redis.call("DEL", params_key, queues_key, meta_key, done_key, stats_key)
+  redis.call("SREM", awaiting_key, pol)
   return 0
 end
 if redis.call("EXISTS", params_key) == 1 then
