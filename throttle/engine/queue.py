@@ -33,8 +33,9 @@ _NO_INPUTS: Mapping[str, str] = MappingProxyType({})
 
 
 class QueueItem(NamedTuple):
-    """One execution HubSpot asked us to hold, as the webhook parsed it. A named tuple: built
-    on every webhook request, where a frozen dataclass' `__init__` costs a microsecond more."""
+    """One execution HubSpot asked us to hold, as the webhook parsed it. A named tuple rather
+    than a frozen dataclass: built on every webhook request, where the dataclass' `__init__`
+    shows in the request's cost (bench/RESULTS.md, "Engine")."""
 
     callback_id: str
     portal_id: int
@@ -50,7 +51,8 @@ class QueueItem(NamedTuple):
 
     def event_body(self) -> bytes:
         """What history keeps of the execution (enough to rebuild the queue item): JSON, by
-        msgspec, which takes a tenth of the time `json.dumps` takes (once per request)."""
+        msgspec rather than `json.dumps`, because it runs once per request (bench/RESULTS.md,
+        "Engine")."""
         return _JSON.encode(
             {
                 "portal": self.portal_id,
@@ -65,8 +67,7 @@ class QueueItem(NamedTuple):
 
 
 class EnqueueResult(NamedTuple):
-    """A tuple rather than a frozen dataclass: built on every webhook request, and a frozen
-    dataclass' `__init__` costs a microsecond."""
+    """A tuple rather than a frozen dataclass, as `QueueItem`: built on every webhook request."""
 
     status: EnqueueStatus
     depth: int
@@ -113,8 +114,9 @@ class Released:
 @dataclass(frozen=True)
 class _EnqueueTarget:
     """Everything an enqueue into one queue of one policy sends besides the execution itself,
-    built once per policy object and queue: key building, the shard hash and reading the
-    policy's fields cost about as much as the rest of the webhook's own work together."""
+    built once per policy object and queue rather than per request: key building, the shard
+    hash and reading the policy's fields are most of the enqueue's own Python work
+    (bench/RESULTS.md, "Engine")."""
 
     policy: Policy
     keys: tuple[str, ...]
