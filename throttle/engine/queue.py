@@ -1,8 +1,9 @@
 """The engine's queues in domain words: enqueue, take, ack, requeue, fail, reap, stats.
 
 Each method is one script call (or one per shard involved) — see `throttle/engine/lua/` for what
-each does atomically, and `throttle/engine/keys.py` for the layout. `time_offset_ms` shifts Redis'
-clock as the scripts see it; only tests set it, to drive time without sleeping.
+each does atomically, and `throttle/engine/keys.py` for the layout; `awaiting_params` alone is a
+plain read. `time_offset_ms` shifts Redis' clock as the scripts see it; only tests set it, to
+drive time without sleeping.
 """
 
 from __future__ import annotations
