@@ -116,7 +116,7 @@ async def wait_settled(
     """
     from throttle.engine.queue_status import StatusReader
 
-    reader = StatusReader.from_url(stack.redis_url)
+    reader = StatusReader.from_settings(stack.settings_object())
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -134,7 +134,7 @@ async def wait_settled(
 async def wait_policies(stack: Stack, portals: list[int], paused: bool) -> None:
     from throttle.engine.queue_status import StatusReader
 
-    reader = StatusReader.from_url(stack.redis_url)
+    reader = StatusReader.from_settings(stack.settings_object())
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

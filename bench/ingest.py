@@ -283,7 +283,12 @@ async def prepare(redis_url: str, database_url: str) -> None:
                 "scope": "PerWorkflow",
             }
         )
-        await reconcile(Queue(redis), policy)
+        queue = Queue(redis)
+        revision = (await reconcile(queue, policy)).revision
+        # Each portal's copy of the default, written up front as the operator writes it on the
+        # portal's first execution: the runs measure the steady state, not that first moment.
+        for portal in PORTALS:
+            await queue.apply_policy(policy.for_portal(portal).with_revision(revision))
     finally:
         await redis.aclose()
 

@@ -8,7 +8,8 @@ from typing import Any
 
 from tests.fixtures.builders import item, policy
 from tests.fixtures.simulation import Simulation, max_in_window
-from throttle.engine.policy import Policy, in_window
+from throttle.engine.calendars import in_window
+from throttle.engine.policy import Policy
 from throttle.engine.registry import reconcile
 
 

@@ -11,16 +11,14 @@ import pytest
 from pydantic import ValidationError
 
 from tests.fixtures.builders import item, policy
-from throttle.engine.policy import (
-    Policy,
-    format_duration,
-    in_window,
-    parse_duration,
-    policy_errors,
-    transitions,
-)
-from throttle.engine.policy_index import PolicyIndex, registry_put
+from throttle.engine import keys
+from throttle.engine.calendars import in_window, transitions
+from throttle.engine.durations import format_duration, parse_duration
+from throttle.engine.forecast import capacity_within, projected_wait
+from throttle.engine.policy import Policy, policy_errors
+from throttle.engine.policy_index import PolicyIndex
 from throttle.engine.queue import Queue
+from throttle.engine.registry import reconcile, reconcile_awaited
 
 
 @pytest.mark.parametrize(
@@ -125,15 +123,15 @@ def test_window_membership_uses_local_wall_clock() -> None:
 def test_projected_wait_and_capacity() -> None:
     p = policy(rate={"limit": 60, "period": "1m"}, expiration="PT10M")
     now = 1_800_000_000.0
-    assert p.projected_wait(1, now) == 0
-    assert p.projected_wait(61, now) == pytest.approx(60)
-    assert p.capacity_within(now) == 601
+    assert projected_wait(p, 1, now) == 0
+    assert projected_wait(p, 61, now) == pytest.approx(60)
+    assert capacity_within(p, now) == 601
     capped = policy(rate={"limit": 60, "period": "1m"}, dailyCap={"limit": 100, "timeZone": "UTC"})
     midnight = datetime(2027, 3, 1, tzinfo=UTC).timestamp()
     # 100 today, the 101st waits for tomorrow's midnight
-    assert capped.projected_wait(100, midnight) == pytest.approx(99)
-    assert capped.projected_wait(101, midnight) == pytest.approx(86400)
-    assert math.isinf(p.model_copy(update={"paused": True}).projected_wait(1, now))
+    assert projected_wait(capped, 100, midnight) == pytest.approx(99)
+    assert projected_wait(capped, 101, midnight) == pytest.approx(86400)
+    assert math.isinf(projected_wait(p.model_copy(update={"paused": True}), 1, now))
 
 
 def test_resolution_order() -> None:
@@ -152,17 +150,37 @@ def test_resolution_order() -> None:
     assert PolicyIndex.from_policies([]).resolve(9, 1, None) is None
 
 
-async def test_index_follows_the_registry_and_global_default_materialises(redis: Any) -> None:
+async def test_index_follows_the_registry_and_global_default_applies_per_portal(
+    redis: Any,
+) -> None:
+    queue = Queue(redis)
     index = PolicyIndex(redis)
     await index.load()
     assert index.resolve(9, 1, None) is None
-    await registry_put(redis, policy(name="default", portal=0, rate={"limit": 3, "period": "1s"}))
+    global_default = policy(name="default", portal=0, rate={"limit": 3, "period": "1s"})
+    await reconcile(queue, global_default)
     assert await index.refresh()
     assert not await index.refresh()  # nothing changed: one GET, no reload
     resolved = index.resolve(9, 1, None)
     assert resolved is not None
-    queue = Queue(redis)
-    # the first execution for portal 9 writes the default's parameters for portal 9
-    result = await queue.enqueue(item("cb-1", portal=9), resolved)
-    assert result.status == "queued"
+    assert resolved.key == "9:default"
+    # portal 9's first execution waits for portal 9's copy of the default's parameters...
+    assert (await queue.enqueue(item("cb-1", portal=9), resolved)).status == "queued"
+    assert (await queue.take()).released == []
+    # ...which the default's writer writes, and the execution goes
+    assert await reconcile_awaited(queue, {global_default.key: global_default}) == ["9:default"]
     assert (await queue.take()).released[0].portal_id == 9
+    # a changed default reaches the portal's copy the same way (its revision is newer)
+    faster = policy(name="default", portal=0, rate={"limit": 30, "period": "1s"})
+    await reconcile(queue, faster)
+    assert await index.refresh()
+    changed = index.resolve(9, 1, None)
+    assert changed is not None
+    await queue.enqueue(item("cb-2", portal=9), changed)
+    assert await reconcile_awaited(queue, {faster.key: faster}) == ["9:default"]
+    assert await redis.hget(keys.params("9:default"), "lim") == b"30"
+    # a mark for a policy the caller does not write stays for its own writer
+    await redis.delete(keys.params("9:default"))
+    await queue.enqueue(item("cb-3", portal=9), changed)
+    assert await reconcile_awaited(queue, {}) == []
+    assert await queue.awaiting_params() == {"9:default"}

@@ -21,9 +21,12 @@ async def test_enqueue_dedupes_and_marks_the_queue_due(queue: Queue, engine_redi
     assert (again.status, again.depth) == ("duplicate", 1)
     shard = keys.shard_of(p.key)
     assert await engine_redis.zscore(keys.due(shard), keys.queue_ref(p.key, "shared")) is not None
-    # the first enqueue wrote the policy's parameters (they were missing)
-    assert await engine_redis.hget(keys.params(p.key), "lim") == b"10"
     assert await engine_redis.llen(keys.queue_list(p.key, "shared")) == 1
+    # the parameters were missing: the enqueue wrote none, it marked them awaited
+    assert not await engine_redis.exists(keys.params(p.key))
+    assert await queue.awaiting_params() == {p.key}
+    await reconcile(queue, p)  # the writer's reconcile clears the mark
+    assert await queue.awaiting_params() == set()
 
 
 async def test_lua_builds_the_same_keys_as_keys_py(queue: Queue, engine_redis: Any) -> None:

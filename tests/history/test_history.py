@@ -13,7 +13,7 @@ from tests.fixtures.metric_samples import sample
 from throttle.dispatcher.history_writer import HistoryWriter
 from throttle.engine import keys
 from throttle.engine.queue import Queue
-from throttle.engine.registry import reconcile
+from throttle.engine.registry import reconcile, reconcile_awaited
 from throttle.history.migrations import migrate, pending_migrations
 from throttle.history.pool import create_pool
 from throttle.history.pruning import prune
@@ -112,6 +112,9 @@ async def test_recover_rebuilds_lost_queues_without_duplicates(
         await redis.flushall()
         second = await recover(queue, pool, {p.key: p})
         assert second.queued == 4
+        # held until the policy's writer restores its parameters (recover writes none)
+        assert (await queue.take()).released == []
+        assert await reconcile_awaited(queue, {p.key: p}) == [p.key]
         queue.time_offset_ms = 5000
         again = [r.callback_id for r in (await queue.take()).released]
         assert again == ["cb-2", "cb-3", "cb-4", "cb-5"]

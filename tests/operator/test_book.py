@@ -1,4 +1,5 @@
-"""The operator's engine calls on a real 3-node Redis Cluster (REDIS_CLUSTER=true deployments)."""
+"""The operator's engine calls: on a real 3-node Redis Cluster (REDIS_CLUSTER=true deployments),
+and what executions do while Redis lacks their policy's parameters."""
 
 from __future__ import annotations
 
@@ -6,14 +7,15 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures.builders import item
 from throttle.engine import keys
 from throttle.engine.manifests import policy_from_spec
-from throttle.engine.queue import Queue
+from throttle.engine.policy_index import PolicyIndex
+from throttle.engine.queue import Queue, Released
 from throttle.operator.book import PolicyBook, PolicyConflict
 
-pytestmark = pytest.mark.cluster
 
-
+@pytest.mark.cluster
 async def test_apply_check_restore_retire_on_redis_cluster(redis_cluster: Any) -> None:
     client = redis_cluster.client()
     try:
@@ -45,3 +47,46 @@ async def test_apply_check_restore_retire_on_redis_cluster(redis_cluster: Any) -
         assert figures.depth == 0
     finally:
         await client.aclose()
+
+
+async def test_executions_wait_for_lost_parameters_and_go_once_restored(redis: Any) -> None:
+    queue = Queue(redis)
+    book = PolicyBook(queue)
+    own = policy_from_spec("own", {"portalId": 4100, "rate": {"limit": 2, "period": "1s"}})
+    default = policy_from_spec("default", {"portalId": 0, "rate": {"limit": 3, "period": "1s"}})
+    for p in (own, default):
+        await book.apply(f"ns/{p.name}", "", p)
+    index = PolicyIndex(redis)  # what a webhook pod resolves with
+    await index.load()
+    webhook_own = index.resolve(4100, 1, "own")
+    for_new_portal = index.resolve(4200, 1, None)  # the global default, applied to portal 4200
+    assert webhook_own is not None
+    assert for_new_portal is not None
+    assert for_new_portal.key == "4200:default"
+
+    await queue.enqueue(item("queued-before", portal=4100), webhook_own)
+    await redis.delete(keys.params(own.key))  # Redis loses the policy's parameters
+    await queue.enqueue(item("arrived-meanwhile", portal=4100), webhook_own)
+    await queue.enqueue(item("first-of-portal", portal=4200), for_new_portal)
+
+    # Held, not released unthrottled; and the webhook's enqueue wrote no parameters.
+    assert (await queue.take()).released == []
+    assert not await redis.exists(keys.params(own.key), keys.params("4200:default"))
+    assert await queue.awaiting_params() == {own.key, "4200:default"}
+
+    restored = await book.restore_missing()
+    assert [e.policy.key for e in restored] == [own.key]
+    assert await redis.hget(keys.params(own.key), "lim") == b"2"
+    assert await redis.hget(keys.params("4200:default"), "lim") == b"3"
+    assert await queue.awaiting_params() == set()
+
+    # Released at the policies' rates: own lets one go per half second (no burst).
+    taken: list[list[Released]] = []
+    for step in range(3):
+        queue.time_offset_ms = step * 500
+        taken.append((await queue.take()).released)
+    assert [sorted(r.callback_id for r in batch) for batch in taken] == [
+        ["first-of-portal", "queued-before"],
+        ["arrived-meanwhile"],
+        [],
+    ]

@@ -25,7 +25,7 @@ import aiohttp
 
 from throttle.engine import keys
 from throttle.engine.policy_index import registry_load
-from throttle.engine.queue import redis_from_settings
+from throttle.engine.redis_client import redis_client
 from throttle.engine.scripts import ENGINE_SCRIPTS, lua_source
 from throttle.history.migrations import pending_migrations
 from throttle.history.pool import create_pool
@@ -199,7 +199,7 @@ async def run_checks(settings: Settings) -> list[Check]:
         for name in ("redis_url", "database_url", "encryption_key")
         if getattr(settings, name) in (None, "")
     ]
-    redis = redis_from_settings(settings) if settings.redis_url else None
+    redis = redis_client(settings) if settings.redis_url else None
     pool = None
     try:
         if redis is not None:

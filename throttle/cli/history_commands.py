@@ -51,7 +51,10 @@ def recover() -> None:
 
 async def _recover(settings: Settings) -> RecoverReport:
     # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
-    from throttle.engine.queue import Queue, redis_from_settings
+    from throttle.engine.queue import Queue
+
+    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
+    from throttle.engine.redis_client import redis_client
 
     # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
     from throttle.history.pool import create_pool
@@ -60,7 +63,7 @@ async def _recover(settings: Settings) -> RecoverReport:
     from throttle.history.recovery import load_policies_for_recovery, recover
 
     assert settings.database_url is not None
-    redis = redis_from_settings(settings)
+    redis = redis_client(settings)
     pool = await create_pool(settings.database_url)
     try:
         policies = await load_policies_for_recovery(redis, pool)

@@ -86,9 +86,8 @@ def status(watch: bool, interval: float) -> None:
     # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
     from throttle.engine.queue_status import show
 
-    assert settings.redis_url is not None
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(show(settings.redis_url, settings.redis_cluster, watch, interval))
+        asyncio.run(show(settings, watch, interval))
 
 
 @main.command(name="settings")

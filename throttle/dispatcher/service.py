@@ -22,7 +22,8 @@ from throttle.dispatcher.history_writer import HistoryWriter
 from throttle.dispatcher.hubspot_completer import TokenSource, build_completer
 from throttle.dispatcher.reaper import LeaseReaper
 from throttle.engine.policy_index import registry_load
-from throttle.engine.queue import Queue, redis_from_settings
+from throttle.engine.queue import Queue
+from throttle.engine.redis_client import redis_client
 from throttle.health_server import health_server
 from throttle.history.pool import create_pool
 from throttle.hubspot.config_fault import RECHECK_S
@@ -52,7 +53,7 @@ async def run_dispatcher(
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     async with contextlib.AsyncExitStack() as opened:
-        redis = redis_from_settings(settings)
+        redis = redis_client(settings)
         opened.push_async_callback(redis.aclose)
         queue = Queue(
             redis,

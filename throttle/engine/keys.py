@@ -10,7 +10,10 @@ single key is hot, and a dispatcher drains one shard per script call.
     throttle:{tN}:leases                    zset  "ref|callbackId" -> lease deadline (ms)
     throttle:{tN}:events                    stream history events (received, released, ...)
     throttle:{tN}:evdropped                 int   events dropped because the stream was full
-    throttle:{tN}:p:<portal>:<name>:params  hash  rate parameters (Policy.redis_fields)
+    throttle:{tN}:awaiting                  set   policies (`portal:name`) whose queues took
+                                                  executions while Redis held no parameters for
+                                                  them, or older ones (for the reconcilers)
+    throttle:{tN}:p:<portal>:<name>:params  hash  rate parameters (policy_encoding.redis_fields)
     throttle:{tN}:p:<portal>:<name>:queues  set   queue ids of the policy ("shared", "wf<id>")
     throttle:{tN}:p:<portal>:<name>:meta    hash  callbackId -> "seq,enq_us,exp_us,attempts,qid"
     throttle:{tN}:p:<portal>:<name>:done    zset  callbackId -> forget-after ms (dedupe when done)
@@ -20,7 +23,8 @@ single key is hot, and a dispatcher drains one shard per script call.
 
 A queue ref is `<portal>:<name>:<qid>`. The scripts that visit many queues of a shard (take, ack,
 reap) build the per-policy and per-queue keys from the shard prefix and the ref with exactly the
-suffixes above (`tests/engine/test_keys.py` checks that they agree with these builders).
+suffixes above (`test_lua_builds_the_same_keys_as_keys_py` in tests/engine/test_queue.py checks
+that they agree with these builders).
 
 The policy registry (what PolicyIndex loads) is global and small: `throttle:{reg}:policies`
 (hash `portal:name` -> JSON) and `throttle:{reg}:rev` (bumped on every change).
@@ -47,17 +51,19 @@ def shard_prefix(shard: int) -> str:
 
 
 def policy_key(portal_id: int, name: str) -> str:
+    """`portal:name`, a policy's identity: in every key of the policy, the registry, history."""
     return f"{portal_id}:{name}"
 
 
+def split_policy_key(policy_key_: str) -> tuple[int, str]:
+    """(portal, name) of a `portal:name`."""
+    portal, _, name = policy_key_.partition(":")
+    return int(portal), name
+
+
 def queue_ref(policy_key_: str, queue_id: str) -> str:
+    """`portal:name:qid`, one queue of a policy (the due schedule's and the leases' members)."""
     return f"{policy_key_}:{queue_id}"
-
-
-def split_ref(ref: str) -> tuple[str, str]:
-    """(`portal:name`, qid) of a queue ref."""
-    policy, _, qid = ref.rpartition(":")
-    return policy, qid
 
 
 # --- per shard ------------------------------------------------------------------------------------
@@ -75,6 +81,10 @@ def events(shard: int) -> str:
 
 def events_dropped(shard: int) -> str:
     return shard_prefix(shard) + "evdropped"
+
+
+def awaiting_params(shard: int) -> str:
+    return shard_prefix(shard) + "awaiting"
 
 
 # --- per policy -----------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from typing import Any, Literal, cast
 import yaml
 from pydantic import ValidationError
 
-from throttle.engine.policy import Policy, parse_duration, policy_errors
+from throttle.engine.durations import parse_duration
+from throttle.engine.policy import Policy, policy_errors
 
 GROUP = "throttle.dev"
 VERSION = "v1alpha1"

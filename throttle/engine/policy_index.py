@@ -2,13 +2,12 @@
 
 The webhook may call Redis once per request (the enqueue), so policy resolution cannot read
 Redis. `PolicyIndex` keeps every active policy in process, loaded from the registry in Redis
-(`keys.REGISTRY`, written by `operator/reconcile.py`) at start and refreshed whenever the
-registry's revision counter moves (checked every `interval` seconds: one GET).
+(`keys.REGISTRY`, written by `engine/registry.py`'s `reconcile`) at start and refreshed whenever the
+registry's revision counter moves (`refresh`, which its owner calls every few seconds: one GET).
 
 Resolution order: the policy the action's `policy` input field names (in that portal) → the
 portal's policy for that action definition → the portal's default (`name: default`) → the
-global default (`portalId: 0`, `name: default`, applied per portal) → the fallback given at
-construction (if any).
+global default (`portalId: 0`, `name: default`, applied per portal).
 
 A policy created a moment ago may not be in memory yet, and "no policy" must never mean "not
 loaded yet": `refresh_since` is the fresh look the webhook takes before answering "no policy".
@@ -105,12 +104,8 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 class PolicyIndex:
     """Every active policy, in memory, with the resolution rules."""
 
-    def __init__(
-        self, redis: Any = None, *, fallback: Policy | None = None, interval: float = 1.0
-    ) -> None:
+    def __init__(self, redis: Any = None) -> None:
         self.redis = redis
-        self.fallback = fallback
-        self.interval = interval
         self.revision = -1
         self._look: asyncio.Future[bool] | None = None
         self._look_started = -MIN_LOOK_GAP_S
@@ -120,8 +115,8 @@ class PolicyIndex:
         self._by_portal: dict[int, list[Policy]] = {}
 
     @classmethod
-    def from_policies(cls, policies: Iterable[Policy], **kwargs: Any) -> PolicyIndex:
-        index = cls(**kwargs)
+    def from_policies(cls, policies: Iterable[Policy]) -> PolicyIndex:
+        index = cls()
         index.replace(policies)
         return index
 
@@ -177,20 +172,9 @@ class PolicyIndex:
             # Nobody may await it (a caller cancelled): keep its failure out of the loop's log.
             self._look.add_done_callback(_retrieve)
 
-    async def run(self) -> None:
-        """Keep refreshing until cancelled; a Redis hiccup only delays the next refresh."""
-        while True:
-            try:
-                await self.refresh()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # keep serving the last known policies
-                log.warning("policy index refresh failed: %s", type(exc).__name__)
-            await asyncio.sleep(self.interval)
-
     # --- queries ---------------------------------------------------------------------------------
     def get(self, portal_id: int, name: str) -> Policy | None:
-        return self._by_key.get(f"{portal_id}:{name}")
+        return self._by_key.get(keys.policy_key(portal_id, name))
 
     def policies(self, portal_id: int | None = None) -> list[Policy]:
         if portal_id is None:
@@ -211,7 +195,7 @@ class PolicyIndex:
         portal_default = self.get(portal_id, DEFAULT_POLICY_NAME)
         if portal_default is not None:
             return portal_default
-        global_default = self.get(GLOBAL_PORTAL, DEFAULT_POLICY_NAME) or self.fallback
+        global_default = self.get(GLOBAL_PORTAL, DEFAULT_POLICY_NAME)
         if global_default is not None and portal_id != GLOBAL_PORTAL:
             return global_default.for_portal(portal_id)
         return global_default

@@ -1,8 +1,9 @@
 """The engine's queues in domain words: enqueue, take, ack, requeue, fail, reap, stats.
 
 Each method is one script call (or one per shard involved) — see `throttle/engine/lua/` for what
-each does atomically, and `throttle/engine/keys.py` for the layout. `time_offset_ms` shifts Redis'
-clock as the scripts see it; only tests set it, to drive time without sleeping.
+each does atomically, and `throttle/engine/keys.py` for the layout; `awaiting_params` alone is a
+plain read. `time_offset_ms` shifts Redis' clock as the scripts see it; only tests set it, to
+drive time without sleeping.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from typing import Any, Literal, NamedTuple
 import msgspec
 
 from throttle.engine import keys
+from throttle.engine.forecast import capacity_within
 from throttle.engine.policy import Policy
+from throttle.engine.policy_encoding import redis_fields
 from throttle.engine.scripts import Scripts
-from throttle.settings import Settings
 
 _JSON = msgspec.json.Encoder()
 
@@ -32,8 +34,9 @@ _NO_INPUTS: Mapping[str, str] = MappingProxyType({})
 
 
 class QueueItem(NamedTuple):
-    """One execution HubSpot asked us to hold, as the webhook parsed it. A named tuple: built
-    on every webhook request, where a frozen dataclass' `__init__` costs a microsecond more."""
+    """One execution HubSpot asked us to hold, as the webhook parsed it. A named tuple rather
+    than a frozen dataclass: built on every webhook request, where the dataclass' `__init__`
+    shows in the request's cost (bench/RESULTS.md, "Engine")."""
 
     callback_id: str
     portal_id: int
@@ -49,7 +52,8 @@ class QueueItem(NamedTuple):
 
     def event_body(self) -> bytes:
         """What history keeps of the execution (enough to rebuild the queue item): JSON, by
-        msgspec, which takes a tenth of the time `json.dumps` takes (once per request)."""
+        msgspec rather than `json.dumps`, because it runs once per request (bench/RESULTS.md,
+        "Engine")."""
         return _JSON.encode(
             {
                 "portal": self.portal_id,
@@ -64,8 +68,7 @@ class QueueItem(NamedTuple):
 
 
 class EnqueueResult(NamedTuple):
-    """A tuple rather than a frozen dataclass: built on every webhook request, and a frozen
-    dataclass' `__init__` costs a microsecond."""
+    """A tuple rather than a frozen dataclass, as `QueueItem`: built on every webhook request."""
 
     status: EnqueueStatus
     depth: int
@@ -101,19 +104,20 @@ class Released:
 
     @property
     def policy_key(self) -> str:
-        return f"{self.portal_id}:{self.policy}"
+        return keys.policy_key(self.portal_id, self.policy)
 
     @property
     def ref(self) -> str:
         """The queue ref in Redis (`portal:policy:queue`)."""
-        return f"{self.portal_id}:{self.policy}:{self.queue}"
+        return keys.queue_ref(self.policy_key, self.queue)
 
 
 @dataclass(frozen=True)
 class _EnqueueTarget:
     """Everything an enqueue into one queue of one policy sends besides the execution itself,
-    built once per policy object and queue: key building, the shard hash and reading the
-    policy's fields cost about as much as the rest of the webhook's own work together."""
+    built once per policy object and queue rather than per request: key building, the shard
+    hash and reading the policy's fields are most of the enqueue's own Python work
+    (bench/RESULTS.md, "Engine")."""
 
     policy: Policy
     keys: tuple[str, ...]
@@ -173,12 +177,13 @@ class Queue:
     async def enqueue(
         self, item: QueueItem, policy: Policy, *, check_overflow: bool = True
     ) -> EnqueueResult:
-        """Hold one execution in `policy`'s queue: one round trip (two the first time a policy
-        is used in this Redis, when its parameters are written). `check_overflow=False` (used
-        by recovery) queues even beyond what fits in the expiration."""
+        """Hold one execution in `policy`'s queue, in one round trip. It never writes the
+        policy's parameters: if Redis has none (or older ones), the queue waits for the policy's
+        writer (see `registry.reconcile_awaited`). `check_overflow=False` (used by recovery)
+        queues even beyond what fits in the expiration."""
         target = self._target(policy, policy.queue_id(item.workflow_id))
         max_depth = -1 if target.blocking or not check_overflow else self._max_depth(policy)
-        status, depth, params_state = await self.scripts.call(
+        status, depth = await self.scripts.call(
             "enqueue",
             target.keys,
             (
@@ -195,8 +200,6 @@ class Queue:
                 item.event_body(),
             ),
         )
-        if params_state:
-            await self.apply_policy(policy)
         return EnqueueResult(_STATUS[int(status)], int(depth), policy, target.qid)
 
     def _target(self, policy: Policy, qid: str) -> _EnqueueTarget:
@@ -223,6 +226,7 @@ class Queue:
                 keys.queue_list(pkey, qid),
                 keys.queue_state(pkey, qid),
                 keys.stats(pkey),
+                keys.awaiting_params(shard),
             ),
             prefix=keys.shard_prefix(shard),
             ref=keys.queue_ref(pkey, qid),
@@ -241,7 +245,7 @@ class Queue:
         if cached is None:
             if len(self._capacity) > 10_000:
                 self._capacity.clear()
-            cached = self._capacity[key] = policy.capacity_within(time.time())
+            cached = self._capacity[key] = capacity_within(policy, time.time())
         return cached
 
     # --- the dispatcher ---------------------------------------------------------------------------
@@ -399,7 +403,7 @@ class Queue:
 
     # --- policies ---------------------------------------------------------------------------------
     async def apply_policy(self, policy: Policy) -> Literal["stale", "unchanged", "written"]:
-        """Write the policy's parameters (see operator/reconcile.py for the one public writer)."""
+        """Write the policy's parameters: for `engine/registry.py`, the one writer of them."""
         pkey = policy.key
         shard = keys.shard_of(pkey)
         result = await self.scripts.run(
@@ -407,12 +411,13 @@ class Queue:
                 keys.params(pkey),
                 keys.queues(pkey),
                 keys.due(shard),
+                keys.awaiting_params(shard),
                 now_offset_ms=self.time_offset_ms,
                 prefix=keys.shard_prefix(shard),
                 policy=pkey,
                 revision=policy.revision,
                 content_hash=policy.content_hash,
-                fields=policy.redis_fields(time.time()),
+                fields=redis_fields(policy, time.time()),
             )
         )
         outcomes: tuple[Literal["stale", "unchanged", "written"], ...] = (
@@ -434,6 +439,7 @@ class Queue:
                 keys.meta(pkey),
                 keys.done(pkey),
                 keys.stats(pkey),
+                keys.awaiting_params(shard),
                 now_offset_ms=self.time_offset_ms,
                 prefix=keys.shard_prefix(shard),
                 policy=pkey,
@@ -441,6 +447,16 @@ class Queue:
             )
         )
         return int(remaining)
+
+    async def awaiting_params(self) -> set[str]:
+        """Policies (`portal:name`) whose queues hold executions that arrived while Redis had no
+        parameters for them, or older ones than the webhook's copy (enqueue.lua marks them;
+        writing the parameters clears the mark). One pipelined read of every shard."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in range(keys.SHARDS):
+                pipe.smembers(keys.awaiting_params(shard))
+            found = await pipe.execute()
+        return {_text(key) for members in found for key in members}
 
     async def stats(self, policy: Policy) -> PolicyStats:
         return (await self.stats_many([policy]))[0]
@@ -467,16 +483,6 @@ class Queue:
         """Redis' clock plus the test offset, as the scripts see it (epoch seconds)."""
         seconds, micros = await self.redis.time()
         return float(seconds) + float(micros) / 1e6 + self.time_offset_ms / 1000
-
-
-def redis_from_settings(settings: Settings, **options: Any) -> Any:
-    """The async client the engine uses: a plain Redis, or a cluster client (REDIS_CLUSTER)."""
-    from redis.asyncio import Redis, RedisCluster
-
-    assert settings.redis_url is not None
-    if settings.redis_cluster:
-        return RedisCluster.from_url(settings.redis_url, **options)
-    return Redis.from_url(settings.redis_url, **options)
 
 
 def _policy_stats(raw: Sequence[Any]) -> PolicyStats:

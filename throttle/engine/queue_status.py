@@ -22,9 +22,13 @@ from rich.live import Live
 from rich.table import Table
 
 from throttle.engine import keys
-from throttle.engine.policy import Policy, local_day
+from throttle.engine.calendars import local_day
+from throttle.engine.forecast import projected_wait
+from throttle.engine.policy import Policy
 from throttle.engine.policy_index import registry_load
 from throttle.engine.queue import PolicyStats, Queue
+from throttle.engine.redis_client import redis_client
+from throttle.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,7 @@ def _short(seconds: float) -> str:
 def row_from_stats(
     policy: Policy, stats: PolicyStats, now: float, today: int | None = None
 ) -> StatusRow:
-    drain = 0.0 if stats.depth == 0 else policy.projected_wait(stats.depth, now)
+    drain = 0.0 if stats.depth == 0 else projected_wait(policy, stats.depth, now)
     return StatusRow(
         portal_id=policy.portal_id,
         name=policy.name,
@@ -91,14 +95,8 @@ class StatusReader:
         self.queue = Queue(redis)
 
     @classmethod
-    def from_url(cls, url: str, cluster: bool = False) -> StatusReader:
-        if cluster:
-            from redis.asyncio.cluster import RedisCluster
-
-            return cls(RedisCluster.from_url(url))
-        import redis.asyncio as aioredis
-
-        return cls(aioredis.Redis.from_url(url))
+    def from_settings(cls, settings: Settings) -> StatusReader:
+        return cls(redis_client(settings))
 
     async def policies(self) -> list[Policy]:
         _revision, found = await registry_load(self.redis)
@@ -177,8 +175,8 @@ def status_table(rows: Sequence[StatusRow], title: str = "Throttle policies") ->
     return table
 
 
-async def show(redis_url: str, cluster: bool, watch: bool, interval: float) -> None:
-    reader = StatusReader.from_url(redis_url, cluster)
+async def show(settings: Settings, watch: bool, interval: float) -> None:
+    reader = StatusReader.from_settings(settings)
     console = Console()
     try:
         if not watch:

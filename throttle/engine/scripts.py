@@ -1,13 +1,15 @@
-"""The engine's Lua scripts: loaded once per client, called by SHA, one typed function each.
+"""Every Lua script Throttle runs: loaded once per client, called by SHA, one typed function each.
 
-Each script in `throttle/engine/lua/` is sent with `_lib.lua` prepended (shared helpers). Calls go
-by EVALSHA; if Redis answers NOSCRIPT (after a restart or a SCRIPT FLUSH) the source is loaded and
-the call repeated, so callers never think about loading. Every typed function takes the
-script's keys, then its arguments, in the order the script's header comment lists them, and
-returns a `ScriptCall`; `Scripts.run` sends one, `Scripts.run_many` sends several in one round
-trip (a pipeline on a single Redis; concurrent per-node calls, bounded, on a Cluster). The
-webhook's enqueue skips the `ScriptCall` and goes through `Scripts.call` with keys and
-arguments already in the script's order (`Queue.enqueue`), because it runs on every request.
+The queue's scripts and the HubSpot budget's (`hubspot_budget_*`, for `throttle.hubspot.budget`)
+live in `throttle/engine/lua/`, one file per operation, and load the same way: each is sent with
+`_lib.lua` prepended (shared helpers). Calls go by EVALSHA; if Redis answers NOSCRIPT (after a
+restart or a SCRIPT FLUSH) the source is loaded and the call repeated, so callers never think
+about loading. Every typed function takes the script's keys, then its arguments, in the order the
+script's header comment lists them, and returns a `ScriptCall`; `Scripts.run` sends one,
+`Scripts.run_many` sends several in one round trip (a pipeline on a single Redis; concurrent
+per-node calls, bounded, on a Cluster). The webhook's enqueue skips the `ScriptCall` and goes
+through `Scripts.call` with keys and arguments already in the script's order (`Queue.enqueue`),
+because it runs on every request.
 """
 
 from __future__ import annotations
@@ -31,7 +33,11 @@ ENGINE_SCRIPTS = (
     "apply_policy",
     "retire",
     "stats",
+    "hubspot_budget_take",
+    "hubspot_budget_hold",
 )
+"""Every script, by file name; `throttle doctor` and the webhook's `/readyz` check they are
+loaded."""
 
 
 def lua_source(name: str) -> str:
@@ -53,9 +59,10 @@ class ScriptCall:
 
 
 class Scripts:
-    """The engine's scripts on one redis client (plain or cluster)."""
+    """The scripts on one Redis client: `run` / `run_many` send what the typed functions build."""
 
     def __init__(self, redis: Any, max_concurrency: int = 16) -> None:
+        """`redis`: a redis.asyncio client, plain or cluster, or the webhook's `AutoPipeline`."""
         self.redis = redis
         self._scripts = {name: redis.register_script(lua_source(name)) for name in ENGINE_SCRIPTS}
         self._cluster = _is_cluster(redis)
@@ -208,6 +215,7 @@ class Scripts:
         params: str,
         queues: str,
         due: str,
+        awaiting: str,
         *,
         now_offset_ms: int,
         prefix: str,
@@ -218,7 +226,7 @@ class Scripts:
     ) -> ScriptCall:
         flat = [v for item in fields.items() for v in item]
         args = (now_offset_ms, prefix, policy, revision, content_hash, *flat)
-        return _call("apply_policy", (params, queues, due), args)
+        return _call("apply_policy", (params, queues, due, awaiting), args)
 
     @staticmethod
     def retire(
@@ -228,13 +236,14 @@ class Scripts:
         meta: str,
         done: str,
         stats: str,
+        awaiting: str,
         *,
         now_offset_ms: int,
         prefix: str,
         policy: str,
         mode: str,
     ) -> ScriptCall:
-        keys = (params, queues, due, meta, done, stats)
+        keys = (params, queues, due, meta, done, stats, awaiting)
         return _call("retire", keys, (now_offset_ms, prefix, policy, mode))
 
     @staticmethod
@@ -249,6 +258,26 @@ class Scripts:
     ) -> ScriptCall:
         args = (now_offset_ms, prefix, policy)
         return _call("stats", (queues, meta, stats), args)
+
+    @staticmethod
+    def hubspot_budget_take(
+        log: str,
+        hold: str,
+        in_flight: str,
+        *,
+        window_ms: int,
+        limit: int,
+        call_id: str,
+        max_in_flight: int,
+        lease_ms: int,
+        poll_ms: int,
+    ) -> ScriptCall:
+        args = (window_ms, limit, call_id, max_in_flight, lease_ms, poll_ms)
+        return _call("hubspot_budget_take", (log, hold, in_flight), args)
+
+    @staticmethod
+    def hubspot_budget_hold(hold: str, *, hold_ms: int) -> ScriptCall:
+        return _call("hubspot_budget_hold", (hold,), (hold_ms,))
 
 
 def _call(name: str, keys: Sequence[str], args: Sequence[Any]) -> ScriptCall:

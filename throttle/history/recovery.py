@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 
+from throttle.engine import keys
 from throttle.engine.policy import Policy
 from throttle.engine.policy_index import registry_load
 from throttle.engine.queue import QueueItem
@@ -44,7 +45,7 @@ async def recover(queue: Any, pool: asyncpg.Pool, policies: dict[str, Policy]) -
            ORDER BY received_at, callback_id"""
     )
     for r in rows:
-        key = f"{r['portal_id']}:{r['policy']}"
+        key = keys.policy_key(r["portal_id"], r["policy"])
         policy = policies.get(key)
         if policy is None:
             report.no_policy.append(r["callback_id"])

@@ -15,17 +15,11 @@ import asyncio
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
-from importlib.resources import files
 from typing import Any
 
 from throttle.engine import keys
+from throttle.engine.scripts import Scripts
 from throttle.settings import Settings
-
-
-@cache
-def lua_source(name: str) -> str:
-    return files("throttle.engine").joinpath("lua", name).read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -52,14 +46,13 @@ class PortalBudget:
     ) -> None:
         """`lease_s` must exceed the HTTP timeout: a pod that dies mid-call frees its slot then."""
         self._redis = redis
+        self._scripts = Scripts(redis)
         self.limit = limit
         self.window_s = window_s
         self.max_in_flight = max_in_flight
         self._lease_ms = int(lease_s * 1000)
         self._poll_ms = max(1, int(poll_s * 1000))
         self._overrides = dict(overrides or {})
-        self._take = redis.register_script(lua_source("budget.lua"))
-        self._hold = redis.register_script(lua_source("hubspot_budget_hold.lua"))
 
     @classmethod
     def from_settings(cls, redis: Any, settings: Settings) -> PortalBudget:
@@ -76,20 +69,18 @@ class PortalBudget:
 
     async def try_take(self, portal_id: int) -> BudgetGrant:
         call_id = uuid.uuid4().hex
-        granted, wait_ms = await self._take(
-            keys=[
+        granted, wait_ms = await self._scripts.run(
+            Scripts.hubspot_budget_take(
                 keys.hubspot_budget(portal_id),
                 keys.hubspot_hold(portal_id),
                 keys.hubspot_in_flight(portal_id),
-            ],
-            args=[
-                int(self.window_s * 1000),
-                self.limit_for(portal_id),
-                call_id,
-                self.max_in_flight,
-                self._lease_ms,
-                self._poll_ms,
-            ],
+                window_ms=int(self.window_s * 1000),
+                limit=self.limit_for(portal_id),
+                call_id=call_id,
+                max_in_flight=self.max_in_flight,
+                lease_ms=self._lease_ms,
+                poll_ms=self._poll_ms,
+            )
         )
         if int(granted):
             return BudgetGrant(True, 0.0, call_id)
@@ -112,7 +103,9 @@ class PortalBudget:
 
     async def hold(self, portal_id: int, seconds: float) -> float:
         """No call for this portal from any pod for `seconds` (at least); returns the hold."""
-        held_ms = await self._hold(
-            keys=[keys.hubspot_hold(portal_id)], args=[max(1, int(seconds * 1000))]
+        held_ms = await self._scripts.run(
+            Scripts.hubspot_budget_hold(
+                keys.hubspot_hold(portal_id), hold_ms=max(1, int(seconds * 1000))
+            )
         )
         return int(held_ms) / 1000

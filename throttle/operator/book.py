@@ -6,7 +6,8 @@ are the source of, each with where it came from (`owner`: a resource or a file).
 - applies a policy through the engine's one `reconcile` function and remembers it, refusing a
   second source for the same `portal:name` (the older source keeps it, deterministically);
 - finds, in one Redis round trip for all of them, policies whose parameters Redis no longer
-  holds (a restart without data, a flush) and writes them back;
+  holds (a restart without data, a flush) and writes them back, and writes the parameters that
+  queued executions await (`registry.reconcile_awaited`);
 - reads a policy's queue figures for status, and retires a deleted policy as its `onDelete`
   says, one engine call per attempt, until nothing of it is left.
 """
@@ -21,6 +22,7 @@ from datetime import UTC, datetime
 
 from throttle.engine import keys
 from throttle.engine import registry as engine
+from throttle.engine.forecast import projected_wait
 from throttle.engine.manifests import OnDelete
 from throttle.engine.policy import Policy
 from throttle.engine.queue import PolicyStats, Queue, RetireMode
@@ -120,12 +122,15 @@ class PolicyBook:
         return [e for i, e in enumerate(entries) if not (found[2 * i] and found[2 * i + 1])]
 
     async def restore_missing(self) -> list[Entry]:
-        """Write back what Redis lost; returns the entries restored."""
+        """Write back what Redis lost, then the parameters queued executions await (the global
+        default's copy for a portal's first execution, too); returns the entries restored."""
         restored = []
         for entry in await self.missing():
             await engine.reconcile(self.queue, entry.policy)
             restored.append(entry)
             log.warning("policy %s: parameters were missing in Redis; restored", entry.policy.key)
+        sources = {key: e.policy for key, e in self.entries.items() if not e.retiring}
+        await engine.reconcile_awaited(self.queue, sources)
         return restored
 
     async def retire(self, policy: Policy, mode: OnDelete) -> int:
@@ -146,8 +151,8 @@ class PolicyBook:
 
 def tombstone(key: str) -> Policy:
     """A stand-in Policy for `portal:name` whose spec is unknown, enough to retire it."""
-    portal, _, name = key.partition(":")
-    return Policy.model_validate({"name": name, "portalId": int(portal), "rate": {"limit": 1}})
+    portal, name = keys.split_policy_key(key)
+    return Policy.model_validate({"name": name, "portalId": portal, "rate": {"limit": 1}})
 
 
 def figures_from_stats(
@@ -172,7 +177,7 @@ def drain_seconds(policy: Policy, depth: int, now: float) -> float | None:
     if policy.paused:
         return None
     if depth <= _EXACT_DRAIN_LIMIT:
-        wait = policy.projected_wait(depth, now)
+        wait = projected_wait(policy, depth, now)
     else:
-        wait = policy.projected_wait(_EXACT_DRAIN_LIMIT, now) * depth / _EXACT_DRAIN_LIMIT
+        wait = projected_wait(policy, _EXACT_DRAIN_LIMIT, now) * depth / _EXACT_DRAIN_LIMIT
     return None if math.isinf(wait) else wait

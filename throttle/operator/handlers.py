@@ -34,6 +34,7 @@ from throttle.engine.manifests import (
 )
 from throttle.engine.policy import Policy
 from throttle.engine.queue import Queue
+from throttle.engine.redis_client import redis_client
 from throttle.kube import connection_info
 from throttle.metrics import Metrics
 from throttle.operator import events
@@ -78,16 +79,6 @@ class OperatorState:
     def policies(self) -> PolicyBook:
         assert self.book is not None, "startup has not run"
         return self.book
-
-
-def redis_client(settings: Settings) -> Any:
-    from redis.asyncio import Redis, RedisCluster
-
-    url = settings.redis_url or "redis://127.0.0.1:6379/0"
-    options: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0}
-    if settings.redis_cluster:
-        return RedisCluster.from_url(url, **options)
-    return Redis.from_url(url, **options)
 
 
 def _state(memo: Any) -> OperatorState:

@@ -18,13 +18,14 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from throttle.engine import keys
 from throttle.engine.manifests import Manifest, OnDelete, load_folder, manifest_files, policy_name
 from throttle.engine.policy import Policy
 from throttle.engine.queue import Queue
+from throttle.engine.redis_client import redis_client
 from throttle.health_server import health_server
 from throttle.metrics import Metrics
 from throttle.operator.book import PolicyBook, PolicyConflict
-from throttle.operator.handlers import redis_client
 from throttle.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def _claimed_key(manifest: Manifest) -> str | None:
     spec = manifest.resource.get("spec") if manifest.resource else None
     portal = spec.get("portalId") if isinstance(spec, dict) else None
     name = policy_name(manifest.resource) if manifest.resource else None
-    return f"{portal}:{name}" if portal is not None and name else None
+    return keys.policy_key(portal, name) if portal is not None and name else None
 
 
 @dataclass

@@ -24,9 +24,11 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CollectorRegistry
 
+from throttle.engine.policy import Policy
 from throttle.engine.policy_index import PolicyIndex
 from throttle.engine.queue import Queue
-from throttle.engine.registry import reconcile, retire
+from throttle.engine.redis_client import redis_client
+from throttle.engine.registry import reconcile, reconcile_awaited, retire
 from throttle.hubspot.client import HubSpotClient
 from throttle.hubspot.crypto import TokenCipher
 from throttle.hubspot.tokens import TokenManager, TokenStore
@@ -109,21 +111,10 @@ class ErrorAccessLogger(AccessLogger):
 # --- cleanup contexts ---------------------------------------------------------------------------
 
 
-def _redis_client(settings: Settings) -> Any:
-    from redis.asyncio import Redis, RedisCluster
-
-    url = settings.redis_url or "redis://127.0.0.1:6379/0"
-    if settings.redis_cluster:
-        return RedisCluster.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
-    return Redis.from_url(
-        url, socket_timeout=5.0, socket_connect_timeout=5.0, health_check_interval=30
-    )
-
-
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
     settings = app[SETTINGS]
-    redis = _redis_client(settings)
+    redis = redis_client(settings)
     app[REDIS] = redis
     # Concurrent requests' enqueue calls share network writes (one round trip each still).
     client = redis if settings.redis_cluster else AutoPipeline(redis)
@@ -170,7 +161,7 @@ async def _background(
 
 async def policy_index_ctx(app: web.Application) -> AsyncIterator[None]:
 
-    index = PolicyIndex(app[REDIS], interval=POLICY_REFRESH_S)
+    index = PolicyIndex(app[REDIS])
     app[POLICY_INDEX] = index
     async with _background("policy index", POLICY_REFRESH_S, index.refresh):
         yield
@@ -263,7 +254,10 @@ async def policy_store_ctx(app: web.Application) -> AsyncIterator[None]:
     async def remove(policy: Any) -> Any:
         return await retire(queue, policy, "Drain")
 
-    store = LocalPolicyStore(app[DB_POOL], apply, remove)
+    async def apply_awaited(policies: list[Policy]) -> Any:
+        return await reconcile_awaited(queue, {p.key: p for p in policies})
+
+    store = LocalPolicyStore(app[DB_POOL], apply, remove, apply_awaited)
     app[POLICY_STORE] = store
     if app[DB_POOL] is None:
         yield

@@ -177,7 +177,7 @@ async def in_force(app: web.Application, policy: Policy, present: bool = True) -
 def _not_in_force(policy: Policy, change: str) -> str:
     """Log, and return for the answer, why a change is not in force yet."""
     text = (
-        f"policy {policy.portal_id}:{policy.name} {change}, but not in force within "
+        f"policy {policy.key} {change}, but not in force within "
         f"{IN_FORCE_TIMEOUT_S:.0f} s: the operator has not reconciled it yet (see the "
         "ThrottlePolicy's status and the operator's log)"
     )

@@ -68,6 +68,7 @@ class PolicyStore(Protocol):
 
 Apply = Callable[[Policy], Awaitable[Any]]
 Retire = Callable[[Policy], Awaitable[Any]]
+ApplyAwaited = Callable[[list[Policy]], Awaitable[Any]]
 
 
 def _check_conflict(policy: Policy, existing: list[Policy]) -> None:
@@ -89,13 +90,17 @@ class LocalPolicyStore:
 
     The Redis write happens inside the database transaction: if Redis refuses, the row is rolled
     back and the caller gets a 503 with nothing changed. `resync` re-applies every stored policy
-    (idempotent), which restores Redis' copy after Redis lost its data.
+    (idempotent), which restores Redis' copy after Redis lost its data, and writes the
+    parameters queued executions of the stored policies await (`apply_awaited`).
     """
 
-    def __init__(self, pool: Any, apply: Apply, retire: Retire) -> None:
+    def __init__(
+        self, pool: Any, apply: Apply, retire: Retire, apply_awaited: ApplyAwaited
+    ) -> None:
         self.pool = pool
         self.apply = apply
         self.retire = retire
+        self.apply_awaited = apply_awaited
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Any]:
@@ -199,10 +204,12 @@ class LocalPolicyStore:
         return True
 
     async def resync(self) -> int:
-        """Apply every stored policy again (no-op when Redis already holds them)."""
+        """Apply every stored policy again (no-op when Redis already holds them), then what
+        their queued executions await."""
         policies = await self.list()
         for policy in policies:
             await self.apply(policy)
+        await self.apply_awaited(policies)
         return len(policies)
 
 

@@ -54,7 +54,7 @@ async def _count_completed(h: Harness, portal: int, n: int) -> bool:
 
 async def _in_flight(h: Harness, portal: int, policy: str) -> int:
 
-    reader = StatusReader.from_url(h.stack.redis_url)
+    reader = StatusReader.from_settings(h.stack.settings_object())
     try:
         row = (await reader.by_name([(portal, policy)])).get(policy)
         return row.in_flight if row is not None else 0

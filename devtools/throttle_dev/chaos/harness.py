@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from throttle.engine import keys
 from throttle_dev.demo.install import client_session, install_portal
 from throttle_dev.demo.measure import max_in_window
 from throttle_dev.demo.release_log import read_release_log
@@ -361,7 +362,7 @@ class Harness:
             log = await read_release_log(client, self.stack.database_url, [portal])
         finally:
             await client.aclose()
-        return log.times(f"{portal}:{policy}")
+        return log.times(keys.policy_key(portal, policy))
 
     async def judge(
         self,

@@ -98,7 +98,7 @@ async def read_postgres(database_url: str, log: ReleaseLog, portals: Iterable[in
         await conn.close()
     released = 0
     for row in rows:
-        execution = log._get(row["callback_id"], f"{row['portal_id']}:{row['policy']}")
+        execution = log._get(row["callback_id"], keys.policy_key(row["portal_id"], row["policy"]))
         execution.received = row["received"]
         execution.released = row["released"]
         released += row["released"] is not None

@@ -22,6 +22,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from throttle.engine import keys
 from throttle.engine.queue_status import StatusReader
 from throttle.webhook_service.app import PORTALS_REFRESH_S
 from throttle_dev.demo import measure
@@ -126,7 +127,7 @@ class Probe:
 
     def __init__(self, stack: Stack, scenario: Scenario) -> None:
 
-        self.reader = StatusReader.from_url(stack.redis_url)
+        self.reader = StatusReader.from_settings(stack.settings_object())
         self.scenario = scenario
 
     async def read(self) -> dict[str, Any]:
@@ -324,7 +325,7 @@ async def _release_history(stack: Stack, scenario: Scenario) -> Releases:
         await client.aclose()
     releases = Releases()
     for policy in scenario.policies:
-        key = f"{policy.portal_id}:{policy.name}"
+        key = keys.policy_key(policy.portal_id, policy.name)
         releases.times[policy.name] = log.times(key)
         releases.waits[policy.name] = log.waits(key)
     return releases

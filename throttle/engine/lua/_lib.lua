@@ -1,10 +1,10 @@
--- _lib.lua: helpers shared by every script. throttle/scripts.py prepends this file to each
--- script before loading it, so it has no KEYS, ARGV or return value of its own.
+-- _lib.lua: helpers shared by every script. throttle/engine/scripts.py prepends this file to
+-- each script before loading it, so it has no KEYS, ARGV or return value of its own.
 --
 -- Conventions: times are integers in microseconds (`_us`) or milliseconds (`_ms`) since the
 -- epoch, read from Redis' own clock (TIME) plus a debug offset that only tests set. Numbers
 -- written back to Redis go through fmt() because Lua's default number-to-string conversion keeps
--- only 14 significant digits. Key suffixes mirror throttle/keys.py exactly.
+-- only 14 significant digits. Key suffixes mirror throttle/engine/keys.py exactly.
 
 local function fmt(x)
   return string.format("%d", x)
@@ -97,7 +97,7 @@ local function push_back(prefix, groups)
 end
 
 -- Time zones: "t:o,t:o,..." = UTC second of each offset change and the offset (seconds) from
--- then on, computed by throttle.policy.encode_transitions from the IANA database.
+-- then on, computed from the IANA database by throttle.engine.policy_encoding.encode_transitions.
 local function tz_parse(s)
   local tz = { ts = {}, os = {} }
   for t, o in string.gmatch(s or "", "(%-?%d+):(%-?%d+)") do

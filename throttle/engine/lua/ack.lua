@@ -12,18 +12,23 @@
 -- ARGV[6..] pairs: ref, callbackId
 -- Returns the number of items acknowledged (items already finished are skipped)
 
-local now = clock_us(ARGV[1])
-local now_ms = math.floor(now / 1000)
-local prefix, maxlen = ARGV[2], ARGV[3]
+local leases_key = KEYS[1]
+local now_offset_ms = ARGV[1]
+local prefix = ARGV[2]
+local maxlen = ARGV[3]
 local done_ms = tonumber(ARGV[4])
 local note = ARGV[5]
+local first_pair = 6
+
+local now = clock_us(now_offset_ms)
+local now_ms = math.floor(now / 1000)
 
 local acked = 0
 local by_queue = {}
-for i = 6, #ARGV, 2 do
+for i = first_pair, #ARGV, 2 do
   local ref, cb = ARGV[i], ARGV[i + 1]
   local pol = split_ref(ref)
-  if finish(KEYS[1], prefix, policy_keys(prefix, pol), ref, cb, now_ms + done_ms, "acked") then
+  if finish(leases_key, prefix, policy_keys(prefix, pol), ref, cb, now_ms + done_ms, "acked") then
     acked = acked + 1
     local group = by_queue[ref]
     if not group then group = {}; by_queue[ref] = group end

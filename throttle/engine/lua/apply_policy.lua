@@ -4,45 +4,53 @@
 -- resume or a new window takes effect on the next take (the GCRA state carries over: no
 -- catch-up burst). Pausing drops the queues from the schedule.
 --
--- KEYS[1]  params  hash  the policy's parameters
--- KEYS[2]  queues  set   the policy's queue ids
--- KEYS[3]  due     zset  the shard's due schedule
+-- KEYS[1]  params    hash  the policy's parameters
+-- KEYS[2]  queues    set   the policy's queue ids
+-- KEYS[3]  due       zset  the shard's due schedule
+-- KEYS[4]  awaiting  set   the shard's policies waiting for parameters (see enqueue.lua); the
+--                          policy leaves it unless the call is stale
 -- ARGV[1]  now_offset_ms  added to Redis TIME; tests only, production passes 0
 -- ARGV[2]  prefix         the shard key prefix "throttle:{tN}:"
 -- ARGV[3]  policy         "portal:name"
 -- ARGV[4]  revision       registry revision of this copy (0 = unknown: applies unless newer stored)
 -- ARGV[5]  hash           content hash of the spec
--- ARGV[6..] field, value pairs (Policy.redis_fields)
+-- ARGV[6..] field, value pairs (policy_encoding.redis_fields)
 -- Returns 0 stale (a newer revision is stored; nothing written), 1 unchanged, 2 written
 
-local now = clock_us(ARGV[1])
-local now_ms = math.floor(now / 1000)
-local prefix, pol = ARGV[2], ARGV[3]
+local params_key, queues_key, due_key, awaiting_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local now_offset_ms = ARGV[1]
+local prefix = ARGV[2]
+local pol = ARGV[3]
 local revision = tonumber(ARGV[4])
 local hash = ARGV[5]
+local first_field = 6
 
-local stored = redis.call("HMGET", KEYS[1], "rev", "hash", "lim")
+local now = clock_us(now_offset_ms)
+local now_ms = math.floor(now / 1000)
+
+local stored = redis.call("HMGET", params_key, "rev", "hash", "lim")
 local stored_rev = tonumber(stored[1] or "0")
 if stored[3] and stored_rev > revision then return 0 end
+redis.call("SREM", awaiting_key, pol)
 if stored[3] and stored[2] == hash then
-  if revision > stored_rev then redis.call("HSET", KEYS[1], "rev", fmt(revision)) end
+  if revision > stored_rev then redis.call("HSET", params_key, "rev", fmt(revision)) end
   return 1
 end
 
-redis.call("DEL", KEYS[1])
+redis.call("DEL", params_key)
 local fields = { "rev", fmt(math.max(revision, stored_rev)), "hash", hash }
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call("HSET", KEYS[1], unpack(fields))
+for i = first_field, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call("HSET", params_key, unpack(fields))
 
-local paused = redis.call("HGET", KEYS[1], "paused") == "1"
-local qids = redis.call("SMEMBERS", KEYS[2])
+local paused = redis.call("HGET", params_key, "paused") == "1"
+local qids = redis.call("SMEMBERS", queues_key)
 for i = 1, #qids do
   local ref = pol .. ":" .. qids[i]
   local list = queue_keys(prefix, ref)
   if paused then
-    redis.call("ZREM", KEYS[3], ref)
+    redis.call("ZREM", due_key, ref)
   elseif redis.call("LLEN", list) > 0 then
-    redis.call("ZADD", KEYS[3], now_ms, ref)
+    redis.call("ZADD", due_key, now_ms, ref)
   end
 end
 return 2

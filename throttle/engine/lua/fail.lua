@@ -9,16 +9,21 @@
 -- ARGV[5..] triples: ref, callbackId, reason
 -- Returns the number of items recorded as failed
 
-local now = clock_us(ARGV[1])
-local now_ms = math.floor(now / 1000)
-local prefix, maxlen = ARGV[2], ARGV[3]
+local leases_key = KEYS[1]
+local now_offset_ms = ARGV[1]
+local prefix = ARGV[2]
+local maxlen = ARGV[3]
 local done_ms = tonumber(ARGV[4])
+local first_triple = 5
+
+local now = clock_us(now_offset_ms)
+local now_ms = math.floor(now / 1000)
 
 local count = 0
-for i = 5, #ARGV, 3 do
+for i = first_triple, #ARGV, 3 do
   local ref, cb, reason = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local pol, qid = split_ref(ref)
-  if finish(KEYS[1], prefix, policy_keys(prefix, pol), ref, cb, now_ms + done_ms, "failed") then
+  if finish(leases_key, prefix, policy_keys(prefix, pol), ref, cb, now_ms + done_ms, "failed") then
     emit(prefix, maxlen, { "t", "fail", "pol", pol, "q", qid, "ts", fmt(now), "cb", cb,
                            "err", reason })
     count = count + 1

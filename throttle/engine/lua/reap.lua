@@ -9,17 +9,21 @@
 -- ARGV[4]  limit          return at most this many leases in this call
 -- Returns the number of items returned to their queues
 
-local now = clock_us(ARGV[1])
-local now_ms = math.floor(now / 1000)
-local prefix, maxlen = ARGV[2], ARGV[3]
+local leases_key, due_key = KEYS[1], KEYS[2]
+local now_offset_ms = ARGV[1]
+local prefix = ARGV[2]
+local maxlen = ARGV[3]
 local limit = tonumber(ARGV[4])
 
-local expired = redis.call("ZRANGEBYSCORE", KEYS[1], "-inf", now_ms, "LIMIT", 0, limit)
+local now = clock_us(now_offset_ms)
+local now_ms = math.floor(now / 1000)
+
+local expired = redis.call("ZRANGEBYSCORE", leases_key, "-inf", now_ms, "LIMIT", 0, limit)
 local groups, cbs_by_queue = {}, {}
 local count = 0
 for i = 1, #expired do
   local member = expired[i]
-  redis.call("ZREM", KEYS[1], member)
+  redis.call("ZREM", leases_key, member)
   local ref, cb = string.match(member, "^([^|]*)|(.*)$")
   local pol = split_ref(ref)
   local pk = policy_keys(prefix, pol)
@@ -39,7 +43,7 @@ push_back(prefix, groups)
 for ref, cbs in pairs(cbs_by_queue) do
   local pol, qid = split_ref(ref)
   if redis.call("HGET", policy_keys(prefix, pol).params, "paused") ~= "1" then
-    redis.call("ZADD", KEYS[2], "NX", now_ms, ref)
+    redis.call("ZADD", due_key, "NX", now_ms, ref)
   end
   emit(prefix, maxlen, { "t", "reap", "pol", pol, "q", qid, "ts", fmt(now),
                          "cbs", table.concat(cbs, ",") })

@@ -10,16 +10,21 @@
 -- Returns one flag per pair, in order: 1 still leased (until now + lease_ms at least), 0 not
 -- (its lease ran out, or it was settled): the dispatcher must not send it
 
-local now_ms = math.floor(clock_us(ARGV[1]) / 1000)
-local deadline = now_ms + tonumber(ARGV[2])
+local leases_key = KEYS[1]
+local now_offset_ms = ARGV[1]
+local lease_ms = tonumber(ARGV[2])
+local first_pair = 3
+
+local now_ms = math.floor(clock_us(now_offset_ms) / 1000)
+local deadline = now_ms + lease_ms
 
 local held = {}
-for i = 3, #ARGV, 2 do
+for i = first_pair, #ARGV, 2 do
   local member = ARGV[i] .. "|" .. ARGV[i + 1]
-  local score = tonumber(redis.call("ZSCORE", KEYS[1], member))
+  local score = tonumber(redis.call("ZSCORE", leases_key, member))
   if score and score > now_ms then
     if score < deadline then
-      redis.call("ZADD", KEYS[1], fmt(deadline), member)
+      redis.call("ZADD", leases_key, fmt(deadline), member)
     end
     held[#held + 1] = 1
   else

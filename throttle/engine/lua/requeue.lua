@@ -12,17 +12,22 @@
 -- Returns the number of items put back (items whose lease was already gone are skipped: the
 -- reaper returned them)
 
-local now = clock_us(ARGV[1])
-local now_ms = math.floor(now / 1000)
-local prefix, maxlen = ARGV[2], ARGV[3]
+local leases_key, due_key = KEYS[1], KEYS[2]
+local now_offset_ms = ARGV[1]
+local prefix = ARGV[2]
+local maxlen = ARGV[3]
 local delay_ms = tonumber(ARGV[4])
 local reason = ARGV[5]
+local first_pair = 6
+
+local now = clock_us(now_offset_ms)
+local now_ms = math.floor(now / 1000)
 
 local groups, cbs_by_queue = {}, {}
 local count = 0
-for i = 6, #ARGV, 2 do
+for i = first_pair, #ARGV, 2 do
   local ref, cb = ARGV[i], ARGV[i + 1]
-  if redis.call("ZREM", KEYS[1], ref .. "|" .. cb) == 1 then
+  if redis.call("ZREM", leases_key, ref .. "|" .. cb) == 1 then
     local pol = split_ref(ref)
     local pk = policy_keys(prefix, pol)
     local m = redis.call("HGET", pk.meta, cb)
@@ -49,7 +54,7 @@ for ref, cbs in pairs(cbs_by_queue) do
   end
   local params = policy_keys(prefix, pol).params
   if redis.call("HGET", params, "paused") ~= "1" then
-    redis.call("ZADD", KEYS[2], fmt(due_ms), ref)
+    redis.call("ZADD", due_key, fmt(due_ms), ref)
   end
   emit(prefix, maxlen, { "t", "retry", "pol", pol, "q", qid, "ts", fmt(now),
                          "cbs", table.concat(cbs, ","), "err", reason })

@@ -10,16 +10,20 @@
 -- are the stats hash as field, value pairs (received, released, acked, failed, expired,
 -- requeued, inflight, last_release_us)
 
-local now = clock_us(ARGV[1])
-local prefix, pol = ARGV[2], ARGV[3]
-local qids = redis.call("SMEMBERS", KEYS[1])
+local queues_key, meta_key, stats_key = KEYS[1], KEYS[2], KEYS[3]
+local now_offset_ms = ARGV[1]
+local prefix = ARGV[2]
+local pol = ARGV[3]
+
+local now = clock_us(now_offset_ms)
+local qids = redis.call("SMEMBERS", queues_key)
 local depth, oldest = 0, 0
 for i = 1, #qids do
   local list = queue_keys(prefix, pol .. ":" .. qids[i])
   depth = depth + redis.call("LLEN", list)
   local head = redis.call("LINDEX", list, 0)
   if head then
-    local m = redis.call("HGET", KEYS[2], head)
+    local m = redis.call("HGET", meta_key, head)
     if m then
       local _, enq = meta_parse(m)
       if oldest == 0 or enq < oldest then oldest = enq end
@@ -27,6 +31,6 @@ for i = 1, #qids do
   end
 end
 local out = { fmt(now), depth, fmt(oldest), #qids }
-local counters = redis.call("HGETALL", KEYS[3])
+local counters = redis.call("HGETALL", stats_key)
 for i = 1, #counters do out[#out + 1] = counters[i] end
 return out

@@ -25,23 +25,29 @@
 --   where released is 6 values per item: ref, callbackId, enqueued_us, attempts (this one
 --   included), execution state (SUCCESS unless flushed), lag_ms (how late the queue was taken)
 
-local now = clock_us(ARGV[1])
-local now_ms = math.floor(now / 1000)
-local now_s = now / 1000000
-local prefix, maxlen = ARGV[2], ARGV[3]
+local due_key, leases_key = KEYS[1], KEYS[2]
+local now_offset_ms = ARGV[1]
+local prefix = ARGV[2]
+local maxlen = ARGV[3]
 local lease_ms = tonumber(ARGV[4])
-local budget = tonumber(ARGV[5])
+local max_items = tonumber(ARGV[5])
 local quota = tonumber(ARGV[6])
 local max_queues = tonumber(ARGV[7])
 local done_ms = tonumber(ARGV[8])
-local min_hold = tonumber(ARGV[9]) * 1000
+local min_hold_ms = tonumber(ARGV[9])
+
+local now = clock_us(now_offset_ms)
+local now_ms = math.floor(now / 1000)
+local now_s = now / 1000000
+local min_hold = min_hold_ms * 1000
+local budget = max_items -- what this call may still release
 
 local out = { fmt(now), -1, 0 }
 local expired_total = 0
 local params_cache = {}
 
 -- due scores are milliseconds with a microsecond fraction, so a queue is taken exactly on time
-local due = redis.call("ZRANGEBYSCORE", KEYS[1], "-inf", string.format("%.3f", now / 1000),
+local due = redis.call("ZRANGEBYSCORE", due_key, "-inf", string.format("%.3f", now / 1000),
                        "WITHSCORES", "LIMIT", 0, max_queues)
 for i = 1, #due, 2 do
   if budget <= 0 then break end
@@ -120,7 +126,7 @@ for i = 1, #due, 2 do
         else
           att = att + 1
           redis.call("HSET", pk.meta, cb, meta_format(seq, enq, exp, att, mq))
-          redis.call("ZADD", KEYS[2], fmt(now_ms + lease_ms), ref .. "|" .. cb)
+          redis.call("ZADD", leases_key, fmt(now_ms + lease_ms), ref .. "|" .. cb)
           released[#released + 1] = cb
           attempts[#attempts + 1] = att
           out[#out + 1] = ref
@@ -173,13 +179,13 @@ for i = 1, #due, 2 do
   end
 
   if next_due then
-    redis.call("ZADD", KEYS[1], string.format("%.3f", next_due / 1000), ref)
+    redis.call("ZADD", due_key, string.format("%.3f", next_due / 1000), ref)
   else
-    redis.call("ZREM", KEYS[1], ref)
+    redis.call("ZREM", due_key, ref)
   end
 end
 
 out[3] = expired_total
-local first = redis.call("ZRANGE", KEYS[1], 0, 0, "WITHSCORES")
+local first = redis.call("ZRANGE", due_key, 0, 0, "WITHSCORES")
 if #first > 0 then out[2] = first[2] end
 return out

@@ -1,18 +1,20 @@
--- Take one HubSpot API call from a portal's budget, shared by every dispatcher pod: a sliding log
--- over a rolling window, a hold after a 429, and a cap on calls in flight at once (so a 429 storm
--- costs one 429 per window, not one per pod). Time comes from Redis (TIME), so pods agree.
+-- hubspot_budget_take.lua: take one HubSpot API call from a portal's budget, shared by every
+-- dispatcher pod: a sliding log over a rolling window, a hold after a 429, and a cap on calls in
+-- flight at once (so a 429 storm costs one 429 per window, not one per pod). Time comes from
+-- Redis (TIME), so pods agree.
 --
--- KEYS[1]  zset   the portal's calls in the window: member = call id, score = time (ms)
--- KEYS[2]  string the portal's hold after a 429 (its TTL is the time left to wait)
--- KEYS[3]  zset   the portal's calls in flight: member = call id, score = lease end (ms)
--- ARGV[1]  window length (ms)
--- ARGV[2]  calls allowed per window
--- ARGV[3]  unique id of this call
--- ARGV[4]  calls allowed in flight at once
--- ARGV[5]  lease of an in-flight call (ms): a pod that dies mid-call frees its slot after this
--- ARGV[6]  how long to wait for an in-flight slot before asking again (ms)
+-- KEYS[1]  log       zset    the portal's calls in the window: call id -> time (ms)
+-- KEYS[2]  hold      string  the portal's hold after a 429 (its TTL is the time left to wait)
+-- KEYS[3]  inflight  zset    the portal's calls in flight: call id -> lease end (ms)
+-- ARGV[1]  window_ms      window length
+-- ARGV[2]  limit          calls allowed per window
+-- ARGV[3]  call_id        unique id of this call
+-- ARGV[4]  max_in_flight  calls allowed in flight at once
+-- ARGV[5]  lease_ms       lease of an in-flight call: a pod that dies mid-call frees its slot then
+-- ARGV[6]  poll_ms        how long to wait for an in-flight slot before asking again
 -- Returns  {1, 0}          the call may go now (counted, and in flight until released)
 --          {0, wait_ms}    not now: wait this long (a hold, a busy slot, or the window)
+
 local log_key, hold_key, flight_key = KEYS[1], KEYS[2], KEYS[3]
 local window_ms = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
