@@ -53,6 +53,7 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from throttle import bounded_cache
 from throttle.engine.policy import Policy
 from throttle.engine.policy_index import PolicyIndex
 from throttle.engine.queue import EnqueueResult, QueueItem
@@ -92,7 +93,8 @@ def block(policy: Policy) -> dict[str, Any]:
 
 class BlockAnswers:
     """The BLOCK answer's bytes per expiration, serialised once: nearly every request gets one
-    of a handful of them, and `json.dumps` of it costs several microseconds each time."""
+    of a handful of them, and `json.dumps` of it costs several microseconds each time
+    (bench/caches.py)."""
 
     MAX_ENTRIES = 1_000
 
@@ -103,9 +105,8 @@ class BlockAnswers:
         expiration = policy.expiration
         body = self._bodies.get(expiration)
         if body is None:
-            if len(self._bodies) >= self.MAX_ENTRIES:
-                self._bodies.clear()
-            body = self._bodies[expiration] = json.dumps(block(policy)).encode()
+            body = json.dumps(block(policy)).encode()
+            bounded_cache.put(self._bodies, expiration, body, self.MAX_ENTRIES)
         return body
 
 
@@ -136,26 +137,30 @@ class PolicyResolver:
     """`PolicyIndex.resolve`, remembered until the index reloads.
 
     Resolving to the global default copies that policy for the portal on every call; at
-    thousands of requests a second the copy costs more than the signature check, so answers are
-    kept per (portal, action, name) and dropped whenever the index's revision moves."""
+    thousands of requests a second the copy costs more than the signature check
+    (bench/caches.py), so answers are kept per (portal, action, name) and dropped whenever the
+    index's revision moves. The copy kept is also what lets `Queue.enqueue` find its keys
+    built for that policy object. "No policy" is not kept: it is the rare path, and the
+    webhook looks again before answering it."""
 
     MAX_ENTRIES = 50_000
 
     def __init__(self, index: PolicyIndex) -> None:
         self.index = index
         self._revision = -2
-        self._cache: dict[tuple[int, int, str | None], Policy | None] = {}
+        self._cache: dict[tuple[int, int, str | None], Policy] = {}
 
     def resolve(self, portal_id: int, action_id: int, name: str | None) -> Policy | None:
-        if self.index.revision != self._revision or len(self._cache) > self.MAX_ENTRIES:
+        if self.index.revision != self._revision:
             self._cache.clear()
             self._revision = self.index.revision
         key = (portal_id, action_id, name)
-        try:
-            return self._cache[key]
-        except KeyError:
-            policy = self._cache[key] = self.index.resolve(portal_id, action_id, name)
-            return policy
+        policy = self._cache.get(key)
+        if policy is None:
+            policy = self.index.resolve(portal_id, action_id, name)
+            if policy is not None:
+                bounded_cache.put(self._cache, key, policy, self.MAX_ENTRIES)
+        return policy
 
 
 def requested_policy(payload: Execution) -> str | None:
