@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -330,28 +331,42 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 def serve(settings: Settings) -> None:
-    """Run until SIGTERM/SIGINT; then stop accepting, finish in-flight requests, close clients."""
+    """`throttle webhook`: run until SIGTERM / SIGINT, on uvloop."""
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(run_webhook(settings))
+
+
+async def run_webhook(
+    settings: Settings, stop: asyncio.Event | None = None, *, handle_signals: bool = True
+) -> None:
+    """Serve until `stop` is set (or SIGTERM / SIGINT); then stop accepting, finish in-flight
+    requests (at most SHUTDOWN_TIMEOUT_S), close the clients in reverse order.
+
+    An `AsyncExitStack` holds the runner's cleanup from before its setup: a start that fails
+    half-way (a cleanup context raising: a bad DATABASE_URL, no Kubernetes credentials) still
+    closes the contexts opened before it. `web.run_app` sets up outside its own `finally`."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT) if handle_signals else ():
+        loop.add_signal_handler(sig, stop.set)
     app = create_app(settings)
     app.on_startup.append(freeze_heap)  # after every cleanup context has started
-    log.info(
-        "webhook listening on %s:%s for %s (config API: %s store)",
-        settings.host,
-        settings.port,
-        settings.public_url,
-        settings.config_backend,
-    )
-    web.run_app(
+    access_log = settings.webhook_access_log
+    runner = web.AppRunner(
         app,
-        host=settings.host,
-        port=settings.port,
-        access_log=(
-            logging.getLogger("throttle.access") if settings.webhook_access_log != "off" else None
-        ),
-        access_log_class=AccessLogger
-        if settings.webhook_access_log == "all"
-        else ErrorAccessLogger,
+        access_log=logging.getLogger("throttle.access") if access_log != "off" else None,
+        access_log_class=AccessLogger if access_log == "all" else ErrorAccessLogger,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-        print=None,
-        handle_signals=True,
-        loop=new_event_loop(),
     )
+    async with contextlib.AsyncExitStack() as opened:
+        opened.push_async_callback(runner.cleanup)
+        await runner.setup()
+        await web.TCPSite(runner, settings.host, settings.port).start()
+        log.info(
+            "webhook listening on %s:%s for %s (config API: %s store)",
+            settings.host,
+            settings.port,
+            settings.public_url,
+            settings.config_backend,
+        )
+        await stop.wait()
