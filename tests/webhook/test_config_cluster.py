@@ -22,7 +22,7 @@ from tests.operator.conftest import (  # noqa: F401 - fixtures used by this modu
 from tests.webhook.conftest import PORTAL, StartWebhook, Webhook, execution
 from throttle.webhook_service import config_api
 from throttle.webhook_service.appkeys import POLICY_INDEX
-from throttle.webhook_service.policy_store import resource_name
+from throttle.webhook_service.config_store import resource_name
 
 pytestmark = pytest.mark.kube
 

@@ -18,6 +18,7 @@ import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -45,13 +46,13 @@ from throttle.webhook_service import (
     shedding,
 )
 from throttle.webhook_service.appkeys import (
+    CONFIG_STORE,
     DB_POOL,
     HTTP,
     HUBSPOT,
     INSTALLED,
     METRICS,
     POLICY_INDEX,
-    POLICY_STORE,
     QUEUE,
     REDIS,
     SETTINGS,
@@ -59,8 +60,8 @@ from throttle.webhook_service.appkeys import (
     VERIFIER,
 )
 from throttle.webhook_service.autopipeline import AutoPipeline
+from throttle.webhook_service.config_store import ClusterConfigStore, LocalConfigStore
 from throttle.webhook_service.errors import fallback_routes, json_errors
-from throttle.webhook_service.policy_store import KubePolicyStore, LocalPolicyStore
 from throttle.webhook_service.portals import InstalledPortals
 from throttle.webhook_service.verification import SignatureVerifier
 
@@ -246,26 +247,20 @@ async def installed_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-async def policy_store_ctx(app: web.Application) -> AsyncIterator[None]:
+async def config_store_ctx(app: web.Application) -> AsyncIterator[None]:
 
     settings = app[SETTINGS]
     if settings.config_backend == "cluster":
         client = api_client(client_configuration(settings.kubeconfig))
-        app[POLICY_STORE] = KubePolicyStore(client, settings.config_namespace)
+        app[CONFIG_STORE] = ClusterConfigStore(client, settings.config_namespace)
         yield
         client.close()
         return
 
     queue = app[QUEUE]
-
-    async def apply(policy: Any) -> Any:
-        return await reconcile(queue, policy)
-
-    async def remove(policy: Any) -> Any:
-        return await retire(queue, policy, "Drain")
-
-    store = LocalPolicyStore(app[DB_POOL], apply, remove)
-    app[POLICY_STORE] = store
+    # A deleted policy retires as "Drain": what is queued is still released at its rate.
+    store = LocalConfigStore(app[DB_POOL], partial(reconcile, queue), partial(retire, queue))
+    app[CONFIG_STORE] = store
     if app[DB_POOL] is None:
         yield
         return
@@ -285,7 +280,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app[METRICS] = Metrics(registry if registry is not None else CollectorRegistry())
     app[VERIFIER] = SignatureVerifier(settings)
     app.cleanup_ctx.extend(
-        [redis_ctx, policy_index_ctx, db_ctx, http_ctx, installed_ctx, policy_store_ctx]
+        [redis_ctx, policy_index_ctx, db_ctx, http_ctx, installed_ctx, config_store_ctx]
     )
     shedder = shedding.install(app, settings.webhook_max_inflight, settings.webhook_shed_lag_ms)
     limit = auth_limit.install(

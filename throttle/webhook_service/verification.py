@@ -17,7 +17,7 @@ from aiohttp import web
 from throttle import bounded_cache
 from throttle.hubspot.signatures import SignatureCheck, verify
 from throttle.settings import Settings
-from throttle.webhook_service.errors import ApiError
+from throttle.webhook_service.errors import ErrorAnswer
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -101,5 +101,5 @@ class SignatureVerifier:
         """Raise 401 (JSON, with the reason) unless the request is signed by HubSpot."""
         result = self.check(request, body)
         if not result.ok:
-            raise ApiError(401, "invalid_signature", result.reason)
+            raise ErrorAnswer(401, "invalid_signature", result.reason)
         return result
