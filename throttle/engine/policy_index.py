@@ -2,8 +2,8 @@
 
 The webhook may call Redis once per request (the enqueue), so policy resolution cannot read
 Redis. `PolicyIndex` keeps every active policy in process, loaded from the registry in Redis
-(`keys.REGISTRY`, written by `operator/reconcile.py`) at start and refreshed whenever the
-registry's revision counter moves (checked every `interval` seconds: one GET).
+(`keys.REGISTRY`, written by `engine/registry.py`) at start and refreshed whenever the
+registry's revision counter moves (`refresh`, which the webhook calls every few seconds: one GET).
 
 Resolution order: the policy the action's `policy` input field names (in that portal) → the
 portal's policy for that action definition → the portal's default (`name: default`) → the
@@ -105,12 +105,9 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 class PolicyIndex:
     """Every active policy, in memory, with the resolution rules."""
 
-    def __init__(
-        self, redis: Any = None, *, fallback: Policy | None = None, interval: float = 1.0
-    ) -> None:
+    def __init__(self, redis: Any = None, *, fallback: Policy | None = None) -> None:
         self.redis = redis
         self.fallback = fallback
-        self.interval = interval
         self.revision = -1
         self._look: asyncio.Future[bool] | None = None
         self._look_started = -MIN_LOOK_GAP_S
@@ -176,17 +173,6 @@ class PolicyIndex:
             self._look = asyncio.ensure_future(self.refresh())
             # Nobody may await it (a caller cancelled): keep its failure out of the loop's log.
             self._look.add_done_callback(_retrieve)
-
-    async def run(self) -> None:
-        """Keep refreshing until cancelled; a Redis hiccup only delays the next refresh."""
-        while True:
-            try:
-                await self.refresh()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # keep serving the last known policies
-                log.warning("policy index refresh failed: %s", type(exc).__name__)
-            await asyncio.sleep(self.interval)
 
     # --- queries ---------------------------------------------------------------------------------
     def get(self, portal_id: int, name: str) -> Policy | None:

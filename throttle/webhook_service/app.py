@@ -172,7 +172,7 @@ async def _background(
 
 async def policy_index_ctx(app: web.Application) -> AsyncIterator[None]:
 
-    index = PolicyIndex(app[REDIS], interval=POLICY_REFRESH_S)
+    index = PolicyIndex(app[REDIS])
     app[POLICY_INDEX] = index
     async with _background("policy index", POLICY_REFRESH_S, index.refresh):
         yield
