@@ -1,6 +1,6 @@
 """Operator cost: what keeping N policies in Redis costs the operator, per policy.
 
-Runs the operator's own engine calls (`PolicyBook`, the same code the kopf handlers and the
+Runs the operator's own engine calls (`OwnedPolicies`, the same code the kopf handlers and the
 local reconciler use) against a real redis-server, without Kubernetes (its cost is the API
 server's, not ours): first apply, an idempotent re-apply (what every resume after a restart
 does), the Redis-loss check the watch runs every OPERATOR_CHECK_INTERVAL (one pipelined round
@@ -28,7 +28,7 @@ from rich.table import Table
 
 from throttle.engine.policy import Policy
 from throttle.engine.queue import Queue
-from throttle.operator.book import PolicyBook
+from throttle.operator.owned_policies import OwnedPolicies
 from throttle_dev.localenv import RedisServer
 
 
@@ -54,25 +54,25 @@ async def timed(fn: Callable[[], Awaitable[Any]]) -> float:
 
 async def run(n: int, redis: Any) -> list[tuple[str, int, float]]:
     await redis.flushall()
-    book = PolicyBook(Queue(redis))
+    owned = OwnedPolicies(Queue(redis))
     items = policies(n)
 
     async def apply_all() -> None:
         for p in items:
-            await book.apply(f"ns/{p.name}", "", p)
+            await owned.apply(f"ns/{p.name}", "", p)
 
     async def stats_all() -> None:
         for p in items:
-            await book.figures(p)
+            await owned.figures(p)
 
     rows = [("first apply", n, await timed(apply_all))]
     rows.append(("re-apply, unchanged (resume)", n, await timed(apply_all)))
-    rows.append(("loss check, nothing lost", n, await timed(book.missing)))
+    rows.append(("loss check, nothing lost", n, await timed(owned.missing)))
     await redis.flushall()
     restored: list[Any] = []
 
     async def restore() -> None:
-        restored.extend(await book.restore_missing())
+        restored.extend(await owned.restore_missing())
 
     rows.append(("restore after FLUSHALL", n, await timed(restore)))
     assert len(restored) == n

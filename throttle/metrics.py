@@ -5,7 +5,7 @@ No module-level metric objects: each process (and each test) builds one `Metrics
 counters the hot path updates but a snapshot read at scrape time (`QueueSnapshot`), refreshed
 by a background task from Redis, because a scrape must not call Redis itself.
 
-Other components add their metrics as attributes in `Metrics.__init__` (one small block each).
+A component adds its metrics as attributes in its own method of `Metrics` (`_dispatcher`, ...).
 """
 
 from __future__ import annotations
@@ -194,13 +194,22 @@ class ConfigFaultGauge(Collector):
 
 
 class Metrics:
-    """The metrics of one process; build one per registry."""
+    """The metrics of one process; build one per registry.
+
+    Every process gets every component's metrics (a scrape of any pod shows the same names);
+    one method per component defines its own, in the order docs/metrics.md lists them."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
+        self._engine(self.registry)
+        self._dispatcher(self.registry)
+        self._history(self.registry)
+        self._hubspot(self.registry)
+        self._operator(self.registry)
+        self._webhook(self.registry)
 
-        # --- engine: queues and dispatcher -------------------------------------------------------
+    def _engine(self, r: CollectorRegistry) -> None:
+        """The queues: their figures read at scrape time, and what was offered to them."""
         self.queues = QueueSnapshot()
         r.register(self.queues)
         self.enqueued = Counter(
@@ -209,6 +218,9 @@ class Metrics:
             ["result"],
             registry=r,
         )
+
+    def _dispatcher(self, r: CollectorRegistry) -> None:
+        """Releases, completions at HubSpot, settling, the lease reaper."""
         self.released = Counter(
             "throttle_released_total",
             "Executions released from their queue by the rate.",
@@ -256,7 +268,8 @@ class Metrics:
             registry=r,
         )
 
-        # --- engine: execution history ------------------------------------------------------------
+    def _history(self, r: CollectorRegistry) -> None:
+        """Execution history on its way to PostgreSQL."""
         self.history_written = Counter(
             "throttle_history_events_written_total",
             "History events committed to PostgreSQL.",
@@ -278,7 +291,8 @@ class Metrics:
             registry=r,
         )
 
-        # --- HubSpot: API calls, budget, tokens, installs -----------------------------------------
+    def _hubspot(self, r: CollectorRegistry) -> None:
+        """HubSpot's API: calls, each portal's budget, tokens, installs."""
         self.hubspot_requests = Counter(
             "throttle_hubspot_requests_total",
             "Calls to the HubSpot API, by operation and HTTP status (0 = timeout/connection).",
@@ -334,7 +348,8 @@ class Metrics:
             registry=r,
         )
 
-        # --- operator: ThrottlePolicy resources -> engine -----------------------------------------
+    def _operator(self, r: CollectorRegistry) -> None:
+        """ThrottlePolicy resources into the engine; which replica acts."""
         self.operator_leader = Gauge(
             "throttle_operator_leader",
             "1 while this operator replica holds the Lease and acts, 0 while it stands by.",
@@ -358,7 +373,8 @@ class Metrics:
             registry=r,
         )
 
-        # --- webhook: the HubSpot action endpoint -------------------------------------------------
+    def _webhook(self, r: CollectorRegistry) -> None:
+        """The action endpoint's answers (plain numbers, see `ActionTally`) and refusals."""
         self.webhook_actions = ActionTally()
         r.register(self.webhook_actions)
         self.webhook_rejected = Counter(

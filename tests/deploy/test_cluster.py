@@ -519,7 +519,7 @@ async def test_config_api_cluster_mode_as_the_charts_webhook_service_account(
     from kubernetes.client.exceptions import ApiException
 
     from throttle.engine.policy import Policy
-    from throttle.webhook_service.policy_store import KubePolicyStore, StoreUnavailable
+    from throttle.webhook_service.config_store import ClusterConfigStore, ConfigStoreUnavailable
 
     ns = full_install.namespace
     deployment = one(full_install.manifest, "Deployment", "webhook")
@@ -531,7 +531,7 @@ async def test_config_api_cluster_mode_as_the_charts_webhook_service_account(
     kubeconfig = sa_token_kubeconfig(kube, ns, pod["serviceAccountName"])
     client = k8s_config.new_client_from_config(config_file=str(kubeconfig))
     try:
-        store = KubePolicyStore(client, env["CONFIG_NAMESPACE"])
+        store = ClusterConfigStore(client, env["CONFIG_NAMESPACE"])
         policy = Policy(name="newsletter", portal_id=4242, rate={"limit": 10, "period": "1m"})
         assert (await store.put(policy)).created
         changed = policy.model_copy(update={"paused": True})
@@ -540,8 +540,8 @@ async def test_config_api_cluster_mode_as_the_charts_webhook_service_account(
         assert await store.delete(4242, "newsletter")
         assert await store.list(4242) == []
 
-        elsewhere = KubePolicyStore(client, create_namespace(kube, "other"))
-        with pytest.raises((ApiException, StoreUnavailable)) as denied:
+        elsewhere = ClusterConfigStore(client, create_namespace(kube, "other"))
+        with pytest.raises((ApiException, ConfigStoreUnavailable)) as denied:
             await elsewhere.put(policy)
         assert "403" in str(denied.value)
     finally:

@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Any
 
 from throttle.engine.manifests import policy_from_spec
-from throttle.operator.book import drain_seconds
+from throttle.operator.owned_policies import drain_seconds
 from throttle.operator.status_patch import (
     Outcome,
     QueueFigures,

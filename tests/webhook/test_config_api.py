@@ -9,7 +9,7 @@ import pytest
 from tests.fixtures.webhook import PORTAL, StartWebhook, Webhook, execution
 from throttle.engine import keys
 from throttle.history.migrations import migrate
-from throttle.webhook_service.appkeys import POLICY_INDEX, POLICY_STORE, QUEUE
+from throttle.webhook_service.appkeys import CONFIG_STORE, POLICY_INDEX, QUEUE
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ async def test_missing_or_wrong_token_is_401_and_changes_nothing(api: Webhook) -
             token = api.settings.throttle_api_token
             assert token is not None
             assert token.get_secret_value() not in await response.text()
-    assert await api.app[POLICY_STORE].list() == []
+    assert await api.app[CONFIG_STORE].list() == []
     assert await _registry(api) == {}
 
 
@@ -155,7 +155,7 @@ async def test_invalid_policy_is_400_naming_the_field(api: Webhook, body: Any, f
     answer = await response.json()
     assert answer["error"] == "invalid_policy"
     assert answer["field"] == field, answer
-    assert await api.app[POLICY_STORE].list() == []
+    assert await api.app[CONFIG_STORE].list() == []
 
 
 async def test_invalid_json_and_bad_query(api: Webhook) -> None:
@@ -174,7 +174,7 @@ async def test_second_policy_for_one_action_is_a_conflict(api: Webhook) -> None:
     second = await api.client.post("/api/config", json={**SPEC, "name": "b"}, headers=headers)
     assert second.status == 409
     assert (await second.json())["field"] == "actionId"
-    assert [p.name for p in await api.app[POLICY_STORE].list()] == ["a"]
+    assert [p.name for p in await api.app[CONFIG_STORE].list()] == ["a"]
 
 
 async def test_unmigrated_database_is_503_not_500(start_webhook: StartWebhook) -> None:
@@ -191,7 +191,7 @@ async def test_redis_copy_restored_by_resync(api: Webhook) -> None:
     assert created.status == 201
     await api.app[QUEUE].redis.flushall()
     assert await _registry(api) == {}
-    store = api.app[POLICY_STORE]
+    store = api.app[CONFIG_STORE]
     assert await store.resync() == 1  # type: ignore[attr-defined]
     assert f"{PORTAL}:action-10646377".encode() in await _registry(api)
 
@@ -201,4 +201,4 @@ async def test_a_default_policy_cannot_name_an_action(api: Webhook) -> None:
     response = await api.client.post("/api/config", json=body, headers=auth(api))
     assert response.status == 400
     assert (await response.json())["field"] == "actionId"
-    assert await api.app[POLICY_STORE].list() == []
+    assert await api.app[CONFIG_STORE].list() == []

@@ -15,7 +15,7 @@ from tests.fixtures.operator_thread import OperatorThread, wait_for
 from tests.fixtures.webhook import PORTAL, StartWebhook, Webhook, execution
 from throttle.webhook_service import config_api
 from throttle.webhook_service.appkeys import POLICY_INDEX
-from throttle.webhook_service.policy_store import resource_name
+from throttle.webhook_service.config_store import resource_name
 
 pytestmark = pytest.mark.kube
 

@@ -13,13 +13,14 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from tests.fixtures.webhook import ACTION_PATH, execution, policy
 from throttle.engine.registry import reconcile
 from throttle.hubspot.signatures import sign_v3
 from throttle.settings import Settings
-from throttle.webhook_service.app import create_app, freeze_heap, new_event_loop
+from throttle.webhook_service.app import create_app, freeze_heap, new_event_loop, run_webhook
 from throttle.webhook_service.appkeys import POLICY_INDEX, QUEUE
 from throttle_dev.localenv import free_port
 
@@ -31,6 +32,22 @@ async def test_the_start_up_heap_is_frozen_out_of_the_cyclic_gc() -> None:
         assert gc.get_freeze_count() > max(before, 10_000)
     finally:
         gc.unfreeze()  # the rest of the test session keeps its normal collector
+
+
+async def test_a_start_that_fails_half_way_closes_what_it_opened(
+    make_settings: Callable[..., Settings], redis: Any, tmp_path: Any
+) -> None:
+    """The cluster policy store cannot start without Kubernetes credentials; by then Redis is
+    open and the policy index refreshes in the background: both must be closed."""
+    settings = make_settings(
+        config_backend="cluster", kubeconfig=str(tmp_path / "missing"), port=free_port()
+    )
+    clients_before = len(await redis.client_list())
+    with pytest.raises(Exception, match="kube-config"):
+        await run_webhook(settings, handle_signals=False)
+    await asyncio.sleep(0)
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "policy index"]
+    assert len(await redis.client_list()) == clients_before
 
 
 def test_serve_uses_uvloop() -> None:

@@ -20,12 +20,25 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.webhook import Webhook, settings_env
+from throttle import __version__
 from throttle.history.migrations import migrate
 from throttle.settings import Settings
 from throttle.webhook_service.errors import no_route
 from throttle.webhook_service.openapi import document
 
 REPO = Path(__file__).resolve().parents[2]
+DOCUMENT = Path(__file__).with_name("openapi_document.json")
+
+
+def test_document_is_the_recorded_one() -> None:
+    """The document as it was when it was one literal: restructuring it must not change a byte.
+
+    After a deliberate change to the API, write the new document to the fixture (with
+    `"version": "VERSION"`) and review its diff.
+    """
+    doc = json.loads(json.dumps(document()))  # a copy: document() is cached
+    doc["info"]["version"] = "VERSION" if doc["info"]["version"] == __version__ else "?"
+    assert json.dumps(doc, indent=2) + "\n" == DOCUMENT.read_text()
 
 
 async def test_every_route_is_documented(webhook: Webhook) -> None:

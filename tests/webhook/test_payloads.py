@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from throttle.webhook_service import payloads
-from throttle.webhook_service.errors import ApiError
+from throttle.webhook_service.errors import ErrorAnswer
 from throttle.webhook_service.payloads import (
     ActionRequest,
-    Execution,
+    ExecutionPayload,
     parse,
     parse_execution,
 )
@@ -241,11 +241,11 @@ def bodies(draw: st.DrawFn) -> bytes:
 def verdict(parser: Any, body: bytes) -> Any:
     try:
         return parser(body)
-    except ApiError as exc:
+    except ErrorAnswer as exc:
         return exc
 
 
-def error_of(exc: ApiError) -> tuple[int, str, str, str | None]:
+def error_of(exc: ErrorAnswer) -> tuple[int, str, str, str | None]:
     return (exc.status, exc.error, exc.detail, exc.field)
 
 
@@ -265,14 +265,14 @@ def same_json(left: Any, right: Any) -> bool:
     return bool(left == right)
 
 
-def assert_agree(body: bytes) -> Execution | None:
+def assert_agree(body: bytes) -> ExecutionPayload | None:
     expected = verdict(lambda b: parse(ActionRequest, b), body)
     got = verdict(parse_execution, body)
-    if isinstance(expected, ApiError):
-        assert isinstance(got, ApiError), f"pydantic refuses ({expected.detail}), msgspec: {got}"
+    if isinstance(expected, ErrorAnswer):
+        assert isinstance(got, ErrorAnswer), f"pydantic refuses ({expected.detail}), msgspec: {got}"
         assert error_of(got) == error_of(expected)
         return None
-    assert isinstance(got, Execution), f"pydantic accepts, parse_execution: {error_of(got)}"
+    assert isinstance(got, ExecutionPayload), f"pydantic accepts, parse_execution: {error_of(got)}"
     dumped = expected.model_dump(by_alias=True)
     built = msgspec.to_builtins(got)
     # Both spell every field by its alias (msgspec's rename="camel" is HubSpot's camelCase).
@@ -353,9 +353,9 @@ def test_a_string_object_id_stays_a_string() -> None:
     assert execution.object.object_id == "123"
 
 
-def refusal(body: bytes) -> ApiError:
+def refusal(body: bytes) -> ErrorAnswer:
     assert_agree(body)
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(ErrorAnswer) as caught:
         parse_execution(body)
     assert caught.value.status == 400
     return caught.value

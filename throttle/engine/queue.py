@@ -17,6 +17,7 @@ from typing import Any, Literal, NamedTuple
 
 import msgspec
 
+from throttle import bounded_cache
 from throttle.engine import keys
 from throttle.engine.forecast import capacity_within
 from throttle.engine.policy import Policy
@@ -31,6 +32,8 @@ RetireMode = Literal["Drain", "SUCCESS", "FAIL_CONTINUE"]
 
 
 _NO_INPUTS: Mapping[str, str] = MappingProxyType({})
+_CACHED_POLICIES = 10_000
+"""Bound of `Queue`'s per-policy caches (entries hold their policy objects alive)."""
 
 
 class QueueItem(NamedTuple):
@@ -128,6 +131,32 @@ class _EnqueueTarget:
     revision: int
     blocking: bool
 
+    @classmethod
+    def build(cls, policy: Policy, qid: str) -> _EnqueueTarget:
+        pkey = policy.key
+        shard = keys.shard_of(pkey)
+        return cls(
+            policy=policy,
+            # In the order enqueue.lua lists its KEYS.
+            keys=(
+                keys.due(shard),
+                keys.params(pkey),
+                keys.meta(pkey),
+                keys.done(pkey),
+                keys.queues(pkey),
+                keys.queue_list(pkey, qid),
+                keys.queue_state(pkey, qid),
+                keys.stats(pkey),
+                keys.awaiting_params(shard),
+            ),
+            prefix=keys.shard_prefix(shard),
+            ref=keys.queue_ref(pkey, qid),
+            qid=qid,
+            expiration_ms=round(policy.expiration.total_seconds() * 1000),
+            revision=policy.revision,
+            blocking=policy.overflow == "Block",
+        )
+
 
 @dataclass(frozen=True)
 class TakeResult:
@@ -167,7 +196,7 @@ class Queue:
     """How long a finished callback id is still recognised as a duplicate."""
     time_offset_ms: int = 0
     scripts: Scripts = field(init=False)
-    _capacity: dict[tuple[str, str, int], int] = field(init=False, default_factory=dict)
+    _capacity: dict[tuple[int, int], tuple[Policy, int]] = field(init=False, default_factory=dict)
     _targets: dict[tuple[int, str], _EnqueueTarget] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -210,43 +239,20 @@ class Queue:
         target = self._targets.get(cache_key)
         if target is not None and target.policy is policy:
             return target
-        if len(self._targets) >= 10_000:
-            self._targets.clear()
-        pkey = policy.key
-        shard = keys.shard_of(pkey)
-        target = self._targets[cache_key] = _EnqueueTarget(
-            policy=policy,
-            # In the order enqueue.lua lists its KEYS.
-            keys=(
-                keys.due(shard),
-                keys.params(pkey),
-                keys.meta(pkey),
-                keys.done(pkey),
-                keys.queues(pkey),
-                keys.queue_list(pkey, qid),
-                keys.queue_state(pkey, qid),
-                keys.stats(pkey),
-                keys.awaiting_params(shard),
-            ),
-            prefix=keys.shard_prefix(shard),
-            ref=keys.queue_ref(pkey, qid),
-            qid=qid,
-            expiration_ms=round(policy.expiration.total_seconds() * 1000),
-            revision=policy.revision,
-            blocking=policy.overflow == "Block",
-        )
-        return target
+        target = _EnqueueTarget.build(policy, qid)
+        return bounded_cache.put(self._targets, cache_key, target, _CACHED_POLICIES)
 
     def _max_depth(self, policy: Policy) -> int:
-        """Items that fit before the expiration (cached per policy version and minute)."""
-        minute = int(time.time() // 60)
-        key = (policy.key, policy.content_hash, minute)
-        cached = self._capacity.get(key)
-        if cached is None:
-            if len(self._capacity) > 10_000:
-                self._capacity.clear()
-            cached = self._capacity[key] = capacity_within(policy, time.time())
-        return cached
+        """Items that fit before the expiration, cached per policy object and minute as
+        `_target` caches (keyed by the policy's content, the key alone cost more than the
+        computation for a policy without calendars: bench/caches.py)."""
+        cache_key = (id(policy), int(time.time() // 60))
+        cached = self._capacity.get(cache_key)
+        if cached is not None and cached[0] is policy:
+            return cached[1]
+        capacity = capacity_within(policy, time.time())
+        bounded_cache.put(self._capacity, cache_key, (policy, capacity), _CACHED_POLICIES)
+        return capacity
 
     # --- the dispatcher ---------------------------------------------------------------------------
     async def take(

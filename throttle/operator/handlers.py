@@ -5,7 +5,7 @@
 - `retire_policy` (delete, holds the finalizer): hands queued executions over as `onDelete` says
   and lets the resource go only when nothing of the policy is left in Redis;
 - `refresh_status` (timer): queue figures and conditions, patched only when they changed, and
-  it posts the Event for parameters that the Redis watch (`watch_redis`) had to write back.
+  it posts the Event for parameters that the Redis watch (`redis_watch.py`) had to write back.
 
 Handlers go into a registry built per operator (`build_registry`), never kopf's global one, so
 tests can run several operators, each as its own ServiceAccount, in one process. Shared clients
@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -36,9 +36,15 @@ from throttle.engine.policy import Policy
 from throttle.engine.queue import Queue
 from throttle.engine.redis_client import redis_client
 from throttle.kube import connection_info
-from throttle.metrics import Metrics
-from throttle.operator import events
-from throttle.operator.book import Entry, PolicyBook, PolicyConflict, tombstone
+from throttle.operator import k8s_events
+from throttle.operator.owned_policies import (
+    AlreadyClaimed,
+    OwnedPolicies,
+    OwnedPolicy,
+    tombstone,
+)
+from throttle.operator.redis_watch import watch_redis
+from throttle.operator.state import OperatorState
 from throttle.operator.status_patch import (
     FIGURE_KEYS,
     Outcome,
@@ -55,38 +61,6 @@ FINALIZER = "throttle.dev/finalizer"
 ANNOTATION_PREFIX = "throttle.dev"
 
 
-@dataclass
-class OperatorState:
-    """What the handlers share (kept in kopf's memo, one per operator instance)."""
-
-    settings: Settings
-    metrics: Metrics
-    kube_configuration: Any
-    """kubernetes.client.Configuration this operator acts with (login)."""
-    redis: Any = None
-    book: PolicyBook | None = None
-    watcher: asyncio.Task[None] | None = None
-    restored: set[str] = field(default_factory=set)
-    """Owners whose parameters were written back and whose Event is not posted yet."""
-    applied_generations: dict[str, int] = field(default_factory=dict)
-    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-    """One per resource: kopf runs a resource's timer beside its change handlers."""
-
-    def lock(self, owner: str) -> asyncio.Lock:
-        return self.locks.setdefault(owner, asyncio.Lock())
-
-    @property
-    def policies(self) -> PolicyBook:
-        assert self.book is not None, "startup has not run"
-        return self.book
-
-
-def _state(memo: Any) -> OperatorState:
-    state = memo.state
-    assert isinstance(state, OperatorState)
-    return state
-
-
 def _owner(namespace: str | None, name: str | None) -> str:
     return f"{namespace}/{name}"
 
@@ -100,16 +74,15 @@ def _created(meta: Mapping[str, Any]) -> str:
 
 async def startup(memo: Any, **_: Any) -> None:
     """Open Redis and the engine's queue; start the Redis watch."""
-    state = _state(memo)
+    state = OperatorState.of(memo)
     state.redis = redis_client(state.settings)
-    queue = Queue(state.redis)
-    state.book = PolicyBook(queue)
+    state.owned = OwnedPolicies(Queue(state.redis))
     state.watcher = asyncio.create_task(watch_redis(state), name="throttle redis watch")
     state.metrics.operator_leader.set(1)
 
 
 async def cleanup(memo: Any, **_: Any) -> None:
-    state = _state(memo)
+    state = OperatorState.of(memo)
     state.metrics.operator_leader.set(0)
     if state.watcher is not None:
         state.watcher.cancel()
@@ -121,25 +94,7 @@ async def cleanup(memo: Any, **_: Any) -> None:
 
 def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
     """The operator's own credentials (never the kubernetes library's global default)."""
-    return connection_info(_state(memo).kube_configuration)
-
-
-async def watch_redis(state: OperatorState) -> None:
-    """Write back, within seconds, parameters Redis lost (restart without data, flush)."""
-    interval = state.settings.operator_check_interval
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            restored = await state.policies.restore_missing()
-        except (RedisError, OSError) as exc:
-            log.warning("redis watch: %s", exc)
-            continue
-        except Exception:  # a bug must not end the watch for the operator's lifetime
-            log.exception("redis watch failed; continuing")
-            continue
-        for entry in restored:
-            state.restored.add(entry.owner)
-            state.metrics.operator_restores.inc()
+    return connection_info(OperatorState.of(memo).kube_configuration)
 
 
 # ---- the spec -----------------------------------------------------------------------------------
@@ -196,7 +151,7 @@ async def apply_spec(
     **_: Any,
 ) -> None:
     """Reconcile the spec into the engine (idempotent; a no-op when Redis already matches)."""
-    state, owner = _state(memo), _owner(namespace, name)
+    state, owner = OperatorState.of(memo), _owner(namespace, name)
     writer = _StatusWriter(patch, status, spec, int(meta.get("generation") or 0), state)
     async with state.lock(owner):
         await _reconcile(writer, body, meta, owner)
@@ -204,39 +159,39 @@ async def apply_spec(
 
 async def _reconcile(writer: _StatusWriter, body: kopf.Body, meta: kopf.Meta, owner: str) -> None:
     state, generation = writer.state, writer.generation
-    book = state.policies
-    previous_key = book.key_of(owner)
-    previous = book.entries[previous_key].policy if previous_key else None
+    owned = state.policies
+    previous_key = owned.key_of(owner)
+    previous = owned.entries[previous_key].policy if previous_key else None
     try:
         policy = policy_from_resource(body)
     except ManifestError as exc:
         state.metrics.operator_reconciles.labels("invalid").inc()
-        events.invalid_spec(body, exc.errors, generation, state.applied_generations.get(owner))
-        writer.show(Outcome.INVALID_SPEC, events.describe_errors(exc.errors))
+        k8s_events.invalid_spec(body, exc.errors, generation, state.applied_generations.get(owner))
+        writer.show(Outcome.INVALID_SPEC, k8s_events.describe_errors(exc.errors))
         return  # permanent until the spec changes: the next edit calls this handler again
     try:
-        applied = await book.apply(owner, _created(meta), policy, generation)
-    except PolicyConflict as exc:
+        applied = await owned.apply(owner, _created(meta), policy, generation)
+    except AlreadyClaimed as exc:
         state.metrics.operator_reconciles.labels("conflict").inc()
         if _ready_reason(writer.status) != Outcome.CONFLICT.value:
-            events.conflict(body, exc.key, exc.owner)
+            k8s_events.conflict(body, exc.key, exc.owner)
         writer.show(Outcome.CONFLICT, str(exc), policy)
         return  # the status timer tries again (the other source may go away)
     except (RedisError, OSError) as exc:
         state.metrics.operator_reconciles.labels("error").inc()
         if _ready_reason(writer.status) != Outcome.REDIS_UNAVAILABLE.value:
-            events.redis_unavailable(body, exc)
+            k8s_events.redis_unavailable(body, exc)
         writer.show(Outcome.REDIS_UNAVAILABLE, f"cannot reach Redis: {exc}", policy)
         raise kopf.TemporaryError(f"Redis unavailable: {exc}", delay=2) from exc
     state.metrics.operator_reconciles.labels("written" if applied.written else "unchanged").inc()
     if applied.written:
-        events.applied(body, policy, generation)
+        k8s_events.applied(body, policy, generation)
     if previous is not None and previous.paused != policy.paused:
-        events.paused(body, policy.paused)
+        k8s_events.paused(body, policy.paused)
     state.applied_generations[owner] = generation
     outcome, message = _ready(policy)
     try:
-        figures: QueueFigures | None = await book.figures(policy)
+        figures: QueueFigures | None = await owned.figures(policy)
     except (RedisError, OSError):
         figures = None
     writer.show(outcome, message, policy, figures)
@@ -270,7 +225,7 @@ async def refresh_status(
     is invalid (that waits for an edit): this settles conflicts once the other source goes,
     and a replica that just took over.
     """
-    state, owner = _state(memo), _owner(namespace, name)
+    state, owner = OperatorState.of(memo), _owner(namespace, name)
     async with state.lock(owner):
         await _refresh(state, owner, body, spec, meta, status, patch)
 
@@ -285,9 +240,9 @@ async def _refresh(
     patch: kopf.Patch,
 ) -> None:
     generation = int(meta.get("generation") or 0)
-    book = state.policies
-    key = book.key_of(owner)
-    entry = book.entries[key] if key else None
+    owned = state.policies
+    key = owned.key_of(owner)
+    entry = owned.entries[key] if key else None
     writer = _StatusWriter(patch, status, spec, generation, state)
     invalid = _ready_reason(status) == Outcome.INVALID_SPEC.value
     if entry is None or entry.generation != generation:
@@ -299,9 +254,9 @@ async def _refresh(
     assert entry is not None
     if owner in state.restored:
         state.restored.discard(owner)
-        events.restored(body, entry.policy.key)
+        k8s_events.restored(body, entry.policy.key)
     try:
-        figures = await book.figures(entry.policy)
+        figures = await owned.figures(entry.policy)
     except (RedisError, OSError) as exc:
         writer.show(Outcome.REDIS_UNAVAILABLE, f"cannot reach Redis: {exc}", entry.policy)
         return
@@ -317,7 +272,7 @@ async def _refresh(
 
 
 def _figures_only(
-    entry: Entry, figures: QueueFigures, current: Mapping[str, Any], spec: Mapping[str, Any]
+    entry: OwnedPolicy, figures: QueueFigures, current: Mapping[str, Any], spec: Mapping[str, Any]
 ) -> dict[str, Any]:
     desired = desired_status(
         spec=spec,
@@ -348,11 +303,11 @@ async def retire_policy(
     **_: Any,
 ) -> None:
     """Hand queued executions over as `spec.onDelete` says; hold the finalizer until done."""
-    state = _state(memo)
+    state = OperatorState.of(memo)
     owner = _owner(namespace, name)
-    book = state.policies
-    key = book.key_of(owner)
-    policy: Policy | None = book.entries[key].policy if key else None
+    owned = state.policies
+    key = owned.key_of(owner)
+    policy: Policy | None = owned.entries[key].policy if key else None
     if policy is None:
         try:
             policy = policy_from_resource(body)
@@ -362,29 +317,29 @@ async def retire_policy(
             if not shown:
                 return  # never applied: nothing of it is in Redis
             policy = tombstone(str(shown))
-        if book.owner_of(policy.key) not in (None, owner):
+        if owned.owner_of(policy.key) not in (None, owner):
             return  # the policy belongs to another resource: deleting this one changes nothing
     mode = on_delete_mode(spec)
     try:
-        remaining = await book.retire(policy, mode)
+        remaining = await owned.retire(policy, mode)
     except (RedisError, OSError) as exc:
         raise kopf.TemporaryError(f"Redis unavailable: {exc}", delay=2) from exc
     if remaining:
         if retry == 0:
-            events.retiring(body, mode, remaining)
+            k8s_events.retiring(body, mode, remaining)
         generation = int(meta.get("generation") or 0)
         message = f"deleted; {remaining} execution(s) still queued or in flight ({mode})"
         try:
-            figures: QueueFigures | None = await book.figures(policy)
+            figures: QueueFigures | None = await owned.figures(policy)
         except (RedisError, OSError):
             figures = None
         writer = _StatusWriter(patch, status, spec, generation, state)
         writer.show(Outcome.DRAINING, message, policy, figures)
         raise kopf.TemporaryError(message, delay=state.settings.operator_retire_poll_interval)
-    book.forget(owner)
+    owned.forget(owner)
     state.applied_generations.pop(owner, None)
     state.locks.pop(owner, None)
-    events.retired(body, policy.key)
+    k8s_events.retired(body, policy.key)
 
 
 # ---- registration -------------------------------------------------------------------------------
@@ -418,7 +373,7 @@ def operator_settings(settings: Settings) -> kopf.OperatorSettings:
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
     config.peering.standalone = True
-    # Only our own Events (events.py): kopf would echo every retry of a draining policy's
+    # Only our own Events (k8s_events.py): kopf would echo every retry of a draining policy's
     # finalizer as a new Event object; the log keeps those.
     config.posting.level = logging.CRITICAL
     config.watching.server_timeout = 300

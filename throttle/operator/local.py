@@ -25,7 +25,7 @@ from throttle.engine.queue import Queue
 from throttle.engine.redis_client import redis_client
 from throttle.health_server import health_server
 from throttle.metrics import Metrics
-from throttle.operator.book import PolicyBook, PolicyConflict
+from throttle.operator.owned_policies import AlreadyClaimed, OwnedPolicies
 from throttle.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class LocalReconciler:
     """Keeps Redis in line with a folder of manifests (see the module docstring)."""
 
     folder: Path
-    book: PolicyBook
+    owned: OwnedPolicies
     metrics: Metrics
     modes: dict[str, OnDelete] = field(default_factory=dict)
     retiring: dict[str, tuple[Policy, OnDelete]] = field(default_factory=dict)
@@ -77,8 +77,8 @@ class LocalReconciler:
             wanted.add(m.policy.key)
             self.retiring.pop(m.policy.key, None)
             try:
-                applied = await self.book.apply(m.policy.key, "", m.policy)
-            except PolicyConflict as exc:  # defensive: mark_duplicates already caught these
+                applied = await self.owned.apply(m.policy.key, "", m.policy)
+            except AlreadyClaimed as exc:  # defensive: mark_duplicates already caught these
                 errors[m.source] = str(exc)
                 continue
             self.modes[m.policy.key] = m.on_delete
@@ -91,22 +91,22 @@ class LocalReconciler:
                 self.metrics.operator_reconciles.labels("invalid").inc()
                 log.error("%s not applied: %s", source, message)
         self.errors = errors
-        for key in [k for k in self.book.entries if k not in wanted]:
-            entry = self.book.entries[key]
+        for key in [k for k in self.owned.entries if k not in wanted]:
+            entry = self.owned.entries[key]
             self.retiring[key] = (entry.policy, self.modes.get(key, "Drain"))
         await self.retire_step()
 
     async def retire_step(self) -> None:
         """One retire call per departing policy; forget those that are gone."""
         for key, (policy, mode) in list(self.retiring.items()):
-            remaining = await self.book.retire(policy, mode)
+            remaining = await self.owned.retire(policy, mode)
             if remaining:
-                log.info("policy %s removed; %d execution(s) left (%s)", key, remaining, mode)
+                log.info("policy %s retiring; %d execution(s) left (%s)", key, remaining, mode)
                 continue
             log.info("policy %s retired", key)
             del self.retiring[key]
             self.modes.pop(key, None)
-            self.book.forget(key)
+            self.owned.forget(key)
 
     async def run(self, stop: asyncio.Event, check_interval: float) -> None:
         seen: tuple[Any, ...] | None = None
@@ -122,7 +122,7 @@ class LocalReconciler:
                 since_check += FOLDER_POLL_S
                 if since_check >= check_interval:
                     since_check = 0.0
-                    for entry in await self.book.restore_missing():
+                    for entry in await self.owned.restore_missing():
                         self.metrics.operator_restores.inc()
                         log.warning("policy %s restored after Redis lost it", entry.policy.key)
             except (RedisError, OSError) as exc:
@@ -139,18 +139,20 @@ async def run_local(
     stop: asyncio.Event | None = None,
     metrics: Metrics | None = None,
 ) -> None:
-    """Reconcile `folder` until `stop` is set."""
+    """Reconcile `folder` until `stop` is set. An `AsyncExitStack` opens Redis and the health
+    server, so a start that fails half-way (the port taken) closes what it had opened."""
     stop = stop or asyncio.Event()
     metrics = metrics or Metrics()
-    redis = redis_client(settings)
-    reconciler = LocalReconciler(folder, PolicyBook(Queue(redis)), metrics)
-    try:
-        role = {"status": "ok", "role": "local", "folder": str(folder)}
-        async with health_server(
-            settings.host, settings.metrics_port, metrics.registry, lambda: (True, role)
-        ):
-            metrics.operator_leader.set(1)
-            await reconciler.run(stop, settings.operator_check_interval)
-    finally:
-        metrics.operator_leader.set(0)
-        await redis.aclose()
+    role = {"status": "ok", "role": "local", "folder": str(folder)}
+    async with contextlib.AsyncExitStack() as opened:
+        redis = redis_client(settings)
+        opened.push_async_callback(redis.aclose)
+        await opened.enter_async_context(
+            health_server(
+                settings.host, settings.metrics_port, metrics.registry, lambda: (True, role)
+            )
+        )
+        metrics.operator_leader.set(1)
+        opened.callback(metrics.operator_leader.set, 0)
+        reconciler = LocalReconciler(folder, OwnedPolicies(Queue(redis)), metrics)
+        await reconciler.run(stop, settings.operator_check_interval)

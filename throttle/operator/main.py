@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,10 @@ import kopf
 from throttle.health_server import health_server
 from throttle.kube import api_client, client_configuration
 from throttle.metrics import Metrics
-from throttle.operator.handlers import OperatorState, build_registry, operator_settings
+from throttle.operator.handlers import build_registry, operator_settings
 from throttle.operator.lease import LeaderLease, LeaseSettings
 from throttle.operator.local import run_local
+from throttle.operator.state import OperatorState
 from throttle.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,56 +66,75 @@ async def run(
 
     `namespaces` empty = every namespace (cluster-wide). `ready` is set once kopf's startup
     handlers have run (tests wait on it). Raises LeadershipLost when the Lease was lost.
+
+    An `AsyncExitStack` opens the Kubernetes client, the health server and the Lease, so a
+    start that fails half-way (the port taken) closes what it had opened, in reverse order.
     """
     stop = stop or asyncio.Event()
     metrics = metrics or Metrics()
     configuration = await asyncio.to_thread(client_configuration, kubeconfig)
     identity = identity or settings.operator_identity or default_identity()
-    lease = LeaderLease(
-        api=_coordination_api(configuration),
-        settings=LeaseSettings(
-            name=settings.operator_lease_name,
-            namespace=lease_namespace(settings),
-            identity=identity,
-            duration_s=settings.operator_lease_seconds,
-            renew_s=max(0.5, settings.operator_lease_seconds / 3),
-            retry_s=max(0.5, settings.operator_lease_seconds / 5),
-        ),
-    )
     role = {"role": "standby", "identity": identity}
-    async with health_server(
-        settings.host,
-        settings.metrics_port,
-        metrics.registry,
-        lambda: (True, {"status": "ok", **role}),
-    ):
+    async with contextlib.AsyncExitStack() as opened:
+        kube = api_client(configuration)
+        opened.callback(kube.close)
+        lease = LeaderLease(
+            api=_coordination_api(kube),
+            settings=LeaseSettings(
+                name=settings.operator_lease_name,
+                namespace=lease_namespace(settings),
+                identity=identity,
+                duration_s=settings.operator_lease_seconds,
+                renew_s=max(0.5, settings.operator_lease_seconds / 3),
+                retry_s=max(0.5, settings.operator_lease_seconds / 5),
+            ),
+        )
+        await opened.enter_async_context(
+            health_server(
+                settings.host,
+                settings.metrics_port,
+                metrics.registry,
+                lambda: (True, {"status": "ok", **role}),
+            )
+        )
         if not await lease.acquire(stop):
             return
         role["role"] = "leader"
-        acting = asyncio.Event()
-        relay = asyncio.create_task(_relay(stop, acting))
-        keeper = asyncio.create_task(lease.keep(acting))
+        opened.callback(role.update, role="stopped")
+        acting = await opened.enter_async_context(_leading(lease, stop, identity))
         state = OperatorState(settings=settings, metrics=metrics, kube_configuration=configuration)
-        try:
-            await kopf.operator(
-                registry=build_registry(settings),
-                settings=operator_settings(settings),
-                memo=kopf.Memo(state=state),
-                standalone=True,
-                clusterwide=not namespaces,
-                namespaces=namespaces or (),
-                stop_flag=acting,
-                ready_flag=ready,
-            )
-        finally:
-            relay.cancel()
-            keeper.cancel()
-            lost = acting.is_set() and not stop.is_set() and lease.expired
-            if not lost:
-                await asyncio.to_thread(lease.release)
-            role["role"] = "stopped"
-        if lost:
-            raise LeadershipLost(f"{identity} lost the operator lease")
+        await kopf.operator(
+            registry=build_registry(settings),
+            settings=operator_settings(settings),
+            memo=kopf.Memo(state=state),
+            standalone=True,
+            clusterwide=not namespaces,
+            namespaces=namespaces or (),
+            stop_flag=acting,
+            ready_flag=ready,
+        )
+
+
+@contextlib.asynccontextmanager
+async def _leading(
+    lease: LeaderLease, stop: asyncio.Event, identity: str
+) -> AsyncIterator[asyncio.Event]:
+    """While inside, keep renewing the Lease this replica holds. Yields the event that tells
+    kopf to stop acting: `stop` was set, or a renewal failed. On the way out the Lease is
+    released, unless it was lost (then LeadershipLost: another replica may be acting)."""
+    acting = asyncio.Event()
+    relay = asyncio.create_task(_relay(stop, acting))
+    keeper = asyncio.create_task(lease.keep(acting))
+    try:
+        yield acting
+    finally:
+        relay.cancel()
+        keeper.cancel()
+        lost = acting.is_set() and not stop.is_set() and lease.expired
+        if not lost:
+            await asyncio.to_thread(lease.release)
+    if lost:
+        raise LeadershipLost(f"{identity} lost the operator lease")
 
 
 async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
@@ -121,10 +142,10 @@ async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
     target.set()
 
 
-def _coordination_api(configuration: Any) -> Any:
+def _coordination_api(kube: Any) -> Any:
     from kubernetes import client as k8s
 
-    return k8s.CoordinationV1Api(api_client(configuration))
+    return k8s.CoordinationV1Api(kube)
 
 
 def serve(settings: Settings, namespaces: list[str], local: Path | None = None) -> None:

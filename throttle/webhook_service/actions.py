@@ -53,6 +53,7 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from throttle import bounded_cache
 from throttle.engine.policy import Policy
 from throttle.engine.policy_index import PolicyIndex
 from throttle.engine.queue import EnqueueResult, QueueItem
@@ -65,8 +66,8 @@ from throttle.webhook_service.appkeys import (
     SETTINGS,
     VERIFIER,
 )
-from throttle.webhook_service.errors import ApiError, error_for, error_response
-from throttle.webhook_service.payloads import Execution, parse_execution
+from throttle.webhook_service.errors import ErrorAnswer, error_for, error_response
+from throttle.webhook_service.payloads import ExecutionPayload, parse_execution
 from throttle.webhook_service.shedding import LoadShedder
 from throttle.webhook_service.verification import SignatureVerifier
 
@@ -92,7 +93,8 @@ def block(policy: Policy) -> dict[str, Any]:
 
 class BlockAnswers:
     """The BLOCK answer's bytes per expiration, serialised once: nearly every request gets one
-    of a handful of them, and `json.dumps` of it costs several microseconds each time."""
+    of a handful of them, and `json.dumps` of it costs several microseconds each time
+    (bench/caches.py)."""
 
     MAX_ENTRIES = 1_000
 
@@ -103,9 +105,8 @@ class BlockAnswers:
         expiration = policy.expiration
         body = self._bodies.get(expiration)
         if body is None:
-            if len(self._bodies) >= self.MAX_ENTRIES:
-                self._bodies.clear()
-            body = self._bodies[expiration] = json.dumps(block(policy)).encode()
+            body = json.dumps(block(policy)).encode()
+            bounded_cache.put(self._bodies, expiration, body, self.MAX_ENTRIES)
         return body
 
 
@@ -136,34 +137,38 @@ class PolicyResolver:
     """`PolicyIndex.resolve`, remembered until the index reloads.
 
     Resolving to the global default copies that policy for the portal on every call; at
-    thousands of requests a second the copy costs more than the signature check, so answers are
-    kept per (portal, action, name) and dropped whenever the index's revision moves."""
+    thousands of requests a second the copy costs more than the signature check
+    (bench/caches.py), so answers are kept per (portal, action, name) and dropped whenever the
+    index's revision moves. The copy kept is also what lets `Queue.enqueue` find its keys
+    built for that policy object. "No policy" is not kept: it is the rare path, and the
+    webhook looks again before answering it."""
 
     MAX_ENTRIES = 50_000
 
     def __init__(self, index: PolicyIndex) -> None:
         self.index = index
         self._revision = -2
-        self._cache: dict[tuple[int, int, str | None], Policy | None] = {}
+        self._cache: dict[tuple[int, int, str | None], Policy] = {}
 
     def resolve(self, portal_id: int, action_id: int, name: str | None) -> Policy | None:
-        if self.index.revision != self._revision or len(self._cache) > self.MAX_ENTRIES:
+        if self.index.revision != self._revision:
             self._cache.clear()
             self._revision = self.index.revision
         key = (portal_id, action_id, name)
-        try:
-            return self._cache[key]
-        except KeyError:
-            policy = self._cache[key] = self.index.resolve(portal_id, action_id, name)
-            return policy
+        policy = self._cache.get(key)
+        if policy is None:
+            policy = self.index.resolve(portal_id, action_id, name)
+            if policy is not None:
+                bounded_cache.put(self._cache, key, policy, self.MAX_ENTRIES)
+        return policy
 
 
-def requested_policy(payload: Execution) -> str | None:
+def requested_policy(payload: ExecutionPayload) -> str | None:
     value = payload.input_fields.get(POLICY_FIELD)
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ApiError(
+        raise ErrorAnswer(
             400,
             "invalid_payload",
             f"inputFields.{POLICY_FIELD}: must be a string",
@@ -260,7 +265,7 @@ class ActionEndpoint:
                 kind, answer = self.answer_for(result)
             else:
                 kind, answer = policy
-        except ApiError as exc:
+        except ErrorAnswer as exc:
             if exc.status == 503:
                 counts.answered("unavailable")
             elif exc.status != 401:
@@ -283,17 +288,17 @@ class ActionEndpoint:
         counts.observe(time.perf_counter() - started)
         return web.Response(body=answer, headers=JSON_HEADERS)
 
-    def verified(self, request: web.Request, body: bytes) -> Execution:
+    def verified(self, request: web.Request, body: bytes) -> ExecutionPayload:
         """The execution HubSpot signed, parsed; 401 or 400 otherwise."""
         check = self.verifier.check(request, body)
         if not check.ok:
             self.counts.rejected_signature.inc()
             log.debug("action refused: %s", check.reason)  # the access log has the 401 line
-            raise ApiError(401, "invalid_signature", check.reason)
+            raise ErrorAnswer(401, "invalid_signature", check.reason)
         self.counts.signed(check.version, bool(check.secret_index))
         return parse_execution(body)
 
-    def policy_for(self, payload: Execution, name: str | None) -> Policy | Answer | None:
+    def policy_for(self, payload: ExecutionPayload, name: str | None) -> Policy | Answer | None:
         """The policy to queue the execution in (`name`: the one its input fields ask for),
         the answer when it is not to be queued (the portal has not installed the app), or
         None when this pod's memory has no such policy: then `looked_up` decides."""
@@ -302,7 +307,7 @@ class ActionEndpoint:
             state = self.installed.state(portal_id)
             if state is not None and state.pending:
                 # Perhaps installed a moment ago through another pod: a refresh is on its way.
-                raise ApiError(
+                raise ErrorAnswer(
                     503,
                     "unavailable",
                     f"portal {portal_id}: {state.reason}; retry later",
@@ -316,7 +321,7 @@ class ActionEndpoint:
             return None  # not in memory (never loaded, or created a moment ago elsewhere?)
         return policy
 
-    async def looked_up(self, payload: Execution, name: str | None) -> Policy | Answer:
+    async def looked_up(self, payload: ExecutionPayload, name: str | None) -> Policy | Answer:
         """Resolve again after a fresh read of the registry (`PolicyIndex.refresh_since`: one
         read shared by every request waiting for it, at most one per 50 ms per pod). Only
         now is "no policy" an answer; a named policy still missing falls back as usual."""
@@ -329,7 +334,7 @@ class ActionEndpoint:
         return policy
 
     @staticmethod
-    def item(payload: Execution, name: str | None) -> QueueItem:
+    def item(payload: ExecutionPayload, name: str | None) -> QueueItem:
         obj = payload.object
         return QueueItem(
             callback_id=payload.callback_id,

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -46,13 +47,13 @@ from throttle.webhook_service import (
     shedding,
 )
 from throttle.webhook_service.appkeys import (
+    CONFIG_STORE,
     DB_POOL,
     HTTP,
     HUBSPOT,
     INSTALLED,
     METRICS,
     POLICY_INDEX,
-    POLICY_STORE,
     QUEUE,
     REDIS,
     SETTINGS,
@@ -60,8 +61,8 @@ from throttle.webhook_service.appkeys import (
     VERIFIER,
 )
 from throttle.webhook_service.autopipeline import AutoPipeline
+from throttle.webhook_service.config_store import ClusterConfigStore, LocalConfigStore
 from throttle.webhook_service.errors import fallback_routes, json_errors
-from throttle.webhook_service.policy_store import KubePolicyStore, LocalPolicyStore
 from throttle.webhook_service.portals import InstalledPortals
 from throttle.webhook_service.verification import SignatureVerifier
 
@@ -236,29 +237,30 @@ async def installed_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-async def policy_store_ctx(app: web.Application) -> AsyncIterator[None]:
+async def config_store_ctx(app: web.Application) -> AsyncIterator[None]:
 
     settings = app[SETTINGS]
     if settings.config_backend == "cluster":
         client = api_client(client_configuration(settings.kubeconfig))
-        app[POLICY_STORE] = KubePolicyStore(client, settings.config_namespace)
+        app[CONFIG_STORE] = ClusterConfigStore(client, settings.config_namespace)
         yield
         client.close()
         return
 
     queue = app[QUEUE]
 
-    async def apply(policy: Any) -> Any:
+    async def apply(policy: Policy) -> Any:
         return await reconcile(queue, policy)
 
-    async def remove(policy: Any) -> Any:
+    async def remove(policy: Policy) -> Any:
+        # A deleted policy retires as "Drain": what is queued is still released at its rate.
         return await retire(queue, policy, "Drain")
 
     async def apply_awaited(policies: list[Policy]) -> Any:
         return await reconcile_awaited(queue, {p.key: p for p in policies})
 
-    store = LocalPolicyStore(app[DB_POOL], apply, remove, apply_awaited)
-    app[POLICY_STORE] = store
+    store = LocalConfigStore(app[DB_POOL], apply, remove, apply_awaited)
+    app[CONFIG_STORE] = store
     if app[DB_POOL] is None:
         yield
         return
@@ -278,7 +280,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app[METRICS] = Metrics(registry if registry is not None else CollectorRegistry())
     app[VERIFIER] = SignatureVerifier(settings)
     app.cleanup_ctx.extend(
-        [redis_ctx, policy_index_ctx, db_ctx, http_ctx, installed_ctx, policy_store_ctx]
+        [redis_ctx, policy_index_ctx, db_ctx, http_ctx, installed_ctx, config_store_ctx]
     )
     shedder = shedding.install(app, settings.webhook_max_inflight, settings.webhook_shed_lag_ms)
     limit = auth_limit.install(
@@ -324,28 +326,42 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 def serve(settings: Settings) -> None:
-    """Run until SIGTERM/SIGINT; then stop accepting, finish in-flight requests, close clients."""
+    """`throttle webhook`: run until SIGTERM / SIGINT, on uvloop."""
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(run_webhook(settings))
+
+
+async def run_webhook(
+    settings: Settings, stop: asyncio.Event | None = None, *, handle_signals: bool = True
+) -> None:
+    """Serve until `stop` is set (or SIGTERM / SIGINT); then stop accepting, finish in-flight
+    requests (at most SHUTDOWN_TIMEOUT_S), close the clients in reverse order.
+
+    An `AsyncExitStack` holds the runner's cleanup from before its setup: a start that fails
+    half-way (a cleanup context raising: a bad DATABASE_URL, no Kubernetes credentials) still
+    closes the contexts opened before it. `web.run_app` sets up outside its own `finally`."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT) if handle_signals else ():
+        loop.add_signal_handler(sig, stop.set)
     app = create_app(settings)
     app.on_startup.append(freeze_heap)  # after every cleanup context has started
-    log.info(
-        "webhook listening on %s:%s for %s (config API: %s store)",
-        settings.host,
-        settings.port,
-        settings.public_url,
-        settings.config_backend,
-    )
-    web.run_app(
+    access_log = settings.webhook_access_log
+    runner = web.AppRunner(
         app,
-        host=settings.host,
-        port=settings.port,
-        access_log=(
-            logging.getLogger("throttle.access") if settings.webhook_access_log != "off" else None
-        ),
-        access_log_class=AccessLogger
-        if settings.webhook_access_log == "all"
-        else ErrorAccessLogger,
+        access_log=logging.getLogger("throttle.access") if access_log != "off" else None,
+        access_log_class=AccessLogger if access_log == "all" else ErrorAccessLogger,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-        print=None,
-        handle_signals=True,
-        loop=new_event_loop(),
     )
+    async with contextlib.AsyncExitStack() as opened:
+        opened.push_async_callback(runner.cleanup)
+        await runner.setup()
+        await web.TCPSite(runner, settings.host, settings.port).start()
+        log.info(
+            "webhook listening on %s:%s for %s (config API: %s store)",
+            settings.host,
+            settings.port,
+            settings.public_url,
+            settings.config_backend,
+        )
+        await stop.wait()

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from throttle.engine.policy_index import PolicyIndex
     from throttle.engine.queue import Queue
     from throttle.hubspot.client import HubSpotClient
-    from throttle.webhook_service.policy_store import PolicyStore
+    from throttle.webhook_service.config_store import ConfigStore
     from throttle.webhook_service.portals import InstalledPortals
     from throttle.webhook_service.verification import SignatureVerifier
 
@@ -36,4 +36,4 @@ DB_POOL: web.AppKey[Any] = web.AppKey("db_pool")
 HTTP = web.AppKey("http_session", aiohttp.ClientSession)
 HUBSPOT: web.AppKey[HubSpotClient] = web.AppKey("hubspot")
 TOKENS: web.AppKey[Any] = web.AppKey("tokens")
-POLICY_STORE: web.AppKey[PolicyStore] = web.AppKey("policy_store")
+CONFIG_STORE: web.AppKey[ConfigStore] = web.AppKey("config_store")

@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from throttle.webhook_service.appkeys import METRICS
-from throttle.webhook_service.errors import ApiError, error_response
+from throttle.webhook_service.errors import ErrorAnswer, error_response
 from throttle.webhook_service.verification import Network, peer_is_trusted
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class FailureLimit:
                 )
             try:
                 response: web.StreamResponse = await handler(request)
-            except ApiError as exc:
+            except ErrorAnswer as exc:
                 if exc.status == 401:
                     self.attempts.record(client)
                     log.warning("config API: wrong or missing token from %s", client)

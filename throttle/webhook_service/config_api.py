@@ -4,7 +4,7 @@ Every route needs `Authorization: Bearer <THROTTLE_API_TOKEN>` (compared in cons
 missing or wrong token is a 401 that changes nothing. Bodies are the policy spec as JSON (the
 same camelCase fields as a ThrottlePolicy's `spec`), validated with the engine's `Policy`, so a
 bad body is a 400 naming the field. The store behind it is PostgreSQL + reconcile locally, or
-ThrottlePolicy resources in a cluster (`throttle.webhook_service.policy_store`).
+ThrottlePolicy resources in a cluster (`throttle.webhook_service.config_store`).
 
 A change is answered once it is in force: the policy's registry entry and rate parameters are
 in Redis (written by the one `reconcile` — here in local mode, by the operator in a cluster) and
@@ -41,10 +41,14 @@ from throttle.engine import keys
 from throttle.engine.manifests import ManifestError, policy_from_spec
 from throttle.engine.policy import DEFAULT_POLICY_NAME, Policy
 from throttle.engine.policy_index import registry_get
-from throttle.webhook_service.appkeys import POLICY_INDEX, POLICY_STORE, REDIS, SETTINGS
-from throttle.webhook_service.errors import ApiError
+from throttle.webhook_service.appkeys import CONFIG_STORE, POLICY_INDEX, REDIS, SETTINGS
+from throttle.webhook_service.config_store import (
+    ActionAlreadyCovered,
+    ConfigStoreUnavailable,
+    PolicyRejected,
+)
+from throttle.webhook_service.errors import ErrorAnswer
 from throttle.webhook_service.payloads import check_depth
-from throttle.webhook_service.policy_store import PolicyConflict, PolicyRejected, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +66,7 @@ def require_token(request: web.Request) -> None:
     token = request.app[SETTINGS].throttle_api_token
     challenge = {"WWW-Authenticate": 'Bearer realm="throttle-config"'}
     if token is None or not token.get_secret_value():
-        raise ApiError(
+        raise ErrorAnswer(
             401,
             "unauthorized",
             "the config API is disabled: THROTTLE_API_TOKEN is not set",
@@ -71,7 +75,7 @@ def require_token(request: web.Request) -> None:
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given:
-        raise ApiError(
+        raise ErrorAnswer(
             401,
             "unauthorized",
             "send Authorization: Bearer <THROTTLE_API_TOKEN>",
@@ -80,16 +84,16 @@ def require_token(request: web.Request) -> None:
     # aiohttp keeps non-UTF-8 header bytes as surrogates; encode them back instead of failing.
     presented = given.strip().encode("utf-8", "surrogateescape")
     if not hmac.compare_digest(presented, token.get_secret_value().encode()):
-        raise ApiError(401, "unauthorized", "the bearer token is not valid", headers=challenge)
+        raise ErrorAnswer(401, "unauthorized", "the bearer token is not valid", headers=challenge)
 
 
 def _id(text: str, field: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise ApiError(400, "invalid_parameter", f"{field} must be an integer", field) from None
+        raise ErrorAnswer(400, "invalid_parameter", f"{field} must be an integer", field) from None
     if not 0 <= value <= MAX_ID:
-        raise ApiError(400, "invalid_parameter", f"{field} is out of range", field)
+        raise ErrorAnswer(400, "invalid_parameter", f"{field} is out of range", field)
     return value
 
 
@@ -99,9 +103,9 @@ async def _body(request: web.Request) -> dict[str, Any]:
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+        raise ErrorAnswer(400, "invalid_json", f"body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise ApiError(
+        raise ErrorAnswer(
             400, "invalid_policy", "body must be a JSON object (the policy spec)", "body"
         )
     return data
@@ -111,7 +115,7 @@ def _validate(data: dict[str, Any]) -> Policy:
     """The engine's Policy plus the CRD's cross-field rules, so local mode refuses what a
     cluster's API server would."""
     if data.get("name") == DEFAULT_POLICY_NAME and data.get("actionId") is not None:
-        raise ApiError(
+        raise ErrorAnswer(
             400, "invalid_policy", "actionId: a portal default applies to every action", "actionId"
         )
     spec = {k: v for k, v in data.items() if k != "name"}
@@ -121,18 +125,18 @@ def _validate(data: dict[str, Any]) -> Policy:
     except ManifestError as exc:
         field, message = exc.errors[0]
         field = field.removeprefix("spec.")
-        raise ApiError(400, "invalid_policy", f"{field}: {message}", field) from None
+        raise ErrorAnswer(400, "invalid_policy", f"{field}: {message}", field) from None
     if policy.portal_id > MAX_ID:
-        raise ApiError(400, "invalid_policy", "portalId: is out of range", "portalId")
+        raise ErrorAnswer(400, "invalid_policy", "portalId: is out of range", "portalId")
     if policy.action_id is not None and policy.action_id > MAX_ID:
-        raise ApiError(400, "invalid_policy", "actionId: is out of range", "actionId")
+        raise ErrorAnswer(400, "invalid_policy", "actionId: is out of range", "actionId")
     return policy
 
 
 def _same(data: dict[str, Any], key: str, value: Any) -> None:
     """A PUT's path decides identity; a body that disagrees is a mistake worth reporting."""
     if key in data and data[key] is not None and data[key] != value:
-        raise ApiError(400, "invalid_policy", f"{key}: must match the URL ({value})", key)
+        raise ErrorAnswer(400, "invalid_policy", f"{key}: must match the URL ({value})", key)
     data[key] = value
 
 
@@ -186,11 +190,11 @@ def _not_in_force(policy: Policy, change: str) -> str:
 
 
 async def _put(request: web.Request, policy: Policy) -> web.Response:
-    store = request.app[POLICY_STORE]
+    store = request.app[CONFIG_STORE]
     try:
         result = await store.put(policy)
-    except PolicyConflict as exc:
-        raise ApiError(409, "conflict", str(exc), "actionId") from None
+    except ActionAlreadyCovered as exc:
+        raise ErrorAnswer(409, "conflict", str(exc), "actionId") from None
     change = "created" if result.created else "updated"
     log.info("policy %s %s:%s via config API", change, policy.portal_id, policy.name)
     if not await in_force(request.app, result.policy):
@@ -221,16 +225,18 @@ async def list_policies(request: web.Request) -> web.Response:
     require_token(request)
     portal = request.query.get("portalId")
     portal_id = _id(portal, "portalId") if portal is not None else None
-    policies = await request.app[POLICY_STORE].list(portal_id)
+    policies = await request.app[CONFIG_STORE].list(portal_id)
     return web.json_response({"policies": [p.spec() for p in policies]})
 
 
 async def _by_action(request: web.Request) -> Policy:
     portal_id = _id(request.match_info["portal_id"], "portalId")
     action_id = _id(request.match_info["action_id"], "actionId")
-    policy = await request.app[POLICY_STORE].find(portal_id, action_id)
+    policy = await request.app[CONFIG_STORE].find(portal_id, action_id)
     if policy is None:
-        raise ApiError(404, "not_found", f"portal {portal_id} has no policy for action {action_id}")
+        raise ErrorAnswer(
+            404, "not_found", f"portal {portal_id} has no policy for action {action_id}"
+        )
     return policy
 
 
@@ -242,7 +248,7 @@ async def get_for_action(request: web.Request) -> web.Response:
 async def delete_for_action(request: web.Request) -> web.Response:
     require_token(request)
     policy = await _by_action(request)
-    await request.app[POLICY_STORE].delete(policy.portal_id, policy.name)
+    await request.app[CONFIG_STORE].delete(policy.portal_id, policy.name)
     return await _deleted(request, policy)
 
 
@@ -254,9 +260,9 @@ def _named(request: web.Request) -> tuple[int, str]:
 async def get_named(request: web.Request) -> web.Response:
     require_token(request)
     portal_id, name = _named(request)
-    policy = await request.app[POLICY_STORE].get(portal_id, name)
+    policy = await request.app[CONFIG_STORE].get(portal_id, name)
     if policy is None:
-        raise ApiError(404, "not_found", f"portal {portal_id} has no policy named {name!r}")
+        raise ErrorAnswer(404, "not_found", f"portal {portal_id} has no policy named {name!r}")
     return _answer(policy)
 
 
@@ -272,10 +278,10 @@ async def put_named(request: web.Request) -> web.Response:
 async def delete_named(request: web.Request) -> web.Response:
     require_token(request)
     portal_id, name = _named(request)
-    store = request.app[POLICY_STORE]
+    store = request.app[CONFIG_STORE]
     policy = await store.get(portal_id, name)
     if policy is None or not await store.delete(portal_id, name):
-        raise ApiError(404, "not_found", f"portal {portal_id} has no policy named {name!r}")
+        raise ErrorAnswer(404, "not_found", f"portal {portal_id} has no policy named {name!r}")
     return await _deleted(request, policy)
 
 
@@ -287,12 +293,12 @@ def store_errors(handler: Handler) -> Handler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
-        except StoreUnavailable as exc:
-            raise ApiError(
+        except ConfigStoreUnavailable as exc:
+            raise ErrorAnswer(
                 503, "store_unavailable", str(exc), headers={"Retry-After": "5"}
             ) from None
         except PolicyRejected as exc:
-            raise ApiError(400, "invalid_policy", str(exc)) from None
+            raise ErrorAnswer(400, "invalid_policy", str(exc)) from None
 
     return wrapped
 

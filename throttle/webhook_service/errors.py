@@ -1,6 +1,6 @@
 """One error shape for every endpoint: `{"error": code, "detail": text, "field"?: path}`.
 
-Handlers raise `ApiError`; `json_errors` wraps every route (the action endpoint calls
+Handlers raise `ErrorAnswer`; `json_errors` wraps every route (the action endpoint calls
 `error_for` itself) so that it, aiohttp's own HTTP errors (413 from a body too large, ...) and
 anything unexpected become that JSON shape, and `no_route`,
 the last route, answers a path nothing else matched (404, or 405 with `Allow`). An unexpected
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class ApiError(Exception):
+class ErrorAnswer(Exception):
     """A request we refuse, with the status and the JSON body to answer."""
 
     def __init__(
@@ -91,7 +91,7 @@ def _answering_json(handler: Any) -> Handler:
 def error_for(request: web.Request, exc: Exception) -> web.Response:
     """The JSON answer for what a handler raised (re-raises a redirect or a JSON HTTP error,
     which are answers already). A handler that catches its own errors calls this directly."""
-    if isinstance(exc, ApiError):
+    if isinstance(exc, ErrorAnswer):
         return error_response(exc.status, exc.error, exc.detail, exc.field, exc.headers)
     if isinstance(exc, web.HTTPException):
         if exc.status < 400 or exc.content_type == "application/json":

@@ -50,7 +50,7 @@ from throttle.webhook_service.appkeys import (
     TOKENS,
     VERIFIER,
 )
-from throttle.webhook_service.errors import ApiError
+from throttle.webhook_service.errors import ErrorAnswer
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +62,14 @@ UNINSTALL_PATH = "/api/hubspot/uninstall"
 def _signer(request: web.Request) -> OAuthStateSigner:
     secret = request.app[SETTINGS].secret_key_base
     if secret is None:
-        raise ApiError(503, "not_configured", "SECRET_KEY_BASE is not set")
+        raise ErrorAnswer(503, "not_configured", "SECRET_KEY_BASE is not set")
     return OAuthStateSigner(secret.get_secret_value())
 
 
 def _redirect_uri(request: web.Request) -> str:
     public_url = request.app[SETTINGS].public_url
     if not public_url:
-        raise ApiError(503, "not_configured", "PUBLIC_URL is not set")
+        raise ErrorAnswer(503, "not_configured", "PUBLIC_URL is not set")
     return public_url + CALLBACK_PATH
 
 
@@ -80,7 +80,7 @@ def _wants_json(request: web.Request) -> bool:
 def _page(request: web.Request, status: int, title: str, text: str) -> web.Response:
     if _wants_json(request):
         if status >= 400:
-            raise ApiError(status, title.lower().replace(" ", "_"), text)
+            raise ErrorAnswer(status, title.lower().replace(" ", "_"), text)
         return web.json_response({"status": "installed", "detail": text}, status=status)
     body = (
         "<!doctype html><html><head><meta charset='utf-8'>"
@@ -97,7 +97,7 @@ def _count(request: web.Request, result: str) -> None:
 async def authorize(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     if not settings.hubspot_client_id:
-        raise ApiError(503, "not_configured", "HUBSPOT_CLIENT_ID is not set")
+        raise ErrorAnswer(503, "not_configured", "HUBSPOT_CLIENT_ID is not set")
     params = {
         "client_id": settings.hubspot_client_id,
         "redirect_uri": _redirect_uri(request),
@@ -131,7 +131,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
 
     tokens = request.app[TOKENS]
     if tokens is None:
-        raise ApiError(503, "not_configured", "DATABASE_URL and ENCRYPTION_KEY are needed")
+        raise ErrorAnswer(503, "not_configured", "DATABASE_URL and ENCRYPTION_KEY are needed")
     client: HubSpotClient = request.app[HUBSPOT]
     grant = await client.exchange_code(code, _redirect_uri(request))
     if isinstance(grant, TokenRefused):
@@ -187,16 +187,16 @@ async def uninstall(request: web.Request) -> web.StreamResponse:
     try:
         data: Any = json.loads(body)
     except ValueError:
-        raise ApiError(400, "invalid_json", "the body is not JSON") from None
+        raise ErrorAnswer(400, "invalid_json", "the body is not JSON") from None
     events = data if isinstance(data, list) else [data]
     app_id = request.app[SETTINGS].hubspot_app_id
     tokens = request.app[TOKENS]
     if tokens is None:
-        raise ApiError(503, "not_configured", "DATABASE_URL and ENCRYPTION_KEY are needed")
+        raise ErrorAnswer(503, "not_configured", "DATABASE_URL and ENCRYPTION_KEY are needed")
     portals: list[int] = []
     for index, event in enumerate(events):
         if not isinstance(event, dict):
-            raise ApiError(400, "invalid_event", "each event must be an object", f"[{index}]")
+            raise ErrorAnswer(400, "invalid_event", "each event must be an object", f"[{index}]")
         kind = str(event.get("subscriptionType", ""))
         if "uninstall" not in kind.lower():
             continue
@@ -208,7 +208,9 @@ async def uninstall(request: web.Request) -> web.StreamResponse:
             or not isinstance(portal, int | str)
             or not str(portal).isdigit()
         ):
-            raise ApiError(400, "invalid_event", "portalId must be a number", f"[{index}].portalId")
+            raise ErrorAnswer(
+                400, "invalid_event", "portalId must be a number", f"[{index}].portalId"
+            )
         portals.append(int(portal))
     for portal_id in portals:
         await tokens.uninstall(portal_id, "uninstalled: app uninstall webhook", "uninstall_webhook")

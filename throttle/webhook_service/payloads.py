@@ -5,8 +5,8 @@ become a 400 naming the first offending field as a dotted path (`origin.portalId
 
 The pydantic models are the definition: they validate, name the field in an error and give the
 OpenAPI schema. The action endpoint, which runs for every workflow execution, first tries
-`Execution`, a msgspec mirror of `ActionRequest` that decodes a well-formed body in well under
-a microsecond (pydantic: 3-5 µs, a tenth of the webhook's own work). Whatever msgspec refuses
+`ExecutionPayload`, a msgspec mirror of `ActionRequest` that decodes a well-formed body in well
+under a microsecond (pydantic: 3-5 µs, a tenth of the webhook's own work). Whatever msgspec refuses
 (an error, a value pydantic accepts by coercion, such as `"123"` for an integer, a field named by
 its Python name) or would pass unchecked (bytes that are not UTF-8 in a member it skips) goes to
 pydantic, so both paths accept the same bodies with the same values and fail with the same
@@ -21,7 +21,7 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from throttle.webhook_service.errors import ApiError
+from throttle.webhook_service.errors import ErrorAnswer
 
 MAX_JSON_DEPTH = 32
 """HubSpot's payloads nest 3 or 4 levels; anything far deeper is an attack on the parser."""
@@ -130,7 +130,7 @@ class ExecutionObject(msgspec.Struct, frozen=True, rename="camel"):
             raise ValueError(OBJECT_ID_RULE)
 
 
-class Execution(msgspec.Struct, frozen=True, rename="camel"):
+class ExecutionPayload(msgspec.Struct, frozen=True, rename="camel"):
     """One workflow execution reaching the throttle step (`ActionRequest`, as the handler
     uses it)."""
 
@@ -152,7 +152,7 @@ class Execution(msgspec.Struct, frozen=True, rename="camel"):
             raise ValueError("a field named by its Python name: pydantic decides")
 
 
-_EXECUTION = msgspec.json.Decoder(Execution)
+_EXECUTION = msgspec.json.Decoder(ExecutionPayload)
 
 
 class FetchOptions(_Lenient):
@@ -185,7 +185,7 @@ def check_depth(body: bytes, limit: int = MAX_JSON_DEPTH) -> None:
         if match.group() in (b"{", b"["):
             depth += 1
             if depth > limit:
-                raise ApiError(400, "invalid_json", f"JSON nested deeper than {limit} levels")
+                raise ErrorAnswer(400, "invalid_json", f"JSON nested deeper than {limit} levels")
         else:
             depth -= 1
 
@@ -202,11 +202,15 @@ def parse(model: type[M], body: bytes) -> M:
     except ValidationError as exc:
         error = exc.errors(include_url=False, include_input=False)[0]
         if error["type"] in ("json_invalid", "json_type"):
-            raise ApiError(400, "invalid_json", f"body is not valid JSON: {error['msg']}") from None
+            raise ErrorAnswer(
+                400, "invalid_json", f"body is not valid JSON: {error['msg']}"
+            ) from None
         path = field_path(error["loc"])
         if error["type"] == "model_type" and not error["loc"]:
-            raise ApiError(400, "invalid_payload", "body must be a JSON object", "body") from None
-        raise ApiError(400, "invalid_payload", f"{path}: {error['msg']}", path) from None
+            raise ErrorAnswer(
+                400, "invalid_payload", "body must be a JSON object", "body"
+            ) from None
+        raise ErrorAnswer(400, "invalid_payload", f"{path}: {error['msg']}", path) from None
 
 
 def _is_utf8(body: bytes) -> bool:
@@ -219,9 +223,9 @@ def _is_utf8(body: bytes) -> bool:
     return True
 
 
-def parse_execution(body: bytes) -> Execution:
-    """`parse(ActionRequest, body)`, as an `Execution`: msgspec when it accepts the body as it
-    is, pydantic for everything else (see the module docstring)."""
+def parse_execution(body: bytes) -> ExecutionPayload:
+    """`parse(ActionRequest, body)`, as an `ExecutionPayload`: msgspec when it accepts the body
+    as it is, pydantic for everything else (see the module docstring)."""
     check_depth(body)
     if body.isascii() or _is_utf8(body):
         try:
@@ -230,6 +234,6 @@ def parse_execution(body: bytes) -> Execution:
             pass
     model = parse(ActionRequest, body)  # names the field, or accepts by coercion
     try:
-        return msgspec.convert(model.model_dump(by_alias=True), Execution)
+        return msgspec.convert(model.model_dump(by_alias=True), ExecutionPayload)
     except msgspec.ValidationError as exc:  # pragma: no cover - the models agree (tested)
-        raise ApiError(400, "invalid_payload", str(exc)) from None
+        raise ErrorAnswer(400, "invalid_payload", str(exc)) from None

@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from throttle import bounded_cache
 from throttle.engine import keys
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ MIN_REFRESH_GAP_S = 0.5
 LOAD_TIMEOUT_S = 5.0
 """How long a refresh waits for PostgreSQL before it reads the Redis mirror instead."""
 MAX_FIRST_SEEN = 10_000
+"""Unknown portals whose first sight is remembered (a bound against junk portal ids)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class InstalledPortals:
         self._installed: frozenset[int] = frozenset()
         self._stopped: dict[int, str] = {}
         self._first_seen: dict[int, float] = {}
+        """Unknown portal -> when this pod first saw it (monotonic): not a cache but a memory,
+        so the oldest goes first when full (that portal is "first seen" again)."""
         self._noted: dict[int, float] = {}
         """Installs this pod stored itself (portal -> monotonic time), until a refresh that
         started later has read them."""
@@ -85,9 +89,7 @@ class InstalledPortals:
             return PortalState(False, f"the app was uninstalled ({reason})")
         first = self._first_seen.get(portal_id)
         if first is None:
-            if len(self._first_seen) > MAX_FIRST_SEEN:
-                self._first_seen.clear()
-            first = self._first_seen[portal_id] = time.monotonic()
+            first = bounded_cache.put(self._first_seen, portal_id, time.monotonic(), MAX_FIRST_SEEN)
         if self._loaded_from > first:
             return PortalState(False, "the app is not installed in this portal")
         self._wake.set()

@@ -14,9 +14,10 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from throttle import bounded_cache
 from throttle.hubspot.signatures import SignatureCheck, verify
 from throttle.settings import Settings
-from throttle.webhook_service.errors import ApiError
+from throttle.webhook_service.errors import ErrorAnswer
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -73,15 +74,14 @@ class SignatureVerifier:
     def url(self, request: web.BaseRequest) -> str:
         """`called_url`, remembered per raw path when PUBLIC_URL is set and no proxy is trusted:
         then the URL depends on the path alone (no header is read), and rebuilding it (urlsplit
-        of PUBLIC_URL) on every request costs about as much as the HMAC."""
+        of PUBLIC_URL) on every request costs about as much as the HMAC (bench/caches.py)."""
         if self.trusted or not self.public_url:
             return called_url(request, self.public_url, self.trusted)
         raw_path = request.raw_path
         url = self._urls.get(raw_path)
         if url is None:
-            if len(self._urls) >= self.MAX_URLS:
-                self._urls.clear()
-            url = self._urls[raw_path] = called_url(request, self.public_url, self.trusted)
+            url = called_url(request, self.public_url, self.trusted)
+            bounded_cache.put(self._urls, raw_path, url, self.MAX_URLS)
         return url
 
     def check(self, request: web.Request, body: bytes) -> SignatureCheck:
@@ -101,5 +101,5 @@ class SignatureVerifier:
         """Raise 401 (JSON, with the reason) unless the request is signed by HubSpot."""
         result = self.check(request, body)
         if not result.ok:
-            raise ApiError(401, "invalid_signature", result.reason)
+            raise ErrorAnswer(401, "invalid_signature", result.reason)
         return result

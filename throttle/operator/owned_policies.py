@@ -1,7 +1,7 @@
 """The operator's side of the engine: which policies it owns, and the few calls it makes.
 
-Both the kopf operator and the local manifest reconciler keep a `PolicyBook`: the policies they
-are the source of, each with where it came from (`owner`: a resource or a file). The book
+Both the kopf operator and the local manifest reconciler keep an `OwnedPolicies`: the policies
+they are the source of, each with where it came from (`owner`: a resource or a file). It
 
 - applies a policy through the engine's one `reconcile` function and remembers it, refusing a
   second source for the same `portal:name` (the older source keeps it, deterministically);
@@ -41,8 +41,8 @@ _EXACT_DRAIN_LIMIT = 5_000
 """Beyond this depth the drain estimate is linear (the exact one walks every release)."""
 
 
-class PolicyConflict(Exception):
-    """Another source already defines this `portal:name`."""
+class AlreadyClaimed(Exception):
+    """Another source (resource or file) already defines this `portal:name`."""
 
     def __init__(self, key: str, owner: str) -> None:
         self.key, self.owner = key, owner
@@ -50,7 +50,9 @@ class PolicyConflict(Exception):
 
 
 @dataclass
-class Entry:
+class OwnedPolicy:
+    """One policy this operator is the source of, and where it came from."""
+
     owner: str
     """`namespace/name` of the resource, or the manifest's path."""
     created: str
@@ -68,11 +70,11 @@ class ApplyOutcome:
 
 
 @dataclass
-class PolicyBook:
-    """The policies one operator (or local reconciler) is the source of; see module docstring."""
+class OwnedPolicies:
+    """The policies one operator (or local reconciler) is the source of, by `portal:name`."""
 
     queue: Queue
-    entries: dict[str, Entry] = field(default_factory=dict)
+    entries: dict[str, OwnedPolicy] = field(default_factory=dict)
 
     # ---- ownership ------------------------------------------------------------------------------
 
@@ -84,11 +86,11 @@ class PolicyBook:
         return next((k for k, e in self.entries.items() if e.owner == owner), None)
 
     def claim(self, owner: str, created: str, policy: Policy) -> None:
-        """Own `policy.key` for `owner`, unless an older source holds it (PolicyConflict)."""
+        """Own `policy.key` for `owner`, unless an older source holds it (AlreadyClaimed)."""
         entry = self.entries.get(policy.key)
         if entry is not None and entry.owner != owner:
             if (entry.created, entry.owner) <= (created, owner):
-                raise PolicyConflict(policy.key, entry.owner)
+                raise AlreadyClaimed(policy.key, entry.owner)
             log.warning("policy %s: %s is older than %s; it wins", policy.key, owner, entry.owner)
 
     def forget(self, owner: str) -> None:
@@ -100,16 +102,16 @@ class PolicyBook:
     async def apply(
         self, owner: str, created: str, policy: Policy, generation: int = 0
     ) -> ApplyOutcome:
-        """Reconcile `policy` into Redis and own it (raises PolicyConflict, Redis errors)."""
+        """Reconcile `policy` into Redis and own it (raises AlreadyClaimed, Redis errors)."""
         self.claim(owner, created, policy)
         previous = self.key_of(owner)
         result = await engine.reconcile(self.queue, policy)
         if previous is not None and previous != policy.key:  # a source renamed its policy
             self.entries.pop(previous, None)
-        self.entries[policy.key] = Entry(owner, created, policy, generation)
+        self.entries[policy.key] = OwnedPolicy(owner, created, policy, generation)
         return ApplyOutcome(written=result.changed or result.params == "written", result=result)
 
-    async def missing(self) -> list[Entry]:
+    async def missing(self) -> list[OwnedPolicy]:
         """Entries whose parameters Redis no longer holds (one pipelined round trip)."""
         entries = [e for e in self.entries.values() if not e.retiring]
         if not entries:
@@ -121,7 +123,7 @@ class PolicyBook:
             found = await pipe.execute()
         return [e for i, e in enumerate(entries) if not (found[2 * i] and found[2 * i + 1])]
 
-    async def restore_missing(self) -> list[Entry]:
+    async def restore_missing(self) -> list[OwnedPolicy]:
         """Write back what Redis lost, then the parameters queued executions await (the global
         default's copy for a portal's first execution, too); returns the entries restored."""
         restored = []

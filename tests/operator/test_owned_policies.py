@@ -12,7 +12,7 @@ from throttle.engine import keys
 from throttle.engine.manifests import policy_from_spec
 from throttle.engine.policy_index import PolicyIndex
 from throttle.engine.queue import Queue, Released
-from throttle.operator.book import PolicyBook, PolicyConflict
+from throttle.operator.owned_policies import AlreadyClaimed, OwnedPolicies
 
 
 @pytest.mark.cluster
@@ -20,30 +20,30 @@ async def test_apply_check_restore_retire_on_redis_cluster(redis_cluster: Any) -
     client = redis_cluster.client()
     try:
         await client.flushall()
-        book = PolicyBook(Queue(client))
+        owned = OwnedPolicies(Queue(client))
         policies = [
             policy_from_spec(f"p{i}", {"portalId": 7000 + i, "rate": {"limit": 5}})
             for i in range(12)  # spread over shards, hence over the three nodes
         ]
         for p in policies:
-            assert (await book.apply(f"ns/{p.name}", "", p)).written
-        assert not (await book.apply("ns/p0", "", policies[0])).written  # idempotent
-        assert await book.missing() == []
+            assert (await owned.apply(f"ns/{p.name}", "", p)).written
+        assert not (await owned.apply("ns/p0", "", policies[0])).written  # idempotent
+        assert await owned.missing() == []
 
         # Lose some parameters and one registry entry: exactly those come back.
         await client.delete(keys.params(policies[3].key))
         await client.delete(keys.params(policies[7].key))
         await client.hdel(keys.REGISTRY, policies[9].key)
-        restored = await book.restore_missing()
+        restored = await owned.restore_missing()
         assert sorted(e.policy.name for e in restored) == ["p3", "p7", "p9"]
-        assert await book.missing() == []
+        assert await owned.missing() == []
 
-        with pytest.raises(PolicyConflict):
-            await book.apply("other/p1", "9999", policies[1])  # newer source, same policy
-        assert await book.retire(policies[0], "Drain") == 0  # nothing queued: gone at once
+        with pytest.raises(AlreadyClaimed):
+            await owned.apply("other/p1", "9999", policies[1])  # newer source, same policy
+        assert await owned.retire(policies[0], "Drain") == 0  # nothing queued: gone at once
         assert not await client.exists(keys.params(policies[0].key))
-        assert book.owner_of(policies[0].key) is None
-        figures = await book.figures(policies[1])
+        assert owned.owner_of(policies[0].key) is None
+        figures = await owned.figures(policies[1])
         assert figures.depth == 0
     finally:
         await client.aclose()
@@ -51,7 +51,7 @@ async def test_apply_check_restore_retire_on_redis_cluster(redis_cluster: Any) -
 
 async def test_executions_wait_for_lost_parameters_and_go_once_restored(redis: Any) -> None:
     queue = Queue(redis)
-    book = PolicyBook(queue)
+    book = OwnedPolicies(queue)
     own = policy_from_spec("own", {"portalId": 4100, "rate": {"limit": 2, "period": "1s"}})
     default = policy_from_spec("default", {"portalId": 0, "rate": {"limit": 3, "period": "1s"}})
     for p in (own, default):

@@ -2,14 +2,15 @@
 
 Both backends answer the same questions (put, get, find by action, list, delete); neither writes
 Redis rate parameters itself except through the engine's one `reconcile` function:
-- `LocalPolicyStore` stores the spec in the `policies` table, then applies it with `reconcile`
+- `LocalConfigStore` stores the spec in the `policies` table, then applies it with `reconcile`
   (and `retire` on delete), exactly as the local manifest reader does.
-- `KubePolicyStore` creates or patches the `ThrottlePolicy` resource; the operator, the only
+- `ClusterConfigStore` creates or patches the `ThrottlePolicy` resource; the operator, the only
   writer of Redis parameters in a cluster, reconciles it. The Kubernetes client is synchronous,
   so its calls run in a worker thread, off the event loop.
 
 Identity is (portal id, policy name). A portal may have at most one policy per action id, so
-resolution (`portal + action → policy`) is never ambiguous; a second one is a `PolicyConflict`.
+resolution (`portal + action → policy`) is never ambiguous; a second one is
+`ActionAlreadyCovered`.
 """
 
 from __future__ import annotations
@@ -36,11 +37,11 @@ from throttle.engine.policy import Policy
 PORTAL_LABEL = "throttle.dev/portal"
 
 
-class PolicyConflict(Exception):
+class ActionAlreadyCovered(Exception):
     """Another policy of the portal already covers this action."""
 
 
-class StoreUnavailable(Exception):
+class ConfigStoreUnavailable(Exception):
     """The backing store (PostgreSQL or the Kubernetes API) did not answer; nothing changed."""
 
 
@@ -54,7 +55,7 @@ class PutResult:
     created: bool
 
 
-class PolicyStore(Protocol):
+class ConfigStore(Protocol):
     async def put(self, policy: Policy) -> PutResult: ...
 
     async def get(self, portal_id: int, name: str) -> Policy | None: ...
@@ -76,7 +77,7 @@ def _check_conflict(policy: Policy, existing: list[Policy]) -> None:
         return
     for other in existing:
         if other.name != policy.name and other.action_id == policy.action_id:
-            raise PolicyConflict(
+            raise ActionAlreadyCovered(
                 f"policy {other.name!r} of portal {policy.portal_id} already covers action "
                 f"{policy.action_id}; change or delete it first"
             )
@@ -85,7 +86,7 @@ def _check_conflict(policy: Policy, existing: list[Policy]) -> None:
 # --- local: PostgreSQL + reconcile ------------------------------------------------------------
 
 
-class LocalPolicyStore:
+class LocalConfigStore:
     """Policies in the `policies` table; every change is applied to Redis through `reconcile`.
 
     The Redis write happens inside the database transaction: if Redis refuses, the row is rolled
@@ -108,18 +109,20 @@ class LocalPolicyStore:
         from redis.exceptions import RedisError
 
         if self.pool is None:
-            raise StoreUnavailable("DATABASE_URL is not set: the local policy store needs it")
+            raise ConfigStoreUnavailable("DATABASE_URL is not set: the local policy store needs it")
         try:
             async with self.pool.acquire() as conn:
                 yield conn
         except asyncpg.UndefinedTableError:
-            raise StoreUnavailable(
+            raise ConfigStoreUnavailable(
                 "the policies table is missing: run `throttle migrate`"
             ) from None
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise StoreUnavailable(f"PostgreSQL is unavailable ({type(exc).__name__})") from None
+            raise ConfigStoreUnavailable(
+                f"PostgreSQL is unavailable ({type(exc).__name__})"
+            ) from None
         except RedisError as exc:
-            raise StoreUnavailable(
+            raise ConfigStoreUnavailable(
                 f"Redis is unavailable ({type(exc).__name__}); nothing was changed"
             ) from None
 
@@ -245,7 +248,7 @@ def resource_for(policy: Policy) -> dict[str, Any]:
     }
 
 
-class KubePolicyStore:
+class ClusterConfigStore:
     """Policies as ThrottlePolicy resources in one namespace (the operator applies them).
 
     Resources made with kubectl are found too (any object name): the policy's identity is its
@@ -271,9 +274,9 @@ class KubePolicyStore:
                 raise  # the caller decides what "not there" / "already there" means
             if exc.status == 422:
                 raise PolicyRejected(_kube_message(exc)) from None
-            raise StoreUnavailable(f"the Kubernetes API answered {exc.status}") from None
+            raise ConfigStoreUnavailable(f"the Kubernetes API answered {exc.status}") from None
         except (HTTPError, OSError) as exc:
-            raise StoreUnavailable(
+            raise ConfigStoreUnavailable(
                 f"the Kubernetes API is unreachable ({type(exc).__name__})"
             ) from None
 
