@@ -16,7 +16,7 @@ from pathlib import Path
 THROTTLE = str(Path(sys.executable).parent / "throttle")
 EAGER = (
     "import throttle.cli.main, throttle.webhook_service.app, throttle.dispatcher.service, "
-    "throttle.operator.main, throttle.cli.doctor, throttle.history.migrations, "
+    "throttle.operator.operator_process, throttle.cli.doctor, throttle.history.migrations, "
     "throttle.history.recovery, throttle.history.timeline, throttle.engine.queue_status"
 )
 

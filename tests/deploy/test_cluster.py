@@ -29,7 +29,7 @@ import yaml
 from click.testing import CliRunner
 
 from tests.fixtures.helm_chart import CHART, REPO, THIRD_PARTY_CRDS, VALUES_ALL, Helm, by_kind, one
-from tests.fixtures.kube import KubeEnv
+from tests.fixtures.kube_control_plane import KubeEnv
 from tests.fixtures.operator_thread import OperatorThread
 from tests.fixtures.services import RedisServer
 from throttle.cli.main import main as cli

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.fixtures.kube import KubeEnv
+from tests.fixtures.kube_control_plane import KubeEnv
 from tests.fixtures.operator_thread import CRD_FILE, policy_manifest
 
 pytestmark = [pytest.mark.kube, pytest.mark.usefixtures("throttle_crd")]

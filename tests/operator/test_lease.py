@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 from kubernetes import client as k8s
 
-from tests.fixtures.kube import KubeEnv
+from tests.fixtures.kube_control_plane import KubeEnv
 from throttle.operator.lease import LeaderLease, LeaseSettings
 
 pytestmark = pytest.mark.kube

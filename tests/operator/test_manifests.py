@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.fixtures.kube import KubeEnv
+from tests.fixtures.kube_control_plane import KubeEnv
 from tests.fixtures.operator_thread import REPO, policy_manifest
 from throttle.engine.manifests import (
     ManifestError,

@@ -1,7 +1,7 @@
 """The operator against a real kube-apiserver and a real Redis, running as its ServiceAccount.
 
-Each test starts the operator (`throttle.operator.main.run`, in a thread) with a token of the
-ServiceAccount bound to deploy/rbac/operator-role.yaml, watching the test's namespace.
+Each test starts the operator (`throttle.operator.operator_process.run`, in a thread) with a token
+of the ServiceAccount bound to deploy/rbac/operator-role.yaml, watching the test's namespace.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from redis import Redis as SyncRedis
 
-from tests.fixtures.kube import KubeEnv
+from tests.fixtures.kube_control_plane import KubeEnv
 from tests.fixtures.operator_thread import (
     OPERATOR_NS,
     REPO,

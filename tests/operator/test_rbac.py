@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.kube import KubeEnv
+from tests.fixtures.kube_control_plane import KubeEnv
 from tests.fixtures.operator_thread import OPERATOR_NS, OPERATOR_SA
 
 pytestmark = pytest.mark.kube

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.kube import KubeEnv
+from tests.fixtures.kube_control_plane import KubeEnv
 from tests.fixtures.operator_thread import OperatorThread, wait_for
 from tests.fixtures.webhook import PORTAL, StartWebhook, Webhook, execution
 from throttle.webhook_service import config_api

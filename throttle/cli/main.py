@@ -69,7 +69,7 @@ def operator(namespace: tuple[str, ...], local: Path | None) -> None:
     """Reconcile ThrottlePolicy resources into the engine (kopf operator, one active replica)."""
     settings = settings_for("redis_url")
     # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
-    from throttle.operator.main import serve
+    from throttle.operator.operator_process import serve
 
     serve(settings, namespaces=list(namespace), local=local)
 

@@ -37,6 +37,7 @@ from throttle.engine.queue import Queue
 from throttle.engine.redis_client import redis_client
 from throttle.kube import connection_info
 from throttle.operator import k8s_events
+from throttle.operator.handler_state import OperatorState
 from throttle.operator.owned_policies import (
     AlreadyClaimed,
     OwnedPolicies,
@@ -44,7 +45,6 @@ from throttle.operator.owned_policies import (
     tombstone,
 )
 from throttle.operator.redis_watch import watch_redis
-from throttle.operator.state import OperatorState
 from throttle.operator.status_patch import (
     FIGURE_KEYS,
     Outcome,

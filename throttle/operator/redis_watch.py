@@ -13,7 +13,7 @@ import logging
 
 from redis.exceptions import RedisError
 
-from throttle.operator.state import OperatorState
+from throttle.operator.handler_state import OperatorState
 
 log = logging.getLogger(__name__)
 

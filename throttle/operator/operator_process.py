@@ -25,10 +25,10 @@ import kopf
 from throttle.health_server import health_server
 from throttle.kube import api_client, client_configuration
 from throttle.metrics import Metrics
+from throttle.operator.handler_state import OperatorState
 from throttle.operator.handlers import build_registry, operator_settings
 from throttle.operator.lease import LeaderLease, LeaseSettings
 from throttle.operator.local import run_local
-from throttle.operator.state import OperatorState
 from throttle.settings import Settings
 
 log = logging.getLogger(__name__)
