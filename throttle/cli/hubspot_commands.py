@@ -145,7 +145,8 @@ def restore(portal_id: int) -> None:
 
 
 async def _restore(settings: Any, portal_id: int) -> tuple[str, str]:
-    import asyncpg
+    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
+    from throttle.history.pool import create_pool
 
     # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
     from throttle.hubspot.crypto import TokenCipher
@@ -153,7 +154,7 @@ async def _restore(settings: Any, portal_id: int) -> tuple[str, str]:
     # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
     from throttle.hubspot.tokens import TokenStore
 
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    pool = await create_pool(settings.database_url, max_size=2)
     try:
         store = TokenStore(pool, TokenCipher(settings.encryption_keys))
         before = await store.installation(portal_id)

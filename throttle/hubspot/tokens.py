@@ -76,6 +76,20 @@ class StoredTokens:
     lifetime_s: int
     generation: int
 
+    @classmethod
+    def of_grant(
+        cls, portal_id: int, grant: TokenGrant, now: float, generation: int
+    ) -> StoredTokens:
+        """What a save of `grant` at `now` stored (an install's or a refresh's)."""
+        return cls(
+            portal_id,
+            grant.access_token,
+            grant.refresh_token,
+            now + grant.expires_in,
+            max(grant.expires_in, 1),
+            generation,
+        )
+
     def fresh(self, now: float, margin_s: float) -> bool:
         """More than the margin (at most half the token's lifetime) is left."""
         return self.expires_at - min(margin_s, self.lifetime_s / 2) > now
@@ -163,14 +177,7 @@ class TokenStore:
                 _ts(now + grant.expires_in),
                 max(grant.expires_in, 1),
             )
-        return StoredTokens(
-            portal_id,
-            grant.access_token,
-            grant.refresh_token,
-            now + grant.expires_in,
-            max(grant.expires_in, 1),
-            int(generation),
-        )
+        return StoredTokens.of_grant(portal_id, grant, now, int(generation))
 
     async def save_refreshed(
         self, portal_id: int, grant: TokenGrant, now: float
@@ -195,14 +202,7 @@ class TokenStore:
         )
         if generation is None:
             return None
-        return StoredTokens(
-            portal_id,
-            grant.access_token,
-            grant.refresh_token,
-            now + grant.expires_in,
-            max(grant.expires_in, 1),
-            int(generation),
-        )
+        return StoredTokens.of_grant(portal_id, grant, now, int(generation))
 
     async def load(self, portal_id: int) -> StoredTokens | None:
         row = await self._pool.fetchrow(
