@@ -23,6 +23,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,14 +78,8 @@ class LeaderLease:
                 metadata=k8s.V1ObjectMeta(name=s.name, namespace=s.namespace),
                 spec=self._spec(now_wall, acquired=now_wall, transitions=0),
             )
-            try:
-                self.api.create_namespaced_lease(s.namespace, body)
-            except ApiException as exc2:
-                if exc2.status == 409:  # another replica created it first
-                    return False
-                raise
-            self._renewed_at = self.clock()
-            return True
+            # a conflict: another replica created it first
+            return self._written(lambda: self.api.create_namespaced_lease(s.namespace, body))
 
         spec = lease.spec or k8s.V1LeaseSpec()
         holder = spec.holder_identity or None
@@ -100,10 +95,16 @@ class LeaderLease:
         transitions = int(spec.lease_transitions or 0) + (0 if ours else 1)
         acquired = spec.acquire_time if ours and spec.acquire_time else now_wall
         lease.spec = self._spec(now_wall, acquired=acquired, transitions=transitions)
+        # a conflict: somebody wrote in between; re-read next time
+        return self._written(lambda: self.api.replace_namespaced_lease(s.name, s.namespace, lease))
+
+    def _written(self, write: Callable[[], object]) -> bool:
+        """Whether `write` held the Lease for us: False when the API server refused it as a
+        conflict (409), another replica having written first."""
         try:
-            self.api.replace_namespaced_lease(s.name, s.namespace, lease)
+            write()
         except ApiException as exc:
-            if exc.status == 409:  # somebody wrote in between: re-read next time
+            if exc.status == 409:
                 return False
             raise
         self._renewed_at = self.clock()

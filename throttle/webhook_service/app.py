@@ -168,6 +168,13 @@ async def policy_index_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def lag_sampler_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The load shedder's measure of the event loop's lag, while the app runs."""
+    watch = app[shedding.SHEDDER].watch_loop
+    async with _background("loop lag sampler", 0.0, None, at_start=False, run=watch):
+        yield
+
+
 async def db_ctx(app: web.Application) -> AsyncIterator[None]:
     """A lazy pool: no connection until the config API or OAuth needs one."""
     import asyncpg
@@ -283,6 +290,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         [redis_ctx, policy_index_ctx, db_ctx, http_ctx, installed_ctx, config_store_ctx]
     )
     shedder = shedding.install(app, settings.webhook_max_inflight, settings.webhook_shed_lag_ms)
+    app.cleanup_ctx.append(lag_sampler_ctx)
     limit = auth_limit.install(
         app,
         settings.config_api_max_failures,

@@ -29,11 +29,10 @@ request, and only these routes are shed anyway.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,33 +141,17 @@ class LoadShedder:
 
         return shed
 
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
-        """The lag sampler for the app's lifetime (use from a cleanup_ctx)."""
-        task = asyncio.create_task(self.watch_loop(), name="loop lag sampler")
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
 
 SHEDDER = web.AppKey("load_shedder", LoadShedder)
 
 
 def install(app: web.Application, max_inflight: int, max_lag_ms: float) -> LoadShedder:
-    """The shedder for `app`, its lag sampler in a cleanup_ctx; add the routes it should shed
-    through `shedder.guard(routes)`."""
+    """The shedder for `app`; add the routes it should shed through `shedder.guard(routes)`, and
+    run its `watch_loop` for the app's lifetime when it sheds on the event loop's lag."""
     shedder = LoadShedder(max_inflight=max_inflight, max_lag_s=max_lag_ms / 1000)
     if METRICS in app:
         rejected = app[METRICS].webhook_rejected
         shedder.on_shed = lambda endpoint, reason: rejected.labels(endpoint, reason).inc()
     app[SHEDDER] = shedder
 
-    async def sampler(_: web.Application) -> AsyncIterator[None]:
-        async with shedder.running():
-            yield
-
-    app.cleanup_ctx.append(sampler)
     return shedder
