@@ -175,7 +175,7 @@ async def test_a_5xx_spell_charges_each_execution_once(queue: Queue, engine_redi
     for i in range(30):
         await queue.enqueue(item(f"cb-{i}"), p)
     first_releases: list[int] = []
-    for step in range(300):  # 30 s of Redis time, a take every 100 ms
+    for _step in range(300):  # 30 s of Redis time, a take every 100 ms
         queue.time_offset_ms += 100
         taken = (await queue.take()).released
         first_releases += [r.released_at_us for r in taken if r.attempts == 1]
