@@ -80,6 +80,13 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
+def lease_margin(lease_seconds: float) -> float:
+    """The end of a lease no request may reach: a dispatcher must still hold the lease when a
+    request's answer comes, to settle it (a round trip to Redis), and Redis' clock, which
+    times leases, may be ahead of the pod's, which times requests."""
+    return max(0.5, lease_seconds / 10)
+
+
 class Settings(BaseSettings):
     """Every setting, named as its environment variable (upper case)."""
 
@@ -140,6 +147,13 @@ class Settings(BaseSettings):
         le=10,
         description="HubSpot calls of one portal in flight at once, all pods "
         "(1: a 429 storm costs one 429 per window).",
+    )
+    hubspot_completion_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Deadline of one HubSpot completion request; with a margin "
+        "(a tenth of the lease, at least 0.5 s) it must fit in DISPATCHER_LEASE_SECONDS, so a "
+        "request always ends before the lease on what it sends does.",
     )
     hubspot_token_refresh_margin_seconds: float = Field(
         300.0,
@@ -264,7 +278,8 @@ class Settings(BaseSettings):
         60.0,
         gt=0,
         description="How long a dispatcher holds released executions before another "
-        "may take them back (must exceed a HubSpot completion call).",
+        "may take them back (renewed while it holds them; must exceed "
+        "HUBSPOT_COMPLETION_TIMEOUT_SECONDS by a tenth of itself, at least 0.5 s).",
     )
     dispatcher_batch: int = Field(
         500, ge=1, le=10_000, description="Most executions one take call releases from a shard."
@@ -302,6 +317,23 @@ class Settings(BaseSettings):
                 "ALLOW_SIGNATURE_V2_UNTIL must be at most DEDUPE_SECONDS "
                 f"({self.dedupe_seconds:g} s) from now: a v2 signature carries no time, so only "
                 "the dedupe window stops a replay"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _completion_call_within_lease(self) -> Settings:
+        """A completion request still out when its lease runs out could be sent a second time
+        by the dispatcher that takes the executions next: the request's deadline, and the
+        margin for settling its answer, must fit in one lease."""
+        lease = self.dispatcher_lease_seconds
+        timeout = self.hubspot_completion_timeout_seconds
+        margin = lease_margin(lease)
+        if timeout + margin > lease:
+            raise ValueError(
+                f"HUBSPOT_COMPLETION_TIMEOUT_SECONDS ({timeout:g} s) must end before "
+                f"DISPATCHER_LEASE_SECONDS ({lease:g} s) with a margin of {margin:g} s: "
+                "lower the first or raise the second, or a completion may still be out when "
+                "another dispatcher takes its executions back and sends them again"
             )
         return self
 

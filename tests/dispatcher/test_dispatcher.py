@@ -265,3 +265,29 @@ async def test_releases_made_while_a_call_is_out_go_together_in_the_next(redis: 
     assert len(completer.calls) <= 3, completer.calls
     assert completer.calls[0] == (7, 1)
     assert sum(n for _, n in completer.calls) == 30
+
+
+async def test_a_take_leases_no_more_than_one_lease_completes(redis: Any) -> None:
+    """One portal's sender makes one call at a time, each taking up to its 10 s deadline: with
+    a 12 s lease (1.2 s kept as margin) one call of 100 fits, so a take leases 100 of the 350
+    due, not the dispatcher's batch of 500; what fits grows with the lease, the calls a portal
+    may have out at once, and shrinks to what its API budget allows."""
+    p = policy(rate={"limit": 1000, "period": "1s", "burst": 1000})
+    queue = Queue(redis, lease_seconds=12)
+    dispatcher = Dispatcher(queue, RecordingCompleter(), Metrics(CollectorRegistry()))
+    await reconcile(queue, p)
+    for i in range(350):
+        await queue.enqueue(item(f"c-{i}"), p)
+    assert (dispatcher.batch, dispatcher.queue_quota) == (500, 100)
+    dispatcher.queue_quota = 500
+    assert dispatcher.lease_capacity == 100
+    assert await dispatcher.step() == 100
+    await dispatcher.wait_idle()
+    assert (
+        Dispatcher(Queue(redis, lease_seconds=60), RecordingCompleter(), Metrics()).lease_capacity
+        == 500
+    )
+    two_out = Dispatcher(queue, RecordingCompleter(), Metrics(), portal_calls=2)
+    assert two_out.lease_capacity == 200
+    starved = Dispatcher(queue, RecordingCompleter(), Metrics(), portal_calls_per_second=0.05)
+    assert starved.lease_capacity == 100  # 0.54 calls in 10.8 s: still one call

@@ -36,7 +36,7 @@ async def test_lua_builds_the_same_keys_as_keys_py(queue: Queue, engine_redis: A
     taken = await queue.take()
     assert [r.callback_id for r in taken.released] == ["cb-1"]
     shard = keys.shard_of(p.key)
-    member = f"{keys.queue_ref(p.key, 'wf42')}|cb-1"
+    member = f"{keys.queue_ref(p.key, 'wf42')}|cb-1|1"
     assert await engine_redis.zscore(keys.leases(shard), member) is not None
     assert await engine_redis.hget(keys.stats(p.key), "released") == b"1"
     assert await engine_redis.hexists(keys.queue_state(p.key, "wf42"), "a")
@@ -110,11 +110,82 @@ async def test_expired_lease_returns_to_the_head(queue: Queue) -> None:
     assert await queue.reap_expired_leases() == 3
     again = (await queue.take()).released
     assert [r.callback_id for r in again] == ["cb-0", "cb-1", "cb-2"]
-    # the first holder finishing late does not lead to a second completion
-    assert await queue.ack(held) == 3
-    assert await queue.ack(again) == 0
+    assert [r.attempts for r in again] == [2, 2, 2]
+    # the first holder settling late leaves them to their new holder
+    assert await queue.ack(held) == 0
+    assert await queue.ack(again) == 3
     stats = await queue.stats(p)
     assert (stats.depth, stats.in_flight, stats.acked) == (0, 0, 3)
+
+
+async def _engine_state(redis: Any, p: Any) -> dict[str, Any]:
+    """Every key a settling script may write, as plain values."""
+    shard = keys.shard_of(p.key)
+    return {
+        "leases": await redis.zrange(keys.leases(shard), 0, -1, withscores=True),
+        "due": await redis.zrange(keys.due(shard), 0, -1, withscores=True),
+        "meta": await redis.hgetall(keys.meta(p.key)),
+        "done": await redis.zrange(keys.done(p.key), 0, -1, withscores=True),
+        "stats": await redis.hgetall(keys.stats(p.key)),
+        "list": await redis.lrange(keys.queue_list(p.key, "shared"), 0, -1),
+        "state": await redis.hgetall(keys.queue_state(p.key, "shared")),
+        "events": await redis.xlen(keys.events(shard)),
+    }
+
+
+async def test_a_stale_holder_changes_nothing(queue: Queue, engine_redis: Any) -> None:
+    """The first holder's lease ran out and another dispatcher took the executions since: the
+    first holder's ack, requeue, fail and renew (its attempt number is the older one) leave
+    every key as it was, and the new holder settles them."""
+    p = policy(rate={"limit": 100, "period": "1s", "burst": 10})
+    await reconcile(queue, p)
+    for i in range(4):
+        await queue.enqueue(item(f"cb-{i}"), p)
+    stale = (await queue.take()).released
+    queue.time_offset_ms = 31_000  # the lease is 30 s
+    assert await queue.reap_expired_leases() == 4
+    holder = (await queue.take()).released
+    assert [r.callback_id for r in holder] == [r.callback_id for r in stale]
+    before = await _engine_state(engine_redis, p)
+    assert await queue.ack(stale[:1]) == 0
+    assert await queue.requeue(stale[1:2], 5.0, "503") == 0
+    assert await queue.fail([(stale[2], "refused")]) == 0
+    assert await queue.renew(stale, 60.0) == set()
+    assert await _engine_state(engine_redis, p) == before
+    assert await queue.renew(holder, 60.0) == {r.callback_id for r in holder}
+    assert await queue.ack(holder[:1]) == 1
+    assert await queue.requeue(holder[1:2], 0.0, "503") == 1
+    assert await queue.fail([(holder[2], "refused")]) == 1
+    stats = await queue.stats(p)
+    assert (stats.acked, stats.failed, stats.requeued, stats.in_flight) == (1, 1, 1, 1)
+
+
+async def test_a_5xx_spell_charges_each_execution_once(queue: Queue, engine_redis: Any) -> None:
+    """HubSpot fails every completion three times before accepting it: each execution is
+    released four times, but the rate and the daily cap count it once, so the day's 20 all
+    complete today and the next 10 wait for tomorrow (before: the retries spent the cap)."""
+    p = policy(
+        rate={"limit": 10, "period": "1s", "burst": 0},
+        dailyCap={"limit": 20, "timeZone": "UTC"},
+    )
+    await reconcile(queue, p)
+    now = await queue.redis_time()
+    noon = (now // 86_400 + 1) * 86_400 + 43_200  # tomorrow 12:00 UTC: no midnight within reach
+    queue.time_offset_ms = round((noon - now) * 1000)
+    for i in range(30):
+        await queue.enqueue(item(f"cb-{i}"), p)
+    first_releases: list[int] = []
+    for _step in range(300):  # 30 s of Redis time, a take every 100 ms
+        queue.time_offset_ms += 100
+        taken = (await queue.take()).released
+        first_releases += [r.released_at_us for r in taken if r.attempts == 1]
+        await queue.requeue([r for r in taken if r.attempts < 4], 0.0, "HTTP 503")
+        await queue.ack([r for r in taken if r.attempts == 4])
+    stats = await queue.stats(p)
+    assert (stats.acked, stats.released, stats.requeued, stats.depth) == (20, 80, 60, 10)
+    state = await engine_redis.hget(keys.queue_state(p.key, "shared"), "ccnt")
+    assert int(state) == 20
+    assert max_in_window(first_releases, 1.0) <= 10
 
 
 async def test_ack_of_a_reaped_item_still_queued_removes_it(queue: Queue) -> None:

@@ -81,6 +81,26 @@ def test_v2_span_may_not_outlast_the_dedupe_window() -> None:
         load_settings(_env_file=None, allow_signature_v2_until="next tuesday")
 
 
+def test_completion_deadline_must_fit_in_the_lease() -> None:
+    """A completion request still out when its lease runs out may be sent again by the next
+    holder: its deadline plus a tenth of the lease (at least 0.5 s) must fit in the lease."""
+    fits = load_settings(
+        _env_file=None, dispatcher_lease_seconds=12, hubspot_completion_timeout_seconds=10
+    )
+    assert fits.hubspot_completion_timeout_seconds == 10
+    with pytest.raises(SettingsError) as refused:
+        load_settings(
+            _env_file=None, dispatcher_lease_seconds=8, hubspot_completion_timeout_seconds=10
+        )
+    message = str(refused.value)
+    assert message.startswith("HUBSPOT_COMPLETION_TIMEOUT_SECONDS (10 s) must end before")
+    assert "DISPATCHER_LEASE_SECONDS (8 s) with a margin of 0.8 s" in message
+    with pytest.raises(SettingsError, match="HUBSPOT_COMPLETION_TIMEOUT_SECONDS"):
+        load_settings(
+            _env_file=None, dispatcher_lease_seconds=1, hubspot_completion_timeout_seconds=0.6
+        )
+
+
 def test_env_file_is_read_and_environment_wins(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

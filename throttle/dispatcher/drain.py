@@ -11,12 +11,20 @@ schedule).
 
 Each batch (one HubSpot request) is settled in Redis the moment HubSpot answers it, before the
 next goes: a batch HubSpot accepted is acknowledged whatever happens to the ones after it, so it
-is never handed back and sent a second time. The leases of everything held are renewed while
-the dispatcher runs, and a batch's leases are extended to cover its request before it goes, so
-an execution never returns to its queue (for another dispatcher to send again) while HubSpot
-may still be applying it. A batch whose outcome is unknown (no answer in time, or stopped while
-the request was out) goes back to its queue, never to "failed": a re-send is answered "already
-completed", which is recorded as completed.
+is never handed back and sent a second time. Leases are fenced: each is held under the
+execution's attempt number, and what a dispatcher whose lease ran out settles or renews
+changes nothing once another has taken the execution. So that this never happens while a
+request is out, no request outlives the lease on what it sends: a batch's leases are renewed
+to a full lease just before it goes (a request's deadline, HUBSPOT_COMPLETION_TIMEOUT_SECONDS,
+fits in a lease with a margin), the leases of everything held are renewed every third of a
+lease while the dispatcher runs, and a batch's completion is cancelled a margin before the
+lease it is known to hold ends (the deadline moves on with each renewal). A batch whose
+outcome is unknown (no answer in time, or stopped while the request was out) goes back to its
+queue, never to "failed": a re-send is answered "already completed", recorded as completed.
+
+A take leases no more than one portal's sender can complete within a lease if every request
+takes its whole deadline (`Dispatcher.lease_capacity`), so what waits in an outbox behind slow
+answers is not held for many leases.
 
 SIGTERM: stop taking, send no new batch, let the requests out finish (up to `shutdown_timeout`),
 hand back the rest (requeue at the head), then exit.
@@ -35,6 +43,7 @@ from throttle.dispatcher.complete import Completer, CompletionResult
 from throttle.engine import keys
 from throttle.engine.queue import Queue, Released
 from throttle.metrics import Metrics
+from throttle.settings import lease_margin
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +69,17 @@ class Dispatcher:
     send_batch: int = 100
     """Most executions per completer call: one HubSpot batch request, settled on its own."""
     call_seconds: float = 10.0
-    """The longest one HubSpot request may take (the client's timeout): before a batch goes, its
-    leases are extended to cover the wait for the portal's budget and that request, however
-    short the lease (the renewer covers whatever a batch does after that)."""
+    """The longest one HubSpot request may take (HUBSPOT_COMPLETION_TIMEOUT_SECONDS): what a
+    take may lease is what requests this long complete within a lease."""
+    portal_calls: int = 1
+    """HubSpot calls of one portal out at once, all pods (HUBSPOT_PORTAL_CONCURRENCY)."""
+    portal_calls_per_second: float = 10.0
+    """One portal's API budget (HUBSPOT_PORTAL_BUDGET per HUBSPOT_BUDGET_WINDOW_SECONDS)."""
     complete_timeout: float = 30.0
     """The longest one batch's completion may take, all its requests together (a 401's refresh
-    and re-send, a refused batch split): past it the batch's outcome is unknown and it goes back
-    to its queue. The batches after it are not touched."""
+    and re-send, a refused batch split): past it, or a margin before the lease it is known to
+    hold ends if that comes first, the batch's outcome is unknown and it goes back to its
+    queue. The batches after it are not touched."""
     shutdown_timeout: float = 20.0
     last_loop: float = field(default_factory=time.monotonic)
     released_total: int = 0
@@ -80,6 +93,8 @@ class Dispatcher:
     """Until when (monotonic, conservatively) each held execution's lease is known to last."""
     _renewing: bool = False
     """The lease renewer runs (`run`): what waits in an outbox keeps its lease."""
+    _in_flight: dict[int, _InFlight] = field(default_factory=dict)
+    """Batches being completed, by id: their deadlines move with their leases' renewals."""
     _stopping: bool = False
     _next_due: dict[int, float] = field(default_factory=dict)
     _skew: float = 0.0
@@ -130,7 +145,7 @@ class Dispatcher:
         asked = time.monotonic()  # the lease runs from a moment after this, on Redis' clock
         result = await self.queue.take(
             shards,
-            max_items=self.batch,
+            max_items=min(self.batch, self.lease_capacity),
             queue_quota=self.queue_quota,
             min_hold_seconds=self.min_hold,
         )
@@ -211,7 +226,19 @@ class Dispatcher:
     @property
     def _lease_margin(self) -> float:
         """Below this much lease left, an execution may already be back in its queue."""
-        return max(0.5, self.queue.lease_seconds / 10)
+        return lease_margin(self.queue.lease_seconds)
+
+    @property
+    def lease_capacity(self) -> int:
+        """Most executions one take call (one shard) leases: what one portal's sender completes
+        within a lease (less its margin) if every request takes its whole deadline, `send_batch`
+        per request — as many requests one after another as fit, times the portal's calls out
+        at once, and no more than its API budget allows in that time. More would only wait in
+        the outbox, leased, behind the requests before them."""
+        usable = self.queue.lease_seconds - self._lease_margin
+        in_turn = max(1, int(usable // self.call_seconds)) * self.portal_calls
+        budget = max(1, int(usable * self.portal_calls_per_second))
+        return self.send_batch * min(in_turn, budget)
 
     async def _keep_leases(self) -> None:
         """Renew the leases of everything held, every third of a lease, while the dispatcher
@@ -223,6 +250,8 @@ class Dispatcher:
             while True:
                 await asyncio.sleep(max(0.05, self.queue.lease_seconds / 3))
                 await self._renew(list(self._holding.values()), self.queue.lease_seconds)
+                for call in self._in_flight.values():
+                    self._move_deadline(call)
         finally:
             self._renewing = False
 
@@ -246,23 +275,32 @@ class Dispatcher:
         return held
 
     async def _claim(self, items: Sequence[Released]) -> list[Released]:
-        """Just before a batch goes: extend its leases to cover its request, and keep only what
-        is still ours. One whose lease may have run out may already be another dispatcher's to
-        complete: it is neither sent nor settled here (the reaper or its new holder sees to it)."""
+        """Just before a batch goes: renew its leases to a full lease, which its first request
+        (deadline and margin) fits in, and keep only what is still ours. One whose lease may
+        have run out may already be another dispatcher's to complete: it is neither sent nor
+        settled here (the reaper or its new holder sees to it)."""
         now = time.monotonic()
-        cover = self.call_seconds + 2.0  # the budget's wait (a second at most), the request
+        lease = self.queue.lease_seconds
         live = [
             r for r in items if self._lease_until.get(r.callback_id, now) - now > self._lease_margin
         ]
-        held = await self.queue.renew(live, cover) if live else set()
+        held = await self.queue.renew(live, lease) if live else set()
         for callback_id in held:
-            self._lease_until[callback_id] = max(self._lease_until[callback_id], now + cover)
+            self._lease_until[callback_id] = max(self._lease_until[callback_id], now + lease)
         ours = [r for r in live if r.callback_id in held]
         lost = [r for r in items if r.callback_id not in held]
         if lost:
             log.warning("%d executions lost their lease before their turn; not sent", len(lost))
             self._forget(lost)
         return ours
+
+    def _move_deadline(self, call: _InFlight) -> None:
+        """A batch's completion ends a margin before the earliest lease of the batch it is known
+        to hold, or at its own time limit: no request of it is out when a lease runs out."""
+        ends = [self._lease_until.get(r.callback_id, 0.0) for r in call.items]
+        deadline = min(call.give_up_at, min(ends) - self._lease_margin)  # monotonic
+        loop_now = asyncio.get_running_loop().time()
+        call.scope.reschedule(loop_now + deadline - time.monotonic())
 
     def _keep_for_budget(
         self, items: Sequence[Released], result: CompletionResult
@@ -296,9 +334,7 @@ class Dispatcher:
                 items = await self._claim(items)
                 if not items:
                     return 0.0
-                result = await asyncio.wait_for(
-                    self.completer.complete(portal, items), self.complete_timeout
-                )
+                result = await self._within_lease(portal, items)
             except asyncio.CancelledError:
                 # Stopped with the request perhaps out: its outcome is unknown, so the batch
                 # goes back to its queue (a re-send is answered "already completed").
@@ -308,7 +344,8 @@ class Dispatcher:
                 raise
             except TimeoutError:
                 log.warning(
-                    "portal %s: no answer for a batch of %d in %.0f s; outcome unknown, requeued",
+                    "portal %s: no answer for a batch of %d in time (%.1f s, or a margin "
+                    "before its lease ends); outcome unknown, requeued",
                     portal,
                     len(items),
                     self.complete_timeout,
@@ -333,6 +370,17 @@ class Dispatcher:
         finally:
             self._forget(items)
         return result.retry_after if kept else 0.0
+
+    async def _within_lease(self, portal: int, items: list[Released]) -> CompletionResult:
+        """Complete a batch within its leases (see `_move_deadline`); TimeoutError past them."""
+        async with asyncio.timeout(None) as scope:
+            call = _InFlight(items, scope, time.monotonic() + self.complete_timeout)
+            self._move_deadline(call)
+            self._in_flight[id(call)] = call
+            try:
+                return await self.completer.complete(portal, items)
+            finally:
+                del self._in_flight[id(call)]
 
     async def _after(self, portal: int, result: CompletionResult) -> None:
         """What the answer says about the portal's batches not sent yet: an uninstalled portal
@@ -433,6 +481,16 @@ class Dispatcher:
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+@dataclass
+class _InFlight:
+    """One batch being completed: its executions, the cancel scope of its completion, and the
+    time (`time.monotonic`, as leases are tracked) past which it gives up whatever its leases."""
+
+    items: list[Released]
+    scope: asyncio.Timeout
+    give_up_at: float
 
 
 async def wait_any(stop: asyncio.Event, other: asyncio.Event | None, seconds: float) -> None:

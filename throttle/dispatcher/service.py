@@ -75,8 +75,13 @@ async def run_dispatcher(
             poll_seconds=settings.dispatcher_poll_seconds,
             min_hold=settings.dispatcher_min_hold_seconds,
             call_seconds=call_seconds,
+            portal_calls=settings.hubspot_portal_concurrency,
+            portal_calls_per_second=(
+                settings.hubspot_portal_budget / settings.hubspot_budget_window_seconds
+            ),
             # A batch's requests (a 401's refresh and re-send, a split) and the budget's waits;
-            # its leases are renewed meanwhile, so this need not fit in one lease.
+            # its leases are renewed meanwhile, so this need not fit in one lease (the batch
+            # is still cut off a margin before the lease it is known to hold runs out).
             complete_timeout=3 * call_seconds + 5.0,
         )
         writer = HistoryWriter(

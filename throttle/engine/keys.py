@@ -7,7 +7,9 @@ stream works unchanged on Redis Cluster (one slot). The due schedule is therefor
 single key is hot, and a dispatcher drains one shard per script call.
 
     throttle:{tN}:due                       zset  queue ref -> due time (ms)
-    throttle:{tN}:leases                    zset  "ref|callbackId" -> lease deadline (ms)
+    throttle:{tN}:leases                    zset  "ref|callbackId|attempt" -> lease deadline (ms)
+                                                  (the attempt, meta's, is the holder's fencing
+                                                  token: take raises it on every release)
     throttle:{tN}:events                    stream history events (received, released, ...)
     throttle:{tN}:evdropped                 int   events dropped because the stream was full
     throttle:{tN}:awaiting                  set   policies (`portal:name`) whose queues took

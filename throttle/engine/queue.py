@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
@@ -22,7 +22,7 @@ from throttle.engine import keys
 from throttle.engine.forecast import capacity_within
 from throttle.engine.policy import Policy
 from throttle.engine.policy_encoding import redis_fields
-from throttle.engine.scripts import Scripts
+from throttle.engine.scripts import Lease, ScriptCall, Scripts
 
 _JSON = msgspec.json.Encoder()
 
@@ -98,6 +98,7 @@ class Released:
     queue: str
     enqueued_at: float
     attempts: int
+    """Its release count, this one included: the attempt number its lease is held under."""
     wait_seconds: float
     execution_state: str = "SUCCESS"
     """What to complete it with: SUCCESS normally; FAIL_CONTINUE or SUCCESS when its policy was
@@ -113,6 +114,12 @@ class Released:
     def ref(self) -> str:
         """The queue ref in Redis (`portal:policy:queue`)."""
         return keys.queue_ref(self.policy_key, self.queue)
+
+    @property
+    def lease(self) -> Lease:
+        """Its lease as the settling scripts name it; `attempts` is the fencing token: it was
+        taken under this attempt, and once taken again the older number changes nothing."""
+        return (self.ref, self.callback_id, self.attempts)
 
 
 @dataclass(frozen=True)
@@ -321,46 +328,50 @@ class Queue:
 
     async def ack(self, items: Sequence[Released], note: str = "") -> int:
         """These were completed: forget them (their ids stay deduplicated). `note` goes into
-        their history with the completion."""
-        calls = [
-            Scripts.ack(
+        their history with the completion. One taken again since is its new holder's: skipped."""
+        done_ms = round(self.dedupe_seconds * 1000)
+        answers = await self._per_shard(
+            items,
+            lambda shard, group: Scripts.ack(
                 keys.leases(shard),
                 now_offset_ms=self.time_offset_ms,
                 prefix=keys.shard_prefix(shard),
                 events_maxlen=self.events_maxlen,
-                done_ms=round(self.dedupe_seconds * 1000),
+                done_ms=done_ms,
                 note=note[:500],
-                items=[(r.ref, r.callback_id) for r in group],
-            )
-            for shard, group in _by_shard(items).items()
-        ]
-        return sum(int(n) for n in await self.scripts.run_many(calls))
+                items=[r.lease for r in group],
+            ),
+        )
+        return sum(int(n) for _group, n in answers)
 
     async def renew(self, items: Sequence[Released], seconds: float) -> set[str]:
         """Extend the leases of these (still leased) executions to at least `seconds` from now;
-        returns the callback ids still leased. One left out lost its lease (or was settled):
-        it may be someone else's to complete now, so it must not be sent."""
-        groups = list(_by_shard(items).items())
-        calls = [
-            Scripts.renew(
+        returns the callback ids still leased. One left out lost its lease (or was settled, or
+        taken again): it may be someone else's to complete now, so it must not be sent."""
+        answers = await self._per_shard(
+            items,
+            lambda shard, group: Scripts.renew(
                 keys.leases(shard),
                 now_offset_ms=self.time_offset_ms,
                 lease_ms=max(1, round(seconds * 1000)),
-                items=[(r.ref, r.callback_id) for r in group],
-            )
-            for shard, group in groups
-        ]
-        held: set[str] = set()
-        for (_shard, group), flags in zip(groups, await self.scripts.run_many(calls), strict=True):
-            held.update(r.callback_id for r, flag in zip(group, flags, strict=True) if int(flag))
-        return held
+                items=[r.lease for r in group],
+            ),
+        )
+        return {
+            r.callback_id
+            for group, flags in answers
+            for r, flag in zip(group, flags, strict=True)
+            if int(flag)
+        }
 
     async def requeue(
         self, items: Sequence[Released], delay_seconds: float = 0.0, reason: str = ""
     ) -> int:
-        """Back to the head of their queues, in order; the queues wait `delay_seconds` first."""
-        calls = [
-            Scripts.requeue(
+        """Back to the head of their queues, in order; the queues wait `delay_seconds` first.
+        One whose lease ran out (reaped, or taken again since) is skipped."""
+        answers = await self._per_shard(
+            items,
+            lambda shard, group: Scripts.requeue(
                 keys.leases(shard),
                 keys.due(shard),
                 now_offset_ms=self.time_offset_ms,
@@ -368,29 +379,38 @@ class Queue:
                 events_maxlen=self.events_maxlen,
                 delay_ms=max(0, round(delay_seconds * 1000)),
                 reason=reason[:500],
-                items=[(r.ref, r.callback_id) for r in group],
-            )
-            for shard, group in _by_shard(items).items()
-        ]
-        return sum(int(n) for n in await self.scripts.run_many(calls))
+                items=[r.lease for r in group],
+            ),
+        )
+        return sum(int(n) for _group, n in answers)
 
     async def fail(self, failures: Sequence[tuple[Released, str]]) -> int:
-        """Record these as failed for good, each with its reason."""
-        grouped: dict[int, list[tuple[str, str, str]]] = defaultdict(list)
-        for r, reason in failures:
-            grouped[keys.shard_of(r.policy_key)].append((r.ref, r.callback_id, reason[:500]))
-        calls = [
-            Scripts.fail(
+        """Record these as failed for good, each with its reason. One taken again since is its
+        new holder's: skipped."""
+        reasons = {r.callback_id: reason[:500] for r, reason in failures}
+        done_ms = round(self.dedupe_seconds * 1000)
+        answers = await self._per_shard(
+            [r for r, _reason in failures],
+            lambda shard, group: Scripts.fail(
                 keys.leases(shard),
                 now_offset_ms=self.time_offset_ms,
                 prefix=keys.shard_prefix(shard),
                 events_maxlen=self.events_maxlen,
-                done_ms=round(self.dedupe_seconds * 1000),
-                items=group,
-            )
-            for shard, group in grouped.items()
-        ]
-        return sum(int(n) for n in await self.scripts.run_many(calls))
+                done_ms=done_ms,
+                items=[(r.lease, reasons[r.callback_id]) for r in group],
+            ),
+        )
+        return sum(int(n) for _group, n in answers)
+
+    async def _per_shard(
+        self, items: Sequence[Released], call: Callable[[int, list[Released]], ScriptCall]
+    ) -> list[tuple[list[Released], Any]]:
+        """One script call per shard these executions live in, all in one round trip: each
+        shard's group with its script's answer (the settling scripts work on one shard's lease
+        index at a time)."""
+        groups = list(_by_shard(items).items())
+        results = await self.scripts.run_many([call(shard, group) for shard, group in groups])
+        return [(group, result) for (_shard, group), result in zip(groups, results, strict=True)]
 
     async def reap_expired_leases(self, limit: int = 1000) -> int:
         """Return items whose lease ran out (a dispatcher died) to the head of their queues."""

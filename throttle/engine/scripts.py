@@ -51,6 +51,12 @@ def _s(value: Any) -> str:
     return str(value)
 
 
+Lease = tuple[str, str, int]
+"""One lease as ack, renew, requeue and fail name it: queue ref, callback id, and the attempt
+number take gave it (the holder's fencing token: a holder whose execution was taken again
+since holds an older number, and its calls change nothing)."""
+
+
 @dataclass(frozen=True)
 class ScriptCall:
     name: str
@@ -150,9 +156,9 @@ class Scripts:
         events_maxlen: int,
         done_ms: int,
         note: str = "",
-        items: Sequence[tuple[str, str]],
+        items: Sequence[Lease],
     ) -> ScriptCall:
-        flat = [v for pair in items for v in pair]
+        flat = [v for lease in items for v in lease]
         args = (now_offset_ms, prefix, events_maxlen, done_ms, note, *flat)
         return _call("ack", (leases,), args)
 
@@ -162,9 +168,9 @@ class Scripts:
         *,
         now_offset_ms: int,
         lease_ms: int,
-        items: Sequence[tuple[str, str]],
+        items: Sequence[Lease],
     ) -> ScriptCall:
-        flat = [v for pair in items for v in pair]
+        flat = [v for lease in items for v in lease]
         return _call("renew", (leases,), (now_offset_ms, lease_ms, *flat))
 
     @staticmethod
@@ -177,9 +183,9 @@ class Scripts:
         events_maxlen: int,
         delay_ms: int,
         reason: str,
-        items: Sequence[tuple[str, str]],
+        items: Sequence[Lease],
     ) -> ScriptCall:
-        flat = [v for pair in items for v in pair]
+        flat = [v for lease in items for v in lease]
         args = (now_offset_ms, prefix, events_maxlen, delay_ms, reason, *flat)
         return _call("requeue", (leases, due), args)
 
@@ -191,9 +197,9 @@ class Scripts:
         prefix: str,
         events_maxlen: int,
         done_ms: int,
-        items: Sequence[tuple[str, str, str]],
+        items: Sequence[tuple[Lease, str]],
     ) -> ScriptCall:
-        flat = [v for triple in items for v in triple]
+        flat = [v for lease, reason in items for v in (*lease, reason)]
         args = (now_offset_ms, prefix, events_maxlen, done_ms, *flat)
         return _call("fail", (leases,), args)
 

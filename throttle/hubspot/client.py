@@ -205,19 +205,26 @@ class HubSpotClient:
         client_secret: str = "",  # empty means "not configured"  # nosec B107
         timeout_s: float = 10.0,
         on_response: Callable[[str, int | None], None] | None = None,
+        completion_timeout_s: float | None = None,
     ) -> None:
-        """`on_response(operation, status or None)` is called after every request (for metrics)."""
+        """`on_response(operation, status or None)` is called after every request (for metrics).
+        `completion_timeout_s` (default `timeout_s`) is the deadline of a completion request:
+        the dispatcher's lease on what it sends must outlast it."""
         self._session = session
         self._base = api_base.rstrip("/")
         self._client_id = client_id
         self._client_secret = client_secret
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._completion_timeout = aiohttp.ClientTimeout(
+            total=timeout_s if completion_timeout_s is None else completion_timeout_s
+        )
         self._on_response = on_response
 
     @property
     def timeout_s(self) -> float:
-        """The longest one call may take: a caller's lease on what it sends must outlast it."""
-        return float(self._timeout.total or 0.0)
+        """The longest one completion request may take: a caller's lease on what it sends must
+        outlast it."""
+        return float(self._completion_timeout.total or 0.0)
 
     @classmethod
     def from_settings(
@@ -236,6 +243,7 @@ class HubSpotClient:
             settings.hubspot_client_id or "",
             secret.get_secret_value() if secret is not None else "",
             on_response=observe,
+            completion_timeout_s=settings.hubspot_completion_timeout_seconds,
         )
 
     # completion --------------------------------------------------------------------------------
@@ -364,7 +372,15 @@ class HubSpotClient:
         bearer: str | None = None,
         json_body: Any = None,
     ) -> CallResult:
-        outcome = await self._request(method, path, operation, bearer=bearer, json_body=json_body)
+        """A completion request, under the completion deadline."""
+        outcome = await self._request(
+            method,
+            path,
+            operation,
+            bearer=bearer,
+            json_body=json_body,
+            deadline=self._completion_timeout,
+        )
         if not isinstance(outcome, _Response):
             return outcome
         return _classify(outcome)
@@ -378,6 +394,7 @@ class HubSpotClient:
         json_body: Any = None,
         form: dict[str, str] | None = None,
         params: dict[str, str] | None = None,
+        deadline: aiohttp.ClientTimeout | None = None,
     ) -> _Response | Retryable:
         headers = {"Accept": "application/json"}
         if bearer:
@@ -391,7 +408,7 @@ class HubSpotClient:
                 json=json_body,
                 data=form,
                 params=params,
-                timeout=self._timeout,
+                timeout=deadline or self._timeout,
             ) as response:
                 body = await response.read()
                 outcome = _Response(response.status, dict(response.headers), body)

@@ -197,9 +197,10 @@ async def revoke_token(h: Harness, portal: int, policy: str) -> list[str]:
 
 
 async def late_completion_answers(h: Harness, portal: int, policy: str) -> list[str]:
-    """HubSpot applies each completion at once but answers 8 s later, longer than the stack's
-    lease (8 s): a dispatcher that gives up on a batch, or lets the ones behind it lapse, has
-    them sent a second time, and a refused re-send must never read as a failure."""
+    """HubSpot applies each completion at once but answers 8 s later, most of the stack's lease
+    (12 s) and near a request's deadline (10 s): a dispatcher that gives up on a batch, or lets
+    the ones waiting behind it lapse, has them sent a second time, and a refused re-send must
+    never read as a failure."""
     await h.faults(completion_answer_delay_ms=8000.0)
     return ["HubSpot applies each completion at once and answers it 8 s later"]
 

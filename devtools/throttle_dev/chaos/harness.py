@@ -120,7 +120,7 @@ class Harness:
         self,
         root: Path,
         dispatchers: int = 2,
-        lease_seconds: float = 8.0,
+        lease_seconds: float = 12.0,
         keep: bool = False,
         webhooks: int = 1,
         token_ttl_s: int = TOKEN_TTL_S,
@@ -135,7 +135,8 @@ class Harness:
                 simulator_args=["--token-ttl", str(token_ttl_s)],
                 settings={
                     # Held executions of a killed dispatcher come back after the lease: short
-                    # here so the suite runs in minutes (the chart's default is 60 s).
+                    # here so the suite runs in minutes (the chart's default is 60 s), yet
+                    # long enough for a completion request's 10 s deadline and its margin.
                     "dispatcher_lease_seconds": str(lease_seconds),
                     # Each dispatcher may have a call of a portal out: with HubSpot answering
                     # in seconds, one call at a time across the stack makes a backlog of

@@ -63,14 +63,40 @@ local function emit(prefix, maxlen, fields)
   redis.call("XADD", unpack(args))
 end
 
--- Finish one execution for good (ack.lua, fail.lua): drop its lease or, if the lease already
--- ran out and it went back to its queue, take it out of the queue again, so a slow completion
--- never leads to a second one; keep its id for dedupe until done_until_ms and count it under
--- `counter`. Returns false when it was already finished (nothing changed).
-local function finish(leases, prefix, pk, ref, cb, done_until_ms, counter)
-  local held = redis.call("ZREM", leases, ref .. "|" .. cb) == 1
-  local known = redis.call("HDEL", pk.meta, cb) == 1
-  if not (held or known) then return false end
+-- A lease is one member of the shard's lease index: "ref|callbackId|attempt". The attempt number
+-- (meta's `att`, raised by every take) is the owner's fencing token: a holder whose lease ran out
+-- and whose execution was taken again since holds an older number, so nothing it settles or
+-- renews can touch the new holder's lease.
+local function lease_member(ref, cb, att)
+  return ref .. "|" .. cb .. "|" .. att
+end
+
+-- ref, callbackId, attempt of a lease member (attempt nil for a lease written before attempts
+-- were part of it: the reaper still returns those)
+local function lease_parse(member)
+  local ref, cb, att = string.match(member, "^([^|]*)|(.*)|(%d+)$")
+  if ref then return ref, cb, tonumber(att) end
+  ref, cb = string.match(member, "^([^|]*)|(.*)$")
+  return ref, cb, nil
+end
+
+-- The attempt an execution is on (its owner's token), or nil once it is finished.
+local function current_attempt(pk, cb)
+  local m = redis.call("HGET", pk.meta, cb)
+  if not m then return nil end
+  local _, _, _, att = meta_parse(m)
+  return att
+end
+
+-- Finish one execution for good (ack.lua, fail.lua) for the holder of attempt `att`: drop its
+-- lease or, if the lease already ran out and the execution went back to its queue untaken, take
+-- it out of the queue again, so a slow completion never leads to a second one; keep its id for
+-- dedupe until done_until_ms and count it under `counter`. Returns false, changing nothing, when
+-- it was already finished or has been taken again since (a stale owner).
+local function finish(leases, prefix, pk, ref, cb, att, done_until_ms, counter)
+  if current_attempt(pk, cb) ~= att then return false end
+  local held = redis.call("ZREM", leases, lease_member(ref, cb, att)) == 1
+  redis.call("HDEL", pk.meta, cb)
   if held then
     redis.call("HINCRBY", pk.stats, "inflight", -1)
   else

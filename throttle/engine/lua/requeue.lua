@@ -1,16 +1,16 @@
 -- requeue.lua: released executions that failed in a retryable way go back to the head of their
 -- queue in their original order, and the queue waits `delay_ms` before releasing again.
 --
--- KEYS[1]  leases  zset  the shard's leases ("ref|callbackId" -> deadline ms)
+-- KEYS[1]  leases  zset  the shard's leases ("ref|callbackId|attempt" -> deadline ms)
 -- KEYS[2]  due     zset  the shard's due schedule
 -- ARGV[1]  now_offset_ms  added to Redis TIME; tests only, production passes 0
 -- ARGV[2]  prefix         the shard key prefix "throttle:{tN}:"
 -- ARGV[3]  events_maxlen  bound of the shard's event stream (then events are dropped and counted)
 -- ARGV[4]  delay_ms       backoff before the queue releases again (0 = as the rate allows)
 -- ARGV[5]  reason         why (recorded in history as the last error)
--- ARGV[6..] pairs: ref, callbackId
--- Returns the number of items put back (items whose lease was already gone are skipped: the
--- reaper returned them)
+-- ARGV[6..] triples: ref, callbackId, attempt (the holder's fencing token, from take)
+-- Returns the number of items put back (items whose lease of that attempt is gone are skipped:
+-- the reaper returned them, or they were taken again since and belong to the new holder)
 
 local leases_key, due_key = KEYS[1], KEYS[2]
 local now_offset_ms = ARGV[1]
@@ -18,16 +18,16 @@ local prefix = ARGV[2]
 local maxlen = ARGV[3]
 local delay_ms = tonumber(ARGV[4])
 local reason = ARGV[5]
-local first_pair = 6
+local first_triple = 6
 
 local now = clock_us(now_offset_ms)
 local now_ms = math.floor(now / 1000)
 
 local groups, cbs_by_queue = {}, {}
 local count = 0
-for i = first_pair, #ARGV, 2 do
+for i = first_triple, #ARGV, 3 do
   local ref, cb = ARGV[i], ARGV[i + 1]
-  if redis.call("ZREM", leases_key, ref .. "|" .. cb) == 1 then
+  if redis.call("ZREM", leases_key, lease_member(ref, cb, ARGV[i + 2])) == 1 then
     local pol = split_ref(ref)
     local pk = policy_keys(prefix, pol)
     local m = redis.call("HGET", pk.meta, cb)

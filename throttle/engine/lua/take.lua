@@ -2,13 +2,18 @@
 -- For each queue due in the shard's schedule (oldest due first): applies pause, hold (retry
 -- backoff), schedule windows, the daily cap (reset at local midnight) and GCRA with burst;
 -- pops that many items from the head (dropping expired ones as "expired"), leases them in the
--- shard's lease index, and sets the queue's next due time exactly (or drops it from the schedule
--- when it is empty or paused). Many dispatchers may call this at once: each item goes to one.
--- A retiring policy with flush = SUCCESS / FAIL_CONTINUE releases everything at once with that
--- state instead.
+-- shard's lease index under their new attempt number (the holder's fencing token), and sets the
+-- queue's next due time exactly (or drops it from the schedule when it is empty or paused). Many
+-- dispatchers may call this at once: each item goes to one. A retiring policy with flush =
+-- SUCCESS / FAIL_CONTINUE releases everything at once with that state instead.
+--
+-- Retries are charged once: an execution released before (its attempt count is above zero: a
+-- completion that failed and was requeued, or a lease that ran out) is released again without
+-- counting against the rate (GCRA) or the daily cap; it still waits for pause, hold (the retry
+-- backoff) and the schedule window, and counts against queue_quota and max_items.
 --
 -- KEYS[1]  due     zset   the shard's due schedule (ref -> due ms)
--- KEYS[2]  leases  zset   the shard's leases ("ref|callbackId" -> deadline ms)
+-- KEYS[2]  leases  zset   the shard's leases ("ref|callbackId|attempt" -> deadline ms)
 -- ARGV[1]  now_offset_ms  added to Redis TIME; tests only, production passes 0
 -- ARGV[2]  prefix         the shard key prefix "throttle:{tN}:"
 -- ARGV[3]  events_maxlen  bound of the shard's event stream (then events are dropped and counted)
@@ -81,7 +86,8 @@ for i = 1, #due, 2 do
     local a, n = gcra_load(st, lim, per, now)
     local cap = tonumber(p.cap)
     local cday, ccnt = tonumber(st.cday or "-1"), tonumber(st.ccnt or "0")
-    local allowed = 0
+    local allowed = 0 -- first releases the rate and the daily cap allow (retries are free)
+    local open = flush ~= "" -- pause, hold and the window let anything go at all
     local blocked_until = nil
     local hold = tonumber(st.hold or "0")
     if flush ~= "" then
@@ -92,19 +98,17 @@ for i = 1, #due, 2 do
       local s = next_window_start(p.wins_t, p.tz_s, now_s)
       blocked_until = s and math.ceil(s * 1000000) or now + 3600000000
     else
+      open = true
       allowed = gcra_allowed(a, n, lim, per, burst, now)
       if cap > 0 then
         local day = local_day_minute(p.tz_c, now_s)
         if day ~= cday then cday = day; ccnt = 0 end
-        if ccnt >= cap then
-          allowed = 0
-          blocked_until = math.ceil(next_local_midnight(p.tz_c, now_s) * 1000000)
-        elseif allowed > cap - ccnt then
-          allowed = cap - ccnt
-        end
+        if allowed > cap - ccnt then allowed = math.max(0, cap - ccnt) end
       end
     end
-    local k = math.min(allowed, quota, budget)
+    local k = open and math.min(quota, budget) or 0 -- every release, retries included
+    local charged = 0 -- first releases among them
+    local rate_stop = false -- stopped at a first release the rate or the cap holds back
     local expired = {}
     local young_until = nil
     local lag = math.floor(now / 1000 - due_ms)
@@ -123,10 +127,16 @@ for i = 1, #due, 2 do
           redis.call("LPUSH", list, cb)
           young_until = enq + min_hold
           break
+        elseif att == 0 and charged >= allowed then
+          -- a first release the rate or the cap does not allow yet: back to the head
+          redis.call("LPUSH", list, cb)
+          rate_stop = true
+          break
         else
+          if att == 0 then charged = charged + 1 end
           att = att + 1
           redis.call("HSET", pk.meta, cb, meta_format(seq, enq, exp, att, mq))
-          redis.call("ZADD", leases_key, fmt(now_ms + lease_ms), ref .. "|" .. cb)
+          redis.call("ZADD", leases_key, fmt(now_ms + lease_ms), lease_member(ref, cb, att))
           released[#released + 1] = cb
           attempts[#attempts + 1] = att
           out[#out + 1] = ref
@@ -148,8 +158,8 @@ for i = 1, #due, 2 do
     end
     if r > 0 then
       if flush == "" then
-        a, n = gcra_normalize(a, n + r, lim, per)
-        if cap > 0 then ccnt = ccnt + r end
+        a, n = gcra_normalize(a, n + charged, lim, per)
+        if cap > 0 then ccnt = ccnt + charged end
       end
       redis.call("HINCRBY", pk.stats, "released", r)
       redis.call("HINCRBY", pk.stats, "inflight", r)
@@ -162,7 +172,7 @@ for i = 1, #due, 2 do
     if redis.call("LLEN", list) > 0 then
       if blocked_until then
         next_due = blocked_until
-      elseif flush ~= "" or r >= k and k < allowed then
+      elseif flush ~= "" or not rate_stop and r >= k then
         next_due = now -- stopped by quota or budget, not by the rate
       else
         next_due = math.max(now, gcra_next(a, n, lim, per, burst))
