@@ -29,13 +29,15 @@ testenv:  ## build kube-apiserver, etcd, kubectl, helm and promtool from the Go 
 
 lint: venv  ## ruff, mypy, duplicate code, bandit and pip-audit
 	@echo "==> ruff"
-	@$(BIN)/ruff check throttle devtools tests bench
-	@$(BIN)/ruff format --check throttle devtools tests bench
+	@$(BIN)/ruff check throttle devtools tests bench scripts
+	@$(BIN)/ruff format --check throttle devtools tests bench scripts
 	@echo "==> mypy (strict)"
 	@$(BIN)/mypy
 	@echo "==> duplicate code (pylint: no block of 6 or more lines twice in throttle/)"
 	@$(BIN)/pylint --disable=all --enable=duplicate-code --min-similarity-lines=6 \
 		--score=n throttle
+	@echo "==> duplicate shapes (the same block with other names, within a file too)"
+	@$(BIN)/python scripts/duplicate_shapes.py throttle
 	@echo "==> bandit (config and justifications in pyproject.toml [tool.bandit])"
 	@$(BIN)/bandit -q -c pyproject.toml -r throttle 2>&1 | grep -v 'nosec encountered'; \
 		test $${PIPESTATUS[0]} -eq 0
