@@ -29,8 +29,8 @@ from throttle.webhook_service.errors import ErrorAnswer
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 ROTATION_DETAIL = (
-    "no recent request was signed with the configured client secret although its timestamp "
-    "is fresh: the client secret was most likely rotated at HubSpot and not here (set "
+    "most recent requests were signed with neither configured client secret although their "
+    "timestamps are fresh: the client secret was most likely rotated at HubSpot and not here (set "
     "HUBSPOT_CLIENT_SECRET to the new secret and HUBSPOT_CLIENT_SECRET_PREVIOUS to the old one), "
     "or PUBLIC_URL is not the URL HubSpot calls; answering 503 so that HubSpot retries"
 )
