@@ -1,6 +1,7 @@
 """Ingest benchmark: the real action endpoint vs a bare aiohttp endpoint, same generator, same run.
 
     .venv/bin/python bench/ingest.py [--duration 8] [--connections 32] [--rounds 2]
+    .venv/bin/python bench/ingest.py --appendfsync   # the cost of REDIS_DURABILITY=strict
 
 What runs (all real processes on this machine):
 - Redis (AOF on, as the chart configures it) and PostgreSQL (migrated; the portals are recorded
@@ -18,6 +19,9 @@ Two measurements per target:
 - peak: a closed loop on `--connections` connections for `--duration` s → requests/s, p50, p99;
 - half of peak: an open loop at 50% of that target's peak rate; latency counted from each
   request's scheduled send time (no coordinated omission) → p50, p99.
+With `--appendfsync` the two webhook targets are instead the same webhook on two Redis servers
+side by side: `appendfsync everysec` (the default) and `appendfsync always` with
+REDIS_DURABILITY=strict (BLOCK only once the write is on disk; docs/durability.md).
 Rounds alternate targets; the best round per target is reported. Prints a table; never passes or
 fails on time (numbers go to bench/RESULTS.md by hand).
 """
@@ -311,6 +315,11 @@ def main() -> None:
         action="store_false",
         help="let the kernel place processes (default: each server on the last CPU, alone)",
     )
+    parser.add_argument(
+        "--appendfsync",
+        action="store_true",
+        help="compare the webhook on Redis with appendfsync everysec vs always (strict)",
+    )
     parser.add_argument("--bare-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.pin = args.pin and can_pin()
@@ -323,6 +332,11 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="throttle-bench-ingest-"))
     redis = RedisServer(root / "redis", appendonly=True).start()
+    servers = [redis]
+    if args.appendfsync:
+        servers.append(
+            RedisServer(root / "redis-always", appendonly=True, appendfsync="always").start()
+        )
     postgres = PostgresServer(root / "postgres").start()
     postgres.create_database("throttle")
     procs: list[subprocess.Popen[bytes]] = []
@@ -340,14 +354,29 @@ def main() -> None:
             "host": "127.0.0.1",
             "log_format": "json",
         }
-        asyncio.run(prepare(redis.url, base["database_url"]))
+        for server in servers:
+            asyncio.run(prepare(server.url, base["database_url"]))
         public_url = "http://127.0.0.1:8080"  # what HubSpot signed; every target is "behind" it
-        for name, extra in (
-            ("webhook", {}),
-            ("webhook, access log all", {"webhook_access_log": "all"}),
-        ):
+        webhooks: tuple[tuple[str, str, dict[str, str]], ...] = (
+            ("webhook", redis.url, {}),
+            ("webhook, access log all", redis.url, {"webhook_access_log": "all"}),
+        )
+        if args.appendfsync:
+            webhooks = (
+                ("webhook, everysec", redis.url, {}),
+                ("webhook, always strict", servers[1].url, {"redis_durability": "strict"}),
+            )
+        for name, redis_url, extra in webhooks:
             port = free_port()
-            env = settings_env({**base, "public_url": public_url, "port": str(port), **extra})
+            env = settings_env(
+                {
+                    **base,
+                    "redis_url": redis_url,
+                    "public_url": public_url,
+                    "port": str(port),
+                    **extra,
+                }
+            )
             log = (root / f"{name.split(',')[0]}-{port}.log").open("wb")
             procs.append(
                 subprocess.Popen(
@@ -359,7 +388,7 @@ def main() -> None:
                 )
             )
             wait_http(f"http://127.0.0.1:{port}/readyz", procs[-1])
-            targets[name] = Target(port, procs[-1].pid)
+            targets[name] = Target(port, procs[-1].pid, redis_url)
         bare = free_port()
         procs.append(subprocess.Popen([sys.executable, __file__, "--bare-port", str(bare)]))
         deadline = time.monotonic() + 20
@@ -371,19 +400,20 @@ def main() -> None:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        targets = {"bare aiohttp": Target(bare, procs[-1].pid), **targets}
+        targets = {"bare aiohttp": Target(bare, procs[-1].pid, redis.url), **targets}
         if args.pin:
             server_cpu = {max(os.sched_getaffinity(0))}
             others = os.sched_getaffinity(0) - server_cpu
             for target in targets.values():
                 pin(target.pid, server_cpu)
             pin(os.getpid(), others)  # the generator
-            pin(redis_pid(redis.url), others)
+            for server in servers:
+                pin(redis_pid(server.url), others)
         time.sleep(6)  # let the webhooks' installed-portals refresher read PostgreSQL once
         # The generator on the servers' loop (uvloop): the cheaper it is, the less it takes from
         # the CPU it shares with Redis, and the more the figures are the servers'.
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            rows = runner.run(measure(targets, secret, public_url, redis.url, args))
+            rows = runner.run(measure(targets, secret, public_url, args))
         report(rows, args)
     finally:
         for proc in procs:
@@ -393,7 +423,8 @@ def main() -> None:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        redis.stop()
+        for server in servers:
+            server.stop()
         postgres.stop()
         shutil.rmtree(root, ignore_errors=True)
 
@@ -407,6 +438,7 @@ async def _probe(port: int) -> None:
 class Target:
     port: int
     pid: int
+    redis_url: str
 
 
 def can_pin() -> bool:
@@ -463,7 +495,6 @@ async def measure(
     targets: dict[str, Target],
     secret: str,
     public_url: str,
-    redis_url: str,
     args: argparse.Namespace,
 ) -> dict[str, Row]:
     make = Signer(secret, public_url, "127.0.0.1:8080")
@@ -481,20 +512,20 @@ async def measure(
     for _ in range(args.rounds):
         for name, target in targets.items():
             signed = Signed(make, stock)
-            cpu, rcpu = process_cpu(target.pid), redis_cpu(redis_url)
+            cpu, rcpu = process_cpu(target.pid), redis_cpu(target.redis_url)
             result = await closed_loop(target.port, signed, args.connections, args.duration)
             served = max(1, result.requests)
             result.cpu_us = (process_cpu(target.pid) - cpu) / served * 1e6
             if name not in best or result.rate > best[name].rate:
                 best[name] = result
-                redis_us[name] = (redis_cpu(redis_url) - rcpu) / served * 1e6
+                redis_us[name] = (redis_cpu(target.redis_url) - rcpu) / served * 1e6
     rows: dict[str, Row] = {}
     for name, target in targets.items():
         half_rate = best[name].rate / 2
         signed = Signed(make, int(half_rate * args.duration) + 1)
-        forks = redis_forks(redis_url)
+        forks = redis_forks(target.redis_url)
         half = await open_loop(target.port, signed, half_rate, args.connections, args.duration)
-        forks = redis_forks(redis_url) - forks
+        forks = redis_forks(target.redis_url) - forks
         rows[name] = Row(best[name], half, half_rate, redis_us[name], forks)
     return rows
 

@@ -133,7 +133,8 @@ class ActionTally(Collector):
         answers = CounterMetricFamily(
             "throttle_webhook_answers",
             "Action requests answered, by answer (block, duplicate, continue, fail, "
-            "not_installed, no_policy, unavailable).",
+            "not_installed, no_policy, unavailable; secret_mismatch: 503 because the client secret "
+            "looks changed at HubSpot).",
             labels=["answer"],
         )
         for kind, count in self.answers.items():

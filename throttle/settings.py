@@ -105,6 +105,12 @@ class Settings(BaseSettings):
         description="Redis URL holding queues and rate state (redis://host:6379/0, rediss://).",
     )
     redis_cluster: bool = Field(False, description="Treat REDIS_URL as a Redis Cluster seed node.")
+    redis_durability: Literal["standard", "strict"] = Field(
+        "standard",
+        description="strict: answer BLOCK only once the write is on disk; the webhook and "
+        "dispatcher refuse to start unless every Redis master has appendonly yes and appendfsync "
+        "always (docs/durability.md).",
+    )
     hubspot_client_id: str | None = Field(None, description="The HubSpot app's client id.")
     hubspot_client_secret: SecretStr | None = Field(
         None,

@@ -128,6 +128,8 @@ class RedisServer:
     workdir: Path
     port: int = 0
     appendonly: bool = False
+    appendfsync: str = "everysec"
+    """`always` for REDIS_DURABILITY=strict (each write fsync'ed before Redis answers)."""
     cluster: bool = False
     extra_args: list[str] = field(default_factory=list)
 
@@ -154,7 +156,7 @@ class RedisServer:
             "--appendonly",
             "yes" if self.appendonly else "no",
             "--appendfsync",
-            "everysec",
+            self.appendfsync,
             "--protected-mode",
             "no",
             "--daemonize",

@@ -57,6 +57,13 @@ async def test_doctor_reports_every_area(
 
     checks = by_name(await run_checks(settings))
     assert checks["redis"][0][0] == "ok"
+    assert checks["durability"] == [
+        (
+            "ok",
+            "standard: Redis has appendonly yes, appendfsync everysec (REDIS_DURABILITY=strict: "
+            "nothing answered BLOCK is lost to a crash)",
+        )
+    ]
     assert checks["postgresql"] == [("ok", "reachable")]
     assert checks["migrations"] == [("ok", "current")]
     assert checks["portal 1"][0][0] == "ok"
@@ -76,6 +83,11 @@ async def test_doctor_reports_every_area(
     await register_action(client, 77, DeveloperAuth(api_key="dev-key"), settings.public_url)
     checks = by_name(await run_checks(settings))
     assert checks["action definition"][0][0] == "ok"
+    strict = by_name(await run_checks(settings.model_copy(update={"redis_durability": "strict"})))
+    [(status, detail)] = strict["durability"]
+    assert status == "fail"
+    assert "REDIS_DURABILITY=strict" in detail
+    assert "appendfsync everysec" in detail
     text = repr(checks)
     for token in (good["access_token"], good["refresh_token"], narrow["access_token"]):
         assert token not in text

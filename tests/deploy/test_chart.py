@@ -510,6 +510,7 @@ def test_promtool_check_rules(
         "ThrottleHubSpotRateLimited",
         "ThrottleTokenRefreshFailing",
         "ThrottleHubSpotConfigFault",
+        "ThrottleWebhookSecretMismatch",
         "ThrottleDispatcherLag",
     } <= alerts
 

@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from throttle.dispatcher.service import run_dispatcher
+from throttle.engine.redis_client import DurabilityError
 from throttle.history.migrations import migrate
 from throttle.settings import Settings
 from throttle_dev.localenv import free_port
@@ -42,3 +43,13 @@ async def test_dispatcher_serves_health_and_metrics(
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+async def test_strict_durability_refuses_to_start_on_a_redis_without_appendfsync_always(
+    make_settings: Callable[..., Settings], redis: Any
+) -> None:
+    """Releases and acks are as durable as the BLOCK answers: the session's Redis (everysec)
+    is refused before anything runs."""
+    settings = make_settings(metrics_port=free_port(), host="127.0.0.1", redis_durability="strict")
+    with pytest.raises(DurabilityError, match="REDIS_URL has appendonly yes, appendfsync everysec"):
+        await asyncio.wait_for(run_dispatcher(settings, handle_signals=False), 30)

@@ -14,6 +14,7 @@ from tests.fixtures.hubspot_simulator import StartSimulator
 from tests.fixtures.hubspot_tokens import new_key
 from tests.fixtures.metric_samples import sample
 from throttle.dispatcher.history_writer import HistoryWriter
+from throttle.engine import keys
 from throttle.hubspot.client import HubSpotClient, TokenGrant
 from throttle.hubspot.config_fault import read_shared
 from throttle.hubspot.crypto import CryptoError, TokenCipher, UnknownKeyError
@@ -87,7 +88,8 @@ async def test_uninstall_disables_tokens_restore_undoes_it_then_purge_deletes_th
     assert installation.uninstall_reason == "uninstalled: test"
     assert installation.tokens_disabled_at is not None
     assert await store.load(5) is None  # disabled: never handed out...
-    assert await store.save_refreshed(5, GRANT, time.time()) is None  # ...nor refreshed
+    generation = await pool.fetchval("SELECT generation FROM oauth_tokens WHERE portal_id = 5")
+    assert await store.save_refreshed(5, GRANT, time.time(), generation) is None  # ...nor refreshed
     assert await pool.fetchval("SELECT count(*) FROM oauth_tokens WHERE portal_id = 5") == 1
 
     # A mistaken uninstall is undone with the very tokens it had.
@@ -342,6 +344,111 @@ async def test_recheck_asks_only_while_a_fault_is_on(
     installation = await store.installation(67)
     assert installation is not None
     assert installation.status == "installed"
+
+
+async def test_a_refresh_saves_only_over_the_generation_it_refreshed(store: TokenStore) -> None:
+    """Two refreshes of the same stored tokens (a lock lost mid-refresh): the first save wins,
+    the late one cannot overwrite it with the tokens it got."""
+    await store.save(31, GRANT)
+    read = await store.load(31)
+    assert read is not None
+    first = TokenGrant("access-first", "refresh-first", 1800)
+    late = TokenGrant("access-late", "refresh-late", 1800)
+    saved = await store.save_refreshed(31, first, time.time(), read.generation)
+    assert saved is not None
+    assert saved.generation == read.generation + 1
+    assert await store.save_refreshed(31, late, time.time(), read.generation) is None
+    kept = await store.load(31)
+    assert kept is not None
+    assert (kept.refresh_token, kept.generation) == ("refresh-first", saved.generation)
+
+
+async def test_a_refresh_outlasting_the_lock_is_not_raced_by_a_second_refresher(
+    start_simulator: StartSimulator,
+    store: TokenStore,
+    session: aiohttp.ClientSession,
+    redis_server: Any,
+    redis: Any,
+) -> None:
+    """HubSpot handles the refresh (rotating the refresh token) but answers after the lock's
+    timeout. The holder renews its lock, so the second pod waits and takes the stored tokens
+    rather than spending the dead refresh token (which HubSpot refuses: an uninstall)."""
+    running = await start_simulator(access_token_ttl_s=1800)
+    sim = running.sim
+    grant = sim.issue_tokens(21)
+    await store.save(21, TokenGrant(grant["access_token"], grant["refresh_token"], 1800))
+    sim.set_faults(token_answer_delay_ms=2500)
+    metrics = Metrics()
+    clients = [redis_server.client() for _ in range(2)]
+    first, second = (
+        TokenManager(
+            store,
+            HubSpotClient(session, running.url, "sim-client-id", "sim-client-secret"),
+            client,
+            metrics,
+            lock_timeout_s=1.0,
+        )
+        for client in clients
+    )
+    try:
+        refreshing = asyncio.create_task(first.access_token(21, rejected=grant["access_token"]))
+        await asyncio.sleep(1.5)  # past the lock's timeout, HubSpot's answer still on its way
+        second_token = await second.access_token(21, rejected=grant["access_token"])
+        first_token = await refreshing
+        assert first_token == second_token != grant["access_token"]
+        assert sim.portal(21).refreshes == 1
+        assert sim.portal(21).refresh_failures == 0  # the spent token was never presented
+        installation = await store.installation(21)
+        assert installation is not None
+        assert installation.status == "installed"
+        stored = await store.load(21)
+        assert stored is not None
+        assert sim.refresh_tokens[stored.refresh_token].revoked is False  # the live one is kept
+        assert sample(metrics, "throttle_token_refreshes_total", result="ok") == 1
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+async def test_a_refresh_token_spent_by_a_refresher_that_lost_its_lock_uninstalls_nobody(
+    start_simulator: StartSimulator,
+    store: TokenStore,
+    session: aiohttp.ClientSession,
+    redis_server: Any,
+    redis: Any,
+) -> None:
+    """The first pod's lock is lost anyway (its process stalled past the renewal: here the lock
+    key is deleted). The second refreshes with the refresh token the first one's call already
+    spent and is refused; by then the first has stored newer tokens, so that refusal is no
+    uninstall and both end with the newest tokens."""
+    running = await start_simulator(access_token_ttl_s=1800)
+    sim = running.sim
+    grant = sim.issue_tokens(22)
+    await store.save(22, TokenGrant(grant["access_token"], grant["refresh_token"], 1800))
+    sim.set_faults(token_answer_delay_ms=1500)
+    metrics = Metrics()
+    managers, clients = await _managers(2, store, running.url, session, redis_server, metrics, 300)
+    try:
+        refreshing = asyncio.create_task(
+            managers[0].access_token(22, rejected=grant["access_token"])
+        )
+        await asyncio.sleep(0.3)
+        assert await redis.delete(keys.hubspot_token_lock(22)) == 1
+        second_token = await managers[1].access_token(22, rejected=grant["access_token"])
+        first_token = await refreshing
+        assert first_token == second_token != grant["access_token"]
+        assert sim.portal(22).refreshes == 1
+        assert sim.portal(22).refresh_failures == 1  # the second pod's, answered after the save
+        installation = await store.installation(22)
+        assert installation is not None
+        assert (installation.status, installation.tokens_disabled_at) == ("installed", None)
+        assert sample(metrics, "throttle_portals_uninstalled_total", cause="refresh_refused") == 0
+        stored = await store.load(22)
+        assert stored is not None
+        assert sim.refresh_tokens[stored.refresh_token].revoked is False
+    finally:
+        for client in clients:
+            await client.aclose()
 
 
 def _gauge(metrics: Metrics, kind: str) -> float | None:

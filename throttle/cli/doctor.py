@@ -3,6 +3,8 @@
 Each check is a small function returning `Check`s; one failing check never hides the others
 (Redis down still lets PostgreSQL and HubSpot be checked). Checks:
 - Redis reachable; the engine's Lua scripts cached (they load on first use, so only a note);
+- durability: REDIS_DURABILITY and whether Redis' persistence settings hold it (strict: every
+  master has appendonly yes and appendfsync always; standard: what Redis has);
 - PostgreSQL reachable; migrations current;
 - policies in the registry that no longer validate; policies of portals that are not installed;
 - each installed portal's token: valid now (refreshed if due) and introspected — the right portal,
@@ -25,7 +27,12 @@ import aiohttp
 
 from throttle.engine import keys
 from throttle.engine.policy_index import registry_load
-from throttle.engine.redis_client import redis_client
+from throttle.engine.redis_client import (
+    DurabilityError,
+    persistence,
+    redis_client,
+    require_strict_durability,
+)
 from throttle.engine.scripts import ENGINE_SCRIPTS, lua_source
 from throttle.history.migrations import pending_migrations
 from throttle.history.pool import create_pool
@@ -68,6 +75,38 @@ async def check_redis(redis: Any) -> list[Check]:
         else "script cache not inspected"
     )
     return [Check("redis", "ok", f"reachable; {note}")]
+
+
+async def check_durability(redis: Any, mode: str) -> list[Check]:
+    """What a Redis crash can take of the BLOCK answers given (docs/durability.md)."""
+    if mode == "strict":
+        try:
+            await require_strict_durability(redis)
+        except DurabilityError as exc:
+            return [Check("durability", "fail", str(exc))]
+        return [
+            Check("durability", "ok", "strict: every master fsyncs each write before answering")
+        ]
+    try:
+        nodes = await persistence(redis)
+    except Exception:
+        return [Check("durability", "ok", "standard (Redis' persistence settings not readable)")]
+    seen = sorted(
+        {
+            f"appendonly {c.get('appendonly')}, appendfsync {c.get('appendfsync')}"
+            for c in nodes.values()
+        }
+    )
+    detail = f"standard: Redis has {'; '.join(seen)}"
+    if any(c.get("appendonly") != "yes" for c in nodes.values()):
+        return [Check("durability", "warn", detail + ": a restart loses every queue")]
+    return [
+        Check(
+            "durability",
+            "ok",
+            detail + " (REDIS_DURABILITY=strict: nothing answered BLOCK is lost to a crash)",
+        )
+    ]
 
 
 async def check_postgres(dsn: str) -> list[Check]:
@@ -204,6 +243,8 @@ async def run_checks(settings: Settings) -> list[Check]:
     try:
         if redis is not None:
             checks += await check_redis(redis)
+            if checks[-1].status == "ok":
+                checks += await check_durability(redis, settings.redis_durability)
         database_ok = False
         if settings.database_url:
             found = await check_postgres(settings.database_url)

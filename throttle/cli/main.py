@@ -13,7 +13,7 @@ import click
 
 from throttle import __version__
 from throttle.cli.history_commands import HISTORY_COMMANDS
-from throttle.cli.startup import settings_for
+from throttle.cli.startup import refused_start, settings_for
 from throttle.settings import describe
 
 
@@ -41,7 +41,8 @@ def webhook(port: int | None) -> None:
     # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
     from throttle.webhook_service.app import serve
 
-    serve(settings)
+    with refused_start():
+        serve(settings)
 
 
 @main.command()
@@ -53,7 +54,8 @@ def dispatcher() -> None:
     # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
     from throttle.dispatcher.service import serve
 
-    serve(settings)
+    with refused_start():
+        serve(settings)
 
 
 @main.command()

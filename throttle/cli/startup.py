@@ -3,7 +3,9 @@ one line naming the variable (exit code 2) — never a traceback, never a value.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import click
@@ -25,3 +27,18 @@ def settings_for(*required: str, **overrides: Any) -> Settings:
         fail(str(exc))
     configure_logging(settings.log_level, settings.log_format, settings.secret_values())
     return settings
+
+
+@contextlib.contextmanager
+def refused_start() -> Iterator[None]:
+    """A deployable that refuses to start on what it found (REDIS_DURABILITY=strict and a Redis
+    that does not fsync every write) ends like a bad setting: one line, exit code 2."""
+    try:
+        yield
+    except Exception as exc:
+        # lazy: the Redis client stays out of `throttle --help` (bench/cli_startup.py)
+        from throttle.engine.redis_client import DurabilityError
+
+        if isinstance(exc, DurabilityError):
+            fail(str(exc))
+        raise

@@ -23,7 +23,7 @@ from throttle.dispatcher.hubspot_completer import TokenSource, build_completer
 from throttle.dispatcher.reaper import LeaseReaper
 from throttle.engine.policy_index import registry_load
 from throttle.engine.queue import Queue
-from throttle.engine.redis_client import redis_client
+from throttle.engine.redis_client import redis_client, require_strict_durability
 from throttle.health_server import health_server
 from throttle.history.pool import create_pool
 from throttle.hubspot.config_fault import RECHECK_S
@@ -55,6 +55,8 @@ async def run_dispatcher(
     async with contextlib.AsyncExitStack() as opened:
         redis = redis_client(settings)
         opened.push_async_callback(redis.aclose)
+        if settings.redis_durability == "strict":  # acks and releases as durable as BLOCKs
+            await require_strict_durability(redis)
         queue = Queue(
             redis,
             lease_seconds=settings.dispatcher_lease_seconds,

@@ -19,6 +19,11 @@ Rules (see shared/hubspot-contract.md §3):
   future would otherwise give a captured request a long replay life.
 - Every secret given (current, then previous while rotating) is tried; comparisons are
   constant-time (`hmac.compare_digest`).
+- A v3 request whose timestamp is fresh and whose signature is well formed (base64 of an
+  HMAC-SHA256) but made by none of the secrets is flagged `secret_mismatch`: that is what HubSpot
+  sends once the client secret was rotated on its side only (or PUBLIC_URL is not the URL it
+  calls). The webhook decides from the run of such verdicts whether to answer a retryable status
+  (throttle/webhook_service/verification.py); this module only tells them apart.
 """
 
 from __future__ import annotations
@@ -65,6 +70,9 @@ class SignatureCheck:
     version: str | None = None
     secret_index: int | None = None
     """Which secret matched: 0 = current, 1 = previous (rotation still underway)."""
+    secret_mismatch: bool = False
+    """v3, fresh timestamp, well-formed signature, no secret makes it: signed by HubSpot with a
+    secret we do not hold, or forged by someone who knows the format."""
 
 
 VALID_V3 = (
@@ -73,6 +81,25 @@ VALID_V3 = (
 )
 """The verdicts for the current and the previous secret, built once (a frozen dataclass costs a
 microsecond to build, on every accepted request)."""
+
+
+NO_MATCH_V3 = SignatureCheck(False, "v3 signature does not match", "v3")
+MISMATCH_V3 = SignatureCheck(False, "v3 signature does not match", "v3", secret_mismatch=True)
+
+V3_SIGNATURE_LENGTH = 44
+"""Characters of a v3 signature: base64 of the 32 bytes of an HMAC-SHA256."""
+
+
+def _well_formed_v3(given: str) -> bool:
+    """Shaped like a signature HubSpot makes (so made with some secret), not junk."""
+    text = given.strip()
+    if len(text) != V3_SIGNATURE_LENGTH:
+        return False
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:
+        return False
+    return len(raw) == 32  # the bytes of an HMAC-SHA256 (a length: nothing secret compared)
 
 
 def _bytes(body: bytes | str) -> bytes:
@@ -190,7 +217,7 @@ def verify(
         prefix, raw = _v3_prefix(method, url), _bytes(body)
         index = _match([_v3(s, prefix, raw, timestamp_ms) for s in secret_list], v3)
         if index is None:
-            return SignatureCheck(False, "v3 signature does not match", "v3")
+            return MISMATCH_V3 if _well_formed_v3(v3) else NO_MATCH_V3
         if index < len(VALID_V3):
             return VALID_V3[index]
         return SignatureCheck(True, "valid v3 signature", "v3", index)

@@ -8,6 +8,13 @@ PostgreSQL once the lock is held (another pod may have refreshed already). HubSp
 refresh token on every refresh, so two pods refreshing at once would leave one with a dead token:
 hence the single flight, and the returned refresh token is always the one stored.
 
+The refresh is fenced twice, because the lock alone would not hold when the HTTP call plus the
+database write outlast it: the holder renews the lock while it refreshes (so a second pod waits
+instead of spending the same refresh token), and the save compares the generation it read — a
+pod that lost its lock anyway (stalled past the renewal) cannot overwrite a newer refresh's
+tokens with older ones. A refresh refused after another pod's refresh spent the token is not an
+uninstall either: the newer tokens are used.
+
 Only a definitive, portal-specific signal uninstalls (contract §7): HubSpot's uninstall event, or
 this portal's refresh token refused (400 `BAD_REFRESH_TOKEN`, 401). Anything about the app itself
 (its client id or secret refused, a 403, a 5xx, a proxy's answer) is a configuration fault: the
@@ -25,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -180,9 +188,11 @@ class TokenStore:
         return StoredTokens.of_grant(portal_id, grant, now, int(generation))
 
     async def save_refreshed(
-        self, portal_id: int, grant: TokenGrant, now: float
+        self, portal_id: int, grant: TokenGrant, now: float, refreshed_generation: int
     ) -> StoredTokens | None:
-        """Store a refresh's tokens, unless the portal was uninstalled meanwhile (then None)."""
+        """Store a refresh's tokens over the generation it refreshed; None when that is no
+        longer the stored one (another refresh or a reinstall stored newer tokens) or the
+        portal was uninstalled meanwhile."""
         access = self._cipher.seal(grant.access_token, portal_id)
         refresh = self._cipher.seal(grant.refresh_token, portal_id)
         generation = await self._pool.fetchval(
@@ -190,7 +200,7 @@ class TokenStore:
             UPDATE oauth_tokens SET key_id = $2, access_token = $3, refresh_token = $4,
                 expires_at = $5, lifetime_seconds = $6, refreshed_at = now(),
                 generation = generation + 1
-            WHERE portal_id = $1 AND disabled_at IS NULL
+            WHERE portal_id = $1 AND disabled_at IS NULL AND generation = $7
             RETURNING generation
             """,
             portal_id,
@@ -199,6 +209,7 @@ class TokenStore:
             refresh.blob,
             _ts(now + grant.expires_in),
             max(grant.expires_in, 1),
+            refreshed_generation,
         )
         if generation is None:
             return None
@@ -456,15 +467,51 @@ class TokenManager:
             sleep=0.05,
             blocking_timeout=self._lock_wait,
         )
+        if not await lock.acquire():
+            raise TokenUnavailable(f"portal {portal_id}: token refresh lock busy")
         try:
-            async with lock:
-                # Another pod may have refreshed while this one waited for the lock.
-                stored = await self._load(portal_id)
-                if not force and self._usable(stored, rejected):
-                    return stored.access_token
+            # Another pod may have refreshed while this one waited for the lock.
+            stored = await self._load(portal_id)
+            if not force and self._usable(stored, rejected):
+                return stored.access_token
+            async with self._renewing(lock, portal_id):
                 return await self._refresh(stored, rejected)
-        except LockError:
-            raise TokenUnavailable(f"portal {portal_id}: token refresh lock busy") from None
+        finally:
+            with contextlib.suppress(LockError):  # lost: the generation compare fenced the save
+                await lock.release()
+
+    @contextlib.asynccontextmanager
+    async def _renewing(self, lock: Any, portal_id: int) -> AsyncIterator[None]:
+        """Hold the lock for as long as the refresh runs: HubSpot's answer plus the database
+        write may take longer than the lock's timeout, which only bounds how long a crashed
+        holder blocks the others."""
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self._lock_timeout / 3)
+                try:
+                    await lock.reacquire()
+                except LockError:
+                    log.warning("portal %s: token refresh lock lost mid-refresh", portal_id)
+                    return
+
+        task = asyncio.create_task(renew(), name=f"token lock renewal {portal_id}")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _newer(self, stored: StoredTokens) -> StoredTokens | None:
+        """The portal's tokens if another refresh (or a reinstall) stored newer ones than
+        `stored` since it was read, else None."""
+        current = await self._store.load(stored.portal_id)
+        if current is None or current.generation == stored.generation:
+            return None
+        self._cache[stored.portal_id] = current
+        log.info("portal %s: another refresh stored newer tokens; using them", stored.portal_id)
+        return current
 
     async def _refresh(self, stored: StoredTokens, rejected: str | None) -> str:
         portal_id = stored.portal_id
@@ -474,15 +521,21 @@ class TokenManager:
         result = held or await self._client.refresh_token(stored.refresh_token)
         match result:
             case TokenGrant():
-                saved = await self._store.save_refreshed(portal_id, result, now)
+                saved = await self._store.save_refreshed(portal_id, result, now, stored.generation)
                 self._count("ok")
                 await self.faults.clear()
                 if saved is None:
+                    newer = await self._newer(stored)  # fenced: never over newer tokens
+                    if newer is not None:
+                        return newer.access_token
                     raise PortalStopped(portal_id, "uninstalled while refreshing")
                 self._cache[portal_id] = saved
                 log.info("portal %s: access token refreshed", portal_id)
                 return saved.access_token
             case TokenRefused(status=status, error=error):
+                newer = await self._newer(stored)
+                if newer is not None:  # spent by another pod's refresh, not revoked
+                    return newer.access_token
                 # This portal's refresh token, definitively: the app was uninstalled there.
                 reason = f"uninstalled: refresh token refused (HTTP {status} {error})"
                 self._count("refused")

@@ -26,9 +26,11 @@ Answers (HTTP 200 with a JSON body unless the request itself is bad):
   Only if the registry really has no policy for it: `FAIL_CONTINUE` with "portal P has no
   policy named 'x', no policy for action A and no default policy …";
 - bad signature → 401, bad payload → 400 naming the field (HubSpot treats both as a failed
-  action and continues); Redis unreachable (the enqueue, or the registry while this pod has
-  never loaded it) → 503, which HubSpot retries with backoff for days: nothing is dropped
-  silently.
+  action and continues) — except a signature that fails the way a client secret changed at
+  HubSpot makes every one fail (`verification.SecretMismatchWatch`): 503 `secret_mismatch`,
+  which HubSpot retries, so no execution passes unthrottled while the secret is being fixed;
+- Redis unreachable (the enqueue, or the registry while this pod has never loaded it) → 503,
+  which HubSpot retries with backoff for days: nothing is dropped silently.
 
 Why a fresh read rather than holding or a retryable status for "not in memory": it settles the
 question in milliseconds and leaves nothing to resolve later. A `BLOCK` into a holding queue
@@ -69,7 +71,7 @@ from throttle.webhook_service.appkeys import (
 from throttle.webhook_service.errors import ErrorAnswer, error_for, error_response
 from throttle.webhook_service.payloads import ExecutionPayload, parse_execution
 from throttle.webhook_service.shedding import LoadShedder
-from throttle.webhook_service.verification import SignatureVerifier
+from throttle.webhook_service.verification import SignatureVerifier, refusal
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +269,7 @@ class ActionEndpoint:
                 kind, answer = policy
         except ErrorAnswer as exc:
             if exc.status == 503:
-                counts.answered("unavailable")
+                counts.answered(exc.error)  # unavailable, or secret_mismatch
             elif exc.status != 401:
                 counts.rejected_payload.inc()
             return error_for(request, exc)
@@ -293,8 +295,8 @@ class ActionEndpoint:
         check = self.verifier.check(request, body)
         if not check.ok:
             self.counts.rejected_signature.inc()
-            log.debug("action refused: %s", check.reason)  # the access log has the 401 line
-            raise ErrorAnswer(401, "invalid_signature", check.reason)
+            log.debug("action refused: %s", check.reason)  # the access log has the status line
+            raise refusal(check)
         self.counts.signed(check.version, bool(check.secret_index))
         return parse_execution(body)
 

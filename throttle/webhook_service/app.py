@@ -7,7 +7,9 @@ session with the HubSpot client and token manager, the config API's policy store
 gets a fresh set and shutdown closes them in reverse order.
 
 Start-up does not wait for PostgreSQL or HubSpot: the action endpoint needs neither. Redis being
-down at start is logged; `/readyz` stays 503 until it answers and the policies are loaded.
+down at start is logged; `/readyz` stays 503 until it answers and the policies are loaded —
+except with REDIS_DURABILITY=strict, where the start stops (DurabilityError) unless Redis is
+shown to fsync every write before answering.
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ from prometheus_client import CollectorRegistry
 from throttle.engine.policy import Policy
 from throttle.engine.policy_index import PolicyIndex
 from throttle.engine.queue import Queue
-from throttle.engine.redis_client import redis_client
+from throttle.engine.redis_client import (
+    DurabilityError,
+    redis_client,
+    require_strict_durability,
+)
 from throttle.engine.registry import reconcile, reconcile_awaited, retire
 from throttle.hubspot.client import HubSpotClient
 from throttle.hubspot.crypto import TokenCipher
@@ -116,6 +122,13 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
     settings = app[SETTINGS]
     redis = redis_client(settings)
+    if settings.redis_durability == "strict":
+        # BLOCK promises "held": refuse to start rather than promise what a crash can undo.
+        try:
+            await require_strict_durability(redis)
+        except DurabilityError:
+            await redis.aclose()
+            raise
     app[REDIS] = redis
     # Concurrent requests' enqueue calls share network writes (one round trip each still).
     client = redis if settings.redis_cluster else AutoPipeline(redis)

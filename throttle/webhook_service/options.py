@@ -14,8 +14,8 @@ from aiohttp import web
 
 from throttle.engine.policy import Policy
 from throttle.webhook_service.appkeys import METRICS, POLICY_INDEX, VERIFIER
-from throttle.webhook_service.errors import ErrorAnswer
 from throttle.webhook_service.payloads import OptionsRequest, parse
+from throttle.webhook_service.verification import refusal
 
 PAGE_SIZE = 50
 
@@ -56,7 +56,7 @@ async def options(request: web.Request) -> web.Response:
     check = app[VERIFIER].check(request, body)
     if not check.ok:
         app[METRICS].webhook_rejected.labels("options", "signature").inc()
-        raise ErrorAnswer(401, "invalid_signature", check.reason)
+        raise refusal(check)
     payload = parse(OptionsRequest, body)
     policies = app[POLICY_INDEX].policies(payload.origin.portal_id)
     fetch = payload.fetch_options

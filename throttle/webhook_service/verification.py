@@ -4,12 +4,19 @@ Behind an ingress the pod sees its own host and maybe plain HTTP, but HubSpot si
 URL. So the URL is rebuilt from `PUBLIC_URL` plus the path and raw query as received — or from
 `X-Forwarded-Proto` / `X-Forwarded-Host`, but only when the peer is a trusted proxy: anyone else
 could set those headers to whatever makes a replayed signature fit.
+
+A signature that fails is not always an attacker's: once the client secret is rotated on
+HubSpot's side before ours (or PUBLIC_URL is not the URL HubSpot calls), every request HubSpot
+sends fails, and a 401 makes HubSpot fail the action and let the workflow continue unthrottled.
+`SecretMismatchWatch` tells the two apart from the recent verdicts (see its docstring); the
+action endpoint then answers 503, which HubSpot retries for up to 3 days.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import time
+from collections import deque
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -20,6 +27,15 @@ from throttle.settings import Settings
 from throttle.webhook_service.errors import ErrorAnswer
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+ROTATION_DETAIL = (
+    "most recent requests were signed with neither configured client secret although their "
+    "timestamps are fresh: the client secret was most likely rotated at HubSpot and not here (set "
+    "HUBSPOT_CLIENT_SECRET to the new secret and HUBSPOT_CLIENT_SECRET_PREVIOUS to the old one), "
+    "or PUBLIC_URL is not the URL HubSpot calls; answering 503 so that HubSpot retries"
+)
+SUSPECTED_MISMATCH = SignatureCheck(False, ROTATION_DETAIL, "v3", secret_mismatch=True)
+"""The verdict on a mismatch the watch judged ours: callers answer 503, not 401."""
 
 
 def _first(value: str | None) -> str | None:
@@ -56,6 +72,42 @@ def called_url(request: web.BaseRequest, public_url: str | None, trusted: list[N
     return f"{request.scheme}://{request.host}{raw_path}"
 
 
+class SecretMismatchWatch:
+    """Whether a failed signature is likely ours to fix rather than a forgery.
+
+    Only requests with a fresh v3 timestamp and a well-formed signature count (junk never looks
+    like ours). Of the last `VERDICTS` such requests within `WINDOW_S`, a mismatch is "ours"
+    when mismatches outnumber valid ones: a forged request among HubSpot's valid ones still
+    gets 401, while a secret HubSpot changed fails every request and, from a cold start, turns
+    the very first one into 503. Mid-traffic, a rotation costs at most VERDICTS/2 failed
+    actions per pod before the answers turn retryable (HUBSPOT_CLIENT_SECRET_PREVIOUS, set
+    before HubSpot's secret changes, costs none). Forgeries sent while no valid request
+    arrives also get 503, which changes nothing for them (nothing is queued either way).
+    """
+
+    WINDOW_S = 300.0
+    """Verdicts older than this are forgotten (HubSpot's timestamp tolerance): a pod that saw
+    no valid request for five minutes has no evidence that its secret still matches."""
+
+    VERDICTS = 8
+    """How many recent verdicts decide."""
+
+    def __init__(self) -> None:
+        self._recent: deque[tuple[float, bool]] = deque(maxlen=self.VERDICTS)
+
+    def valid(self, now: float) -> None:
+        self._recent.append((now, True))
+
+    def mismatch(self, now: float) -> bool:
+        """Record a secret mismatch; True when it is likely ours (it and the other mismatches
+        among the recent verdicts outnumber the valid ones)."""
+        self._recent.append((now, False))
+        horizon = now - self.WINDOW_S
+        valid = sum(1 for at, ok in self._recent if ok and at >= horizon)
+        mismatched = sum(1 for at, ok in self._recent if not ok and at >= horizon)
+        return mismatched > valid
+
+
 class SignatureVerifier:
     """Settings-bound signature check for HubSpot's calls (action and options endpoints)."""
 
@@ -70,6 +122,7 @@ class SignatureVerifier:
         until = settings.allow_signature_v2_until
         self.v2_until_ms = int(until.timestamp() * 1000) if until is not None else 0
         self._urls: dict[str, str] = {}
+        self.watch = SecretMismatchWatch()
 
     def url(self, request: web.BaseRequest) -> str:
         """`called_url`, remembered per raw path when PUBLIC_URL is set and no proxy is trusted:
@@ -86,20 +139,35 @@ class SignatureVerifier:
 
     def check(self, request: web.Request, body: bytes) -> SignatureCheck:
         url = self.url(request)
-        return verify(
+        now = time.time()
+        result = verify(
             request.headers,
             request.method,
             url,
             body,
             self.secrets,
-            int(time.time() * 1000),
+            int(now * 1000),
             self.allow_v1,
             self.v2_until_ms,
         )
+        if result.ok:
+            if result.version == "v3":
+                self.watch.valid(now)
+        elif result.secret_mismatch and self.watch.mismatch(now):
+            return SUSPECTED_MISMATCH
+        return result
 
     def require(self, request: web.Request, body: bytes) -> SignatureCheck:
-        """Raise 401 (JSON, with the reason) unless the request is signed by HubSpot."""
+        """Raise unless the request is signed by HubSpot: 401 (JSON, with the reason), or 503
+        when the failure looks like our secret's rather than a forgery (HubSpot retries)."""
         result = self.check(request, body)
         if not result.ok:
-            raise ErrorAnswer(401, "invalid_signature", result.reason)
+            raise refusal(result)
         return result
+
+
+def refusal(result: SignatureCheck) -> ErrorAnswer:
+    """The answer to a failed signature check."""
+    if result is SUSPECTED_MISMATCH:
+        return ErrorAnswer(503, "secret_mismatch", result.reason, headers={"Retry-After": "60"})
+    return ErrorAnswer(401, "invalid_signature", result.reason)

@@ -114,7 +114,13 @@ async def token(request: web.Request) -> web.StreamResponse:
             error_body("VALIDATION_ERROR", "the token endpoint takes a form-encoded body"),
         )
     form = {k: str(v) for k, v in (await request.post()).items()}
-    return web.json_response(_sim(request).token(form))
+    sim = _sim(request)
+    try:
+        answer = sim.token(form)
+    finally:
+        if sim.faults.token_answer_delay_ms > 0:  # handled (a refresh token rotated): answer late
+            await asyncio.sleep(sim.faults.token_answer_delay_ms / 1000)
+    return web.json_response(answer)
 
 
 async def introspect(request: web.Request) -> web.StreamResponse:

@@ -55,6 +55,9 @@ class Faults:
     completion_answer_delay_ms: float = 0.0
     """Completion calls are handled (applied) at once, then answered this much later: HubSpot
     slow to answer, not slow to apply. A client that gives up first does not know it worked."""
+    token_answer_delay_ms: float = 0.0
+    """Token requests (code exchange, refresh) are handled at once, then answered this much
+    later: a refresh token rotated by a call whose answer is still on its way."""
     storm_until: float = 0.0
     """Until this epoch time every completion call of `storm_portals` answers 429."""
     storm_portals: list[int] | None = None
@@ -88,6 +91,7 @@ class Faults:
                 "latency_ms",
                 "storm_until",
                 "completion_answer_delay_ms",
+                "token_answer_delay_ms",
                 "reject_client_secret_until",
             ):
                 if float(value) < 0:
