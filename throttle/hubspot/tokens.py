@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 from redis.exceptions import LockError
 
+from throttle import tasks
 from throttle.engine import keys
 from throttle.hubspot.client import ConfigFault, HubSpotClient, TokenGrant, TokenRefused
 from throttle.hubspot.config_fault import PROBE_S, ConfigFaultMonitor, FaultRecord
@@ -495,13 +496,8 @@ class TokenManager:
                     log.warning("portal %s: token refresh lock lost mid-refresh", portal_id)
                     return
 
-        task = asyncio.create_task(renew(), name=f"token lock renewal {portal_id}")
-        try:
+        async with tasks.running(renew(), name=f"token lock renewal {portal_id}"):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     async def _newer(self, stored: StoredTokens) -> StoredTokens | None:
         """The portal's tokens if another refresh (or a reinstall) stored newer ones than

@@ -27,6 +27,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CollectorRegistry
 
+from throttle import tasks
 from throttle.engine.policy import Policy
 from throttle.engine.policy_index import PolicyIndex
 from throttle.engine.queue import Queue
@@ -164,13 +165,8 @@ async def _background(
         with contextlib.suppress(Exception):
             await asyncio.wait_for(step(), 5.0)
     loop = run() if run is not None else _loop(name, interval, step, interval if at_start else 1.0)
-    task = asyncio.create_task(loop, name=name)
-    try:
+    async with tasks.running(loop, name=name):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def policy_index_ctx(app: web.Application) -> AsyncIterator[None]:
