@@ -22,6 +22,7 @@ from throttle.engine import keys
 from throttle.engine.manifests import Manifest, OnDelete, load_folder, manifest_files, policy_name
 from throttle.engine.policy import Policy
 from throttle.engine.queue import Queue
+from throttle.engine.layout import ensure_layout_when_reachable
 from throttle.engine.redis_client import redis_client
 from throttle.health_server import health_server
 from throttle.metrics import Metrics
@@ -147,6 +148,7 @@ async def run_local(
     async with contextlib.AsyncExitStack() as opened:
         redis = redis_client(settings)
         opened.push_async_callback(redis.aclose)
+        await ensure_layout_when_reachable(redis, stop)  # before the first write
         await opened.enter_async_context(
             health_server(
                 settings.host, settings.metrics_port, metrics.registry, lambda: (True, role)
