@@ -24,6 +24,7 @@ from typing import Any
 import kopf
 from redis.exceptions import RedisError
 
+from throttle.engine.layout import ensure_layout
 from throttle.engine.manifests import (
     GROUP,
     PLURAL,
@@ -34,7 +35,6 @@ from throttle.engine.manifests import (
 )
 from throttle.engine.policy import Policy
 from throttle.engine.queue import Queue
-from throttle.engine.layout import ensure_layout
 from throttle.engine.redis_client import redis_client
 from throttle.kube import connection_info
 from throttle.operator import k8s_events

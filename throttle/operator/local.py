@@ -19,10 +19,10 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from throttle.engine import keys
+from throttle.engine.layout import ensure_layout_when_reachable
 from throttle.engine.manifests import Manifest, OnDelete, load_folder, manifest_files, policy_name
 from throttle.engine.policy import Policy
 from throttle.engine.queue import Queue
-from throttle.engine.layout import ensure_layout_when_reachable
 from throttle.engine.redis_client import redis_client
 from throttle.health_server import health_server
 from throttle.metrics import Metrics
