@@ -32,6 +32,7 @@ ENGINE_SCRIPTS = (
     "reap",
     "apply_policy",
     "retire",
+    "purge",
     "stats",
     "hubspot_budget_take",
     "hubspot_budget_hold",
@@ -245,6 +246,23 @@ class Scripts:
     ) -> ScriptCall:
         keys = (params, queues, due, meta, done, stats, awaiting)
         return _call("retire", keys, (now_offset_ms, prefix, policy, mode))
+
+    @staticmethod
+    def purge(
+        params: str,
+        queues: str,
+        meta: str,
+        done: str,
+        stats: str,
+        due: str,
+        leases: str,
+        awaiting: str,
+        *,
+        prefix: str,
+        policy: str,
+    ) -> ScriptCall:
+        keys = (params, queues, meta, done, stats, due, leases, awaiting)
+        return _call("purge", keys, (prefix, policy))
 
     @staticmethod
     def stats(
