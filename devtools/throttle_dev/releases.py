@@ -57,9 +57,7 @@ def commit_of(rev: str, repo: Path = REPO) -> str:
     return done.stdout.strip()
 
 
-def materialize(
-    rev: str, *, dev: bool = False, repo: Path = REPO, cache: Path = CACHE
-) -> Release:
+def materialize(rev: str, *, dev: bool = False, repo: Path = REPO, cache: Path = CACHE) -> Release:
     """The release at `rev`, extracted and installed once per commit (`dev`: with its `[dev]`
     extras and development tools, as the benchmarks need; without, only what its `throttle`
     command needs)."""

@@ -85,9 +85,7 @@ async def test_a_migration_that_dies_midway_is_continued_by_the_next_pod(engine_
         raise ConnectionError("pod killed")
 
     with pytest.raises(ConnectionError):
-        await ensure_layout(
-            engine_redis, current=2, migrations=[LayoutMigration(2, "x", 1, crash)]
-        )
+        await ensure_layout(engine_redis, current=2, migrations=[LayoutMigration(2, "x", 1, crash)])
     assert (await read_layout(engine_redis)).version == 1  # not recorded as done
     assert await ensure_layout(engine_redis, current=2, migrations=[_rename(calls)]) == [2]
     assert await engine_redis.get(NEW_KEY) == b"held"
@@ -108,7 +106,7 @@ async def test_a_release_that_cannot_read_the_data_refuses_to_start(engine_redis
     assert await ensure_layout(engine_redis, current=3, migrations=steps) == [2, 3]
     # layout 2 code still reads layout 3 data (it learnt the new form in the first phase)
     assert await ensure_layout(engine_redis, current=2, migrations=steps[:1]) == []
-    with pytest.raises(LayoutTooNew, match="layout 3.*layout 2 or later.*knows layout 1"):
+    with pytest.raises(LayoutTooNew, match=r"layout 3.*layout 2 or later.*knows layout 1"):
         await ensure_layout(engine_redis, current=1, migrations=[])
 
 
@@ -117,9 +115,7 @@ async def test_a_missing_step_is_an_error_not_a_skip(engine_redis: Any) -> None:
         return None
 
     with pytest.raises(RuntimeError, match="layout migration 2 is missing"):
-        await ensure_layout(
-            engine_redis, current=3, migrations=[LayoutMigration(3, "x", 2, noop)]
-        )
+        await ensure_layout(engine_redis, current=3, migrations=[LayoutMigration(3, "x", 2, noop)])
 
 
 async def test_waits_for_redis_then_stamps(redis_server: Any) -> None:

@@ -84,7 +84,8 @@ async def test_purge_on_request_deletes_the_portal_and_nothing_else(
     assert await history_rows(pool, GONE) == 0
     assert await store.load(GONE) is None
     installation = await store.installation(GONE)
-    assert installation is not None and installation.hub_domain is None
+    assert installation is not None
+    assert installation.hub_domain is None
 
     # the other portal is untouched
     assert await history_rows(pool, KEPT) == 5

@@ -173,61 +173,10 @@ def purge(portal_id: int, yes: bool) -> None:
     An installed portal is uninstalled first (its executions are answered FAIL_CONTINUE from
     then on). Without --yes nothing is deleted: it prints what would be."""
     settings = settings_for("database_url", "redis_url", "encryption_key")
-    asyncio.run(_purge(settings, portal_id, yes))
+    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
+    from throttle.cli.portal_purge import purge_or_describe
 
-
-async def _purge(settings: Any, portal_id: int, yes: bool) -> None:
-    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
-    from throttle.engine.queue import Queue
-    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
-    from throttle.engine.redis_client import redis_client
-    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
-    from throttle.engine.registry import portal_state
-    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
-    from throttle.history.pool import create_pool
-    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
-    from throttle.history.portal_purge import history_rows, purge_portal
-    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
-    from throttle.hubspot.crypto import TokenCipher
-    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
-    from throttle.hubspot.tokens import TokenStore, delete_portal_tokens
-    # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
-    from throttle.webhook_service.app import PORTALS_REFRESH_S
-
-    pool = await create_pool(settings.database_url, max_size=2)
-    redis = redis_client(settings)
-    try:
-        queue = Queue(redis)
-        store = TokenStore(pool, TokenCipher(settings.encryption_keys))
-        installation = await store.installation(portal_id)
-        if not yes:
-            state = await portal_state(queue, portal_id)
-            status = installation.status if installation else "never installed"
-            click.echo(
-                f"portal {portal_id} ({status}): would delete its tokens, "
-                f"{len(state.policies)} policies with {state.executions} executions queued or "
-                f"in flight (never sent to HubSpot), and "
-                f"{await history_rows(pool, portal_id)} history rows"
-                f"{'; it would be uninstalled first' if status == 'installed' else ''}. "
-                "Nothing deleted: run again with --yes."
-            )
-            return
-        if installation is not None and installation.status == "installed":
-            await store.mark_uninstalled(portal_id, "data purged on request")
-            click.echo(
-                f"portal {portal_id} uninstalled; waiting {PORTALS_REFRESH_S + 1:.0f}s for "
-                "every webhook pod to stop taking its executions"
-            )
-            await asyncio.sleep(PORTALS_REFRESH_S + 1)
-        record = await purge_portal(pool, queue, portal_id, "request", delete_portal_tokens)
-        click.echo(
-            f"portal {portal_id} purged: {record.tokens} token rows, {record.policies} policies "
-            f"with {record.executions_dropped} executions, {record.history_rows} history rows "
-            "deleted; recorded in portal_purges"
-        )
-    finally:
-        await redis.aclose()
-        await pool.close()
+    asyncio.run(purge_or_describe(settings, portal_id, yes))
 
 
 COMMANDS = (hubspot, rotate_keys, doctor, portal)
