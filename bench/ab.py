@@ -4,8 +4,9 @@ machine's load hits both alike. Prints each run's figure and the medians with th
 
     .venv/bin/python bench/ab.py --old REV [--runs 5] [--only ingest|engine]
 
-The old commit is checked out (`git worktree`) with a virtualenv of its own under
-~/.cache/throttle/ab/<commit>/ (made once, reused); each side runs its own bench/ingest.py and
+The old commit is extracted from the repository's history with a virtualenv of its own under
+~/.cache/throttle/releases/<commit>/ (made once, reused: `throttle_dev.releases`, which the
+upgrade test uses too); each side runs its own bench/ingest.py and
 bench/engine.py with its own interpreter. Figures compared:
 - ingest: the webhook's peak requests/s (closed loop, `--connections 32`, one round of 5 s) and
   its server CPU per request;
@@ -22,36 +23,17 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from throttle_dev.releases import materialize
+
 REPO = Path(__file__).resolve().parents[1]
-CACHE = Path.home() / ".cache" / "throttle" / "ab"
 
 Figures = dict[str, float]
 
 
 def checkout(rev: str) -> tuple[Path, Path]:
-    """(source folder, python) of `rev`, made once per commit."""
-    commit = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", rev], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    home = CACHE / commit[:12]
-    src, venv = home / "src", home / "venv"
-    if not (src / "pyproject.toml").exists():
-        print(f"==> checking out {commit[:12]} into {src}", flush=True)
-        home.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            ["git", "-C", str(REPO), "worktree", "add", "--force", "--detach", str(src), commit],
-            check=True,
-        )
-    python = venv / "bin" / "python"
-    if not (venv / ".installed").exists():
-        print(f"==> virtualenv for {commit[:12]} (once)", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        packages = ["-e", f"{src}[dev]"]
-        if (src / "devtools" / "pyproject.toml").exists():
-            packages += ["-e", str(src / "devtools")]
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], check=True)
-        (venv / ".installed").touch()
-    return src, python
+    """(source folder, python) of `rev`, made once per commit (throttle_dev.releases)."""
+    release = materialize(rev, dev=True)
+    return release.src, release.python
 
 
 def ingest(src: Path, python: Path) -> Figures:

@@ -40,7 +40,7 @@ def write_manifests(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for index, (name, limit, period, burst) in enumerate(POLICIES):
         manifest = {
-            "apiVersion": "throttle.dev/v1alpha1",
+            "apiVersion": "throttle.dev/v1beta1",
             "kind": "ThrottlePolicy",
             "metadata": {"name": name},
             "spec": {

@@ -66,7 +66,7 @@ class Row:
 
 def manifest(name: str, portal: int, paused: bool) -> dict[str, Any]:
     return {
-        "apiVersion": "throttle.dev/v1alpha1",
+        "apiVersion": "throttle.dev/v1beta1",
         "kind": "ThrottlePolicy",
         "metadata": {"name": name},
         "spec": {

@@ -270,7 +270,8 @@ class Settings(BaseSettings):
         7.0,
         ge=0,
         description="An uninstalled portal's OAuth tokens are kept, disabled, this many days (a "
-        "mistaken uninstall can be undone: `throttle portal restore`), then deleted.",
+        "mistaken uninstall can be undone: `throttle portal restore`), then its data is purged: "
+        "tokens, queued executions, history (`throttle portal purge` does it at once).",
     )
     history_buffer_events: int = Field(
         100_000,

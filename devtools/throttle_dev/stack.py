@@ -37,6 +37,7 @@ from throttle_dev.localenv import (
     make_traversable,
     tail,
 )
+from throttle_dev.releases import Release
 
 if TYPE_CHECKING:
     from throttle.settings import Settings
@@ -45,9 +46,17 @@ TERM_TIMEOUT_S = 10.0
 READY_TIMEOUT_S = 120.0  # generous: CI machines are shared and slow to start Python processes
 
 
-def throttle_argv(*args: str) -> list[str]:
-    """The `throttle` command as this interpreter runs it (works without the console script)."""
+def throttle_argv(*args: str, release: Release | None = None) -> list[str]:
+    """The `throttle` command as this interpreter runs it (works without the console script),
+    or as an earlier release's own interpreter does."""
+    if release is not None:
+        return release.throttle_argv(*args)
     return [sys.executable, "-m", "throttle.cli.main", *args]
+
+
+def release_env(release: Release | None) -> dict[str, str]:
+    """Environment overrides of a component of `release` (None: this code, none needed)."""
+    return {"pythonpath": release.pythonpath} if release is not None else {}
 
 
 def http_ok(url: str, timeout: float = 1.0) -> bool:
@@ -171,6 +180,10 @@ class StackConfig:
     settings: dict[str, str] = field(default_factory=dict)
     log_level: str = "INFO"
     keep_data: bool = False
+    release: Release | None = None
+    """The release the components started with the stack run (`throttle migrate` too), e.g. the
+    previous one for an upgrade run (throttle_dev.releases); None = this code. Components added
+    later choose their own."""
     webhooks: int = 1
     """Webhook processes ("webhook", then "webhook-2", ...), each on its own port and public
     URL: more than one shows what a pod that did not take a change sees."""
@@ -304,55 +317,58 @@ class Stack:
             )
         self.add(
             "webhook",
-            throttle_argv("webhook", "--port", str(self.webhook_port)),
+            throttle_argv("webhook", "--port", str(self.webhook_port), release=cfg.release),
             ready_path="/readyz",
             port=self.webhook_port,
-            env={"host": "127.0.0.1", "port": str(self.webhook_port)},
+            env={"host": "127.0.0.1", "port": str(self.webhook_port), **release_env(cfg.release)},
         )
         for i in range(2, cfg.webhooks + 1):
-            self.add_webhook(f"webhook-{i}")
+            self.add_webhook(f"webhook-{i}", cfg.release)
         for i in range(1, cfg.dispatchers + 1):
-            self.add_dispatcher(f"dispatcher-{i}")
+            self.add_dispatcher(f"dispatcher-{i}", cfg.release)
         if cfg.reconciler and cfg.manifests is not None:
             metrics = free_port()
             self.add(
                 "reconciler",
-                throttle_argv("operator", "--local", str(cfg.manifests.resolve())),
+                throttle_argv(
+                    "operator", "--local", str(cfg.manifests.resolve()), release=cfg.release
+                ),
                 port=metrics,
-                env={"metrics_port": str(metrics)},
+                env={"metrics_port": str(metrics), **release_env(cfg.release)},
             )
 
-    def add_webhook(self, name: str) -> Component:
+    def add_webhook(self, name: str, release: Release | None = None) -> Component:
         """Another webhook process beside the first (same Redis and PostgreSQL); HubSpot signs
         for the URL it calls, so its public URL is its own."""
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         return self.add(
             name,
-            throttle_argv("webhook", "--port", str(port)),
+            throttle_argv("webhook", "--port", str(port), release=release),
             ready_path="/readyz",
             port=port,
-            env={"host": "127.0.0.1", "port": str(port), "public_url": url},
+            env={"host": "127.0.0.1", "port": str(port), "public_url": url, **release_env(release)},
         )
 
-    def add_dispatcher(self, name: str) -> Component:
+    def add_dispatcher(self, name: str, release: Release | None = None) -> Component:
         metrics = free_port()
         return self.add(
             name,
-            throttle_argv("dispatcher"),
+            throttle_argv("dispatcher", release=release),
             ready_path="/healthz",
             port=metrics,
-            env={"metrics_port": str(metrics), "host": "127.0.0.1"},
+            env={"metrics_port": str(metrics), "host": "127.0.0.1", **release_env(release)},
         )
 
-    def migrate(self) -> None:
-        """`throttle migrate` to completion, as the chart's pre-install hook Job runs it."""
+    def migrate(self, release: Release | None = None) -> None:
+        """`throttle migrate` to completion, as the chart's pre-install (or pre-upgrade) hook
+        Job runs it: of `release` (default: this code)."""
         log = self.root / "logs" / "migrate.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
             result = subprocess.run(
-                throttle_argv("migrate"),
-                env=self.environment(),
+                throttle_argv("migrate", release=release),
+                env=self.environment(**release_env(release)),
                 cwd=self.root,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -377,7 +393,7 @@ class Stack:
             self.settings = self.build_settings()
             self._plan()
             step("migrations")
-            self.migrate()
+            self.migrate(self.config.release)
             for name in list(self.components):
                 step(name)
                 self.start_component(name)

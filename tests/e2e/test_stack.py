@@ -38,7 +38,7 @@ def test_stack_starts_kills_restarts_and_cleans_up(workdir: Path) -> None:
     (manifests / "p.yaml").write_text(
         yaml.safe_dump(
             {
-                "apiVersion": "throttle.dev/v1alpha1",
+                "apiVersion": "throttle.dev/v1beta1",
                 "kind": "ThrottlePolicy",
                 "metadata": {"name": "p"},
                 "spec": {"portalId": 7, "rate": {"limit": 5, "period": "1s"}},

@@ -36,7 +36,7 @@ async def test_lua_builds_the_same_keys_as_keys_py(queue: Queue, engine_redis: A
     taken = await queue.take()
     assert [r.callback_id for r in taken.released] == ["cb-1"]
     shard = keys.shard_of(p.key)
-    member = f"{keys.queue_ref(p.key, 'wf42')}|cb-1|1"
+    member = f"{keys.queue_ref(p.key, 'wf42')}|cb-1"  # the lease format release 0.1.0 reads too
     assert await engine_redis.zscore(keys.leases(shard), member) is not None
     assert await engine_redis.hget(keys.stats(p.key), "released") == b"1"
     assert await engine_redis.hexists(keys.queue_state(p.key, "wf42"), "a")

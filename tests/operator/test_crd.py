@@ -29,13 +29,45 @@ def test_crd_file_is_what_the_api_server_serves(kube: KubeEnv) -> None:
     assert crd["spec"]["names"]["shortNames"] == ["tp"]
     assert crd["spec"]["names"]["categories"] == ["throttle"]
     assert crd["spec"]["scope"] == "Namespaced"
-    version = crd["spec"]["versions"][0]
-    assert version["name"] == "v1alpha1"
+    versions = {v["name"]: v for v in crd["spec"]["versions"]}
+    assert list(versions) == ["v1beta1", "v1alpha1"]
+    assert [n for n, v in versions.items() if v["storage"]] == ["v1beta1"]
+    assert all(v["served"] for v in versions.values())
+    assert versions["v1alpha1"]["deprecated"] is True
+    assert not versions["v1beta1"].get("deprecated")
+    # The same schema and columns in both, so no conversion webhook is needed.
+    assert crd["spec"]["conversion"]["strategy"] == "None"
+    assert versions["v1alpha1"]["schema"] == versions["v1beta1"]["schema"]
+    version = versions["v1beta1"]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
     assert columns == ["Portal", "Action", "Rate", "Queued", "In Flight", "Ready", "Age"]
+    assert versions["v1alpha1"]["additionalPrinterColumns"] == version["additionalPrinterColumns"]
     # The shipped file is a single document (the chart copies it verbatim).
     assert len(list(yaml.safe_load_all(CRD_FILE.read_text()))) == 1
+
+
+def test_a_v1alpha1_manifest_still_applies_and_reads_as_v1beta1(
+    kube: KubeEnv, namespace: str
+) -> None:
+    """Manifests written for the first release keep working: kubectl warns, the API server
+    stores the object in the storage version, and both versions read the same spec."""
+    manifest = policy_manifest("older", rate={"limit": 5})
+    manifest["apiVersion"] = "throttle.dev/v1alpha1"
+    proc = kube.kubectl(
+        "apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest), check=True
+    )
+    assert "throttle.dev/v1alpha1 ThrottlePolicy is deprecated" in proc.stderr
+    as_beta = kube.kubectl_json(
+        "get", "throttlepolicies.v1beta1.throttle.dev", "older", "-n", namespace
+    )
+    as_alpha = kube.kubectl_json(
+        "get", "throttlepolicies.v1alpha1.throttle.dev", "older", "-n", namespace
+    )
+    assert as_beta["apiVersion"] == "throttle.dev/v1beta1"
+    assert as_alpha["apiVersion"] == "throttle.dev/v1alpha1"
+    assert as_beta["spec"] == as_alpha["spec"]
+    assert as_beta["spec"]["rate"] == {"limit": 5, "period": "1m", "burst": 0}
 
 
 def test_valid_manifest_gets_defaults(kube: KubeEnv, namespace: str) -> None:

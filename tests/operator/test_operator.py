@@ -155,6 +155,22 @@ async def test_apply_edit_status_and_columns(
     assert op.reconciles("written") == 3
 
 
+async def test_a_v1alpha1_resource_is_reconciled(
+    kube: KubeEnv, namespace: str, redis: Any, start_operator: Callable[..., OperatorThread]
+) -> None:
+    """The operator watches the storage version (v1beta1); a resource applied as the
+    deprecated v1alpha1 is the same object, reconciled and given a status."""
+    start_operator()
+    manifest = policy_manifest("legacy", rate={"limit": 7, "period": "1m"})
+    manifest["apiVersion"] = "throttle.dev/v1alpha1"
+    kube.apply(manifest, namespace=namespace)
+    await eventually(lambda: redis.exists(keys.params("1234:legacy")), timeout=5)
+    assert await redis.hget(keys.params("1234:legacy"), "lim") == b"7"
+    assert await eventually(
+        lambda: condition(get_tp(kube, namespace, "legacy"), "Ready").get("status") == "True"
+    )
+
+
 async def _is(awaitable: Any, expected: Any) -> bool:
     return bool(await awaitable == expected)
 

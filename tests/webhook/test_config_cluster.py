@@ -99,7 +99,7 @@ async def test_resources_made_with_kubectl_are_found(
 ) -> None:
     kube.apply(
         {
-            "apiVersion": "throttle.dev/v1alpha1",
+            "apiVersion": "throttle.dev/v1beta1",
             "kind": "ThrottlePolicy",
             "metadata": {"name": "enrichment"},
             "spec": {"portalId": PORTAL, "rate": {"limit": 5, "period": "1m"}},

@@ -25,7 +25,7 @@ async def test_healthz_and_readyz(webhook: Webhook) -> None:
     assert ready.status == 200
     assert await ready.json() == {
         "status": "ready",
-        "checks": {"redis": "ok", "scripts": "ok", "policies": "ok"},
+        "checks": {"redis": "ok", "scripts": "ok", "layout": "ok", "policies": "ok"},
         "faults": {},
     }
 
@@ -49,6 +49,22 @@ async def test_readyz_names_a_config_fault_some_pod_met_and_stays_ready(webhook:
     assert webhook.secret not in detail
     await ConfigFaultMonitor(webhook.app[REDIS]).clear()  # any pod's success clears it
     assert (await (await webhook.client.get("/readyz")).json())["faults"] == {}
+
+
+async def test_the_webhook_migrates_the_layout_before_it_is_ready(webhook: Webhook) -> None:
+    """Started, it stamped Redis' layout; when Redis loses it (data of a release before the
+    key, or Redis down at start) readiness fails until the layout is current again."""
+    from throttle.engine import keys
+    from throttle.engine.layout import CURRENT_LAYOUT, read_layout
+
+    redis = webhook.app[REDIS]
+    assert (await read_layout(redis)).version == CURRENT_LAYOUT
+    await redis.delete(keys.LAYOUT)
+    first = await webhook.client.get("/readyz")
+    assert first.status == 503
+    assert (await first.json())["checks"]["layout"] == "migrating"
+    assert (await read_layout(redis)).stamped
+    assert (await webhook.client.get("/readyz")).status == 200
 
 
 async def test_readyz_reloads_scripts_after_a_flush(webhook: Webhook) -> None:

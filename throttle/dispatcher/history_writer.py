@@ -9,7 +9,8 @@ wait for history. A writer that dies leaves its unacknowledged events pending; a
 claims them after `claim_idle_seconds`.
 
 Once an hour one writer (an advisory lock) prunes: history past HISTORY_RETENTION_DAYS, and the
-disabled tokens of portals uninstalled more than UNINSTALL_GRACE_DAYS ago.
+disabled tokens of portals uninstalled more than UNINSTALL_GRACE_DAYS ago, and purges those
+portals' data (history/portal_purge.py: queued state in Redis, history, recorded once).
 """
 
 from __future__ import annotations
@@ -24,18 +25,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+from redis.exceptions import RedisError
 
 from throttle.engine import keys
+from throttle.engine.queue import Queue
 from throttle.history.folding import fold_events
+from throttle.history.portal_purge import portals_due_for_purge, purge_portal
 from throttle.history.pruning import prune
 from throttle.history.upsert import write_rows
-from throttle.hubspot.tokens import purge_disabled_tokens
+from throttle.hubspot.tokens import delete_portal_tokens, purge_disabled_tokens
 from throttle.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 PRUNE_LOCK = 0x74687270  # one pod prunes at a time
 _DB_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+def _name(exc: BaseException) -> str:
+    return type(exc).__name__
 
 
 def _text(value: Any) -> str:
@@ -232,6 +240,10 @@ class HistoryWriter:
                 try:
                     deleted = await prune(pool, self.retention_days)
                     purged = await purge_disabled_tokens(pool, self.uninstall_grace_days)
+                    try:
+                        await self.purge_uninstalled(pool)
+                    except (*_DB_ERRORS, RedisError) as exc:  # the next round tries again
+                        log.warning("purge of uninstalled portals failed (%s)", _name(exc))
                 finally:
                     await conn.execute("SELECT pg_advisory_unlock($1)", PRUNE_LOCK)
         except _DB_ERRORS:
@@ -247,6 +259,16 @@ class HistoryWriter:
                 self.uninstall_grace_days,
             )
         return deleted
+
+    async def purge_uninstalled(self, pool: asyncpg.Pool) -> int:
+        """Purge the data of portals uninstalled longer than the grace period (each once:
+        the purge is recorded); returns how many."""
+        due = await portals_due_for_purge(pool, self.uninstall_grace_days)
+        for portal_id in due:
+            await purge_portal(
+                pool, Queue(self.redis), portal_id, "uninstalled", delete_portal_tokens
+            )
+        return len(due)
 
     async def close(self) -> None:
         if self._pool is not None:

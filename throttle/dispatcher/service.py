@@ -21,6 +21,7 @@ from throttle.dispatcher.drain import Dispatcher, wait_any
 from throttle.dispatcher.history_writer import HistoryWriter
 from throttle.dispatcher.hubspot_completer import TokenSource, build_completer
 from throttle.dispatcher.reaper import LeaseReaper
+from throttle.engine.layout import ensure_layout_when_reachable
 from throttle.engine.policy_index import registry_load
 from throttle.engine.queue import Queue
 from throttle.engine.redis_client import redis_client, require_strict_durability
@@ -55,6 +56,8 @@ async def run_dispatcher(
     async with contextlib.AsyncExitStack() as opened:
         redis = redis_client(settings)
         opened.push_async_callback(redis.aclose)
+        # Before the first take: the data must be in the layout this code reads.
+        await ensure_layout_when_reachable(redis, stop)
         if settings.redis_durability == "strict":  # acks and releases as durable as BLOCKs
             await require_strict_durability(redis)
         queue = Queue(

@@ -7,7 +7,7 @@ stream works unchanged on Redis Cluster (one slot). The due schedule is therefor
 single key is hot, and a dispatcher drains one shard per script call.
 
     throttle:{tN}:due                       zset  queue ref -> due time (ms)
-    throttle:{tN}:leases                    zset  "ref|callbackId|attempt" -> lease deadline (ms)
+    throttle:{tN}:leases                    zset  "ref|callbackId" -> lease deadline (ms)
                                                   (the attempt, meta's, is the holder's fencing
                                                   token: take raises it on every release)
     throttle:{tN}:events                    stream history events (received, released, ...)
@@ -30,6 +30,9 @@ that they agree with these builders).
 
 The policy registry (what PolicyIndex loads) is global and small: `throttle:{reg}:policies`
 (hash `portal:name` -> JSON) and `throttle:{reg}:rev` (bumped on every change).
+
+The layout's version lives in `throttle:{reg}:layout` (`LAYOUT`): a change to any key or value
+format here is a new layout with a migration (throttle/engine/layout.py, docs/upgrading.md).
 
 `SHARDS` is part of the data layout: changing it moves policies to other shards, so it is a
 constant, not a setting.
@@ -130,6 +133,11 @@ REAPER_LOCK = f"{PREFIX}:{{reg}}:reaper"
 HISTORY_GROUP = "history"
 INSTALLED_PORTALS = f"{PREFIX}:{{reg}}:installed"
 """JSON {installed: [...], stopped: {portal: reason}}: the webhook's mirror of hubspot_portals."""
+LAYOUT = f"{PREFIX}:{{reg}}:layout"
+"""hash {version, readable_by, migrated_at, migrated_by, summary}: the data layout every key here
+follows (throttle/engine/layout.py); absent = layout 1, release 0.1.0's."""
+LAYOUT_LOCK = f"{PREFIX}:{{reg}}:layout-lock"
+"""Held by the one pod migrating the layout."""
 HUBSPOT_CONFIG_FAULT = f"{PREFIX}:{{reg}}:hubspot-config-fault"
 """JSON of the latest configuration fault HubSpot's token endpoint answered, no secret in it
 (throttle/hubspot/config_fault.py); it expires unless met again, and the next success deletes it."""

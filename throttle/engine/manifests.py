@@ -22,8 +22,12 @@ from throttle.engine.durations import parse_duration
 from throttle.engine.policy import Policy, policy_errors
 
 GROUP = "throttle.dev"
-VERSION = "v1alpha1"
+VERSION = "v1beta1"
+"""The CRD's storage version: the one the operator watches and the config API writes."""
 API_VERSION = f"{GROUP}/{VERSION}"
+SERVED_API_VERSIONS = (API_VERSION, f"{GROUP}/v1alpha1")
+"""Every version the CRD serves (deploy/crds/throttlepolicies.yaml), with the same schema:
+v1alpha1 is deprecated but a manifest of it still means the same policy (locally too)."""
 KIND = "ThrottlePolicy"
 PLURAL = "throttlepolicies"
 NAME_ANNOTATION = "throttle.dev/policy-name"
@@ -143,13 +147,14 @@ def parse_manifest(doc: Any, source: str) -> Manifest | None:
     """A Manifest for a ThrottlePolicy document; None for other kinds (ignored, like kubectl -l)."""
     if not isinstance(doc, Mapping) or doc.get("kind") != KIND:
         return None
-    if doc.get("apiVersion") != API_VERSION:
+    if doc.get("apiVersion") not in SERVED_API_VERSIONS:
+        served = " or ".join(SERVED_API_VERSIONS)
         return Manifest(
             source,
             doc,
             None,
             DEFAULT_ON_DELETE,
-            [("apiVersion", f"must be {API_VERSION}, not {doc.get('apiVersion')!r}")],
+            [("apiVersion", f"must be {served}, not {doc.get('apiVersion')!r}")],
         )
     raw_spec = doc.get("spec")
     spec: Mapping[str, Any] = raw_spec if isinstance(raw_spec, Mapping) else {}

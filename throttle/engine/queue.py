@@ -353,6 +353,7 @@ class Queue:
             lambda shard, group: Scripts.renew(
                 keys.leases(shard),
                 now_offset_ms=self.time_offset_ms,
+                prefix=keys.shard_prefix(shard),
                 lease_ms=max(1, round(seconds * 1000)),
                 items=[r.lease for r in group],
             ),

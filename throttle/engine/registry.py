@@ -10,6 +10,9 @@ policy (Redis lost them; the global default's first execution for a portal, whic
 copy of the default: its own queue and rate state) is queued and held, and its policy marked as
 awaiting parameters; `reconcile_awaited`, run by each writer beside its check that Redis still
 holds its policies, writes them and the queue is released at the policy's rate.
+
+A portal's purge (`purge_portal_state`) is not a retire: nothing is released, everything the
+portal's policies hold in Redis is dropped at once (lua/purge.lua).
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from throttle.engine import keys
 from throttle.engine.policy import DEFAULT_POLICY_NAME, GLOBAL_PORTAL, Policy
 from throttle.engine.policy_index import registry_delete, registry_get, registry_put
 from throttle.engine.queue import Queue, RetireMode
+from throttle.engine.scripts import Scripts
 
 log = logging.getLogger(__name__)
 
@@ -97,3 +101,100 @@ async def retire(queue: Queue, policy: Policy, mode: RetireMode = "Drain") -> Re
     await registry_delete(queue.redis, policy.key)
     remaining = await queue.remove_policy(policy, mode)
     return RetireResult(remaining=remaining)
+
+
+@dataclass(frozen=True)
+class PortalState:
+    """What Redis holds of one portal (what its purge drops)."""
+
+    policies: tuple[str, ...]
+    """Its policies' keys (`portal:name`): registry entries and queues without one (the copy
+    of the global default, a deleted policy still draining)."""
+    executions: int
+    """Queued or in flight."""
+    events: int = 0
+    """History events still buffered in the streams (counted when purged)."""
+
+
+async def portal_state(queue: Queue, portal_id: int) -> PortalState:
+    """The portal's policies and executions in Redis, changing nothing."""
+    pkeys = await _portal_policies(queue.redis, portal_id)
+    held = [int(await queue.redis.hlen(keys.meta(pkey))) for pkey in pkeys]
+    return PortalState(tuple(pkeys), sum(held))
+
+
+async def purge_portal_state(queue: Queue, portal_id: int) -> PortalState:
+    """Delete everything Redis holds of the portal: registry entries, parameters, queues,
+    executions queued or in flight (never released: their leases go too), dedupe, counters, its
+    buffered history events and its HubSpot budget keys. Idempotent."""
+    pkeys = await _portal_policies(queue.redis, portal_id)
+    dropped = 0
+    for pkey in pkeys:
+        await registry_delete(queue.redis, pkey)
+        shard = keys.shard_of(pkey)
+        result = await queue.scripts.run(
+            Scripts.purge(
+                keys.params(pkey),
+                keys.queues(pkey),
+                keys.meta(pkey),
+                keys.done(pkey),
+                keys.stats(pkey),
+                keys.due(shard),
+                keys.leases(shard),
+                keys.awaiting_params(shard),
+                prefix=keys.shard_prefix(shard),
+                policy=pkey,
+            )
+        )
+        dropped += int(result[0])
+    events = 0
+    for shard in sorted({keys.shard_of(pkey) for pkey in pkeys}):
+        events += await _drop_events(queue.redis, shard, f"{portal_id}:")
+    for key in (
+        keys.hubspot_budget(portal_id),
+        keys.hubspot_hold(portal_id),
+        keys.hubspot_in_flight(portal_id),
+        keys.hubspot_token_lock(portal_id),
+    ):
+        await queue.redis.delete(key)
+    return PortalState(tuple(pkeys), dropped, events)
+
+
+async def _portal_policies(redis: Any, portal_id: int) -> list[str]:
+    """Registry entries of the portal, plus policies with keys but no entry (found by SCAN,
+    on every node of a Cluster: a purge is rare, a full scan acceptable)."""
+    found = {
+        _text(name)
+        for name in await redis.hkeys(keys.REGISTRY)
+        if keys.split_policy_key(_text(name))[0] == portal_id
+    }
+    async for raw in redis.scan_iter(match=f"{keys.PREFIX}:*:p:{portal_id}:*", count=1000):
+        parts = _text(raw).split(":", 3)  # throttle, {tN}, p, portal:name:suffix
+        if len(parts) == 4 and parts[2] == "p":
+            pkey = parts[3].rsplit(":", 1)[0]
+            if keys.split_policy_key(pkey)[0] == portal_id:
+                found.add(pkey)
+    return sorted(found)
+
+
+async def _drop_events(redis: Any, shard: int, policy_prefix: str, chunk: int = 1000) -> int:
+    """Delete the portal's events from a shard's history stream (those PostgreSQL has not
+    taken yet), so they cannot write its history back after the purge."""
+    stream = keys.events(shard)
+    dropped, start = 0, "-"
+    while True:
+        entries = await redis.xrange(stream, min=start, max="+", count=chunk)
+        ids = [
+            entry_id
+            for entry_id, fields in entries
+            if _text(fields.get(b"pol", fields.get("pol", ""))).startswith(policy_prefix)
+        ]
+        if ids:
+            dropped += int(await redis.xdel(stream, *ids))
+        if len(entries) < chunk:
+            return dropped
+        start = "(" + _text(entries[-1][0])
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -32,6 +32,7 @@ ENGINE_SCRIPTS = (
     "reap",
     "apply_policy",
     "retire",
+    "purge",
     "stats",
     "hubspot_budget_take",
     "hubspot_budget_hold",
@@ -167,11 +168,12 @@ class Scripts:
         leases: str,
         *,
         now_offset_ms: int,
+        prefix: str,
         lease_ms: int,
         items: Sequence[Lease],
     ) -> ScriptCall:
         flat = [v for lease in items for v in lease]
-        return _call("renew", (leases,), (now_offset_ms, lease_ms, *flat))
+        return _call("renew", (leases,), (now_offset_ms, prefix, lease_ms, *flat))
 
     @staticmethod
     def requeue(
@@ -251,6 +253,23 @@ class Scripts:
     ) -> ScriptCall:
         keys = (params, queues, due, meta, done, stats, awaiting)
         return _call("retire", keys, (now_offset_ms, prefix, policy, mode))
+
+    @staticmethod
+    def purge(
+        params: str,
+        queues: str,
+        meta: str,
+        done: str,
+        stats: str,
+        due: str,
+        leases: str,
+        awaiting: str,
+        *,
+        prefix: str,
+        policy: str,
+    ) -> ScriptCall:
+        keys = (params, queues, meta, done, stats, due, leases, awaiting)
+        return _call("purge", keys, (prefix, policy))
 
     @staticmethod
     def stats(

@@ -348,6 +348,18 @@ async def purge_disabled_tokens(pool: Any, grace_days: float) -> int:
     return int(result.split()[-1])
 
 
+async def delete_portal_tokens(conn: Any, portal_id: int) -> int:
+    """A portal's purge (history.portal_purge): its tokens deleted, enabled or not, and what
+    its installation row says of it beyond the status (domain, scopes); returns token rows."""
+    result = await conn.execute("DELETE FROM oauth_tokens WHERE portal_id = $1", portal_id)
+    await conn.execute(
+        "UPDATE hubspot_portals SET hub_domain = NULL, scopes = '{}', updated_at = now() "
+        "WHERE portal_id = $1",
+        portal_id,
+    )
+    return int(result.split()[-1])
+
+
 _INSTALLATIONS = """
     SELECT p.*, t.disabled_at AS tokens_disabled_at
     FROM hubspot_portals p LEFT JOIN oauth_tokens t USING (portal_id)

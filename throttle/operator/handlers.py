@@ -24,6 +24,7 @@ from typing import Any
 import kopf
 from redis.exceptions import RedisError
 
+from throttle.engine.layout import ensure_layout
 from throttle.engine.manifests import (
     GROUP,
     PLURAL,
@@ -76,6 +77,7 @@ async def startup(memo: Any, **_: Any) -> None:
     """Open Redis and the engine's queue; start the Redis watch."""
     state = OperatorState.of(memo)
     state.redis = redis_client(state.settings)
+    await ensure_layout(state.redis)  # before the first write (kopf retries a failed start)
     state.owned = OwnedPolicies(Queue(state.redis))
     state.watcher = asyncio.create_task(watch_redis(state), name="throttle redis watch")
     state.metrics.operator_leader.set(1)

@@ -19,6 +19,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from throttle.engine import keys
+from throttle.engine.layout import ensure_layout_when_reachable
 from throttle.engine.manifests import Manifest, OnDelete, load_folder, manifest_files, policy_name
 from throttle.engine.policy import Policy
 from throttle.engine.queue import Queue
@@ -147,6 +148,7 @@ async def run_local(
     async with contextlib.AsyncExitStack() as opened:
         redis = redis_client(settings)
         opened.push_async_callback(redis.aclose)
+        await ensure_layout_when_reachable(redis, stop)  # before the first write
         await opened.enter_async_context(
             health_server(
                 settings.host, settings.metrics_port, metrics.registry, lambda: (True, role)

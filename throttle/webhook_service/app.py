@@ -26,8 +26,10 @@ import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CollectorRegistry
+from redis.exceptions import RedisError
 
 from throttle import tasks
+from throttle.engine.layout import ensure_layout
 from throttle.engine.policy import Policy
 from throttle.engine.policy_index import PolicyIndex
 from throttle.engine.queue import Queue
@@ -136,7 +138,8 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[QUEUE] = Queue(client)
     try:
         await app[QUEUE].scripts.load()
-    except Exception as exc:
+        await ensure_layout(redis)  # before serving
+    except (RedisError, OSError) as exc:  # LayoutTooNew is neither: it stops the start
         log.warning("Redis not reachable at start (%s); /readyz will say so", type(exc).__name__)
     yield
     await client.aclose()  # the auto-pipeline closes its own connection and the wrapped client

@@ -2,7 +2,8 @@
 
 `/healthz` says only that the process answers (a restart would not fix Redis being down).
 `/readyz` says whether this pod can take HubSpot's traffic: Redis answers, the engine's scripts
-are loaded and the policy table has been read once — otherwise the ingress should send the request
+are loaded, the data is in this code's layout (throttle/engine/layout.py) and the policy table
+has been read once — otherwise the ingress should send the request
 to another pod. It also names `faults` outside the pod that stop completions — HubSpot refusing the
 app's own configuration (the client secret, a proxy; shared by whichever process met it) — without
 failing readiness: this pod still queues HubSpot's executions correctly, and they are completed
@@ -20,6 +21,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from throttle.engine.layout import CURRENT_LAYOUT, ensure_layout, read_layout
 from throttle.engine.scripts import ENGINE_SCRIPTS, lua_source
 from throttle.hubspot.config_fault import read_shared
 from throttle.webhook_service.appkeys import METRICS, POLICY_INDEX, QUEUE, REDIS
@@ -73,9 +75,22 @@ async def _check_scripts(request: web.Request) -> str:
     return "ok"
 
 
+async def _check_layout(request: web.Request) -> str:
+    """The data in the layout this code reads; migrated now if Redis was down at start."""
+    try:
+        state = await asyncio.wait_for(read_layout(request.app[REDIS]), READY_TIMEOUT_S)
+        if state.stamped and state.version >= CURRENT_LAYOUT:
+            return "ok"
+        await asyncio.wait_for(ensure_layout(request.app[REDIS]), READY_TIMEOUT_S)
+    except Exception as exc:
+        return f"not current ({type(exc).__name__})"
+    return "migrating"
+
+
 async def readyz(request: web.Request) -> web.Response:
     checks = {"redis": await _check_redis(request)}
     checks["scripts"] = await _check_scripts(request) if checks["redis"] == "ok" else "unknown"
+    checks["layout"] = await _check_layout(request) if checks["redis"] == "ok" else "unknown"
     checks["policies"] = "ok" if request.app[POLICY_INDEX].revision >= 0 else "not loaded yet"
     ready = all(value == "ok" for value in checks.values())
     faults: dict[str, str] = {}

@@ -21,6 +21,7 @@ from throttle.engine import keys
 from throttle_dev.demo.install import client_session, install_portal
 from throttle_dev.demo.measure import max_in_window
 from throttle_dev.demo.release_log import read_release_log
+from throttle_dev.releases import Release
 from throttle_dev.stack import Stack, StackConfig, throttle_argv
 
 POLICY_REFRESH_WAIT_S = 3.0
@@ -124,7 +125,9 @@ class Harness:
         keep: bool = False,
         webhooks: int = 1,
         token_ttl_s: int = TOKEN_TTL_S,
+        release: Release | None = None,
     ) -> None:
+        """`release`: what the stack starts with (an earlier release for an upgrade run)."""
         self.token_ttl_s = token_ttl_s
         self.stack = Stack(
             StackConfig(
@@ -132,6 +135,7 @@ class Harness:
                 dispatchers=dispatchers,
                 keep_data=keep,
                 webhooks=webhooks,
+                release=release,
                 simulator_args=["--token-ttl", str(token_ttl_s)],
                 settings={
                     # Held executions of a killed dispatcher come back after the lease: short
@@ -190,10 +194,13 @@ class Harness:
                 raise RuntimeError(f"config API: HTTP {response.status} {await response.text()}")
         await asyncio.sleep(POLICY_REFRESH_WAIT_S)
 
-    async def drive(self, portal: int, policy: str, traffic: Traffic) -> dict[str, Any]:
-        """HubSpot enrolling records: signed executions, retried on 429/5xx/timeouts."""
+    async def drive(
+        self, portal: int, policy: str, traffic: Traffic, webhook: str = "webhook"
+    ) -> dict[str, Any]:
+        """HubSpot enrolling records: signed executions, retried on 429/5xx/timeouts, sent to
+        one webhook process (by its component name)."""
         plan = {
-            "actionUrl": self.stack.action_url,
+            "actionUrl": f"{self.stack.webhook_url_of(webhook)}/api/hubspot/action",
             "executions": traffic.executions,
             "portals": [portal],
             "policy": policy,

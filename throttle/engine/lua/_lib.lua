@@ -63,21 +63,18 @@ local function emit(prefix, maxlen, fields)
   redis.call("XADD", unpack(args))
 end
 
--- A lease is one member of the shard's lease index: "ref|callbackId|attempt". The attempt number
--- (meta's `att`, raised by every take) is the owner's fencing token: a holder whose lease ran out
--- and whose execution was taken again since holds an older number, so nothing it settles or
--- renews can touch the new holder's lease.
-local function lease_member(ref, cb, att)
-  return ref .. "|" .. cb .. "|" .. att
+-- A lease is one member of the shard's lease index: "ref|callbackId", the format release 0.1.0
+-- reads too (old and new dispatchers share the index during a rollout). Its owner is fenced by
+-- the attempt number (meta's `att`, raised by every take): a holder whose lease ran out and
+-- whose execution was taken again since holds an older number, so `holds` refuses everything it
+-- settles or renews, and the new holder's lease is untouched.
+local function lease_member(ref, cb)
+  return ref .. "|" .. cb
 end
 
--- ref, callbackId, attempt of a lease member (attempt nil for a lease written before attempts
--- were part of it: the reaper still returns those)
+-- ref, callbackId of a lease member
 local function lease_parse(member)
-  local ref, cb, att = string.match(member, "^([^|]*)|(.*)|(%d+)$")
-  if ref then return ref, cb, tonumber(att) end
-  ref, cb = string.match(member, "^([^|]*)|(.*)$")
-  return ref, cb, nil
+  return string.match(member, "^([^|]*)|(.*)$")
 end
 
 -- The attempt an execution is on (its owner's token), or nil once it is finished.
@@ -88,14 +85,20 @@ local function current_attempt(pk, cb)
   return att
 end
 
+-- Whether the holder of attempt `att` still owns the execution: it is unfinished and has not
+-- been taken again since.
+local function holds(pk, cb, att)
+  return current_attempt(pk, cb) == tonumber(att)
+end
+
 -- Finish one execution for good (ack.lua, fail.lua) for the holder of attempt `att`: drop its
 -- lease or, if the lease already ran out and the execution went back to its queue untaken, take
 -- it out of the queue again, so a slow completion never leads to a second one; keep its id for
 -- dedupe until done_until_ms and count it under `counter`. Returns false, changing nothing, when
 -- it was already finished or has been taken again since (a stale owner).
 local function finish(leases, prefix, pk, ref, cb, att, done_until_ms, counter)
-  if current_attempt(pk, cb) ~= att then return false end
-  local held = redis.call("ZREM", leases, lease_member(ref, cb, att)) == 1
+  if not holds(pk, cb, att) then return false end
+  local held = redis.call("ZREM", leases, lease_member(ref, cb)) == 1
   redis.call("HDEL", pk.meta, cb)
   if held then
     redis.call("HINCRBY", pk.stats, "inflight", -1)

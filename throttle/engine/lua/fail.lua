@@ -3,7 +3,7 @@
 -- taken again since (a newer attempt) belongs to its new holder: the stale holder's verdict
 -- changes nothing.
 --
--- KEYS[1]  leases  zset  the shard's leases ("ref|callbackId|attempt" -> deadline ms)
+-- KEYS[1]  leases  zset  the shard's leases ("ref|callbackId" -> deadline ms)
 -- ARGV[1]  now_offset_ms  added to Redis TIME; tests only, production passes 0
 -- ARGV[2]  prefix         the shard key prefix "throttle:{tN}:"
 -- ARGV[3]  events_maxlen  bound of the shard's event stream (then events are dropped and counted)

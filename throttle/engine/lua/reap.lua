@@ -1,7 +1,7 @@
 -- reap.lua: leases that ran out (their dispatcher died or stalled) go back to the head of their
 -- queue, oldest first, and the queue is scheduled so another dispatcher releases them.
 --
--- KEYS[1]  leases  zset  the shard's leases ("ref|callbackId|attempt" -> deadline ms)
+-- KEYS[1]  leases  zset  the shard's leases ("ref|callbackId" -> deadline ms)
 -- KEYS[2]  due     zset  the shard's due schedule
 -- ARGV[1]  now_offset_ms  added to Redis TIME; tests only, production passes 0
 -- ARGV[2]  prefix         the shard key prefix "throttle:{tN}:"

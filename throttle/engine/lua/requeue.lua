@@ -1,7 +1,7 @@
 -- requeue.lua: released executions that failed in a retryable way go back to the head of their
 -- queue in their original order, and the queue waits `delay_ms` before releasing again.
 --
--- KEYS[1]  leases  zset  the shard's leases ("ref|callbackId|attempt" -> deadline ms)
+-- KEYS[1]  leases  zset  the shard's leases ("ref|callbackId" -> deadline ms)
 -- KEYS[2]  due     zset  the shard's due schedule
 -- ARGV[1]  now_offset_ms  added to Redis TIME; tests only, production passes 0
 -- ARGV[2]  prefix         the shard key prefix "throttle:{tN}:"
@@ -27,9 +27,8 @@ local groups, cbs_by_queue = {}, {}
 local count = 0
 for i = first_triple, #ARGV, 3 do
   local ref, cb = ARGV[i], ARGV[i + 1]
-  if redis.call("ZREM", leases_key, lease_member(ref, cb, ARGV[i + 2])) == 1 then
-    local pol = split_ref(ref)
-    local pk = policy_keys(prefix, pol)
+  local pk = policy_keys(prefix, (split_ref(ref)))
+  if holds(pk, cb, ARGV[i + 2]) and redis.call("ZREM", leases_key, lease_member(ref, cb)) == 1 then
     local m = redis.call("HGET", pk.meta, cb)
     redis.call("HINCRBY", pk.stats, "inflight", -1)
     if m then

@@ -13,7 +13,7 @@
 -- backoff) and the schedule window, and counts against queue_quota and max_items.
 --
 -- KEYS[1]  due     zset   the shard's due schedule (ref -> due ms)
--- KEYS[2]  leases  zset   the shard's leases ("ref|callbackId|attempt" -> deadline ms)
+-- KEYS[2]  leases  zset   the shard's leases ("ref|callbackId" -> deadline ms)
 -- ARGV[1]  now_offset_ms  added to Redis TIME; tests only, production passes 0
 -- ARGV[2]  prefix         the shard key prefix "throttle:{tN}:"
 -- ARGV[3]  events_maxlen  bound of the shard's event stream (then events are dropped and counted)
@@ -136,7 +136,7 @@ for i = 1, #due, 2 do
           if att == 0 then charged = charged + 1 end
           att = att + 1
           redis.call("HSET", pk.meta, cb, meta_format(seq, enq, exp, att, mq))
-          redis.call("ZADD", leases_key, fmt(now_ms + lease_ms), lease_member(ref, cb, att))
+          redis.call("ZADD", leases_key, fmt(now_ms + lease_ms), lease_member(ref, cb))
           released[#released + 1] = cb
           attempts[#attempts + 1] = att
           out[#out + 1] = ref
