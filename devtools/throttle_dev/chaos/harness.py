@@ -55,9 +55,18 @@ class Rate:
     limit: int = 40
     period_s: int = 1
     burst: int = 5
+    daily_cap: int = 0
+    """Releases per UTC day (0: none); the policy's `dailyCap`."""
 
     def spec(self) -> dict[str, Any]:
         return {"limit": self.limit, "period": f"{self.period_s}s", "burst": self.burst}
+
+    def policy(self) -> dict[str, Any]:
+        """The policy's rate fields for the config API."""
+        fields: dict[str, Any] = {"rate": self.spec()}
+        if self.daily_cap:
+            fields["dailyCap"] = {"limit": self.daily_cap}
+        return fields
 
 
 @dataclass
@@ -184,7 +193,7 @@ class Harness:
     # --- the product's doors -------------------------------------------------------------------
     async def put_policy(self, portal: int, name: str, rate: Rate, paused: bool = False) -> None:
         token = self.stack.settings["throttle_api_token"]
-        body = {"rate": rate.spec(), "expiration": "P1D", "paused": paused}
+        body = {**rate.policy(), "expiration": "P1D", "paused": paused}
         async with self.http.put(
             f"{self.stack.webhook_url}/api/config/{portal}/policies/{name}",
             json=body,

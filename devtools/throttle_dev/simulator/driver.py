@@ -122,10 +122,16 @@ class Driver:
     ) -> None:
         self.sim = sim
         self.action_url = action_url
-        self.client_secret = client_secret or sim.config.client_secret
+        self._client_secret = client_secret
         self._session = session
         self._owns_session = session is None
         self._sequence = 0
+
+    @property
+    def client_secret(self) -> str:
+        """The secret requests are signed with: the one given, else the app's current one in
+        HubSpot (a rotation there changes it mid-run)."""
+        return self._client_secret or self.sim.config.client_secret
 
     async def __aenter__(self) -> Driver:
         if self._session is None:

@@ -269,7 +269,13 @@ class Simulator:
 
     def set_faults(self, **changes: Any) -> Faults:
         """Change faults; `storm_seconds=n` starts a 429 storm of n seconds now (simulator time),
-        `reject_client_secret_seconds=n` refuses the app's client secret for n seconds from now."""
+        `reject_client_secret_seconds=n` refuses the app's client secret for n seconds from now,
+        `client_secret=s` rotates the app's client secret in HubSpot's developer portal: requests
+        are signed with `s` from now on and the token endpoint accepts only `s` (a rotation the
+        deployment has not learned yet)."""
+        rotated = changes.pop("client_secret", None)
+        if rotated is not None and (not isinstance(rotated, str) or not rotated.strip()):
+            raise ValueError("client_secret must be a non-empty string")
         for name in ("storm_seconds", "reject_client_secret_seconds"):
             if name in changes:
                 seconds = float(changes.pop(name))
@@ -277,6 +283,8 @@ class Simulator:
                     raise ValueError(f"{name} must not be negative")
                 changes[name.replace("_seconds", "_until")] = self.now() + seconds
         self.faults.update(changes)
+        if rotated is not None:
+            self.config.client_secret = rotated
         return self.faults
 
     # --- OAuth -------------------------------------------------------------------------------
