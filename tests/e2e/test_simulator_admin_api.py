@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 
 from tests.fixtures.hubspot_simulator import RunningSimulator
+from throttle_dev.simulator.driver import Driver
 
 
 @pytest.fixture
@@ -216,3 +217,26 @@ async def test_late_answers_apply_first_and_resends_count_as_sent_twice(
     assert (row["completed"], row["duplicates"], row["sent_twice"]) == (2, 2, 3)
     async with http.get(base + "/_sim/report?format=text") as response:
         assert "sent2x" in await response.text()
+
+
+async def test_a_client_secret_rotated_at_hubspot_signs_requests_and_guards_the_token_endpoint(
+    hubspot_sim: RunningSimulator, http: aiohttp.ClientSession
+) -> None:
+    """The chaos row "client secret rotated at HubSpot first" depends on this: from the rotation
+    on, HubSpot signs with the new secret and its token endpoint refuses the old one."""
+    base, sim = hubspot_sim.url, hubspot_sim.sim
+    old = sim.config.client_secret
+    for bad in ({"client_secret": ""}, {"client_secret": 7}, {"client_secret": "s", "nope": 1}):
+        status, _ = await _json(http, "POST", base + "/_sim/faults", json=bad)
+        assert status == 400
+        assert sim.config.client_secret == old, "a refused change changes nothing"
+    status, _ = await _json(http, "POST", base + "/_sim/faults", json={"client_secret": "new-s"})
+    assert status == 200
+    assert sim.config.client_secret == "new-s"
+    assert Driver(sim, base + "/action").client_secret == "new-s", "actions signed with it"
+    form = {"grant_type": "refresh_token", "client_id": sim.config.client_id}
+    async with http.post(
+        base + "/oauth/v1/token", data={**form, "client_secret": old, "refresh_token": "x"}
+    ) as response:
+        assert response.status == 400
+        assert "BAD_CLIENT_SECRET" in await response.text()
