@@ -251,6 +251,18 @@ local function gcra_normalize(a, n, lim, per)
   return a + q * per, n - q * lim
 end
 
+-- Give back `r` releases to a queue's daily count: releases HubSpot did not take, so the day's
+-- cap counts each execution once, for the release that went through. Not to the rate: a token
+-- given back to a bucket is spent later, and the releases that go through could then exceed
+-- the policy's limit in one period (a whole error spell's retries at once). The count never
+-- goes below zero; a count from an earlier day is reset by the next take.
+local function refund_daily(state, r)
+  local ccnt = tonumber(redis.call("HGET", state, "ccnt") or "0")
+  if ccnt > 0 then
+    redis.call("HSET", state, "ccnt", fmt(math.max(0, ccnt - r)))
+  end
+end
+
 -- earliest instant (us) the next item may go
 local function gcra_next(a, n, lim, per, burst)
   return math.ceil(a + (n - burst) * per / lim)

@@ -1,5 +1,9 @@
 -- requeue.lua: released executions that failed in a retryable way go back to the head of their
 -- queue in their original order, and the queue waits `delay_ms` before releasing again.
+-- HubSpot did not take them, so the workflow did not go on: their release gives back its place
+-- in the daily count (take.lua counts the release that goes through instead), and a spell of
+-- HubSpot errors costs the day's cap nothing. A release of a retiring policy's flush was never
+-- counted and gives nothing back.
 --
 -- KEYS[1]  leases  zset  the shard's leases ("ref|callbackId" -> deadline ms)
 -- KEYS[2]  due     zset  the shard's due schedule
@@ -52,6 +56,9 @@ for ref, cbs in pairs(cbs_by_queue) do
     redis.call("HSET", state, "hold", fmt(due_ms * 1000))
   end
   local params = policy_keys(prefix, pol).params
+  if (redis.call("HGET", params, "flush") or "") == "" then
+    refund_daily(state, #cbs)
+  end
   if redis.call("HGET", params, "paused") ~= "1" then
     redis.call("ZADD", due_key, fmt(due_ms), ref)
   end

@@ -7,10 +7,10 @@
 -- dispatchers may call this at once: each item goes to one. A retiring policy with flush =
 -- SUCCESS / FAIL_CONTINUE releases everything at once with that state instead.
 --
--- Retries are charged once: an execution released before (its attempt count is above zero: a
--- completion that failed and was requeued, or a lease that ran out) is released again without
--- counting against the rate (GCRA) or the daily cap; it still waits for pause, hold (the retry
--- backoff) and the schedule window, and counts against queue_quota and max_items.
+-- Every release is charged against the rate (GCRA), retries too: a retry goes on in the workflow
+-- when it is released, so the policy's limit holds for what goes through in any period. The
+-- daily cap counts each execution once: a release HubSpot did not take gives its place back
+-- (requeue.lua).
 --
 -- KEYS[1]  due     zset   the shard's due schedule (ref -> due ms)
 -- KEYS[2]  leases  zset   the shard's leases ("ref|callbackId" -> deadline ms)
@@ -86,8 +86,7 @@ for i = 1, #due, 2 do
     local a, n = gcra_load(st, lim, per, now)
     local cap = tonumber(p.cap)
     local cday, ccnt = tonumber(st.cday or "-1"), tonumber(st.ccnt or "0")
-    local allowed = 0 -- first releases the rate and the daily cap allow (retries are free)
-    local open = flush ~= "" -- pause, hold and the window let anything go at all
+    local allowed = 0
     local blocked_until = nil
     local hold = tonumber(st.hold or "0")
     if flush ~= "" then
@@ -98,17 +97,19 @@ for i = 1, #due, 2 do
       local s = next_window_start(p.wins_t, p.tz_s, now_s)
       blocked_until = s and math.ceil(s * 1000000) or now + 3600000000
     else
-      open = true
       allowed = gcra_allowed(a, n, lim, per, burst, now)
       if cap > 0 then
         local day = local_day_minute(p.tz_c, now_s)
         if day ~= cday then cday = day; ccnt = 0 end
-        if allowed > cap - ccnt then allowed = math.max(0, cap - ccnt) end
+        if ccnt >= cap then
+          allowed = 0
+          blocked_until = math.ceil(next_local_midnight(p.tz_c, now_s) * 1000000)
+        elseif allowed > cap - ccnt then
+          allowed = cap - ccnt
+        end
       end
     end
-    local k = open and math.min(quota, budget) or 0 -- every release, retries included
-    local charged = 0 -- first releases among them
-    local rate_stop = false -- stopped at a first release the rate or the cap holds back
+    local k = math.min(allowed, quota, budget)
     local expired = {}
     local young_until = nil
     local lag = math.floor(now / 1000 - due_ms)
@@ -127,13 +128,7 @@ for i = 1, #due, 2 do
           redis.call("LPUSH", list, cb)
           young_until = enq + min_hold
           break
-        elseif att == 0 and charged >= allowed then
-          -- a first release the rate or the cap does not allow yet: back to the head
-          redis.call("LPUSH", list, cb)
-          rate_stop = true
-          break
         else
-          if att == 0 then charged = charged + 1 end
           att = att + 1
           redis.call("HSET", pk.meta, cb, meta_format(seq, enq, exp, att, mq))
           redis.call("ZADD", leases_key, fmt(now_ms + lease_ms), lease_member(ref, cb))
@@ -158,8 +153,8 @@ for i = 1, #due, 2 do
     end
     if r > 0 then
       if flush == "" then
-        a, n = gcra_normalize(a, n + charged, lim, per)
-        if cap > 0 then ccnt = ccnt + charged end
+        a, n = gcra_normalize(a, n + r, lim, per)
+        if cap > 0 then ccnt = ccnt + r end
       end
       redis.call("HINCRBY", pk.stats, "released", r)
       redis.call("HINCRBY", pk.stats, "inflight", r)
@@ -172,7 +167,7 @@ for i = 1, #due, 2 do
     if redis.call("LLEN", list) > 0 then
       if blocked_until then
         next_due = blocked_until
-      elseif flush ~= "" or not rate_stop and r >= k then
+      elseif flush ~= "" or r >= k and k < allowed then
         next_due = now -- stopped by quota or budget, not by the rate
       else
         next_due = math.max(now, gcra_next(a, n, lim, per, burst))
