@@ -13,7 +13,7 @@ import binascii
 import hashlib
 import ipaddress
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -31,7 +31,9 @@ class EncryptionKey:
     """One AES-256 key; `key_id` is stored beside each ciphertext so rotation knows which key."""
 
     key_id: str
-    material: bytes
+    material: bytes = field(repr=False)
+    """Never in a repr: a key list printed by a debugger, a traceback's locals or an f-string in a
+    log line would otherwise carry the key itself."""
 
 
 def _decode_key(text: str) -> bytes:
