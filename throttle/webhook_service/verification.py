@@ -22,12 +22,15 @@ from throttle.webhook_service.errors import ErrorAnswer
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def _first(value: str | None) -> str | None:
-    """The client-facing value of a possibly comma-joined forwarded header."""
+def _last(value: str | None) -> str | None:
+    """The right-most value of a possibly comma-joined forwarded header: the one the trusted
+    proxy next to us wrote. Values to its left came from further away, the left-most from the
+    client itself, so believing that one would let anyone pick the URL a signature is checked
+    against."""
     if not value:
         return None
-    first = value.split(",", 1)[0].strip()
-    return first or None
+    last = value.rsplit(",", 1)[-1].strip()
+    return last or None
 
 
 def peer_is_trusted(peer: str | None, networks: list[Network]) -> bool:
@@ -44,8 +47,8 @@ def called_url(request: web.BaseRequest, public_url: str | None, trusted: list[N
     """The full URL (scheme, host, path, raw query in original order) the caller used."""
     raw_path = request.raw_path  # path + "?" + query exactly as on the wire
     if peer_is_trusted(request.remote, trusted):
-        proto = _first(request.headers.get("X-Forwarded-Proto"))
-        host = _first(request.headers.get("X-Forwarded-Host"))
+        proto = _last(request.headers.get("X-Forwarded-Proto"))
+        host = _last(request.headers.get("X-Forwarded-Host"))
         if proto and host:
             return f"{proto.lower()}://{host}{raw_path}"
     if public_url:
