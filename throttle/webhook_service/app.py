@@ -288,6 +288,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         settings.config_api_max_failures,
         settings.config_api_failure_window_seconds,
         settings.trusted_proxy_networks,
+        config_api.has_token,
     )
     app.add_routes(actions.routes(app, shedder))  # sheds and answers its errors itself
     routes = [
