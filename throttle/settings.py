@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import ipaddress
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -26,12 +26,12 @@ class SettingsError(Exception):
     """A setting is missing or malformed; the message names the variable, never its value."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class EncryptionKey:
     """One AES-256 key; `key_id` is stored beside each ciphertext so rotation knows which key."""
 
     key_id: str
-    material: bytes = field(repr=False)
+    material: bytes = dataclasses.field(repr=False)
     """Never in a repr: a key list printed by a debugger, a traceback's locals or an f-string in a
     log line would otherwise carry the key itself."""
 
