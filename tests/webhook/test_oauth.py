@@ -135,7 +135,7 @@ async def test_install_stores_tokens_and_refuses_replay(
         None,
         "garbage",
         "nonce.9999999999.c2lnbmF0dXJl",
-        OAuthStateSigner("another-secret-key-base-of-32-chars-or-more").issue(),
+        OAuthStateSigner("another-secret-key-base-of-32-chars-or-more").issue().state,
         "expired",
     ],
 )
@@ -147,7 +147,7 @@ async def test_wrong_or_expired_state_stores_nothing(
     query = {k: v[0] for k, v in parse_qs(parts.query).items()}
     if state == "expired":
         signer = OAuthStateSigner(stack.settings.secret_key_base.get_secret_value())
-        state = signer.issue(now=time.time() - 3600)
+        state = signer.issue(now=time.time() - 3600).state
     if state is None:
         query.pop("state")
     else:

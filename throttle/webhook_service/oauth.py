@@ -3,7 +3,10 @@
 - `GET /api/oauth/authorize` sends the browser to HubSpot's authorize page with the client id,
   the scopes (`automation oauth`), `redirect_uri` = PUBLIC_URL + `/api/oauth/callback`, and a
   signed, expiring, single-use `state`.
-- `GET /api/oauth/callback` checks `state` (wrong, expired or replayed → 400, nothing stored),
+  The browser gets a cookie (HttpOnly, Secure under https, SameSite=Lax, sent to the callback
+  path only) whose hash the state carries.
+- `GET /api/oauth/callback` checks `state` (wrong, expired, replayed, or from a browser without
+  the matching cookie → 400, nothing stored),
   exchanges the code, learns the portal (token response `hub_id`, else introspection), stores the
   tokens encrypted, tells this pod's installed-portals view at once (so the portal's first
   executions here are held, not answered 503 while the view catches up), and shows a plain
@@ -27,7 +30,7 @@ import html
 import json
 import logging
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 
@@ -56,6 +59,7 @@ log = logging.getLogger(__name__)
 
 SCOPES = ("automation", "oauth")
 CALLBACK_PATH = "/api/oauth/callback"
+BROWSER_COOKIE = "throttle_install"
 UNINSTALL_PATH = "/api/hubspot/uninstall"
 
 
@@ -71,6 +75,23 @@ def _redirect_uri(request: web.Request) -> str:
     if not public_url:
         raise ErrorAnswer(503, "not_configured", "PUBLIC_URL is not set")
     return public_url + CALLBACK_PATH
+
+
+def _set_browser_cookie(
+    request: web.Request, response: web.StreamResponse, value: str, max_age: int
+) -> None:
+    """The install's browser key: SameSite=Lax still comes along on HubSpot's top-level redirect
+    back to the callback, and the path keeps it off every other request."""
+    public = urlsplit(_redirect_uri(request))
+    response.set_cookie(
+        BROWSER_COOKIE,
+        value,
+        max_age=max_age,
+        path=public.path,
+        secure=public.scheme == "https",
+        httponly=True,
+        samesite="Lax",
+    )
 
 
 def _wants_json(request: web.Request) -> bool:
@@ -98,20 +119,24 @@ async def authorize(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     if not settings.hubspot_client_id:
         raise ErrorAnswer(503, "not_configured", "HUBSPOT_CLIENT_ID is not set")
+    signer = _signer(request)
+    issued = signer.issue()
     params = {
         "client_id": settings.hubspot_client_id,
         "redirect_uri": _redirect_uri(request),
         "scope": " ".join(SCOPES),
-        "state": _signer(request).issue(),
+        "state": issued.state,
     }
-    raise web.HTTPFound(f"{settings.hubspot_app_base}/oauth/authorize?{urlencode(params)}")
+    found = web.HTTPFound(f"{settings.hubspot_app_base}/oauth/authorize?{urlencode(params)}")
+    _set_browser_cookie(request, found, issued.browser_key, signer.ttl_s)
+    raise found
 
 
 async def callback(request: web.Request) -> web.StreamResponse:
     query = request.query
     signer = _signer(request)
     try:
-        state = signer.verify(query.get("state"))
+        state = signer.verify(query.get("state"), request.cookies.get(BROWSER_COOKIE))
     except StateError as exc:
         _count(request, "bad_state")
         return _page(request, 400, "Install refused", str(exc))
