@@ -118,6 +118,8 @@ class RotationReport:
     rows: int
     reencrypted: int
     key_id: str
+    remaining: int = 0
+    """Rows still under an older key afterwards: skipped while a token refresh held them."""
 
 
 def _ts(epoch: float) -> datetime:
@@ -322,7 +324,10 @@ class TokenStore:
                     )
             done += len(rows)
             if len(rows) < chunk:
-                return RotationReport(int(total), done, current)
+                remaining = await self._pool.fetchval(
+                    "SELECT count(*) FROM oauth_tokens WHERE key_id <> $1", current
+                )
+                return RotationReport(int(total), done, current, int(remaining))
 
 
 async def purge_disabled_tokens(pool: Any, grace_days: float) -> int:
