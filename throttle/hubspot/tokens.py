@@ -113,6 +113,15 @@ RestoreResult = Literal["restored", "installed", "unknown", "no_tokens"]
 (or dropped before tokens were kept): only a reinstall brings it back."""
 
 
+class StaleUninstall(Exception):
+    """An uninstall event older than the portal's current install (a late webhook retry)."""
+
+    def __init__(self, portal_id: int, installed_at: datetime) -> None:
+        super().__init__(f"portal {portal_id}: uninstall event predates its install")
+        self.portal_id = portal_id
+        self.installed_at = installed_at
+
+
 @dataclass(frozen=True)
 class RotationReport:
     rows: int
@@ -233,13 +242,22 @@ class TokenStore:
         rows = await self._pool.fetch(_INSTALLATIONS + " ORDER BY p.portal_id")
         return [_installation(row) for row in rows]
 
-    async def mark_uninstalled(self, portal_id: int, reason: str) -> bool:
+    async def mark_uninstalled(
+        self, portal_id: int, reason: str, occurred_at: datetime | None = None
+    ) -> bool:
         """Record the uninstall and disable the tokens (kept for the grace period, never handed
-        out); True if the portal was installed until now."""
+        out); True if the portal was installed until now. An uninstall that `occurred_at` before
+        the portal's current install is a late retry of an older one: StaleUninstall, nothing
+        changed (it would otherwise wipe the fresh reinstall)."""
         async with self._pool.acquire() as conn, conn.transaction():
-            previous = await conn.fetchval(
-                "SELECT status FROM hubspot_portals WHERE portal_id = $1 FOR UPDATE", portal_id
+            current = await conn.fetchrow(
+                "SELECT status, installed_at FROM hubspot_portals WHERE portal_id = $1 FOR UPDATE",
+                portal_id,
             )
+            previous = current["status"] if current is not None else None
+            stale = occurred_at is not None and current is not None
+            if stale and occurred_at < current["installed_at"]:
+                raise StaleUninstall(portal_id, current["installed_at"])
             await conn.execute(
                 """
                 INSERT INTO hubspot_portals (portal_id, status, uninstalled_at, uninstall_reason)
@@ -508,10 +526,13 @@ class TokenManager:
                     return stored.access_token
                 raise TokenUnavailable(f"portal {portal_id}: token refresh failed")
 
-    async def uninstall(self, portal_id: int, reason: str, cause: str) -> bool:
-        """Record an uninstall (refresh refused or the uninstall webhook)."""
+    async def uninstall(
+        self, portal_id: int, reason: str, cause: str, occurred_at: datetime | None = None
+    ) -> bool:
+        """Record an uninstall (refresh refused or the uninstall webhook); StaleUninstall when
+        the event `occurred_at` before the portal's current install."""
+        changed = await self._store.mark_uninstalled(portal_id, reason, occurred_at)
         self._cache.pop(portal_id, None)
-        changed = await self._store.mark_uninstalled(portal_id, reason)
         if changed:
             log.warning("portal %s uninstalled: %s", portal_id, reason)
             if self._metrics is not None:

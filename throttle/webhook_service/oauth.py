@@ -29,6 +29,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -44,6 +45,7 @@ from throttle.hubspot.client import (
     TokenRefused,
 )
 from throttle.hubspot.oauth_state import OAuthStateSigner, StateError
+from throttle.hubspot.tokens import StaleUninstall
 from throttle.webhook_service.appkeys import (
     HUBSPOT,
     INSTALLED,
@@ -218,7 +220,7 @@ async def uninstall(request: web.Request) -> web.StreamResponse:
     tokens = request.app[TOKENS]
     if tokens is None:
         raise ErrorAnswer(503, "not_configured", "DATABASE_URL and ENCRYPTION_KEY are needed")
-    portals: list[int] = []
+    portals: list[tuple[int, datetime | None]] = []
     for index, event in enumerate(events):
         if not isinstance(event, dict):
             raise ErrorAnswer(400, "invalid_event", "each event must be an object", f"[{index}]")
@@ -236,13 +238,46 @@ async def uninstall(request: web.Request) -> web.StreamResponse:
             raise ErrorAnswer(
                 400, "invalid_event", "portalId must be a number", f"[{index}].portalId"
             )
-        portals.append(int(portal))
-    for portal_id in portals:
-        await tokens.uninstall(portal_id, "uninstalled: app uninstall webhook", "uninstall_webhook")
+        portals.append((int(portal), _occurred_at(event.get("occurredAt"), index)))
+    done: list[int] = []
+    stale: list[int] = []
+    for portal_id, occurred_at in portals:
+        try:
+            await tokens.uninstall(
+                portal_id, "uninstalled: app uninstall webhook", "uninstall_webhook", occurred_at
+            )
+        except StaleUninstall as exc:
+            # HubSpot retries a webhook for hours: a retry of the uninstall before a reinstall
+            # must not wipe the reinstall. Answered 200 (a 4xx would be retried again).
+            log.warning(
+                "portal %s: ignored an uninstall event from %s, before its install at %s "
+                "(a late retry)",
+                portal_id,
+                occurred_at,
+                exc.installed_at,
+            )
+            stale.append(portal_id)
+            continue
+        done.append(portal_id)
     installed = request.app.get(INSTALLED)
-    if portals and installed is not None:
+    if done and installed is not None:
         installed.refresh_soon()
-    return web.json_response({"uninstalled": portals})
+    return web.json_response({"uninstalled": done, "ignoredAsOlderThanInstall": stale})
+
+
+def _occurred_at(value: Any, index: int) -> datetime | None:
+    """The event's `occurredAt` (epoch milliseconds, as HubSpot's webhooks send), if any."""
+    if value is None:
+        return None
+    text = str(value)
+    # At most 13 digits (until the year 2286): a longer one would overflow a datetime.
+    if isinstance(value, bool) or not isinstance(value, int | str) or not text.isdigit():
+        text = ""
+    if not text or not text.isascii() or len(text) > 13:
+        raise ErrorAnswer(
+            400, "invalid_event", "occurredAt must be epoch milliseconds", f"[{index}].occurredAt"
+        )
+    return datetime.fromtimestamp(int(text) / 1000, UTC)
 
 
 def routes() -> list[web.RouteDef]:
