@@ -255,9 +255,9 @@ class TokenStore:
                 portal_id,
             )
             previous = current["status"] if current is not None else None
-            stale = occurred_at is not None and current is not None
-            if stale and occurred_at < current["installed_at"]:
-                raise StaleUninstall(portal_id, current["installed_at"])
+            installed_at = current["installed_at"] if current is not None else None
+            if occurred_at is not None and installed_at is not None and occurred_at < installed_at:
+                raise StaleUninstall(portal_id, installed_at)
             await conn.execute(
                 """
                 INSERT INTO hubspot_portals (portal_id, status, uninstalled_at, uninstall_reason)
