@@ -63,6 +63,13 @@ local function emit(prefix, maxlen, fields)
   redis.call("XADD", unpack(args))
 end
 
+-- The "cbs" field of a history event: its callback ids as a JSON array. HubSpot's callbackIds
+-- are opaque, so any separator may occur inside one (a comma once split one id into two made-up
+-- executions); throttle/history/folding.py's event_callback_ids reads it back.
+local function id_list(ids)
+  return cjson.encode(ids)
+end
+
 -- Finish one execution for good (ack.lua, fail.lua): drop its lease or, if the lease already
 -- ran out and it went back to its queue, take it out of the queue again, so a slow completion
 -- never leads to a second one; keep its id for dedupe until done_until_ms and count it under
