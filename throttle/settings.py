@@ -176,6 +176,12 @@ class Settings(BaseSettings):
     webhook_max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest request body the webhook reads (413 beyond)."
     )
+    webhook_body_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Time a client has to send a HubSpot request's body (408 beyond); bodies "
+        "are read before the request counts against WEBHOOK_MAX_INFLIGHT.",
+    )
     require_installed_portal: bool = Field(
         True,
         description="Answer FAIL_CONTINUE to actions from portals that have not installed the app.",

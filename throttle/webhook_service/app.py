@@ -282,7 +282,12 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app.cleanup_ctx.extend(
         [redis_ctx, policy_index_ctx, db_ctx, http_ctx, installed_ctx, config_store_ctx]
     )
-    shedder = shedding.install(app, settings.webhook_max_inflight, settings.webhook_shed_lag_ms)
+    shedder = shedding.install(
+        app,
+        settings.webhook_max_inflight,
+        settings.webhook_shed_lag_ms,
+        settings.webhook_body_timeout_seconds,
+    )
     limit = auth_limit.install(
         app,
         settings.config_api_max_failures,
