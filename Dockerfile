@@ -19,14 +19,18 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 RUN python -m venv /opt/throttle
-COPY pyproject.toml README.md ./
+COPY requirements.lock pyproject.toml README.md ./
 COPY throttle ./throttle
+# The dependencies are the locked ones, each checked against its hash (requirements.lock, made by
+# `make lock` from pyproject.toml): a rebuild gets the same packages, and a tampered one fails.
 # Every dependency (aiohttp, asyncpg, cryptography, hiredis, ...) ships manylinux wheels, so the
 # builder needs no compiler. The wheel is built first so the image holds exactly what a release holds.
-RUN /opt/throttle/bin/pip install --no-cache-dir "setuptools>=68" "wheel>=0.42" \
+RUN /opt/throttle/bin/pip install --no-cache-dir --require-hashes -r requirements.lock \
+    && /opt/throttle/bin/pip install --no-cache-dir "setuptools>=68" "wheel>=0.42" \
     && /opt/throttle/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation \
         --wheel-dir /wheels . \
-    && /opt/throttle/bin/pip install --no-cache-dir /wheels/throttle-*.whl \
+    && /opt/throttle/bin/pip install --no-cache-dir --no-deps /wheels/throttle-*.whl \
+    && /opt/throttle/bin/pip check \
     && /opt/throttle/bin/pip uninstall --yes setuptools wheel \
     && /opt/throttle/bin/python -m compileall -q /opt/throttle/lib \
     && /opt/throttle/bin/throttle --version

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DURATION ?= 3m
 PYTEST_ARGS ?=
 
-.PHONY: help venv deps testenv lint format test test-fast demo bench chaos clean
+.PHONY: help venv deps testenv lock lint format test test-fast demo bench chaos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,6 +22,11 @@ venv: $(BIN)/.installed  ## create the virtualenv with the package and dev tools
 
 deps:  ## install redis-server and PostgreSQL from Debian's packages if missing
 	@bash scripts/deps.sh
+
+lock: venv  ## pin the image's dependencies, with hashes, from pyproject.toml (requirements.lock)
+	@echo "==> requirements.lock (pip-compile --generate-hashes; the Dockerfile installs it with --require-hashes)"
+	@$(BIN)/pip-compile -q --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url \
+		--no-emit-find-links --output-file requirements.lock pyproject.toml
 
 testenv:  ## build kube-apiserver, etcd, kubectl, helm and promtool from the Go module proxy (cached)
 	@bash scripts/testenv.sh

@@ -58,6 +58,22 @@ class RedactingFilter(logging.Filter):
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
 
 
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp's server logs a request it cannot parse (a request line over 8 KiB, a bad header)
+    as an ERROR with a traceback, though it answers 400 and nothing failed on our side: anyone
+    could fill the log with tracebacks and page whoever watches for them. Such a record becomes
+    one INFO line naming the problem (not the request bytes, which may carry a query's code)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__module__ == "aiohttp.http_exceptions":
+            record.msg = "malformed HTTP request refused with %s: %s"
+            record.args = (getattr(exc, "code", 400), type(exc).__name__)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def configure_logging(
     level: str = "INFO",
     fmt: str = "auto",
@@ -85,3 +101,6 @@ def configure_logging(
     root.setLevel(level)
     # aiohttp's access log is written by our own access logger (without query strings).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    server.filters = [f for f in server.filters if not isinstance(f, MalformedRequestFilter)]
+    server.addFilter(MalformedRequestFilter())

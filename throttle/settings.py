@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import ipaddress
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -26,12 +26,14 @@ class SettingsError(Exception):
     """A setting is missing or malformed; the message names the variable, never its value."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class EncryptionKey:
     """One AES-256 key; `key_id` is stored beside each ciphertext so rotation knows which key."""
 
     key_id: str
-    material: bytes
+    material: bytes = dataclasses.field(repr=False)
+    """Never in a repr: a key list printed by a debugger, a traceback's locals or an f-string in a
+    log line would otherwise carry the key itself."""
 
 
 def _decode_key(text: str) -> bytes:
@@ -193,6 +195,12 @@ class Settings(BaseSettings):
     )
     webhook_max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest request body the webhook reads (413 beyond)."
+    )
+    webhook_body_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Time a client has to send a HubSpot request's body (408 beyond); bodies "
+        "are read before the request counts against WEBHOOK_MAX_INFLIGHT.",
     )
     require_installed_portal: bool = Field(
         True,

@@ -132,7 +132,7 @@ async def test_one_action_passes_through_the_documented_modules(
     assert settings.throttle_api_token is not None
     bearer = {"Authorization": f"Bearer {settings.throttle_api_token.get_secret_value()}"}
     try:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
             # The portal installs the app (OAuth) and an operator creates its default policy.
             async with session.get(url + "/api/oauth/authorize", allow_redirects=False) as r:
                 authorize = r.headers["Location"]

@@ -194,6 +194,51 @@ def test_rotate_keys_then_old_key_can_go(database_url: str, tmp_path: Path) -> N
     assert asyncio.run(_read(database_url, new, 3)) == "rt-3"
 
 
+async def _rotate_while_a_row_is_locked(
+    database_url: str, portal: int, command: list[str], environ: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """Run rotate-keys while another connection holds one row (as a token refresh does)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT 1 FROM oauth_tokens WHERE portal_id = $1 FOR UPDATE", portal)
+            return await asyncio.to_thread(
+                subprocess.run,
+                command,
+                env=environ,
+                cwd=cwd,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+    finally:
+        await conn.close()
+
+
+def test_rotate_keys_says_when_rows_were_skipped(database_url: str, tmp_path: Path) -> None:
+    """A row a token refresh holds is skipped (SKIP LOCKED); the command once said "no row uses
+    key(s) ... any more" anyway, inviting the operator to remove a key that row still needs."""
+    old, new = _key(), _key()
+    asyncio.run(_seed(database_url, old, 5))
+    environ = {**env(tmp_path, database_url=database_url), "ENCRYPTION_KEY": f"{new},{old}"}
+    result = asyncio.run(
+        _rotate_while_a_row_is_locked(
+            database_url, 3, [*THROTTLE, "rotate-keys"], environ, tmp_path
+        )
+    )
+    assert result.returncode == 2, result.stdout
+    assert "4 of 5 token rows re-encrypted" in result.stdout
+    assert "No row uses" not in result.stdout
+    assert "1 token row(s) still use an older key" in result.stderr
+    assert "run `throttle rotate-keys` again" in result.stderr
+    again = subprocess.run(
+        [*THROTTLE, "rotate-keys"], env=environ, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stderr
+    assert "1 of 5 token rows re-encrypted" in again.stdout
+    assert "remove them from ENCRYPTION_KEY" in again.stdout
+
+
 async def _uninstall(database_url: str, key_text: str, portal: int, purge: bool) -> None:
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     try:

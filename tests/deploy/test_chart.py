@@ -109,11 +109,64 @@ def test_all_features_render(rendered_all: list[dict[str, Any]]) -> None:
     assert ingress["spec"]["tls"] == [
         {"secretName": "throttle-example-tls", "hosts": ["throttle.example.com"]}
     ]
-    [path] = ingress["spec"]["rules"][0]["http"]["paths"]
-    assert path["path"] == "/api"
-    assert path["backend"]["service"] == {"name": "rel-throttle-webhook", "port": {"number": 80}}
+    paths = ingress["spec"]["rules"][0]["http"]["paths"]
+    assert [p["path"] for p in paths] == ["/api/hubspot", "/api/oauth"]
+    for path in paths:
+        assert path["backend"]["service"] == {
+            "name": "rel-throttle-webhook",
+            "port": {"number": 80},
+        }
     config = one(rendered_all, "ConfigMap", "config")["data"]
     assert config["PUBLIC_URL"] == "https://throttle.example.com"
+
+
+def _routed(paths: list[dict[str, Any]], url_path: str) -> bool:
+    """Whether an Ingress with these paths sends `url_path` on (Kubernetes' matching: Exact, or
+    Prefix element by element; ImplementationSpecific read as a prefix, as ingress-nginx does)."""
+    for entry in paths:
+        path, kind = entry["path"], entry.get("pathType", "Prefix")
+        if kind == "Exact" and url_path == path:
+            return True
+        prefix = path.rstrip("/")
+        if kind != "Exact" and (url_path == prefix or url_path.startswith(prefix + "/")):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("values", [None, VALUES_ALL], ids=["default", "all-features"])
+def test_ingress_routes_hubspot_install_and_config_never_openapi_or_metrics(
+    helm: Helm, values: Path | None, tmp_path: Path
+) -> None:
+    """SECURITY.md: /api/openapi.json, /metrics and the health endpoints are not exposed."""
+    rendered = helm.template(
+        values=[values] if values else [], set_values=["webhook.ingress.enabled=true"]
+    )
+    for rule in one(rendered, "Ingress", "webhook")["spec"]["rules"]:
+        paths = rule["http"]["paths"]
+        for public in ("/api/hubspot/action", "/api/hubspot/options", "/api/oauth/callback"):
+            assert _routed(paths, public), (public, paths)
+        for private in ("/api/openapi.json", "/metrics", "/healthz", "/readyz"):
+            assert not _routed(paths, private), (private, paths)
+    # A host listing no paths gets the same safe list.
+    bare = tmp_path / "bare-host.yaml"
+    bare.write_text("webhook: {ingress: {enabled: true, hosts: [{host: hooks.example.org}]}}\n")
+    rendered = helm.template(values=[bare])
+    [rule] = one(rendered, "Ingress", "webhook")["spec"]["rules"]
+    assert not _routed(rule["http"]["paths"], "/api/openapi.json")
+    assert _routed(rule["http"]["paths"], "/api/config")
+
+
+@pytest.mark.parametrize("path", ["/", "/api", "/api/", "/api/openapi.json"])
+def test_an_ingress_path_that_would_route_openapi_fails(
+    helm: Helm, path: str, tmp_path: Path
+) -> None:
+    values = tmp_path / "wide-path.yaml"
+    hosts = [{"host": "hooks.example.org", "paths": [{"path": "/api/oauth"}, {"path": path}]}]
+    values.write_text(json.dumps({"webhook": {"ingress": {"enabled": True, "hosts": hosts}}}))
+    proc = helm.run("template", "rel", CHART, "-f", values, check=False)
+    assert proc.returncode != 0
+    assert "ERROR: webhook.ingress.hosts path" in proc.stderr
+    assert "/api/openapi.json" in proc.stderr
 
 
 def test_network_policies(rendered_all: list[dict[str, Any]]) -> None:
@@ -141,6 +194,32 @@ def test_network_policies(rendered_all: list[dict[str, Any]]) -> None:
             {"port": 53, "protocol": "TCP"},
         ]
         assert spec["egress"][1] == {"ports": [{"port": 443}, {"port": 5432}, {"port": 6379}]}
+
+
+def test_an_empty_metrics_from_admits_nobody(helm: Helm) -> None:
+    """A rule without `from` admits everyone: an empty `metricsFrom` once opened the metrics ports
+    to every pod, and the webhook's port to all despite `webhookFrom`."""
+    ingress_ns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress"}}}
+    rendered = helm.template(
+        set_values=[
+            "networkPolicy.enabled=true",
+            "networkPolicy.webhookFrom[0].namespaceSelector.matchLabels"
+            ".kubernetes\\.io/metadata\\.name=ingress",
+        ]
+    )
+    policies = {p["metadata"]["name"]: p["spec"] for p in by_kind(rendered, "NetworkPolicy")}
+    assert policies["rel-throttle-webhook"]["ingress"] == [
+        {"ports": [{"port": 8080, "protocol": "TCP"}], "from": [ingress_ns]}
+    ]
+    for component in ("dispatcher", "operator", "migrations"):
+        assert policies[f"rel-throttle-{component}"]["ingress"] == [], component
+    # Only `webhookFrom` empty means anyone (HubSpot's calls come through an ingress anywhere).
+    rendered = helm.template(set_values=["networkPolicy.enabled=true"])
+    policies = {p["metadata"]["name"]: p["spec"] for p in by_kind(rendered, "NetworkPolicy")}
+    assert policies["rel-throttle-webhook"]["ingress"] == [
+        {"ports": [{"port": 8080, "protocol": "TCP"}]}
+    ]
+    assert policies["rel-throttle-dispatcher"]["ingress"] == []
 
 
 def test_pdb_and_spread_for_webhook_and_dispatcher(rendered_default: list[dict[str, Any]]) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.fixtures.helm_chart import REPO, by_kind
 from throttle.cli.main import main as cli
@@ -189,3 +191,66 @@ def test_every_command_the_chart_runs_is_a_throttle_command(
         # click parses the options the chart passes (e.g. --namespace=x) before --help answers.
         result = CliRunner().invoke(cli, [*args, "--help"])
         assert result.exit_code == 0, f"throttle {' '.join(args)}: {result.output}"
+
+
+LOCK = REPO / "requirements.lock"
+
+
+def _locked() -> dict[str, tuple[str, list[str]]]:
+    """requirements.lock as {normalised name: (version, hashes)}."""
+    pins: dict[str, tuple[str, list[str]]] = {}
+    text = re.sub(r"\\\n", " ", LOCK.read_text())
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        spec, *options = line.split()
+        assert not spec.startswith("-"), f"an option line in the lock: {line}"
+        name, _, version = spec.partition("==")
+        assert version, f"not pinned to one version: {spec}"
+        hashes = [o.removeprefix("--hash=") for o in options if o.startswith("--hash=sha256:")]
+        pins[canonicalize_name(name)] = (version, hashes)
+    return pins
+
+
+def test_the_lock_pins_every_runtime_dependency_with_hashes() -> None:
+    """The image installs requirements.lock with --require-hashes: each of pyproject's runtime
+    dependencies must be in it, at a version pyproject allows, with its hashes (`make lock`)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = _locked()
+    assert pins, "requirements.lock is empty"
+    for text in project["dependencies"]:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is not in requirements.lock: run `make lock`"
+        version, _ = pins[name]
+        assert requirement.specifier.contains(version, prereleases=True), (
+            f"requirements.lock pins {name}=={version}, outside pyproject's {requirement}: "
+            "run `make lock`"
+        )
+    for name, (version, hashes) in pins.items():
+        assert hashes, f"{name}=={version} has no --hash in requirements.lock"
+
+
+def test_the_image_installs_the_lock_with_hashes_and_the_package_without_deps() -> None:
+    runs = " ".join(rest for word, rest in instructions(DOCKERFILE.read_text()) if word == "RUN")
+    assert "--require-hashes -r requirements.lock" in runs
+    assert re.search(r"pip install [^&]*--no-deps [^&]*throttle-\*\.whl", runs), runs
+    copied = [rest for word, rest in instructions(DOCKERFILE.read_text()) if word == "COPY"]
+    assert any("requirements.lock" in c for c in copied)
+
+
+def test_declared_minimums_provide_what_the_code_imports() -> None:
+    """`throttle/logs.py` imports `pythonjsonlogger.json`, which arrived in python-json-logger
+    3.1: pyproject once allowed 2.0, whose install fails at the first log line."""
+    logs = (REPO / "throttle" / "logs.py").read_text()
+    assert "from pythonjsonlogger.json import" in logs
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    [declared] = [
+        Requirement(d)
+        for d in project["dependencies"]
+        if canonicalize_name(Requirement(d).name) == "python-json-logger"
+    ]
+    for too_old in ("2.0.7", "3.0.1"):
+        assert not declared.specifier.contains(too_old), declared
+    assert declared.specifier.contains("3.1.0"), declared

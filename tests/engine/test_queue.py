@@ -160,7 +160,9 @@ async def test_a_stale_holder_changes_nothing(queue: Queue, engine_redis: Any) -
     assert (stats.acked, stats.failed, stats.requeued, stats.in_flight) == (1, 1, 1, 1)
 
 
-async def test_a_5xx_spell_spends_the_daily_cap_once_per_execution(queue: Queue, engine_redis: Any) -> None:
+async def test_a_5xx_spell_spends_the_daily_cap_once_per_execution(
+    queue: Queue, engine_redis: Any
+) -> None:
     """HubSpot fails every completion three times before accepting it: each execution is
     released four times, but the daily cap counts it once, so the day's 20 all complete today
     and the next 10 wait for tomorrow (before: the retries spent the cap). The rate charges

@@ -87,6 +87,43 @@ async def test_writer_records_the_life_of_each_execution(
     assert await redis.xlen(keys.events(keys.shard_of(p.key))) == 0
 
 
+ODD_IDS = ["ap-1,2", "a,,b", ",lead", 'q"uote\\', "[not-json", "sl/ash", "\u00e9t\u00e9,\u2603"]
+"""HubSpot's callbackIds are opaque: one with a comma once split into two made-up executions."""
+
+
+async def test_callback_ids_with_commas_round_trip_through_history(
+    engine_redis: Any, database_url: str
+) -> None:
+    redis = engine_redis
+    await migrate(database_url)
+    queue = Queue(redis)
+    p = policy(rate={"limit": 100, "period": "1s", "burst": 10})
+    await reconcile(queue, p)
+    for cb in ODD_IDS:
+        await queue.enqueue(item(cb, input_fields={"policy": "p"}), p)
+    taken = (await queue.take()).released
+    assert sorted(t.callback_id for t in taken) == sorted(ODD_IDS)
+    await queue.ack(taken[:3])
+    await queue.fail([(taken[3], "HubSpot said 404")])
+    await queue.requeue(taken[4:], 0, "HubSpot 503")
+    w = writer(redis, database_url)
+    await w.ensure_groups()
+    while await w.step():
+        pass
+    pool = await create_pool(database_url)
+    try:
+        rows = {r["callback_id"]: r for r in await pool.fetch("SELECT * FROM action_executions")}
+    finally:
+        await pool.close()
+        await w.close()
+    assert sorted(rows) == sorted(ODD_IDS)
+    outcomes = {t.callback_id: rows[t.callback_id]["outcome"] for t in taken}
+    assert [outcomes[t.callback_id] for t in taken] == ["completed"] * 3 + ["failed"] + [
+        "queued"
+    ] * (len(ODD_IDS) - 4)
+    assert all(rows[cb]["released_at"] is not None for cb in ODD_IDS)
+
+
 async def test_recover_rebuilds_lost_queues_without_duplicates(
     engine_redis: Any, database_url: str
 ) -> None:

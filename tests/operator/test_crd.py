@@ -115,6 +115,13 @@ def test_small_daily_cap_is_fine_for_long_periods(
     create(kube, namespace, manifest)
 
 
+@pytest.mark.parametrize("period", ["1s", "0.5h", "PT1S", "1000ms", "0.01d", "P1W"])
+def test_short_periods_down_to_one_second_are_accepted(
+    kube: KubeEnv, namespace: str, period: str
+) -> None:
+    create(kube, namespace, policy_manifest("short", rate={"limit": 5, "period": period}))
+
+
 def test_every_feature_together_is_accepted(kube: KubeEnv, namespace: str) -> None:
     manifest = policy_manifest(
         "everything",
@@ -180,6 +187,15 @@ REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
     ("negative-burst", {"rate": {"limit": 5, "burst": -1}}, ["spec.rate.burst"]),
     ("bad-period", {"rate": {"limit": 5, "period": "soon"}}, ["spec.rate.period"]),
     ("empty-iso-period", {"rate": {"limit": 5, "period": "PT"}}, ["spec.rate.period"]),
+    # A zero-length period passed the pattern once; the policy model needs at least 1 second.
+    *[
+        (
+            f"zero-period-{period}",
+            {"rate": {"limit": 5, "period": period}},
+            ["spec.rate.period", "rate.period must be at least 1 second"],
+        )
+        for period in ("0s", "0.0m", "P0D", "PT0S", "PT0H0M0S", "0d", "500ms")
+    ],
     ("bad-expiration", {"expiration": "7 days"}, ["spec.expiration"]),
     ("bad-scope", {"scope": "Global"}, ["spec.scope", "Unsupported value"]),
     ("bad-overflow", {"overflow": "Drop"}, ["spec.overflow", "Unsupported value"]),

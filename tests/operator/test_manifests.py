@@ -49,6 +49,15 @@ def test_invalid_time_zone_names_the_field() -> None:
     assert "IANA time zone" in caught.value.errors[0][1]
 
 
+@pytest.mark.parametrize("period", ["0s", "P0D", "PT0S", "500ms", 1e308, "99999999999999w"])
+def test_a_local_manifest_with_a_zero_or_huge_period_names_the_field(period: object) -> None:
+    """Local mode (manifest files) refuses what the CRD and the config API refuse."""
+    manifest = policy_manifest("p", rate={"limit": 5, "period": period})
+    with pytest.raises(ManifestError) as caught:
+        policy_from_resource(manifest)
+    assert caught.value.errors[0][0] == "spec.rate.period", caught.value.errors
+
+
 def test_crd_cel_rules_apply_locally_too() -> None:
     spec = {"portalId": 1, "rate": {"limit": 10, "burst": 11}, "dailyCap": {"limit": 5}}
     assert [path for path, _ in crd_rule_errors(spec)] == ["spec.rate.burst", "spec.dailyCap.limit"]

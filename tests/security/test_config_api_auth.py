@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from tests.fixtures.live_webhook import LiveWebhook
+from tests.fixtures.live_webhook import LiveWebhook, fresh_settings
+from throttle_dev.localenv import PostgresServer, RedisServer
 
 POLICY = {"name": "nightly", "portalId": 42, "rate": {"limit": 5, "period": "1m"}}
 
@@ -71,3 +72,39 @@ def test_failed_attempts_are_rate_limited(live_webhook: LiveWebhook) -> None:
     assert retry_after is not None
     assert int(retry_after) > 0
     assert live_webhook.fingerprint() == before
+
+
+def test_a_flood_of_wrong_tokens_never_locks_the_right_token_out(
+    live_webhook: LiveWebhook,
+) -> None:
+    """Behind an ingress (no TRUSTED_PROXIES) every client shares the ingress' address: a
+    stranger's flood of wrong tokens must not refuse the operators' scripts."""
+    for i in range(GUESSES):
+        _put(live_webhook, live_webhook.bearer(f"stranger-{i:04d}-" + "x" * 30))
+    assert _put(live_webhook, live_webhook.bearer("one-more-wrong")).status_code == 429  # type: ignore[attr-defined]
+    response = _put(live_webhook, live_webhook.bearer())
+    assert response.status_code in (200, 201), response.text  # type: ignore[attr-defined]
+    assert _put(live_webhook, live_webhook.bearer("still-wrong")).status_code == 429  # type: ignore[attr-defined]
+
+
+def test_behind_a_trusted_proxy_each_client_is_counted_apart(
+    redis_server: RedisServer, postgres_server: PostgresServer
+) -> None:
+    """The client is the right-most untrusted X-Forwarded-For hop (the address our proxy saw),
+    not the proxy; a flooder cannot lock out another client, nor dodge by writing hops of its own
+    to the left."""
+    live = LiveWebhook(
+        fresh_settings(redis_server, postgres_server, trusted_proxies="127.0.0.0/8")
+    ).start()
+    try:
+        for i in range(GUESSES):
+            # The flooder writes a new left-most hop each time; the proxy appends its address.
+            hops = {"X-Forwarded-For": f"192.0.2.{i % 250}, 203.0.113.66"}
+            _put(live, {**live.bearer(f"guess-{i:04d}"), **hops})
+        flooder = {"X-Forwarded-For": "203.0.113.66"}
+        assert _put(live, {**live.bearer("again"), **flooder}).status_code == 429  # type: ignore[attr-defined]
+        other = {"X-Forwarded-For": "198.51.100.7"}
+        assert _put(live, {**live.bearer("typo"), **other}).status_code == 401  # type: ignore[attr-defined]
+        assert "203.0.113.66" in live.log_text()
+    finally:
+        live.stop()

@@ -80,10 +80,11 @@ def test_the_oauth_state_signature_goes_through_compare_digest(
     compared: list[tuple[bytes, bytes]],
 ) -> None:
     signer = OAuthStateSigner("k" * 40)
-    nonce, expires, _ = signer.issue(now=time.time()).split(".")
+    issued = signer.issue(now=time.time())
+    nonce, expires, binding, _ = issued.state.split(".")
     forged = "A" * 43
     with pytest.raises(StateError):
-        signer.verify(f"{nonce}.{expires}.{forged}")
+        signer.verify(f"{nonce}.{expires}.{binding}.{forged}", issued.browser_key)
     assert _sent(compared, forged)
 
 

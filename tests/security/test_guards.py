@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fixtures.webhook import StartWebhook, execution, policy
 from throttle.webhook_service import auth_limit, shedding
 from throttle.webhook_service.errors import json_errors
 
@@ -117,3 +118,38 @@ async def test_the_guard_sheds_hot_routes_past_the_inflight_cap(aiohttp_client: 
     assert shedder.inflight == 0
     assert (await client.post(ACTION)).status == 200, "recovers when load drops"
     assert shedder.shed_total == 1
+
+
+async def _slow_sender(host: str, port: int, path: str) -> tuple[asyncio.StreamReader, Any]:
+    """Headers announcing a 1,000-byte body, then 10 bytes of it: a client on a slow link (or
+    one holding slots on purpose)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        'Content-Length: 1000\r\n\r\n{"callbac'.encode()
+    )
+    await writer.drain()
+    return reader, writer
+
+
+async def test_slow_bodies_do_not_hold_admission_slots(start_webhook: StartWebhook) -> None:
+    """With every slot taken by requests whose bodies trickle in, HubSpot's own requests were
+    shed (429). Bodies are now read, within a deadline, before a request counts."""
+    webhook = await start_webhook(webhook_max_inflight=2, webhook_body_timeout_seconds=1.0)
+    await webhook.add_policy(policy())
+    server = webhook.client.server
+    host, port = str(server.host), int(server.port or 0)
+    slow = [
+        await _slow_sender(host, port, path)
+        for path in (ACTION, ACTION, ACTION, "/api/hubspot/options")
+    ]
+    await asyncio.sleep(0.2)  # the slow requests are in their handlers, reading
+    status, answer = await webhook.post_action(execution("cb-on-time"))
+    assert status == 200, answer
+    assert answer["outputFields"]["hs_execution_state"] == "BLOCK"
+    for reader, writer in slow:
+        head = await asyncio.wait_for(reader.read(4096), timeout=10)
+        assert head.startswith(b"HTTP/1.1 408"), head[:200]
+        assert b"body_timeout" in head
+        writer.close()
+    assert webhook.app[shedding.SHEDDER].inflight == 0

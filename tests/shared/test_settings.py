@@ -128,6 +128,19 @@ def test_encryption_keys_rotate_newest_first() -> None:
         load_settings(_env_file=None, encryption_key="too-short")
 
 
+def test_an_encryption_key_never_shows_its_material() -> None:
+    """A key printed by a debugger, a traceback's locals or a log line's f-string."""
+    material = bytes(range(32))
+    text = base64.b64encode(material).decode()
+    settings = load_settings(_env_file=None, encryption_key=text)
+    [key] = settings.encryption_keys
+    for shown in (repr(key), str(key), f"{settings.encryption_keys}", repr(settings)):
+        assert text not in shown
+        assert repr(material) not in shown
+        assert material.hex() not in shown
+    assert key.key_id in repr(key)
+
+
 def test_every_command_has_help(tmp_path: Path) -> None:
     result = run_cli(["--help"], {}, tmp_path)
     assert result.returncode == 0

@@ -147,6 +147,15 @@ async def test_portal_default_and_named_policies(api: Webhook) -> None:
         ({**SPEC, "name": "Not A Name"}, "name"),
         ({**SPEC, "surprise": 1}, "surprise"),
         ([1, 2], "body"),
+        # Beyond what a timedelta holds: once an OverflowError and a 500 (issue 15, fuzzing).
+        ({**SPEC, "expiration": 1e308}, "expiration"),
+        ({**SPEC, "expiration": "P9999999999D"}, "expiration"),
+        ({**SPEC, "rate": {"limit": 5, "period": 1e308}}, "rate.period"),
+        ({**SPEC, "rate": {"limit": 5, "period": "99999999999999w"}}, "rate.period"),
+        # A zero-length period, in each spelling the CRD's pattern accepts.
+        ({**SPEC, "rate": {"limit": 5, "period": "0s"}}, "rate.period"),
+        ({**SPEC, "rate": {"limit": 5, "period": "PT0S"}}, "rate.period"),
+        ({**SPEC, "rate": {"limit": 5, "period": "P0D"}}, "rate.period"),
     ],
 )
 async def test_invalid_policy_is_400_naming_the_field(api: Webhook, body: Any, field: str) -> None:

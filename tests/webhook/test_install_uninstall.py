@@ -48,7 +48,7 @@ async def test_install_uninstall_through_the_webhook_app(
     webhook: tuple[RunningSimulator, str, Any],
 ) -> None:
     running, url, app = webhook
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
         async with session.get(url + "/api/oauth/authorize", allow_redirects=False) as r:
             assert r.status == 302
             authorize = r.headers["Location"]

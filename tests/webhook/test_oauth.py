@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import time
@@ -135,7 +136,7 @@ async def test_install_stores_tokens_and_refuses_replay(
         None,
         "garbage",
         "nonce.9999999999.c2lnbmF0dXJl",
-        OAuthStateSigner("another-secret-key-base-of-32-chars-or-more").issue(),
+        OAuthStateSigner("another-secret-key-base-of-32-chars-or-more").issue().state,
         "expired",
     ],
 )
@@ -147,7 +148,7 @@ async def test_wrong_or_expired_state_stores_nothing(
     query = {k: v[0] for k, v in parse_qs(parts.query).items()}
     if state == "expired":
         signer = OAuthStateSigner(stack.settings.secret_key_base.get_secret_value())
-        state = signer.issue(now=time.time() - 3600)
+        state = signer.issue(now=time.time() - 3600).state
     if state is None:
         query.pop("state")
     else:
@@ -195,6 +196,36 @@ async def test_uninstall_webhook_marks_portal_uninstalled(
         sample(stack.app[METRICS], "throttle_portals_uninstalled_total", cause="uninstall_webhook")
         == 1
     )
+
+
+async def test_a_late_retry_of_an_old_uninstall_does_not_wipe_a_reinstall(
+    stack: Stack, session: aiohttp.ClientSession
+) -> None:
+    """HubSpot retries webhook deliveries for hours: the uninstall of before a reinstall, arriving
+    after it, once marked the fresh install uninstalled and disabled its tokens."""
+    url = stack.url + "/api/hubspot/uninstall"
+    async with session.get(await install(stack, session, 778)) as r:
+        assert r.status == 200
+    uninstalled_ms = int(time.time() * 1000)
+    assert await send_uninstall(stack.sim, url, 778, session, occurred_at_ms=uninstalled_ms) == 200
+    assert (await stack.tokens.store.installation(778)).status == "uninstalled"  # type: ignore[union-attr]
+    await asyncio.sleep(0.01)
+    async with session.get(await install(stack, session, 778)) as r:
+        assert r.status == 200
+    reinstalled = await stack.tokens.store.load(778)
+    assert reinstalled is not None
+
+    assert await send_uninstall(stack.sim, url, 778, session, occurred_at_ms=uninstalled_ms) == 200
+    installation = await stack.tokens.store.installation(778)
+    assert installation is not None
+    assert installation.status == "installed"
+    assert installation.tokens_disabled_at is None
+    stored = await stack.tokens.store.load(778)
+    assert stored is not None
+    assert stored.access_token == reinstalled.access_token
+    # A new uninstall (after the reinstall) still counts.
+    assert await send_uninstall(stack.sim, url, 778, session) == 200
+    assert (await stack.tokens.store.installation(778)).status == "uninstalled"  # type: ignore[union-attr]
 
 
 async def test_install_meeting_a_refused_client_secret_is_recorded_not_blamed_on_the_admin(

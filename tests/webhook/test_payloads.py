@@ -4,8 +4,10 @@ refuses the others with the same 400 (status, error code, detail and field)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +19,10 @@ from hypothesis import strategies as st
 from throttle.webhook_service import payloads
 from throttle.webhook_service.errors import ErrorAnswer
 from throttle.webhook_service.payloads import (
+    MAX_JSON_DEPTH,
     ActionRequest,
     ExecutionPayload,
+    check_depth,
     parse,
     parse_execution,
 )
@@ -424,3 +428,46 @@ def test_valid_utf8_beyond_ascii_takes_the_msgspec_path(monkeypatch: pytest.Monk
     assert expected is not None
     monkeypatch.setattr(payloads, "parse", no_pydantic)
     assert parse_execution(body.encode()) == expected
+
+
+def _check_depth_seconds(body: bytes) -> float:
+    """The fastest of a few runs of check_depth on `body` (refusal or not)."""
+    best = math.inf
+    for _ in range(5):
+        started = time.perf_counter()
+        with contextlib.suppress(ErrorAnswer):
+            check_depth(body)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+@pytest.mark.parametrize("closed", [False, True], ids=["unterminated", "terminated"])
+def test_the_depth_check_is_linear_on_a_body_of_escaped_quotes(closed: bool) -> None:
+    """Deep enough to need the scan, then one string of `\\"` pairs: every quote used to start a
+    scan to the end of the body (8x the body took 64x the time; 20,000 pairs took 19 s)."""
+
+    def body(pairs: int) -> bytes:
+        return b"[" * (MAX_JSON_DEPTH + 1) + b'"' + b'\\"' * pairs + (b'"' if closed else b"")
+
+    small, large = _check_depth_seconds(body(2_000)), _check_depth_seconds(body(16_000))
+    assert large < 0.5, f"{large:.3f} s for 16,000 escaped quotes"
+    assert large / max(small, 1e-5) < 24, (small, large)
+    with pytest.raises(ErrorAnswer, match="nested deeper"):
+        check_depth(body(500_000))  # a 1 MB body: still refused for its depth, at once
+
+
+@pytest.mark.parametrize(
+    ("body", "deep"),
+    [
+        (b"[" * 32 + b'"[[[]"' + b"]" * 32, False),  # brackets inside a string
+        (b"[" * 33 + b'"\\\\"' + b"[" * 40, True),  # an escaped backslash closes nothing
+        (b'["\\"' + b"[" * 40 + b'"]', False),  # an escaped quote does not close the string
+        (b'["' + b"[" * 40 + b"x\\", False),  # unterminated, a lone backslash at the end
+    ],
+)
+def test_the_depth_check_reads_strings_as_json_does(body: bytes, deep: bool) -> None:
+    if deep:
+        with pytest.raises(ErrorAnswer, match="nested deeper"):
+            check_depth(body)
+    else:
+        check_depth(body)

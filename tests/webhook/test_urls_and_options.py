@@ -49,8 +49,9 @@ async def test_forwarded_headers_used_from_a_trusted_proxy(start_webhook: StartW
             webhook.secret, body.decode(), "v3", proxy_url, "POST", ts
         ),
         "X-HubSpot-Request-Timestamp": ts,
-        "X-Forwarded-Proto": "https",
-        "X-Forwarded-Host": "throttle.example.com, internal-lb",
+        "X-Forwarded-Proto": "http, https",
+        # The right-most value is the one our ingress appended; a client wrote the rest.
+        "X-Forwarded-Host": "client-chose.example, throttle.example.com",
     }
     response = await webhook.client.post("/api/hubspot/action?b=2&a=1", data=body, headers=headers)
     assert response.status == 200
@@ -62,6 +63,25 @@ async def test_forwarded_headers_used_from_a_trusted_proxy(start_webhook: StartW
     }
     response = await webhook.client.post("/api/hubspot/action?b=2&a=1", data=body, headers=headers)
     assert response.status == 401
+
+
+async def test_a_forwarded_host_the_client_wrote_is_not_believed(
+    start_webhook: StartWebhook,
+) -> None:
+    """The left-most X-Forwarded-Host is whatever the client sent before our ingress appended
+    its own: a signature made for that host must not pass."""
+    webhook = await start_webhook(trusted_proxies="127.0.0.0/8")
+    await webhook.add_policy(policy())
+    body = json.dumps(execution()).encode()
+    forged = "https://elsewhere.example/api/hubspot/action"
+    headers = {
+        **webhook.signed(body, url=forged),
+        "X-Forwarded-Proto": "https, https",
+        "X-Forwarded-Host": "elsewhere.example, throttle.example.com",
+    }
+    response = await webhook.client.post("/api/hubspot/action", data=body, headers=headers)
+    assert response.status == 401
+    assert (await response.json())["error"] == "invalid_signature"
 
 
 async def test_query_string_order_is_kept(webhook: Webhook) -> None:

@@ -72,6 +72,14 @@ def rotate_keys() -> None:
     click.echo(
         f"{report.reencrypted} of {report.rows} token rows re-encrypted under key {report.key_id}."
     )
+    if report.remaining:
+        # Skipped (SKIP LOCKED) while a token refresh held them: saying "no row uses the old
+        # key" now would have the operator remove a key some rows still need.
+        fail(
+            f"{report.remaining} token row(s) still use an older key (a token refresh held "
+            "them during the rotation): run `throttle rotate-keys` again before removing any "
+            "key from ENCRYPTION_KEY"
+        )
     if older:
         click.echo(
             f"No row uses key(s) {', '.join(older)} any more: remove them from ENCRYPTION_KEY."

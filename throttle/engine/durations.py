@@ -22,9 +22,20 @@ _SHORT_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800
 
 
 def parse_duration(value: Any) -> timedelta:
-    """Accept ISO-8601 (`PT1M`, `P7D`), short forms (`10s`, `1m`, `1h30m`) or seconds."""
+    """Accept ISO-8601 (`PT1M`, `P7D`), short forms (`10s`, `1m`, `1h30m`) or seconds.
+
+    A value beyond what a timedelta holds (`1e308`, `P99999999999D`) is a ValueError like any
+    other bad duration: pydantic turns ValueError into a 400 naming the field, while the
+    OverflowError timedelta raises would escape validation as a 500."""
     if isinstance(value, timedelta):
         return value
+    try:
+        return _parse(value)
+    except OverflowError:
+        raise ValueError("is too long (at most 999999999 days)") from None
+
+
+def _parse(value: Any) -> timedelta:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return timedelta(seconds=value)
     if not isinstance(value, str) or not value.strip():

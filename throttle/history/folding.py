@@ -49,6 +49,23 @@ def _ts(micros: str | None) -> datetime | None:
     return datetime.fromtimestamp(int(micros) / 1e6, UTC) if micros else None
 
 
+def event_callback_ids(event: dict[str, str]) -> list[str]:
+    """The callback ids an event names: `cb` (one), or `cbs` (`id_list` in engine/lua/_lib.lua):
+    ids joined with commas, or a JSON array when an id holds a comma or the first starts with
+    "[" (so a joined list never starts with "[")."""
+    cbs = event.get("cbs")
+    if not cbs:
+        return [event["cb"]] if event.get("cb") else []
+    if cbs.startswith("["):
+        try:
+            ids = json.loads(cbs)
+        except ValueError:
+            ids = None
+        if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
+            return ids
+    return cbs.split(",")
+
+
 def fold_events(events: Iterable[dict[str, str]]) -> list[ExecutionRow]:
     """Turn stream events (in order) into one row per callback id."""
     rows: dict[str, ExecutionRow] = {}
@@ -75,7 +92,7 @@ def fold_events(events: Iterable[dict[str, str]]) -> list[ExecutionRow]:
             r.expires_at = _ts(e.get("exp"))
             r.advance("queued")
             continue
-        cbs = e["cbs"].split(",") if e.get("cbs") else [e["cb"]] if e.get("cb") else []
+        cbs = event_callback_ids(e)
         attempts = e.get("atts", "").split(",") if e.get("atts") else []
         for i, cb in enumerate(cbs):
             r = row(cb, e)

@@ -122,11 +122,22 @@ RestoreResult = Literal["restored", "installed", "unknown", "no_tokens"]
 (or dropped before tokens were kept): only a reinstall brings it back."""
 
 
+class StaleUninstall(Exception):
+    """An uninstall event older than the portal's current install (a late webhook retry)."""
+
+    def __init__(self, portal_id: int, installed_at: datetime) -> None:
+        super().__init__(f"portal {portal_id}: uninstall event predates its install")
+        self.portal_id = portal_id
+        self.installed_at = installed_at
+
+
 @dataclass(frozen=True)
 class RotationReport:
     rows: int
     reencrypted: int
     key_id: str
+    remaining: int = 0
+    """Rows still under an older key afterwards: skipped while a token refresh held them."""
 
 
 def _ts(epoch: float) -> datetime:
@@ -243,13 +254,22 @@ class TokenStore:
         rows = await self._pool.fetch(_INSTALLATIONS + " ORDER BY p.portal_id")
         return [_installation(row) for row in rows]
 
-    async def mark_uninstalled(self, portal_id: int, reason: str) -> bool:
+    async def mark_uninstalled(
+        self, portal_id: int, reason: str, occurred_at: datetime | None = None
+    ) -> bool:
         """Record the uninstall and disable the tokens (kept for the grace period, never handed
-        out); True if the portal was installed until now."""
+        out); True if the portal was installed until now. An uninstall that `occurred_at` before
+        the portal's current install is a late retry of an older one: StaleUninstall, nothing
+        changed (it would otherwise wipe the fresh reinstall)."""
         async with self._pool.acquire() as conn, conn.transaction():
-            previous = await conn.fetchval(
-                "SELECT status FROM hubspot_portals WHERE portal_id = $1 FOR UPDATE", portal_id
+            current = await conn.fetchrow(
+                "SELECT status, installed_at FROM hubspot_portals WHERE portal_id = $1 FOR UPDATE",
+                portal_id,
             )
+            previous = current["status"] if current is not None else None
+            installed_at = current["installed_at"] if current is not None else None
+            if occurred_at is not None and installed_at is not None and occurred_at < installed_at:
+                raise StaleUninstall(portal_id, installed_at)
             await conn.execute(
                 """
                 INSERT INTO hubspot_portals (portal_id, status, uninstalled_at, uninstall_reason)
@@ -334,7 +354,10 @@ class TokenStore:
                     )
             done += len(rows)
             if len(rows) < chunk:
-                return RotationReport(int(total), done, current)
+                remaining = await self._pool.fetchval(
+                    "SELECT count(*) FROM oauth_tokens WHERE key_id <> $1", current
+                )
+                return RotationReport(int(total), done, current, int(remaining))
 
 
 async def purge_disabled_tokens(pool: Any, grace_days: float) -> int:
@@ -564,10 +587,13 @@ class TokenManager:
                     return stored.access_token
                 raise TokenUnavailable(f"portal {portal_id}: token refresh failed")
 
-    async def uninstall(self, portal_id: int, reason: str, cause: str) -> bool:
-        """Record an uninstall (refresh refused or the uninstall webhook)."""
+    async def uninstall(
+        self, portal_id: int, reason: str, cause: str, occurred_at: datetime | None = None
+    ) -> bool:
+        """Record an uninstall (refresh refused or the uninstall webhook); StaleUninstall when
+        the event `occurred_at` before the portal's current install."""
+        changed = await self._store.mark_uninstalled(portal_id, reason, occurred_at)
         self._cache.pop(portal_id, None)
-        changed = await self._store.mark_uninstalled(portal_id, reason)
         if changed:
             log.warning("portal %s uninstalled: %s", portal_id, reason)
             if self._metrics is not None:

@@ -252,11 +252,14 @@ class ActionEndpoint:
         refused = shedder.refusal(request, "action")
         if refused is not None:
             return refused
+        try:
+            body = await shedder.read_body(request)  # before taking a slot (shedding.py)
+        except Exception as exc:  # too slow (408), too large (413)
+            return error_for(request, exc)
         shedder.inflight += 1
         counts = self.counts
         started = time.perf_counter()
         try:
-            body = await request.read()
             payload = self.verified(request, body)
             name = requested_policy(payload)
             policy = self.policy_for(payload, name)

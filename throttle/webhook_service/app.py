@@ -301,13 +301,19 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app.cleanup_ctx.extend(
         [redis_ctx, policy_index_ctx, db_ctx, http_ctx, installed_ctx, config_store_ctx]
     )
-    shedder = shedding.install(app, settings.webhook_max_inflight, settings.webhook_shed_lag_ms)
+    shedder = shedding.install(
+        app,
+        settings.webhook_max_inflight,
+        settings.webhook_shed_lag_ms,
+        settings.webhook_body_timeout_seconds,
+    )
     app.cleanup_ctx.append(lag_sampler_ctx)
     limit = auth_limit.install(
         app,
         settings.config_api_max_failures,
         settings.config_api_failure_window_seconds,
         settings.trusted_proxy_networks,
+        config_api.has_token,
     )
     app.add_routes(actions.routes(app, shedder))  # sheds and answers its errors itself
     routes = [

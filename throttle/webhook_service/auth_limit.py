@@ -1,14 +1,20 @@
 """Slow down anyone guessing the config API's bearer token.
 
 Failed attempts (answers 401) are counted per client address in a sliding window; past the limit
-that address gets 429 with Retry-After and its token is not even checked, so a guesser cannot
-learn anything while locked out. Counting is in the pod's memory: no Redis round trip, and the
-config API keeps working (and keeps refusing guessers) while Redis is down. With N webhook pods
-a guesser gets at most N times the limit per window, still hopeless against a 256-bit token:
-the limit is there to make guessing loud in the logs and metrics, not to be the only defence.
+that address gets 429 with Retry-After for every wrong token. Counting is in the pod's memory: no
+Redis round trip, and the config API keeps working (and keeps refusing guessers) while Redis is
+down. With N webhook pods a guesser gets at most N times the limit per window, still hopeless
+against a 256-bit token: the limit is there to make guessing loud in the logs and metrics, not to
+be the only defence.
 
-Behind a trusted proxy (`TRUSTED_PROXIES`) the client is the last address in X-Forwarded-For
-that is not itself a trusted proxy; otherwise the TCP peer, whatever the headers say.
+The right token is never refused, locked out or not: behind an ingress many clients share one
+address (the ingress' own, unless `TRUSTED_PROXIES` lists it), so a lock-out that refused
+everyone from an address would let any stranger with a stream of wrong tokens lock the
+operators' scripts out.
+
+Behind a trusted proxy (`TRUSTED_PROXIES`) the client is the right-most address in
+X-Forwarded-For that is not itself a trusted proxy (the one our proxy saw connect; the addresses
+to its left are whatever the client wrote); otherwise the TCP peer, whatever the headers say.
 """
 
 from __future__ import annotations
@@ -94,6 +100,9 @@ class FailureLimit:
 
     attempts: FailedAttempts
     trusted: list[Network]
+    authorized: Callable[[web.Request], bool]
+    """Whether the request carries the right token: such a request is served even when its
+    address is locked out."""
     on_refused: Callable[[], None] | None = None
 
     def guard(self, routes: list[web.RouteDef]) -> list[web.RouteDef]:
@@ -103,7 +112,7 @@ class FailureLimit:
         async def limit_failures(request: web.Request) -> web.StreamResponse:
             client = client_address(request, self.trusted)
             wait = self.attempts.retry_after(client)
-            if wait is not None:
+            if wait is not None and not self.authorized(request):
                 if self.on_refused is not None:
                     self.on_refused()
                 return error_response(
@@ -130,7 +139,11 @@ LIMITER = web.AppKey("config_api_failed_attempts", FailedAttempts)
 
 
 def install(
-    app: web.Application, limit: int, window_s: float, trusted: list[Network]
+    app: web.Application,
+    limit: int,
+    window_s: float,
+    trusted: list[Network],
+    authorized: Callable[[web.Request], bool],
 ) -> FailureLimit:
     """The limiter for `app`; add the config API's routes through `limit.guard(routes)` (a
     wrapper on those routes only, where it sees the handler's 401 as raised: a middleware
@@ -141,4 +154,4 @@ def install(
     if METRICS in app:
         rejected = app[METRICS].webhook_rejected
         on_refused = rejected.labels("config", "too_many_failures").inc
-    return FailureLimit(attempts, trusted, on_refused)
+    return FailureLimit(attempts, trusted, authorized, on_refused)

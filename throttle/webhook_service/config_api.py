@@ -87,6 +87,16 @@ def require_token(request: web.Request) -> None:
         raise ErrorAnswer(401, "unauthorized", "the bearer token is not valid", headers=challenge)
 
 
+def has_token(request: web.Request) -> bool:
+    """`require_token` as a yes/no, for the failed-attempt limiter (the right token is never
+    locked out)."""
+    try:
+        require_token(request)
+    except ErrorAnswer:
+        return False
+    return True
+
+
 def _id(text: str, field: str) -> int:
     try:
         value = int(text)

@@ -3,7 +3,10 @@
 - `GET /api/oauth/authorize` sends the browser to HubSpot's authorize page with the client id,
   the scopes (`automation oauth`), `redirect_uri` = PUBLIC_URL + `/api/oauth/callback`, and a
   signed, expiring, single-use `state`.
-- `GET /api/oauth/callback` checks `state` (wrong, expired or replayed → 400, nothing stored),
+  The browser gets a cookie (HttpOnly, Secure under https, SameSite=Lax, sent to the callback
+  path only) whose hash the state carries.
+- `GET /api/oauth/callback` checks `state` (wrong, expired, replayed, or from a browser without
+  the matching cookie → 400, nothing stored),
   exchanges the code, learns the portal (token response `hub_id`, else introspection), stores the
   tokens encrypted, tells this pod's installed-portals view at once (so the portal's first
   executions here are held, not answered 503 while the view catches up), and shows a plain
@@ -26,8 +29,9 @@ from __future__ import annotations
 import html
 import json
 import logging
+from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 
@@ -41,6 +45,7 @@ from throttle.hubspot.client import (
     TokenRefused,
 )
 from throttle.hubspot.oauth_state import OAuthStateSigner, StateError
+from throttle.hubspot.tokens import StaleUninstall
 from throttle.webhook_service.appkeys import (
     HUBSPOT,
     INSTALLED,
@@ -56,6 +61,7 @@ log = logging.getLogger(__name__)
 
 SCOPES = ("automation", "oauth")
 CALLBACK_PATH = "/api/oauth/callback"
+BROWSER_COOKIE = "throttle_install"
 UNINSTALL_PATH = "/api/hubspot/uninstall"
 
 
@@ -71,6 +77,23 @@ def _redirect_uri(request: web.Request) -> str:
     if not public_url:
         raise ErrorAnswer(503, "not_configured", "PUBLIC_URL is not set")
     return public_url + CALLBACK_PATH
+
+
+def _set_browser_cookie(
+    request: web.Request, response: web.StreamResponse, value: str, max_age: int
+) -> None:
+    """The install's browser key: SameSite=Lax still comes along on HubSpot's top-level redirect
+    back to the callback, and the path keeps it off every other request."""
+    public = urlsplit(_redirect_uri(request))
+    response.set_cookie(
+        BROWSER_COOKIE,
+        value,
+        max_age=max_age,
+        path=public.path,
+        secure=public.scheme == "https",
+        httponly=True,
+        samesite="Lax",
+    )
 
 
 def _wants_json(request: web.Request) -> bool:
@@ -98,20 +121,24 @@ async def authorize(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     if not settings.hubspot_client_id:
         raise ErrorAnswer(503, "not_configured", "HUBSPOT_CLIENT_ID is not set")
+    signer = _signer(request)
+    issued = signer.issue()
     params = {
         "client_id": settings.hubspot_client_id,
         "redirect_uri": _redirect_uri(request),
         "scope": " ".join(SCOPES),
-        "state": _signer(request).issue(),
+        "state": issued.state,
     }
-    raise web.HTTPFound(f"{settings.hubspot_app_base}/oauth/authorize?{urlencode(params)}")
+    found = web.HTTPFound(f"{settings.hubspot_app_base}/oauth/authorize?{urlencode(params)}")
+    _set_browser_cookie(request, found, issued.browser_key, signer.ttl_s)
+    raise found
 
 
 async def callback(request: web.Request) -> web.StreamResponse:
     query = request.query
     signer = _signer(request)
     try:
-        state = signer.verify(query.get("state"))
+        state = signer.verify(query.get("state"), request.cookies.get(BROWSER_COOKIE))
     except StateError as exc:
         _count(request, "bad_state")
         return _page(request, 400, "Install refused", str(exc))
@@ -193,7 +220,7 @@ async def uninstall(request: web.Request) -> web.StreamResponse:
     tokens = request.app[TOKENS]
     if tokens is None:
         raise ErrorAnswer(503, "not_configured", "DATABASE_URL and ENCRYPTION_KEY are needed")
-    portals: list[int] = []
+    portals: list[tuple[int, datetime | None]] = []
     for index, event in enumerate(events):
         if not isinstance(event, dict):
             raise ErrorAnswer(400, "invalid_event", "each event must be an object", f"[{index}]")
@@ -211,13 +238,46 @@ async def uninstall(request: web.Request) -> web.StreamResponse:
             raise ErrorAnswer(
                 400, "invalid_event", "portalId must be a number", f"[{index}].portalId"
             )
-        portals.append(int(portal))
-    for portal_id in portals:
-        await tokens.uninstall(portal_id, "uninstalled: app uninstall webhook", "uninstall_webhook")
+        portals.append((int(portal), _occurred_at(event.get("occurredAt"), index)))
+    done: list[int] = []
+    stale: list[int] = []
+    for portal_id, occurred_at in portals:
+        try:
+            await tokens.uninstall(
+                portal_id, "uninstalled: app uninstall webhook", "uninstall_webhook", occurred_at
+            )
+        except StaleUninstall as exc:
+            # HubSpot retries a webhook for hours: a retry of the uninstall before a reinstall
+            # must not wipe the reinstall. Answered 200 (a 4xx would be retried again).
+            log.warning(
+                "portal %s: ignored an uninstall event from %s, before its install at %s "
+                "(a late retry)",
+                portal_id,
+                occurred_at,
+                exc.installed_at,
+            )
+            stale.append(portal_id)
+            continue
+        done.append(portal_id)
     installed = request.app.get(INSTALLED)
-    if portals and installed is not None:
+    if done and installed is not None:
         installed.refresh_soon()
-    return web.json_response({"uninstalled": portals})
+    return web.json_response({"uninstalled": done, "ignoredAsOlderThanInstall": stale})
+
+
+def _occurred_at(value: Any, index: int) -> datetime | None:
+    """The event's `occurredAt` (epoch milliseconds, as HubSpot's webhooks send), if any."""
+    if value is None:
+        return None
+    text = str(value)
+    # At most 13 digits (until the year 2286): a longer one would overflow a datetime.
+    if isinstance(value, bool) or not isinstance(value, int | str) or not text.isdigit():
+        text = ""
+    if not text or not text.isascii() or len(text) > 13:
+        raise ErrorAnswer(
+            400, "invalid_event", "occurredAt must be epoch milliseconds", f"[{index}].occurredAt"
+        )
+    return datetime.fromtimestamp(int(text) / 1000, UTC)
 
 
 def routes() -> list[web.RouteDef]:

@@ -358,8 +358,17 @@ def _oauth_paths() -> Json:
             {"oneOf": [{"type": "array", "items": {"type": "object"}}, {"type": "object"}]},
             {
                 "200": _json(
-                    _object({"uninstalled": {"type": "array", "items": {"type": "integer"}}}),
-                    "Portals marked uninstalled.",
+                    _object(
+                        {
+                            "uninstalled": {"type": "array", "items": {"type": "integer"}},
+                            "ignoredAsOlderThanInstall": {
+                                "type": "array",
+                                "items": {"type": "integer"},
+                            },
+                        }
+                    ),
+                    "Portals marked uninstalled, and portals whose event (`occurredAt`, epoch "
+                    "ms) predates their current install: a late retry, ignored.",
                 ),
                 **_errors(400, 401, 413, 503),
             },

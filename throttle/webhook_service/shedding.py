@@ -20,6 +20,10 @@ Shed requests are not written to the access log (they are counted in
 Health, metrics and the config API are never shed: the kubelet and Prometheus must still see
 the pod, and an operator must still be able to change a policy during an incident.
 
+A request's body is read, within `WEBHOOK_BODY_TIMEOUT_SECONDS` (408 beyond), before it takes
+an in-flight slot: counted while its body trickled in, a few slow senders (a byte a second each)
+would hold every slot and have HubSpot's own requests shed.
+
 The shedder guards HubSpot's routes (`LoadShedder.guard` wraps the options route; the action
 endpoint asks `LoadShedder.refusal` itself), not every request through a middleware: each
 coroutine layer between aiohttp and the Redis call costs the action endpoint 1-2 µs per
@@ -39,7 +43,7 @@ from typing import Any
 from aiohttp import web
 
 from throttle.webhook_service.appkeys import METRICS
-from throttle.webhook_service.errors import error_response
+from throttle.webhook_service.errors import ErrorAnswer, error_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -66,6 +70,7 @@ class LoadShedder:
     shed_total: int = 0
     admit: float = 1.0
     """Share of new hot-path requests admitted (1.0 unless the loop lags)."""
+    body_timeout_s: float = 10.0
     samples: deque[float] = field(default_factory=lambda: deque(maxlen=SUSTAINED_SAMPLES))
     dice: Callable[[], float] = field(default=random.random, repr=False)
     on_shed: Callable[[str, str], None] | None = field(default=None, repr=False)
@@ -108,6 +113,20 @@ class LoadShedder:
             for r in routes
         ]
 
+    async def read_body(self, request: web.Request) -> bytes:
+        """The body (aiohttp keeps it for the handler's own `read()`), within `body_timeout_s`;
+        call it before taking a slot."""
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                return await request.read()
+        except TimeoutError:
+            raise ErrorAnswer(
+                408,
+                "body_timeout",
+                f"the request body did not arrive within {self.body_timeout_s:g} s",
+                headers={"Connection": "close"},
+            ) from None
+
     def refusal(self, request: web.Request, endpoint: str) -> web.Response | None:
         """The 429 for a request to shed now (counted, kept out of the access log), or None:
         then the caller serves it inside `inflight += 1 ... finally: inflight -= 1`."""
@@ -132,6 +151,7 @@ class LoadShedder:
             refused = self.refusal(request, endpoint)
             if refused is not None:
                 return refused
+            await self.read_body(request)
             self.inflight += 1
             try:
                 response: web.StreamResponse = await handler(request)
@@ -145,10 +165,14 @@ class LoadShedder:
 SHEDDER = web.AppKey("load_shedder", LoadShedder)
 
 
-def install(app: web.Application, max_inflight: int, max_lag_ms: float) -> LoadShedder:
+def install(
+    app: web.Application, max_inflight: int, max_lag_ms: float, body_timeout_s: float = 10.0
+) -> LoadShedder:
     """The shedder for `app`; add the routes it should shed through `shedder.guard(routes)`, and
     run its `watch_loop` for the app's lifetime when it sheds on the event loop's lag."""
-    shedder = LoadShedder(max_inflight=max_inflight, max_lag_s=max_lag_ms / 1000)
+    shedder = LoadShedder(
+        max_inflight=max_inflight, max_lag_s=max_lag_ms / 1000, body_timeout_s=body_timeout_s
+    )
     if METRICS in app:
         rejected = app[METRICS].webhook_rejected
         shedder.on_shed = lambda endpoint, reason: rejected.labels(endpoint, reason).inc()

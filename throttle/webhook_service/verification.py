@@ -38,12 +38,15 @@ SUSPECTED_MISMATCH = SignatureCheck(False, ROTATION_DETAIL, "v3", secret_mismatc
 """The verdict on a mismatch the watch judged ours: callers answer 503, not 401."""
 
 
-def _first(value: str | None) -> str | None:
-    """The client-facing value of a possibly comma-joined forwarded header."""
+def _last(value: str | None) -> str | None:
+    """The right-most value of a possibly comma-joined forwarded header: the one the trusted
+    proxy next to us wrote. Values to its left came from further away, the left-most from the
+    client itself, so believing that one would let anyone pick the URL a signature is checked
+    against."""
     if not value:
         return None
-    first = value.split(",", 1)[0].strip()
-    return first or None
+    last = value.rsplit(",", 1)[-1].strip()
+    return last or None
 
 
 def peer_is_trusted(peer: str | None, networks: list[Network]) -> bool:
@@ -60,8 +63,8 @@ def called_url(request: web.BaseRequest, public_url: str | None, trusted: list[N
     """The full URL (scheme, host, path, raw query in original order) the caller used."""
     raw_path = request.raw_path  # path + "?" + query exactly as on the wire
     if peer_is_trusted(request.remote, trusted):
-        proto = _first(request.headers.get("X-Forwarded-Proto"))
-        host = _first(request.headers.get("X-Forwarded-Host"))
+        proto = _last(request.headers.get("X-Forwarded-Proto"))
+        host = _last(request.headers.get("X-Forwarded-Host"))
         if proto and host:
             return f"{proto.lower()}://{host}{raw_path}"
     if public_url:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from throttle.engine import keys
+from throttle.history.folding import event_callback_ids
 
 
 @dataclass
@@ -60,7 +61,7 @@ class ReleaseLog:
             enq = int(fields.get("enq", "0") or 0) / 1e6
             self._get(fields.get("cb", ""), pol).received = enq or ts
         elif kind == "rel":
-            for cb in filter(None, fields.get("cbs", "").split(",")):
+            for cb in event_callback_ids(fields):
                 self._get(cb, pol).released = ts
 
 

@@ -320,12 +320,18 @@ class Driver:
 
 
 async def send_uninstall(
-    sim: Simulator, webhook_url: str, portal_id: int, session: aiohttp.ClientSession | None = None
+    sim: Simulator,
+    webhook_url: str,
+    portal_id: int,
+    session: aiohttp.ClientSession | None = None,
+    occurred_at_ms: int | None = None,
 ) -> int:
     """POST the app-uninstall event for a portal to `webhook_url`, signed v3 like HubSpot webhooks.
 
     HubSpot documents no uninstall payload; Throttle's endpoint takes the webhook event shape:
     a JSON array of `{eventId, subscriptionType: "app.uninstall", portalId, appId, occurredAt}`.
+    `occurred_at_ms` in the past is a late retry of an earlier uninstall (HubSpot retries
+    webhook deliveries for hours), signed now as a retry would be.
     """
     now_ms = int(time.time() * 1000)
     events = [
@@ -335,8 +341,8 @@ async def send_uninstall(
             "subscriptionType": "app.uninstall",
             "portalId": portal_id,
             "appId": sim.config.app_id,
-            "occurredAt": now_ms,
-            "attemptNumber": 0,
+            "occurredAt": now_ms if occurred_at_ms is None else occurred_at_ms,
+            "attemptNumber": 0 if occurred_at_ms is None else 1,
         }
     ]
     body = json.dumps(events).encode()

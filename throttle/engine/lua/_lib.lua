@@ -63,6 +63,20 @@ local function emit(prefix, maxlen, fields)
   redis.call("XADD", unpack(args))
 end
 
+-- The "cbs" field of a history event: its callback ids joined with commas, the form release
+-- 0.1.0's history writers read (old and new dispatchers share the streams during a rollout);
+-- as a JSON array only when that form cannot carry them. HubSpot's callbackIds are opaque, so
+-- one may hold a comma (which once split one id into two made-up executions) or start with "[".
+-- throttle/history/folding.py's event_callback_ids reads both forms back.
+local function id_list(ids)
+  local joined = table.concat(ids, ",")
+  if string.sub(joined, 1, 1) ~= "[" then
+    local commas = select(2, string.gsub(joined, ",", ""))
+    if commas == #ids - 1 then return joined end
+  end
+  return cjson.encode(ids)
+end
+
 -- A lease is one member of the shard's lease index: "ref|callbackId", the format release 0.1.0
 -- reads too (old and new dispatchers share the index during a rollout). Its owner is fenced by
 -- the attempt number (meta's `att`, raised by every take): a holder whose lease ran out and

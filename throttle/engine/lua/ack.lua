@@ -39,7 +39,7 @@ for i = first_triple, #ARGV, 3 do
 end
 for ref, cbs in pairs(by_queue) do
   local pol, qid = split_ref(ref)
-  local event = { "t", "done", "pol", pol, "q", qid, "ts", fmt(now), "cbs", table.concat(cbs, ",") }
+  local event = { "t", "done", "pol", pol, "q", qid, "ts", fmt(now), "cbs", id_list(cbs) }
   if note ~= "" then
     event[#event + 1] = "note"
     event[#event + 1] = note

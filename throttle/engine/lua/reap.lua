@@ -46,6 +46,6 @@ for ref, cbs in pairs(cbs_by_queue) do
     redis.call("ZADD", due_key, "NX", now_ms, ref)
   end
   emit(prefix, maxlen, { "t", "reap", "pol", pol, "q", qid, "ts", fmt(now),
-                         "cbs", table.concat(cbs, ",") })
+                         "cbs", id_list(cbs) })
 end
 return count

@@ -63,6 +63,6 @@ for ref, cbs in pairs(cbs_by_queue) do
     redis.call("ZADD", due_key, fmt(due_ms), ref)
   end
   emit(prefix, maxlen, { "t", "retry", "pol", pol, "q", qid, "ts", fmt(now),
-                         "cbs", table.concat(cbs, ","), "err", reason })
+                         "cbs", id_list(cbs), "err", reason })
 end
 return count

@@ -149,7 +149,7 @@ for i = 1, #due, 2 do
       expired_total = expired_total + #expired
       redis.call("HINCRBY", pk.stats, "expired", #expired)
       emit(prefix, maxlen, { "t", "exp", "pol", pol, "q", qid, "ts", fmt(now),
-                             "cbs", table.concat(expired, ",") })
+                             "cbs", id_list(expired) })
     end
     if r > 0 then
       if flush == "" then
@@ -160,7 +160,7 @@ for i = 1, #due, 2 do
       redis.call("HINCRBY", pk.stats, "inflight", r)
       redis.call("HSET", pk.stats, "last_release_us", fmt(now))
       emit(prefix, maxlen, { "t", "rel", "pol", pol, "q", qid, "ts", fmt(now),
-                             "cbs", table.concat(released, ","), "atts", table.concat(attempts, ",") })
+                             "cbs", id_list(released), "atts", table.concat(attempts, ",") })
     end
     redis.call("HSET", state, "a", fmt(a), "n", fmt(n), "lim", p.lim, "per", p.per,
                "cday", fmt(cday), "ccnt", fmt(ccnt))

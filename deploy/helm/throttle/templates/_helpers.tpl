@@ -225,10 +225,24 @@ resources:
 {{- end }}
 {{- end }}
 
+{{/* The paths an ingress host routes when it lists none: what must be public, nothing more. */}}
+{{- define "throttle.ingressPaths" -}}
+- {path: /api/hubspot, pathType: Prefix}
+- {path: /api/oauth, pathType: Prefix}
+- {path: /api/config, pathType: Prefix}
+{{- end }}
+
 {{/* Checks that stop an install with a clear message instead of a broken release. */}}
 {{- define "throttle.validate" -}}
 {{- if and .Values.webhook.ingress.enabled (not .Values.webhook.ingress.hosts) -}}
 {{- fail "ERROR: webhook.ingress.enabled needs at least one entry in webhook.ingress.hosts" -}}
+{{- end -}}
+{{- range .Values.webhook.ingress.hosts -}}
+{{- range (default (include "throttle.ingressPaths" $ | fromYamlArray) .paths) -}}
+{{- if has (trimSuffix "/" .path) (list "" "/api" "/api/openapi.json") -}}
+{{- fail (printf "ERROR: webhook.ingress.hosts path %q would route /api/openapi.json (and more) from outside; route /api/hubspot, /api/oauth and /api/config instead (SECURITY.md)" .path) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- if and .Values.dispatcher.keda.enabled (not .Values.dispatcher.keda.prometheus.serverAddress) -}}
 {{- fail "ERROR: dispatcher.keda.enabled needs dispatcher.keda.prometheus.serverAddress (the Prometheus KEDA queries)" -}}
