@@ -11,6 +11,7 @@ from tests.fixtures.simulation import max_in_window
 from throttle.engine import keys
 from throttle.engine.queue import Queue
 from throttle.engine.registry import reconcile, retire
+from throttle.history.folding import event_callback_ids
 
 
 async def test_enqueue_dedupes_and_marks_the_queue_due(queue: Queue, engine_redis: Any) -> None:
@@ -351,3 +352,28 @@ async def test_renew_extends_live_leases_only(queue: Queue, engine_redis: Any) -
     assert await queue.renew(held, 60) == set()  # ran out: someone else's to send now
     stats = await queue.stats(p)
     assert (stats.depth, stats.in_flight) == (3, 0)
+
+
+async def test_history_events_name_callback_ids_as_release_0_1_0_reads_them(
+    queue: Queue, engine_redis: Any
+) -> None:
+    """During a rollout the previous release's history writers read the same event streams: a
+    list of ordinary ids stays comma-joined; only ids a comma cannot separate (one holding a
+    comma, or a list starting with "[") take the JSON form, which folding reads back."""
+    p = policy(rate={"limit": 100, "period": "1s", "burst": 10})
+    await reconcile(queue, p)
+    shard = keys.shard_of(p.key)
+    for cb in ("cb-1", "cb-2"):
+        await queue.enqueue(item(cb), p)
+    await queue.take()
+    for cb in ("odd,one", "[bracket"):
+        await queue.enqueue(item(cb), p)
+        await queue.take()
+    events = await engine_redis.xrange(keys.events(shard))
+    released = [e[b"cbs"].decode() for _id, e in events if e[b"t"] == b"rel"]
+    assert released == ["cb-1,cb-2", '["odd,one"]', '["[bracket"]']
+    assert [event_callback_ids({"cbs": cbs}) for cbs in released] == [
+        ["cb-1", "cb-2"],
+        ["odd,one"],
+        ["[bracket"],
+    ]
