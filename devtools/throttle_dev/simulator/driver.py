@@ -133,6 +133,11 @@ class Driver:
         HubSpot (a rotation there changes it mid-run)."""
         return self._client_secret or self.sim.config.client_secret
 
+    @client_secret.setter
+    def client_secret(self, secret: str | None) -> None:
+        """Sign with `secret` from now on (None: follow the app's secret in HubSpot again)."""
+        self._client_secret = secret
+
     async def __aenter__(self) -> Driver:
         if self._session is None:
             self._session = aiohttp.ClientSession()
