@@ -515,6 +515,42 @@ def test_promtool_check_rules(
     } <= alerts
 
 
+def github_anchors(markdown: str) -> dict[str, str]:
+    """Each heading's anchor as GitHub makes it, mapped to the section's text (to the next
+    heading of any level)."""
+    sections: dict[str, str] = {}
+    current = None
+    for line in markdown.splitlines():
+        heading = re.match(r"#+ (.+)", line)
+        if heading:
+            text = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower())
+            current = text.replace(" ", "-")
+            sections[current] = ""
+        elif current is not None:
+            sections[current] += line + "\n"
+    return sections
+
+
+def test_every_alert_links_a_runbook_section_that_says_what_to_check_and_do(
+    rendered_all: list[dict[str, Any]],
+) -> None:
+    rule = one(rendered_all, "PrometheusRule", "dispatcher")
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    assert len(alerts) >= 10
+    sections = github_anchors((REPO / "docs" / "operations.md").read_text())
+    base = yaml.safe_load((CHART / "values.yaml").read_text())["monitoring"]["prometheusRule"]
+    for alert in alerts:
+        url = alert["annotations"].get("runbook_url")
+        assert url, f"{alert['alert']} has no runbook_url"
+        page, _, anchor = url.partition("#")
+        assert page == base["runbookUrl"]
+        assert page.endswith("/docs/operations.md")
+        assert anchor == alert["alert"].lower()
+        assert anchor in sections, f"docs/operations.md has no section #{anchor}"
+        assert "**Check**" in sections[anchor], f"#{anchor} does not say what to check"
+        assert "**Do**" in sections[anchor], f"#{anchor} does not say what to do"
+
+
 def test_promtool_alert_unit_tests(promtool: str, helm: Helm, tmp_path: Path) -> None:
     """The alerts fire on the series that should fire them, and only those (promtool test rules)."""
     objects = helm.template(values=[VALUES_ALL], namespace="throttle", release="rel")
