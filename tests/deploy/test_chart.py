@@ -270,6 +270,19 @@ def test_every_example_is_accepted_and_changes_the_render(helm: Helm, tmp_path: 
 # ---- CRDs ---------------------------------------------------------------------------------------
 
 
+def test_example_urls_name_no_service_the_chart_does_not_create(
+    rendered_all: list[dict[str, Any]],
+) -> None:
+    """A bare host name in an example resolves in the release's namespace: it must be one of the
+    chart's own Services (a `name.namespace.svc` host is the user's own, elsewhere)."""
+    services = {s["metadata"]["name"] for s in by_kind(rendered_all, "Service")}
+    values = (CHART / "values.yaml").read_text()
+    hosts = re.findall(r"# @example \w+: \w+://(?:[^@\s/]*@)?([^:/\s]+)", values)
+    assert "throttle.example.com" in hosts
+    bare = {h for h in hosts if "." not in h}
+    assert bare <= services, f"examples name Services the chart never creates: {bare - services}"
+
+
 def test_chart_crds_are_byte_identical_copies_of_deploy_crds() -> None:
     sources = sorted((REPO / "deploy" / "crds").glob("*.yaml"))
     copies = sorted((CHART / "crds").glob("*.yaml"))
