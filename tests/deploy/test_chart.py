@@ -19,6 +19,7 @@ from tests.fixtures.helm_chart import (
     CHART,
     REPO,
     VALUES_ALL,
+    VALUES_REQUIRED,
     Helm,
     by_kind,
     one,
@@ -47,13 +48,11 @@ def load_chart_docs() -> Any:
 
 
 @pytest.mark.parametrize("strict", [False, True], ids=["lint", "lint-strict"])
-@pytest.mark.parametrize("values", [None, VALUES_ALL], ids=["default", "all-features"])
-def test_helm_lint_is_clean(helm: Helm, strict: bool, values: Path | None) -> None:
-    args: list[str | Path] = ["lint", CHART]
+@pytest.mark.parametrize("values", [VALUES_REQUIRED, VALUES_ALL], ids=["default", "all-features"])
+def test_helm_lint_is_clean(helm: Helm, strict: bool, values: Path) -> None:
+    args: list[str | Path] = ["lint", CHART, "-f", values]
     if strict:
         args.append("--strict")
-    if values:
-        args += ["-f", values]
     proc = helm.run(*args)
     assert "0 chart(s) failed" in proc.stdout
     assert "[WARNING]" not in proc.stdout
@@ -78,11 +77,22 @@ def test_default_render(rendered_default: list[dict[str, Any]]) -> None:
     ]
     # No secret value ships in the defaults: the chart's Secret is empty until you fill it.
     assert not one(rendered_default, "Secret", "rel-throttle").get("data")
-    # Off by default: ingress, monitoring CRDs, KEDA, network policies, webhook RBAC.
+    # Off by default: ingress, monitoring CRDs, KEDA, network policies.
     assert not by_kind(rendered_default, "Ingress")
-    assert [r["metadata"]["name"] for r in by_kind(rendered_default, "Role")] == [
-        "rel-throttle-operator-leader-election"
+    # On by default: the config API writes ThrottlePolicies (so `kubectl get tp` shows them).
+    assert sorted(r["metadata"]["name"] for r in by_kind(rendered_default, "Role")) == [
+        "rel-throttle-operator-leader-election",
+        "rel-throttle-webhook",
     ]
+    webhook = one(rendered_default, "Deployment", "webhook")["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in webhook["containers"][0]["env"]}
+    assert env["CONFIG_BACKEND"] == "cluster"
+    assert env["CONFIG_NAMESPACE"] == "throttle"
+    assert webhook["automountServiceAccountToken"] is True
+    [binding] = [
+        b for b in by_kind(rendered_default, "RoleBinding") if "webhook" in b["roleRef"]["name"]
+    ]
+    assert binding["subjects"][0]["name"] == webhook["serviceAccountName"]
 
 
 def test_all_features_render(rendered_all: list[dict[str, Any]]) -> None:
@@ -103,6 +113,13 @@ def test_all_features_render(rendered_all: list[dict[str, Any]]) -> None:
         for h in by_kind(rendered_all, "HorizontalPodAutoscaler")
     ]
     assert hpas == ["rel-throttle-webhook"]
+    # The webhook scales on CPU and, with requestsPerSecond.target, on request rate per pod.
+    metrics = one(rendered_all, "HorizontalPodAutoscaler", "webhook")["spec"]["metrics"]
+    assert [m["type"] for m in metrics] == ["Resource", "Pods"]
+    assert metrics[1]["pods"] == {
+        "metric": {"name": "throttle_webhook_requests_per_second"},
+        "target": {"type": "AverageValue", "averageValue": "150"},
+    }
     assert len(by_kind(rendered_all, "ServiceMonitor")) == 3
     ingress = one(rendered_all, "Ingress", "webhook")
     assert ingress["spec"]["ingressClassName"] == "nginx"
@@ -174,7 +191,7 @@ def test_pdb_and_spread_for_webhook_and_dispatcher(rendered_default: list[dict[s
     ],
 )
 def test_schema_refuses_bad_values(helm: Helm, setting: str, message: str) -> None:
-    proc = helm.run("template", "rel", CHART, "--set", setting, check=False)
+    proc = helm.run("template", "rel", CHART, "-f", VALUES_REQUIRED, "--set", setting, check=False)
     assert proc.returncode != 0
     assert message in proc.stderr
 
@@ -185,12 +202,14 @@ def test_schema_refuses_bad_values(helm: Helm, setting: str, message: str) -> No
         (["webhook.ingress.enabled=true", "webhook.ingress.hosts=null"], "webhook.ingress.hosts"),
         (["dispatcher.keda.enabled=true"], "dispatcher.keda.prometheus.serverAddress"),
         (["settings.publicUrl=http://throttle.example.com"], "must be https://"),
+        # Without a public URL the webhook refuses to start: say so before the install.
+        (["settings.publicUrl="], "set settings.publicUrl"),
     ],
 )
 def test_bad_combinations_fail_with_a_clear_message(
     helm: Helm, settings: list[str], message: str
 ) -> None:
-    args: list[str | Path] = ["template", "rel", CHART]
+    args: list[str | Path] = ["template", "rel", CHART, "-f", VALUES_REQUIRED]
     for s in settings:
         args += ["--set", s]
     proc = helm.run(*args, check=False)
@@ -238,7 +257,10 @@ def test_every_example_is_accepted_and_changes_the_render(helm: Helm, tmp_path: 
     all-features values), renders and changes what is rendered: no example is broken, no value
     unused."""
     docs = load_chart_docs()
-    bases: dict[str, list[str | Path]] = {"default": [], "all": ["-f", VALUES_ALL]}
+    bases: dict[str, list[str | Path]] = {
+        "default": ["-f", VALUES_REQUIRED],
+        "all": ["-f", VALUES_ALL],
+    }
     rendered = {
         name: helm.run("template", "rel", CHART, *args).stdout for name, args in bases.items()
     }
@@ -375,7 +397,7 @@ def test_each_component_reads_only_the_secrets_it_needs(rendered_all: list[dict[
 
 
 def test_existing_secret(helm: Helm) -> None:
-    objects = helm.template(set_values=["secrets.existingSecret=mine"])
+    objects = helm.template(values=[VALUES_REQUIRED], set_values=["secrets.existingSecret=mine"])
     assert not by_kind(objects, "Secret")
     specs = pod_specs(objects)
     webhook = secret_refs(specs["webhook"]["containers"][0])
