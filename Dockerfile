@@ -4,22 +4,33 @@
 #   docker run IMAGE dispatcher -> throttle dispatcher
 #   docker run IMAGE operator   -> throttle operator
 #   docker run IMAGE migrate    -> throttle migrate
-# Build: docker build -t throttle:dev .   (docs/deploy.md has the details)
+# Build: docker build -t throttle:dev .   (docs/deploy.md has the details; `make image` too)
 #
 # No HEALTHCHECK: Kubernetes probes /healthz and /readyz (the chart sets them per component).
 # The final image runs as uid 10001 and writes nothing outside /tmp, so it works with
 # readOnlyRootFilesystem and an emptyDir on /tmp.
 
+# The base of both stages: the official Python slim image by default. Any Debian-like image with
+# Python 3.11 (`python`, venv) and groupadd/useradd will do, e.g. the one scripts/image-base.sh
+# builds from Debian's packages where no registry is reachable:
+#   --build-arg PYTHON_IMAGE=localhost/throttle-base:bookworm-py311-1
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 # ---- builder: the package as a wheel, installed with its dependencies into a virtualenv --------
 FROM ${PYTHON_IMAGE} AS builder
+# PIP_CERT: a CA bundle in the base image for pip to trust instead of its own, behind a proxy
+# that intercepts TLS (scripts/image.sh passes the base's system bundle when it built that base).
+ARG PIP_CERT
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 RUN python -m venv /opt/throttle
-COPY pyproject.toml README.md ./
+# The dependencies first, from pyproject.toml alone: a layer that survives every code change.
+COPY pyproject.toml ./
+RUN /opt/throttle/bin/python -c "import tomllib; print('\\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+    && /opt/throttle/bin/pip install --no-cache-dir -r /tmp/requirements.txt
+COPY README.md ./
 COPY throttle ./throttle
 # Every dependency (aiohttp, asyncpg, cryptography, hiredis, ...) ships manylinux wheels, so the
 # builder needs no compiler. The wheel is built first so the image holds exactly what a release holds.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the server binaries the tests and the demo run as child processes: Redis, PostgreSQL and
-# nginx (the reverse proxy in front of the webhook in tests/deploy/test_proxy.py) from Debian's
-# packages. Does nothing when they are already there.
+# nginx (the reverse proxy in front of the webhook in tests/deploy/test_proxy.py), and the container
+# tools that build and run the image (tests/deploy/test_image_run.py, `make image`): podman, runc
+# and mmdebstrap, all from Debian's packages. Does nothing when they are already there.
 set -euo pipefail
 
 need=()
@@ -11,8 +12,11 @@ if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb 
   need+=(postgresql postgresql-client)
 fi
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+for tool in podman runc mmdebstrap; do
+  command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || need+=("$tool")
+done
 if [ ${#need[@]} -eq 0 ]; then
-  echo "deps: redis-server, PostgreSQL and nginx already installed"
+  echo "deps: redis-server, PostgreSQL, nginx, podman, runc and mmdebstrap already installed"
   exit 0
 fi
 sudo=""
