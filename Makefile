@@ -6,7 +6,10 @@ BIN := $(VENV)/bin
 DURATION ?= 3m
 PYTEST_ARGS ?=
 
-.PHONY: help venv deps testenv lock lint format test test-fast demo bench chaos clean
+IMAGE ?= throttle:dev
+IMAGE_BASE ?= official
+
+.PHONY: help venv deps testenv lock lint format test test-fast image demo bench chaos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -20,7 +23,7 @@ $(BIN)/.installed: pyproject.toml devtools/pyproject.toml
 
 venv: $(BIN)/.installed  ## create the virtualenv with the package and dev tools
 
-deps:  ## install redis-server and PostgreSQL from Debian's packages if missing
+deps:  ## install Redis, PostgreSQL, nginx, podman, mmdebstrap and runc from Debian's packages if missing
 	@bash scripts/deps.sh
 
 lock: venv  ## pin the image's dependencies, with hashes, from pyproject.toml (requirements.lock)
@@ -62,6 +65,9 @@ test: venv deps testenv lint  ## the whole suite against real Redis, PostgreSQL,
 
 test-fast: venv deps  ## the suite without slow tests, no lint
 	@$(BIN)/pytest -m 'not slow' $(PYTEST_ARGS)
+
+image:  ## build the image with docker or podman (IMAGE=throttle:dev; IMAGE_BASE=debian: no registry needed)
+	@IMAGE=$(IMAGE) IMAGE_BASE=$(IMAGE_BASE) bash scripts/image.sh
 
 demo: venv deps  ## run everything locally with the HubSpot simulator driving traffic
 	@$(BIN)/python -m throttle_dev.demo --duration $(DURATION)

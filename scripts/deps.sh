@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs the server binaries the tests and the demo run as child processes: Redis and PostgreSQL
-# from Debian's packages. Does nothing when they are already there.
+# Installs the server binaries the tests and the demo run as child processes: Redis, PostgreSQL and
+# nginx (the reverse proxy in front of the webhook in tests/deploy/test_proxy.py), and the container
+# tools that build and run the image (tests/deploy/test_image_run.py, `make image`): podman, runc
+# and mmdebstrap, all from Debian's packages. Does nothing when they are already there.
 set -euo pipefail
 
 need=()
@@ -9,8 +11,12 @@ command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   need+=(postgresql postgresql-client)
 fi
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+for tool in podman runc mmdebstrap; do
+  command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || need+=("$tool")
+done
 if [ ${#need[@]} -eq 0 ]; then
-  echo "deps: redis-server and PostgreSQL already installed"
+  echo "deps: redis-server, PostgreSQL, nginx, podman, runc and mmdebstrap already installed"
   exit 0
 fi
 sudo=""
@@ -22,7 +28,7 @@ echo "deps: installing ${need[*]} from Debian's packages"
 $sudo apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 # Debian starts the packaged services; the project runs its own on free ports, so stop those.
-for svc in redis-server postgresql; do
+for svc in redis-server postgresql nginx; do
   $sudo service "$svc" stop >/dev/null 2>&1 || true
 done
 echo "deps: done"

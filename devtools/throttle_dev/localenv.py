@@ -1,8 +1,10 @@
-"""Real Redis and PostgreSQL servers as child processes, for tests, benchmarks and `make demo`.
+"""Real Redis and PostgreSQL servers (and an nginx reverse proxy) as child processes, for tests,
+benchmarks and `make demo`.
 
 Each server runs on a free loopback port with its data in a folder the caller owns, so a test
 session or a demo never touches a system service. PostgreSQL refuses to run as root (CI runs as
-root), so when we are root its processes run as the unprivileged `nobody` user.
+root), so when we are root its processes run as the unprivileged `nobody` user; so does nginx, a
+proxy in front of a test's webhook needs no privilege.
 """
 
 from __future__ import annotations
@@ -62,7 +64,9 @@ def find_binary(name: str) -> str:
         return found
     for candidate in sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True):
         return candidate
-    raise ServiceError(f"{name} not found: run `make deps` (installs Redis and PostgreSQL)")
+    if os.access(f"/usr/sbin/{name}", os.X_OK):  # nginx, for a user whose PATH lacks sbin
+        return f"/usr/sbin/{name}"
+    raise ServiceError(f"{name} not found: run `make deps` (installs Redis, PostgreSQL and nginx)")
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -406,3 +410,71 @@ class PostgresServer:
 
     def log_tail(self) -> str:
         return tail(self._proc.log_path)
+
+
+@dataclass
+class NginxProxy:
+    """An nginx on 127.0.0.1 with the caller's `server { ... }` blocks, everything under `workdir`.
+
+    The caller's servers listen where it says (`port` is a free one it may use); the main
+    configuration here only keeps nginx in the foreground and out of the system's folders.
+    """
+
+    workdir: Path
+    servers: str
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        self.conf = self.workdir / "nginx.conf"
+        self._proc = _Process(f"nginx:{self.port}", self.workdir / "nginx.log")
+
+    def config(self) -> str:
+        temp = self.workdir / "temp"
+        temps = "\n".join(
+            f"    {kind}_temp_path {temp / kind};"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        return f"""daemon off;
+worker_processes 1;
+pid {self.workdir / "nginx.pid"};
+error_log stderr info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {self.workdir / "access.log"};
+{temps}
+{self.servers}
+}}
+"""
+
+    def start(self) -> NginxProxy:
+        self.conf.write_text(self.config())
+        (self.workdir / "temp").mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            for path in [self.workdir, *self.workdir.rglob("*")]:
+                shutil.chown(path, "nobody", "nogroup")
+            make_traversable(self.workdir)
+        nginx = find_binary("nginx")
+        check = subprocess.run(
+            [nginx, "-t", "-q", "-e", "stderr", "-c", str(self.conf)],
+            capture_output=True,
+            text=True,
+            check=False,
+            **_demote(),
+        )
+        if check.returncode != 0:
+            raise ServiceError(f"nginx refused its configuration:\n{check.stderr}")
+        self._proc.start([nginx, "-e", "stderr", "-c", str(self.conf)], **_demote())
+        _wait(lambda: not _port_is_free(self.port), f"nginx on port {self.port}", self._proc)
+        return self
+
+    def stop(self) -> None:
+        # SIGQUIT is nginx's graceful shutdown: requests in flight finish.
+        self._proc.stop(signal.SIGQUIT)
+
+    def log_tail(self) -> str:
+        return tail(self._proc.log_path)
+
+    def access_log(self) -> str:
+        return tail(self.workdir / "access.log", lines=1000)

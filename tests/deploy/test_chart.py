@@ -19,6 +19,7 @@ from tests.fixtures.helm_chart import (
     CHART,
     REPO,
     VALUES_ALL,
+    VALUES_REQUIRED,
     Helm,
     by_kind,
     one,
@@ -47,13 +48,11 @@ def load_chart_docs() -> Any:
 
 
 @pytest.mark.parametrize("strict", [False, True], ids=["lint", "lint-strict"])
-@pytest.mark.parametrize("values", [None, VALUES_ALL], ids=["default", "all-features"])
-def test_helm_lint_is_clean(helm: Helm, strict: bool, values: Path | None) -> None:
-    args: list[str | Path] = ["lint", CHART]
+@pytest.mark.parametrize("values", [VALUES_REQUIRED, VALUES_ALL], ids=["default", "all-features"])
+def test_helm_lint_is_clean(helm: Helm, strict: bool, values: Path) -> None:
+    args: list[str | Path] = ["lint", CHART, "-f", values]
     if strict:
         args.append("--strict")
-    if values:
-        args += ["-f", values]
     proc = helm.run(*args)
     assert "0 chart(s) failed" in proc.stdout
     assert "[WARNING]" not in proc.stdout
@@ -78,11 +77,22 @@ def test_default_render(rendered_default: list[dict[str, Any]]) -> None:
     ]
     # No secret value ships in the defaults: the chart's Secret is empty until you fill it.
     assert not one(rendered_default, "Secret", "rel-throttle").get("data")
-    # Off by default: ingress, monitoring CRDs, KEDA, network policies, webhook RBAC.
+    # Off by default: ingress, monitoring CRDs, KEDA, network policies.
     assert not by_kind(rendered_default, "Ingress")
-    assert [r["metadata"]["name"] for r in by_kind(rendered_default, "Role")] == [
-        "rel-throttle-operator-leader-election"
+    # On by default: the config API writes ThrottlePolicies (so `kubectl get tp` shows them).
+    assert sorted(r["metadata"]["name"] for r in by_kind(rendered_default, "Role")) == [
+        "rel-throttle-operator-leader-election",
+        "rel-throttle-webhook",
     ]
+    webhook = one(rendered_default, "Deployment", "webhook")["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in webhook["containers"][0]["env"]}
+    assert env["CONFIG_BACKEND"] == "cluster"
+    assert env["CONFIG_NAMESPACE"] == "throttle"
+    assert webhook["automountServiceAccountToken"] is True
+    [binding] = [
+        b for b in by_kind(rendered_default, "RoleBinding") if "webhook" in b["roleRef"]["name"]
+    ]
+    assert binding["subjects"][0]["name"] == webhook["serviceAccountName"]
 
 
 def test_all_features_render(rendered_all: list[dict[str, Any]]) -> None:
@@ -103,6 +113,13 @@ def test_all_features_render(rendered_all: list[dict[str, Any]]) -> None:
         for h in by_kind(rendered_all, "HorizontalPodAutoscaler")
     ]
     assert hpas == ["rel-throttle-webhook"]
+    # The webhook scales on CPU and, with requestsPerSecond.target, on request rate per pod.
+    metrics = one(rendered_all, "HorizontalPodAutoscaler", "webhook")["spec"]["metrics"]
+    assert [m["type"] for m in metrics] == ["Resource", "Pods"]
+    assert metrics[1]["pods"] == {
+        "metric": {"name": "throttle_webhook_requests_per_second"},
+        "target": {"type": "AverageValue", "averageValue": "150"},
+    }
     assert len(by_kind(rendered_all, "ServiceMonitor")) == 3
     ingress = one(rendered_all, "Ingress", "webhook")
     assert ingress["spec"]["ingressClassName"] == "nginx"
@@ -253,7 +270,7 @@ def test_pdb_and_spread_for_webhook_and_dispatcher(rendered_default: list[dict[s
     ],
 )
 def test_schema_refuses_bad_values(helm: Helm, setting: str, message: str) -> None:
-    proc = helm.run("template", "rel", CHART, "--set", setting, check=False)
+    proc = helm.run("template", "rel", CHART, "-f", VALUES_REQUIRED, "--set", setting, check=False)
     assert proc.returncode != 0
     assert message in proc.stderr
 
@@ -264,12 +281,14 @@ def test_schema_refuses_bad_values(helm: Helm, setting: str, message: str) -> No
         (["webhook.ingress.enabled=true", "webhook.ingress.hosts=null"], "webhook.ingress.hosts"),
         (["dispatcher.keda.enabled=true"], "dispatcher.keda.prometheus.serverAddress"),
         (["settings.publicUrl=http://throttle.example.com"], "must be https://"),
+        # Without a public URL the webhook refuses to start: say so before the install.
+        (["settings.publicUrl="], "set settings.publicUrl"),
     ],
 )
 def test_bad_combinations_fail_with_a_clear_message(
     helm: Helm, settings: list[str], message: str
 ) -> None:
-    args: list[str | Path] = ["template", "rel", CHART]
+    args: list[str | Path] = ["template", "rel", CHART, "-f", VALUES_REQUIRED]
     for s in settings:
         args += ["--set", s]
     proc = helm.run(*args, check=False)
@@ -317,7 +336,10 @@ def test_every_example_is_accepted_and_changes_the_render(helm: Helm, tmp_path: 
     all-features values), renders and changes what is rendered: no example is broken, no value
     unused."""
     docs = load_chart_docs()
-    bases: dict[str, list[str | Path]] = {"default": [], "all": ["-f", VALUES_ALL]}
+    bases: dict[str, list[str | Path]] = {
+        "default": ["-f", VALUES_REQUIRED],
+        "all": ["-f", VALUES_ALL],
+    }
     rendered = {
         name: helm.run("template", "rel", CHART, *args).stdout for name, args in bases.items()
     }
@@ -347,6 +369,19 @@ def test_every_example_is_accepted_and_changes_the_render(helm: Helm, tmp_path: 
 
 
 # ---- CRDs ---------------------------------------------------------------------------------------
+
+
+def test_example_urls_name_no_service_the_chart_does_not_create(
+    rendered_all: list[dict[str, Any]],
+) -> None:
+    """A bare host name in an example resolves in the release's namespace: it must be one of the
+    chart's own Services (a `name.namespace.svc` host is the user's own, elsewhere)."""
+    services = {s["metadata"]["name"] for s in by_kind(rendered_all, "Service")}
+    values = (CHART / "values.yaml").read_text()
+    hosts = re.findall(r"# @example \w+: \w+://(?:[^@\s/]*@)?([^:/\s]+)", values)
+    assert "throttle.example.com" in hosts
+    bare = {h for h in hosts if "." not in h}
+    assert bare <= services, f"examples name Services the chart never creates: {bare - services}"
 
 
 def test_chart_crds_are_byte_identical_copies_of_deploy_crds() -> None:
@@ -441,7 +476,7 @@ def test_each_component_reads_only_the_secrets_it_needs(rendered_all: list[dict[
 
 
 def test_existing_secret(helm: Helm) -> None:
-    objects = helm.template(set_values=["secrets.existingSecret=mine"])
+    objects = helm.template(values=[VALUES_REQUIRED], set_values=["secrets.existingSecret=mine"])
     assert not by_kind(objects, "Secret")
     specs = pod_specs(objects)
     webhook = secret_refs(specs["webhook"]["containers"][0])
@@ -592,6 +627,42 @@ def test_promtool_check_rules(
         "ThrottleWebhookSecretMismatch",
         "ThrottleDispatcherLag",
     } <= alerts
+
+
+def github_anchors(markdown: str) -> dict[str, str]:
+    """Each heading's anchor as GitHub makes it, mapped to the section's text (to the next
+    heading of any level)."""
+    sections: dict[str, str] = {}
+    current = None
+    for line in markdown.splitlines():
+        heading = re.match(r"#+ (.+)", line)
+        if heading:
+            text = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower())
+            current = text.replace(" ", "-")
+            sections[current] = ""
+        elif current is not None:
+            sections[current] += line + "\n"
+    return sections
+
+
+def test_every_alert_links_a_runbook_section_that_says_what_to_check_and_do(
+    rendered_all: list[dict[str, Any]],
+) -> None:
+    rule = one(rendered_all, "PrometheusRule", "dispatcher")
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    assert len(alerts) >= 10
+    sections = github_anchors((REPO / "docs" / "operations.md").read_text())
+    base = yaml.safe_load((CHART / "values.yaml").read_text())["monitoring"]["prometheusRule"]
+    for alert in alerts:
+        url = alert["annotations"].get("runbook_url")
+        assert url, f"{alert['alert']} has no runbook_url"
+        page, _, anchor = url.partition("#")
+        assert page == base["runbookUrl"]
+        assert page.endswith("/docs/operations.md")
+        assert anchor == alert["alert"].lower()
+        assert anchor in sections, f"docs/operations.md has no section #{anchor}"
+        assert "**Check**" in sections[anchor], f"#{anchor} does not say what to check"
+        assert "**Do**" in sections[anchor], f"#{anchor} does not say what to do"
 
 
 def test_promtool_alert_unit_tests(promtool: str, helm: Helm, tmp_path: Path) -> None:

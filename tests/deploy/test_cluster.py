@@ -28,7 +28,16 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from tests.fixtures.helm_chart import CHART, REPO, THIRD_PARTY_CRDS, VALUES_ALL, Helm, by_kind, one
+from tests.fixtures.helm_chart import (
+    CHART,
+    REPO,
+    THIRD_PARTY_CRDS,
+    VALUES_ALL,
+    VALUES_REQUIRED,
+    Helm,
+    by_kind,
+    one,
+)
 from tests.fixtures.kube_control_plane import KubeEnv
 from tests.fixtures.operator_thread import OperatorThread
 from tests.fixtures.services import RedisServer
@@ -176,8 +185,9 @@ def helm_install(kube: KubeEnv, helm: Helm, namespace: str, *args: str | Path) -
 
 @pytest.fixture(scope="module")
 def plain_install(kube: KubeEnv, helm: Helm, third_party_crds: None) -> Install:
-    """`helm install` with the chart's defaults, as a newcomer would run it."""
-    return helm_install(kube, helm, create_namespace(kube, "plain"))
+    """`helm install` with the chart's defaults and the one value it requires (the public URL),
+    as a newcomer would run it."""
+    return helm_install(kube, helm, create_namespace(kube, "plain"), "-f", VALUES_REQUIRED)
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +267,7 @@ def can(kube: KubeEnv, user: str, verb: str, resource: str, namespace: str | Non
 def test_every_rendered_object_passes_server_side_dry_run(
     kube: KubeEnv, helm: Helm, namespace: str, third_party_crds: None, which: str
 ) -> None:
-    values = [VALUES_ALL] if which == "all-features" else []
+    values = [VALUES_ALL if which == "all-features" else VALUES_REQUIRED]
     objects = helm.template(values=values, namespace=namespace, extra=["--include-crds"])
     assert len(objects) > 15
     proc = kube.kubectl(
@@ -348,7 +358,7 @@ def test_notes_tell_how_to_register_the_action(
     assert policy, notes
     kube.kubectl("apply", "--dry-run=server", "-f", "-", input=textwrap.dedent(policy.group(1)))
     # Defaults: no ingress, no secrets; the notes say what is missing instead of a broken promise.
-    assert "which registers https://<ingress host>/api/hubspot/action" in plain_install.notes
+    assert "PUBLIC_URL=https://hubspot-calls.example.net " in plain_install.notes
     assert "WARNING: no value for DATABASE_URL" in plain_install.notes
 
 
@@ -382,7 +392,8 @@ def test_operator_rules_match_deploy_rbac(plain_install: Install) -> None:
     chart_rules = set()
     for kind in ("ClusterRole", "Role"):
         for role in by_kind(plain_install.manifest, kind):
-            chart_rules |= facts(role["rules"])
+            if "-operator" in role["metadata"]["name"]:  # the webhook's Role: its own test
+                chart_rules |= facts(role["rules"])
     assert chart_rules == operator_expected(plain_install.namespace)
 
 
@@ -391,10 +402,16 @@ def test_cluster_wide_install_permissions(kube: KubeEnv, plain_install: Install)
     baseline = rules_of(kube, ns, sa_user(ns, "nobody-at-all"))
     operator = rules_of(kube, ns, sa_user(ns, f"{RELEASE}-throttle-operator"))
     assert operator - baseline == operator_expected(ns) - baseline
-    # The dispatcher has no RBAC; without cluster mode neither has the webhook.
-    for component in ("dispatcher", "webhook"):
-        assert rules_of(kube, ns, sa_user(ns, f"{RELEASE}-throttle-{component}")) == baseline
+    # The dispatcher has no RBAC; the webhook (cluster mode by default) writes ThrottlePolicies
+    # in the release namespace and nothing else.
+    assert rules_of(kube, ns, sa_user(ns, f"{RELEASE}-throttle-dispatcher")) == baseline
+    webhook = sa_user(ns, f"{RELEASE}-throttle-webhook")
+    assert rules_of(kube, ns, webhook) - baseline == {
+        ("throttle.dev", "throttlepolicies", verb, "*")
+        for verb in ("get", "list", "create", "patch", "delete")
+    }
     other = create_namespace(kube, "other")
+    assert not can(kube, webhook, "create", "throttlepolicies.throttle.dev", other)
     op = sa_user(ns, f"{RELEASE}-throttle-operator")
     assert can(kube, op, "watch", "throttlepolicies.throttle.dev", other)
     assert can(kube, op, "patch", "throttlepolicies.throttle.dev/status", other)

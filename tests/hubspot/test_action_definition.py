@@ -57,3 +57,24 @@ def test_status_values_sent_are_options_of_the_status_field() -> None:
     )
     for answer in (actions.passed(policy, "x"), actions.failed("x")):
         assert answer["outputFields"]["throttle_status"] in options
+
+
+def test_every_status_option_is_a_value_throttle_sends() -> None:
+    """An option nothing sends misleads whoever builds a workflow branch on it."""
+    options = {
+        o["value"] for o in declared_outputs()["throttle_status"]["typeDefinition"]["options"]
+    }
+    policy = Policy.model_validate(
+        {"name": "p", "portalId": 1, "rate": {"limit": 1, "period": "1s"}}
+    )
+    sent = {
+        answer["outputFields"]["throttle_status"]
+        for answer in (actions.passed(policy, "x"), actions.failed("x"))
+    }
+    for state in ("SUCCESS", "FAIL_CONTINUE"):
+        released = Released(
+            callback_id="cb", portal_id=1, policy="p", queue="q", enqueued_at=0.0,
+            attempts=1, wait_seconds=3.0, execution_state=state,
+        )  # fmt: skip
+        sent.add(output_fields(released)["throttle_status"])
+    assert options == sent, f"declared but never sent: {sorted(options - sent)}"

@@ -2,8 +2,9 @@
 
 Behind an ingress the pod sees its own host and maybe plain HTTP, but HubSpot signed the public
 URL. So the URL is rebuilt from `PUBLIC_URL` plus the path and raw query as received — or from
-`X-Forwarded-Proto` / `X-Forwarded-Host`, but only when the peer is a trusted proxy: anyone else
-could set those headers to whatever makes a replayed signature fit.
+`X-Forwarded-Proto` / `X-Forwarded-Host` (and `X-Forwarded-Prefix`, else PUBLIC_URL's path), but
+only when the peer is a trusted proxy: anyone else could set those headers to whatever makes a
+replayed signature fit.
 
 A signature that fails is not always an attacker's: once the client secret is rotated on
 HubSpot's side before ours (or PUBLIC_URL is not the URL HubSpot calls), every request HubSpot
@@ -59,19 +60,29 @@ def peer_is_trusted(peer: str | None, networks: list[Network]) -> bool:
     return any(address in network for network in networks)
 
 
+def _prefixed(prefix: str, raw_path: str) -> str:
+    """`raw_path` under the public path prefix, unless the proxy passed the prefix on."""
+    prefix = prefix.rstrip("/")
+    return raw_path if not prefix or raw_path.startswith(prefix + "/") else prefix + raw_path
+
+
 def called_url(request: web.BaseRequest, public_url: str | None, trusted: list[Network]) -> str:
-    """The full URL (scheme, host, path, raw query in original order) the caller used."""
+    """The full URL (scheme, host, path, raw query in original order) the caller used.
+
+    An ingress that serves the webhook under a path prefix strips it (ingress-nginx's
+    rewrite-target) and says so only if asked (`X-Forwarded-Prefix`); without that header the
+    prefix is PUBLIC_URL's path, or HubSpot's signature over the public URL never matches."""
     raw_path = request.raw_path  # path + "?" + query exactly as on the wire
+    base = urlsplit(public_url) if public_url else None
     if peer_is_trusted(request.remote, trusted):
         proto = _last(request.headers.get("X-Forwarded-Proto"))
         host = _last(request.headers.get("X-Forwarded-Host"))
         if proto and host:
-            return f"{proto.lower()}://{host}{raw_path}"
-    if public_url:
-        base = urlsplit(public_url)
-        prefix = base.path.rstrip("/")
-        path = raw_path if not prefix or raw_path.startswith(prefix + "/") else prefix + raw_path
-        return f"{base.scheme}://{base.netloc}{path}"
+            prefix = _last(request.headers.get("X-Forwarded-Prefix"))
+            path = _prefixed(prefix or (base.path if base else ""), raw_path)
+            return f"{proto.lower()}://{host}{path}"
+    if base:
+        return f"{base.scheme}://{base.netloc}{_prefixed(base.path, raw_path)}"
     return f"{request.scheme}://{request.host}{raw_path}"
 
 

@@ -248,6 +248,9 @@ resources:
 {{- fail "ERROR: dispatcher.keda.enabled needs dispatcher.keda.prometheus.serverAddress (the Prometheus KEDA queries)" -}}
 {{- end -}}
 {{- $publicUrl := include "throttle.publicUrl" . -}}
+{{- if not $publicUrl -}}
+{{- fail "ERROR: set settings.publicUrl to the https:// URL HubSpot calls (or enable webhook.ingress with a host): without it the webhook cannot check HubSpot's signatures and refuses to start" -}}
+{{- end -}}
 {{- if and $publicUrl (not (hasPrefix "https://" $publicUrl)) (not (regexMatch "^http://(localhost|127\\.0\\.0\\.1)([:/]|$)" $publicUrl)) -}}
 {{- fail "ERROR: settings.publicUrl must be https:// (HubSpot only calls HTTPS)" -}}
 {{- end -}}
