@@ -112,9 +112,13 @@ def test_the_failed_token_limit_sees_the_client_not_the_proxy(
     limit = live.settings.config_api_max_failures
     guesser, neighbour = "127.0.0.1", "127.0.0.3"
     assert [_config_get(proxied_webhook, guesser, "wrong") for _ in range(limit)] == [401] * limit
-    # Locked out, and a forged X-Forwarded-For does not help: the proxy replaces it.
-    assert _config_get(proxied_webhook, guesser, token.get_secret_value()) == 429
+    # Its guesses are locked out, and a forged X-Forwarded-For does not help: the proxy replaces
+    # it. (The right token is always served: a lock-out never shuts an operator out.)
+    assert _config_get(proxied_webhook, guesser, "wrong") == 429
     assert _config_get(proxied_webhook, guesser, "wrong", forwarded="10.9.8.7") == 429
-    # Another client behind the same proxy is not locked out by the guesser's failures.
+    assert _config_get(proxied_webhook, guesser, token.get_secret_value()) == 200
+    # Another client behind the same proxy is counted apart: its first mistake is its own (401,
+    # not the guesser's 429).
+    assert _config_get(proxied_webhook, neighbour, "typo") == 401
     assert _config_get(proxied_webhook, neighbour, token.get_secret_value()) == 200
     assert f"wrong or missing token from {guesser}" in live.log_text()
