@@ -218,11 +218,12 @@ def test_an_empty_metrics_from_admits_nobody(helm: Helm) -> None:
     to every pod, and the webhook's port to all despite `webhookFrom`."""
     ingress_ns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress"}}}
     rendered = helm.template(
+        values=[VALUES_REQUIRED],
         set_values=[
             "networkPolicy.enabled=true",
             "networkPolicy.webhookFrom[0].namespaceSelector.matchLabels"
             ".kubernetes\\.io/metadata\\.name=ingress",
-        ]
+        ],
     )
     policies = {p["metadata"]["name"]: p["spec"] for p in by_kind(rendered, "NetworkPolicy")}
     assert policies["rel-throttle-webhook"]["ingress"] == [
@@ -231,7 +232,7 @@ def test_an_empty_metrics_from_admits_nobody(helm: Helm) -> None:
     for component in ("dispatcher", "operator", "migrations"):
         assert policies[f"rel-throttle-{component}"]["ingress"] == [], component
     # Only `webhookFrom` empty means anyone (HubSpot's calls come through an ingress anywhere).
-    rendered = helm.template(set_values=["networkPolicy.enabled=true"])
+    rendered = helm.template(values=[VALUES_REQUIRED], set_values=["networkPolicy.enabled=true"])
     policies = {p["metadata"]["name"]: p["spec"] for p in by_kind(rendered, "NetworkPolicy")}
     assert policies["rel-throttle-webhook"]["ingress"] == [
         {"ports": [{"port": 8080, "protocol": "TCP"}]}
