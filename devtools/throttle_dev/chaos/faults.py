@@ -10,7 +10,6 @@ act checks itself while the fault lasts and finds broken, it returns as a note s
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -206,29 +205,6 @@ async def late_completion_answers(h: Harness, portal: int, policy: str) -> list[
     return ["HubSpot applies each completion at once and answers it 8 s later"]
 
 
-async def rotate_secret_at_hubspot(h: Harness, portal: int, policy: str) -> list[str]:
-    """The app's client secret is rotated in HubSpot's developer portal before the deployment
-    learns it: every action arrives signed with a secret Throttle does not hold, and the token
-    endpoint refuses the one it holds. HubSpot must hear retryable answers, never a failure that
-    lets the workflow go on unthrottled; 20 s later the operators roll the new secret out (the
-    old one as HUBSPOT_CLIENT_SECRET_PREVIOUS) and every held and retried execution completes
-    once."""
-    await _completed_at_least(h, portal, 10)
-    old = h.stack.settings["hubspot_client_secret"]
-    new = "rotated-" + secrets.token_hex(16)
-    await h.faults(client_secret=new)
-    await asyncio.sleep(20.0)
-    h.stack.settings["hubspot_client_secret"] = new
-    h.stack.settings["hubspot_client_secret_previous"] = old
-    for name in ["webhook", *h.stack.dispatcher_names]:
-        await asyncio.to_thread(h.stack.restart, name)
-    return [
-        "the client secret rotated at HubSpot mid-traffic (signatures and the token endpoint); "
-        "the deployment learns it 20 s later (webhook and dispatchers restarted with it, the "
-        "old one as previous)"
-    ]
-
-
 async def spend_retries_under_a_daily_cap(h: Harness, portal: int, policy: str) -> list[str]:
     """Half of HubSpot's answers are 5xx for the whole run while the policy's daily cap is
     exactly the day's traffic: every retry charged against the cap would leave executions
@@ -275,14 +251,6 @@ FAULTS: list[Scenario] = [
         # a backlog of 1,000 for the portal at once: ten batches, each answered 8 s late
         traffic=Traffic(executions=1000, rate_per_s=250.0),
         rate=Rate(limit=500, period_s=1, burst=500),
-    ),
-    Scenario(
-        "client-secret-rotated-at-hubspot",
-        "HubSpot: client secret rotated there first",
-        rotate_secret_at_hubspot,
-        slow=True,
-        traffic=Traffic(executions=300, rate_per_s=6.0),
-        settle_s=150.0,
     ),
     Scenario(
         "hubspot-5xx-daily-cap",
