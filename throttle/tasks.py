@@ -1,6 +1,8 @@
-"""A task that lives exactly as long as a `with` block: the webhook's refresh loops and a token
-refresh's lock renewal each need one, and each must end, awaited, however the block ends — a
-task left running past its owner keeps writing after the owner gave up what it guarded."""
+"""A task that lives exactly as long as a `with` block, and a wait that a cancellation always
+ends: the webhook's refresh loops, a token refresh's lock renewal and every component's sleep
+between rounds need them, and each must end, awaited, however its owner ends — a task left
+running past its owner keeps writing after the owner gave up what it guarded, and a pod whose
+loop ignores its cancellation never finishes shutting down."""
 
 from __future__ import annotations
 
@@ -18,5 +20,26 @@ async def running(coro: Coroutine[Any, Any, Any], name: str) -> AsyncIterator[as
         yield task
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await task
+        except asyncio.CancelledError:
+            # The task's own end is expected; the owner's cancellation (a timeout around the
+            # block, a shutdown) must go on up, not stop here.
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+
+
+async def wait(event: asyncio.Event, seconds: float) -> bool:
+    """Until `event` is set or `seconds` pass; True when it was set.
+
+    Not `asyncio.wait_for`: on Python 3.11 it returns normally when the cancellation arrives
+    just as the event is set, so a loop built on it goes round again instead of ending, and
+    `running` above waits for it forever. `asyncio.timeout` lets the cancellation through.
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True

@@ -16,7 +16,6 @@ portals' data (history/portal_purge.py: queued state in Redis, history, recorded
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -27,6 +26,7 @@ from typing import Any
 import asyncpg
 from redis.exceptions import RedisError
 
+from throttle import tasks
 from throttle.engine import keys
 from throttle.engine.queue import Queue
 from throttle.history.folding import fold_events
@@ -107,8 +107,7 @@ class HistoryWriter:
                 written = 0
             if written == 0:
                 delay = self.idle_sleep if self._held is None else self._backoff()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+                await tasks.wait(stop, delay)
         await self.flush()
 
     async def flush(self) -> None:

@@ -9,10 +9,10 @@ reap script is atomic per shard, so running several at once is harmless.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 
+from throttle import tasks
 from throttle.engine.queue import Queue
 from throttle.metrics import Metrics
 
@@ -28,8 +28,7 @@ class LeaseReaper:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await self.reap_once()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.interval)
+            await tasks.wait(stop, self.interval)
 
     async def reap_once(self) -> int:
         try:

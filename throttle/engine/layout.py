@@ -26,7 +26,6 @@ change) refuses to start rather than misread the data: roll forward instead.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -38,6 +37,7 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from throttle import tasks
 from throttle.engine import keys
 
 log = logging.getLogger(__name__)
@@ -132,8 +132,7 @@ async def ensure_layout_when_reachable(redis: Any, stop: asyncio.Event) -> list[
             return await ensure_layout(redis)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             log.warning("Redis unreachable (%s); layout check again in %.0fs", _name(exc), delay)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
+        await tasks.wait(stop, delay)
         delay = min(10.0, delay * 2)
     return []
 

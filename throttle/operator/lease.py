@@ -19,7 +19,6 @@ is touched a few times a minute, never on a hot path.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import time
@@ -29,6 +28,8 @@ from typing import Any
 
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
+
+from throttle import tasks
 
 log = logging.getLogger(__name__)
 
@@ -160,13 +161,13 @@ class LeaderLease:
             if not announced:
                 log.info("standing by: another replica holds the operator lease")
                 announced = True
-            await _wait(stop, self.settings.retry_s)
+            await tasks.wait(stop, self.settings.retry_s)
         return False
 
     async def keep(self, stop: asyncio.Event) -> None:
         """Renew until `stop` is set; on losing the Lease set `stop` and return."""
         while not stop.is_set():
-            await _wait(stop, self.settings.renew_s)
+            await tasks.wait(stop, self.settings.renew_s)
             if stop.is_set():
                 return
             try:
@@ -178,8 +179,3 @@ class LeaderLease:
                 log.error("operator lease lost; stopping so another replica can act")
                 stop.set()
                 return
-
-
-async def _wait(event: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout=seconds)

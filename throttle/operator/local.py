@@ -18,6 +18,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from throttle import tasks
 from throttle.engine import keys
 from throttle.engine.layout import ensure_layout_when_reachable
 from throttle.engine.manifests import Manifest, OnDelete, load_folder, manifest_files, policy_name
@@ -129,8 +130,7 @@ class LocalReconciler:
             except (RedisError, OSError) as exc:
                 log.warning("local reconciler: %s; retrying", exc)
                 seen = None  # reconcile everything again once Redis answers
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=FOLDER_POLL_S)
+            await tasks.wait(stop, FOLDER_POLL_S)
 
 
 async def run_local(

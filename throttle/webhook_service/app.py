@@ -166,7 +166,8 @@ async def _background(
     own loop (a coroutine function) instead of a plain one, e.g. one that can be woken early."""
     if at_start:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(step(), 5.0)
+            async with asyncio.timeout(5.0):
+                await step()
     loop = run() if run is not None else _loop(name, interval, step, interval if at_start else 1.0)
     async with tasks.running(loop, name=name):
         yield
@@ -199,7 +200,8 @@ async def db_ctx(app: web.Application) -> AsyncIterator[None]:
     pool = await asyncpg.create_pool(dsn, min_size=0, max_size=4, command_timeout=10)
     app[DB_POOL] = pool
     yield
-    await asyncio.wait_for(pool.close(), 10)
+    async with asyncio.timeout(10):
+        await pool.close()
 
 
 async def http_ctx(app: web.Application) -> AsyncIterator[None]:

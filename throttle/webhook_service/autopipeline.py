@@ -213,10 +213,9 @@ class AutoPipeline:
         loop = asyncio.get_running_loop()
         kw = self._kwargs
         connect_timeout = float(kw.get("socket_connect_timeout") or self._timeout)
-        _, resp = await asyncio.wait_for(
-            loop.create_connection(_Resp, kw.get("host", "localhost"), int(kw.get("port", 6379))),
-            connect_timeout,
-        )
+        host, port = kw.get("host", "localhost"), int(kw.get("port", 6379))
+        async with asyncio.timeout(connect_timeout):
+            _, resp = await loop.create_connection(_Resp, host, port)
         setup: list[tuple[Any, ...]] = []
         if kw.get("password"):
             username = kw.get("username")
@@ -229,7 +228,8 @@ class AutoPipeline:
             futures = [loop.create_future() for _ in setup]
             resp.send(b"".join(pack(c) for c in setup), futures)
             try:
-                await asyncio.wait_for(asyncio.gather(*futures), connect_timeout)
+                async with asyncio.timeout(connect_timeout):
+                    await asyncio.gather(*futures)
             except BaseException:
                 resp.abort(RedisConnectionError("Redis refused AUTH/SELECT"))
                 raise

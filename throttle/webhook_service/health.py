@@ -37,7 +37,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def _check_redis(request: web.Request) -> str:
     try:
-        await asyncio.wait_for(request.app[REDIS].ping(), READY_TIMEOUT_S)
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            await request.app[REDIS].ping()
     except Exception as exc:
         return f"unreachable ({type(exc).__name__})"
     return "ok"
@@ -63,12 +64,12 @@ def _all_true(answer: Any) -> bool:
 async def _check_scripts(request: web.Request) -> str:
     redis = request.app[REDIS]
     try:
-        loaded = _all_true(
-            await asyncio.wait_for(redis.script_exists(*script_shas()), READY_TIMEOUT_S)
-        )
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            loaded = _all_true(await redis.script_exists(*script_shas()))
         if not loaded:
             # Load them now (e.g. after a Redis restart), so the next probe finds them.
-            await asyncio.wait_for(request.app[QUEUE].scripts.load(), READY_TIMEOUT_S)
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                await request.app[QUEUE].scripts.load()
             return "loading"
     except Exception as exc:
         return f"unknown ({type(exc).__name__})"
@@ -78,10 +79,12 @@ async def _check_scripts(request: web.Request) -> str:
 async def _check_layout(request: web.Request) -> str:
     """The data in the layout this code reads; migrated now if Redis was down at start."""
     try:
-        state = await asyncio.wait_for(read_layout(request.app[REDIS]), READY_TIMEOUT_S)
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            state = await read_layout(request.app[REDIS])
         if state.stamped and state.version >= CURRENT_LAYOUT:
             return "ok"
-        await asyncio.wait_for(ensure_layout(request.app[REDIS]), READY_TIMEOUT_S)
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            await ensure_layout(request.app[REDIS])
     except Exception as exc:
         return f"not current ({type(exc).__name__})"
     return "migrating"
@@ -96,7 +99,8 @@ async def readyz(request: web.Request) -> web.Response:
     faults: dict[str, str] = {}
     if checks["redis"] == "ok":
         try:
-            record = await asyncio.wait_for(read_shared(request.app[REDIS]), READY_TIMEOUT_S)
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                record = await read_shared(request.app[REDIS])
         except TimeoutError:
             record = None
         if record is not None:

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from throttle import bounded_cache
+from throttle import bounded_cache, tasks
 from throttle.engine import keys
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,8 @@ class InstalledPortals:
         started = time.monotonic()
         if self._load is not None:
             try:
-                rows = await asyncio.wait_for(self._load(), LOAD_TIMEOUT_S)
+                async with asyncio.timeout(LOAD_TIMEOUT_S):
+                    rows = await self._load()
             except Exception as exc:  # any database failure: fall back to the Redis mirror
                 log.debug("installed portals: PostgreSQL unavailable (%s)", type(exc).__name__)
             else:
@@ -148,8 +149,7 @@ class InstalledPortals:
     async def run(self, interval: float) -> None:
         """Refresh every `interval` seconds, or sooner when an unknown portal asks for it."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
+            await tasks.wait(self._wake, interval)
             self._wake.clear()  # a wish made from here on is served by the next round
             try:
                 await self.refresh()

@@ -326,7 +326,8 @@ class Harness:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
-        out, _ = await asyncio.wait_for(proc.communicate(), 120)
+        async with asyncio.timeout(120):
+            out, _ = await proc.communicate()
         return int(proc.returncode or 0), out.decode(errors="replace")
 
     async def recover(self) -> str:
@@ -338,7 +339,8 @@ class Harness:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
-        out, _ = await asyncio.wait_for(proc.communicate(), 120)
+        async with asyncio.timeout(120):
+            out, _ = await proc.communicate()
         text = out.decode(errors="replace").strip()
         if proc.returncode != 0:
             raise RuntimeError(f"throttle recover exited {proc.returncode}: {text[-2000:]}")

@@ -228,7 +228,8 @@ class RawPool:
     async def send(self, raw: bytes, due: float, phase: Phase) -> None:
         async with self.slots:
             try:
-                status = await asyncio.wait_for(self._exchange(raw), REQUEST_TIMEOUT_S)
+                async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                    status = await self._exchange(raw)
             except TimeoutError:
                 status = "timeout"
             except (OSError, asyncio.IncompleteReadError, ValueError) as exc:

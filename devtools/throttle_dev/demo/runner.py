@@ -287,7 +287,8 @@ async def _traffic(
     drives: dict[str, dict[str, Any]] = {}
     for name, task in tasks.items():
         try:
-            drives[name] = await asyncio.wait_for(task, timeout=60)
+            async with asyncio.timeout(60):
+                drives[name] = await task
         except TimeoutError:
             drives[name] = {"problems": ["driver still sending after the run"], "answers": {}}
     return samples, drives
