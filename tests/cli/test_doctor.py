@@ -14,6 +14,7 @@ from tests.fixtures.hubspot_simulator import StartSimulator
 from throttle.cli.doctor import run_checks
 from throttle.engine.policy import Policy
 from throttle.engine.policy_index import registry_put
+from throttle.engine.scripts import Scripts
 from throttle.hubspot.action_definition import register_action
 from throttle.hubspot.client import DeveloperAuth, HubSpotClient, TokenGrant
 from throttle.hubspot.crypto import TokenCipher
@@ -51,7 +52,7 @@ async def test_doctor_reports_every_area(
     await store.save(3, TokenGrant("x", "y", 1800))
     await store.mark_uninstalled(3, "uninstalled: test")
     await registry_put(
-        redis,
+        Scripts(redis),
         Policy.model_validate({"name": "p", "portalId": 9, "rate": {"limit": 1, "period": "1m"}}),
     )
 

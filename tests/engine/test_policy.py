@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,7 +17,7 @@ from throttle.engine.calendars import in_window, transitions
 from throttle.engine.durations import format_duration, parse_duration
 from throttle.engine.forecast import capacity_within, projected_wait
 from throttle.engine.policy import Policy, policy_errors
-from throttle.engine.policy_index import PolicyIndex
+from throttle.engine.policy_index import PolicyIndex, registry_delete, registry_put
 from throttle.engine.queue import Queue
 from throttle.engine.registry import reconcile, reconcile_awaited
 
@@ -184,3 +185,37 @@ async def test_index_follows_the_registry_and_global_default_applies_per_portal(
     await queue.enqueue(item("cb-3", portal=9), changed)
     assert await reconcile_awaited(queue, {}) == []
     assert await queue.awaiting_params() == {"9:default"}
+
+
+async def test_each_registry_change_moves_the_revision_with_it(
+    redis: Any, redis_server: Any
+) -> None:
+    """A pod whose refresh finds the revision unmoved keeps what it loaded (one GET per
+    refresh), so a revision must never stand for two registry states. Read as one MULTI from
+    a second connection while a writer creates and deletes a policy: every revision seen goes
+    with exactly one state of the entry. (When the delete and the counter were two commands,
+    the config API could answer 204 while a pod still routed to the deleted policy.)"""
+    queue = Queue(redis)
+    p = policy(name="flip", rate={"limit": 1, "period": "1m"})
+    reader = redis_server.sync_client()
+    seen: dict[int, bool] = {}
+    done = asyncio.Event()
+
+    async def write() -> None:
+        for _ in range(200):
+            await registry_put(queue.scripts, p)
+            await registry_delete(queue.scripts, p.key)
+        done.set()
+
+    def snapshot() -> tuple[int, bool]:
+        pipe = reader.pipeline(transaction=True)
+        pipe.get(keys.REGISTRY_REV).hexists(keys.REGISTRY, p.key)
+        rev, present = pipe.execute()
+        return int(rev or 0), bool(present)
+
+    writer = asyncio.create_task(write())
+    while not done.is_set():
+        rev, present = await asyncio.to_thread(snapshot)
+        assert seen.setdefault(rev, present) == present, f"revision {rev} seen in two states"
+    await writer
+    assert len(seen) > 20  # the reader saw the writer at work, not only its end

@@ -82,7 +82,7 @@ async def test_registered_before_its_parameters_is_held_until_they_exist(
     await _loaded(webhook)
     queue = webhook.app[QUEUE]
     p = policy(rate={"limit": 2, "period": "1s"})
-    revision = await registry_put(queue.redis, p)  # the first half of `reconcile`
+    revision = await registry_put(queue.scripts, p)  # the first half of `reconcile`
     status, body = await webhook.post_action(execution("cb-early"))
     assert (status, body["outputFields"]["hs_execution_state"]) == (200, "BLOCK")
     assert await webhook.depth(p) == 1

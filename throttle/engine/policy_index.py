@@ -15,10 +15,10 @@ It is single-flight and rate-limited per process (concurrent callers share one r
 at least `MIN_LOOK_GAP_S` apart), so executions naming a policy that does not exist cost Redis
 at most one GET per gap, however many arrive.
 
-Ordering: `registry_put` bumps the revision counter before and after writing the entry, and a
-load reads the counter before the entries. A load that saw the first bump but not the entry
-therefore carries an older revision than the final one, and the next refresh reloads; without
-the second bump such a load would keep the policy out of memory until some later change.
+Ordering: `registry_put` and `registry_delete` change an entry and the revision counter in one
+script, and a load reads the counter before the entries. A load therefore never carries a
+revision newer than its entries, and a refresh that finds the counter unmoved may trust what it
+holds: once Redis shows a change (the config API's "in force" check), the next refresh has it.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from pydantic import ValidationError
 
 from throttle.engine import keys
 from throttle.engine.policy import DEFAULT_POLICY_NAME, GLOBAL_PORTAL, Policy
+from throttle.engine.scripts import Scripts
 
 log = logging.getLogger(__name__)
 
@@ -49,23 +50,16 @@ async def registry_get(redis: Any, policy_key: str) -> tuple[int, Policy] | None
     return _decode(raw)
 
 
-async def registry_put(redis: Any, policy: Policy) -> int:
-    """Store the policy under a new revision; returns that revision.
-
-    The counter moves again after the entry is written (see the module docstring: a load
-    between the first bump and the write must not be taken for the current state)."""
-    revision = int(await redis.incr(keys.REGISTRY_REV))
-    value = json.dumps({"revision": revision, "spec": policy.spec()}, separators=(",", ":"))
-    await redis.hset(keys.REGISTRY, policy.key, value)
-    await redis.incr(keys.REGISTRY_REV)
-    return revision
+async def registry_put(scripts: Scripts, policy: Policy) -> int:
+    """Store the policy under a new revision (entry and counter in one step); returns it."""
+    spec = json.dumps(policy.spec(), separators=(",", ":"))
+    call = Scripts.registry_put(keys.REGISTRY, keys.REGISTRY_REV, policy_key=policy.key, spec=spec)
+    return int(await scripts.run(call))
 
 
-async def registry_delete(redis: Any, policy_key: str) -> bool:
-    removed = int(await redis.hdel(keys.REGISTRY, policy_key))
-    if removed:
-        await redis.incr(keys.REGISTRY_REV)
-    return removed > 0
+async def registry_delete(scripts: Scripts, policy_key: str) -> bool:
+    call = Scripts.registry_delete(keys.REGISTRY, keys.REGISTRY_REV, policy_key=policy_key)
+    return int(await scripts.run(call)) > 0
 
 
 async def registry_load(redis: Any) -> tuple[int, list[Policy]]:

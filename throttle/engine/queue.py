@@ -22,7 +22,7 @@ from throttle.engine import keys
 from throttle.engine.forecast import capacity_within
 from throttle.engine.policy import Policy
 from throttle.engine.policy_encoding import redis_fields
-from throttle.engine.scripts import Lease, ScriptCall, Scripts
+from throttle.engine.scripts import ClockShift, Lease, ScriptCall, Scripts
 
 _JSON = msgspec.json.Encoder()
 
@@ -201,7 +201,8 @@ class Queue:
     """Bound of each shard's history stream (the buffer while PostgreSQL is behind)."""
     dedupe_seconds: float = 86_400.0
     """How long a finished callback id is still recognised as a duplicate."""
-    time_offset_ms: int = 0
+    time_offset_ms: ClockShift = 0
+    """Tests only: shifts (or pins) the clock the scripts see; see `scripts.ClockShift`."""
     scripts: Scripts = field(init=False)
     _capacity: dict[tuple[int, int], tuple[Policy, int]] = field(init=False, default_factory=dict)
     _targets: dict[tuple[int, str], _EnqueueTarget] = field(init=False, default_factory=dict)
@@ -508,8 +509,11 @@ class Queue:
 
     async def redis_time(self) -> float:
         """Redis' clock plus the test offset, as the scripts see it (epoch seconds)."""
+        shift = self.time_offset_ms
+        if isinstance(shift, str):
+            return int(shift.removeprefix("@")) / 1e6
         seconds, micros = await self.redis.time()
-        return float(seconds) + float(micros) / 1e6 + self.time_offset_ms / 1000
+        return float(seconds) + float(micros) / 1e6 + shift / 1000
 
 
 def _policy_stats(raw: Sequence[Any]) -> PolicyStats:

@@ -56,7 +56,7 @@ async def reconcile(queue: Queue, policy: Policy) -> ReconcileResult:
     if current is not None and current[1].content_hash == policy.content_hash:
         revision, changed = current[0], False
     else:
-        revision, changed = await registry_put(queue.redis, policy), True
+        revision, changed = await registry_put(queue.scripts, policy), True
     params = await queue.apply_policy(policy.with_revision(revision))
     return ReconcileResult(changed=changed, revision=revision, params=params)
 
@@ -98,7 +98,7 @@ async def retire(queue: Queue, policy: Policy, mode: RetireMode = "Drain") -> Re
     `Drain` keeps releasing at the policy's rate until empty; `SUCCESS` / `FAIL_CONTINUE`
     releases everything now, completed with that state. Call again until `done`.
     """
-    await registry_delete(queue.redis, policy.key)
+    await registry_delete(queue.scripts, policy.key)
     remaining = await queue.remove_policy(policy, mode)
     return RetireResult(remaining=remaining)
 
@@ -130,7 +130,7 @@ async def purge_portal_state(queue: Queue, portal_id: int) -> PortalState:
     pkeys = await _portal_policies(queue.redis, portal_id)
     dropped = 0
     for pkey in pkeys:
-        await registry_delete(queue.redis, pkey)
+        await registry_delete(queue.scripts, pkey)
         shard = keys.shard_of(pkey)
         result = await queue.scripts.run(
             Scripts.purge(

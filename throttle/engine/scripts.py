@@ -34,6 +34,8 @@ ENGINE_SCRIPTS = (
     "retire",
     "purge",
     "stats",
+    "registry_put",
+    "registry_delete",
     "hubspot_budget_take",
     "hubspot_budget_hold",
 )
@@ -50,6 +52,12 @@ def lua_source(name: str) -> str:
 
 def _s(value: Any) -> str:
     return str(value)
+
+
+ClockShift = int | str
+"""What every script's `now_offset_ms` argument carries: milliseconds added to Redis' TIME
+(production passes 0), or `"@<epoch µs>"`, a clock pinned where a test put it (simulations that
+step time must not see the real time that passes between their steps)."""
 
 
 Lease = tuple[str, str, int]
@@ -125,7 +133,7 @@ class Scripts:
         due: str,
         leases: str,
         *,
-        now_offset_ms: int,
+        now_offset_ms: ClockShift,
         prefix: str,
         events_maxlen: int,
         lease_ms: int,
@@ -152,7 +160,7 @@ class Scripts:
     def ack(
         leases: str,
         *,
-        now_offset_ms: int,
+        now_offset_ms: ClockShift,
         prefix: str,
         events_maxlen: int,
         done_ms: int,
@@ -167,7 +175,7 @@ class Scripts:
     def renew(
         leases: str,
         *,
-        now_offset_ms: int,
+        now_offset_ms: ClockShift,
         prefix: str,
         lease_ms: int,
         items: Sequence[Lease],
@@ -180,7 +188,7 @@ class Scripts:
         leases: str,
         due: str,
         *,
-        now_offset_ms: int,
+        now_offset_ms: ClockShift,
         prefix: str,
         events_maxlen: int,
         delay_ms: int,
@@ -195,7 +203,7 @@ class Scripts:
     def fail(
         leases: str,
         *,
-        now_offset_ms: int,
+        now_offset_ms: ClockShift,
         prefix: str,
         events_maxlen: int,
         done_ms: int,
@@ -210,7 +218,7 @@ class Scripts:
         leases: str,
         due: str,
         *,
-        now_offset_ms: int,
+        now_offset_ms: ClockShift,
         prefix: str,
         events_maxlen: int,
         limit: int,
@@ -225,7 +233,7 @@ class Scripts:
         due: str,
         awaiting: str,
         *,
-        now_offset_ms: int,
+        now_offset_ms: ClockShift,
         prefix: str,
         policy: str,
         revision: int,
@@ -246,7 +254,7 @@ class Scripts:
         stats: str,
         awaiting: str,
         *,
-        now_offset_ms: int,
+        now_offset_ms: ClockShift,
         prefix: str,
         policy: str,
         mode: str,
@@ -277,12 +285,20 @@ class Scripts:
         meta: str,
         stats: str,
         *,
-        now_offset_ms: int,
+        now_offset_ms: ClockShift,
         prefix: str,
         policy: str,
     ) -> ScriptCall:
         args = (now_offset_ms, prefix, policy)
         return _call("stats", (queues, meta, stats), args)
+
+    @staticmethod
+    def registry_put(registry: str, rev: str, *, policy_key: str, spec: str) -> ScriptCall:
+        return _call("registry_put", (registry, rev), (policy_key, spec))
+
+    @staticmethod
+    def registry_delete(registry: str, rev: str, *, policy_key: str) -> ScriptCall:
+        return _call("registry_delete", (registry, rev), (policy_key,))
 
     @staticmethod
     def hubspot_budget_take(

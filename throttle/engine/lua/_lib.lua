@@ -10,7 +10,12 @@ local function fmt(x)
   return string.format("%d", x)
 end
 
+-- offset_ms: milliseconds added to Redis' TIME (production: 0), or "@<epoch us>": a clock a
+-- test pinned (see scripts.ClockShift).
 local function clock_us(offset_ms)
+  if string.sub(offset_ms, 1, 1) == "@" then
+    return tonumber(string.sub(offset_ms, 2))
+  end
   local t = redis.call("TIME")
   return tonumber(t[1]) * 1000000 + tonumber(t[2]) + math.floor(tonumber(offset_ms) * 1000)
 end
