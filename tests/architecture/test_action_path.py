@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sys
 import time
 import weakref
@@ -22,17 +21,16 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
-from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
 from tests.fixtures.hubspot_simulator import StartSimulator
+from tests.fixtures.webhook import ServeWebhook
 from throttle.dispatcher.drain import Dispatcher
 from throttle.dispatcher.hubspot_completer import build_completer
 from throttle.engine.queue import Queue
 from throttle.history.migrations import migrate
 from throttle.hubspot.signatures import sign_v3
 from throttle.metrics import Metrics
-from throttle.webhook_service.app import AccessLogger, create_app
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "architecture.md"
 PORTAL = 5150
@@ -105,7 +103,11 @@ def modules_on_the_path() -> Iterator[list[str]]:
 
 
 async def test_one_action_passes_through_the_documented_modules(
-    start_simulator: StartSimulator, make_settings: Any, database_url: str, redis: Any
+    start_simulator: StartSimulator,
+    make_settings: Any,
+    database_url: str,
+    redis: Any,
+    serve_webhook: ServeWebhook,
 ) -> None:
     await migrate(database_url)
     settings = make_settings(database_url=database_url)
@@ -117,15 +119,7 @@ async def test_one_action_passes_through_the_documented_modules(
         hubspot_app_base=sim.url,
         dispatcher_min_hold_seconds=0,
     )
-    app = create_app(settings, registry=CollectorRegistry())
-    server = TestServer(
-        app,
-        host="127.0.0.1",
-        port=settings.port,
-        access_log_class=AccessLogger,
-        access_log=logging.getLogger("throttle.access"),
-    )
-    await server.start_server()
+    await serve_webhook(settings)
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
     url = settings.public_url
     assert url is not None
@@ -180,7 +174,6 @@ async def test_one_action_passes_through_the_documented_modules(
             assert [c.callback_id for c in sim.sim.completions] == ["ap-path-0", "ap-path-1"]
     finally:
         await pool.close()
-        await server.close()
     print("\n".join(seen))
     assert seen == documented_path(), (
         "docs/architecture.md's path of one action is stale; the action passed through:\n"

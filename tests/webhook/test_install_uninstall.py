@@ -4,44 +4,35 @@ and the webhook then refusing the uninstalled portal's executions."""
 from __future__ import annotations
 
 import json
-import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
-from prometheus_client import CollectorRegistry
 
 from tests.fixtures.hubspot_simulator import RunningSimulator, StartSimulator
-from throttle.webhook_service.app import AccessLogger, create_app
+from tests.fixtures.webhook import ServeWebhook
 from throttle.webhook_service.appkeys import INSTALLED, TOKENS
 from throttle_dev.simulator import Driver, TrafficPlan, send_uninstall
 
 
 @pytest.fixture
 async def webhook(
-    start_simulator: StartSimulator, make_settings: Any, pool: Any, redis: Any
-) -> AsyncIterator[tuple[RunningSimulator, str, Any]]:
+    start_simulator: StartSimulator,
+    make_settings: Any,
+    pool: Any,
+    redis: Any,
+    serve_webhook: ServeWebhook,
+) -> tuple[RunningSimulator, str, Any]:
     settings = make_settings()
     running = await start_simulator(
         client_id=settings.hubspot_client_id,
         client_secret=settings.hubspot_client_secret.get_secret_value(),
     )
     settings = make_settings(hubspot_api_base=running.url, hubspot_app_base=running.url)
-    app = create_app(settings, registry=CollectorRegistry())
-    server = TestServer(
-        app,
-        host="127.0.0.1",
-        port=settings.port,
-        access_log_class=AccessLogger,
-        access_log=logging.getLogger("throttle.access"),
-    )
-    await server.start_server()
-    yield running, settings.public_url, app
-    await server.close()
+    app = await serve_webhook(settings)
+    return running, settings.public_url, app
 
 
 async def test_install_uninstall_through_the_webhook_app(

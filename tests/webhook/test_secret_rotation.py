@@ -11,24 +11,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
-from prometheus_client import CollectorRegistry
 
 from tests.fixtures.metric_samples import sample
-from tests.fixtures.webhook import StartWebhook, execution, policy
+from tests.fixtures.webhook import ServeWebhook, StartWebhook, execution, policy
 from throttle.engine.registry import reconcile
 from throttle.hubspot.signatures import sign_v3
 from throttle.settings import Settings
-from throttle.webhook_service.app import AccessLogger, create_app
 from throttle.webhook_service.appkeys import METRICS, POLICY_INDEX, QUEUE
 from throttle_dev.simulator import Driver, Simulator, SimulatorConfig, TrafficPlan
 
@@ -46,30 +42,16 @@ Serve = Callable[[Settings], Awaitable[web.Application]]
 
 
 @pytest.fixture
-async def serve(redis: Any) -> AsyncIterator[Serve]:
-    """Serve the webhook app on the settings' port (one at a time: a restart is a rollout)."""
-    running: list[TestServer] = []
+def serve(redis: Any, serve_webhook: ServeWebhook) -> Serve:
+    """Serve the webhook app with the portal's policy in force (serving again is a rollout)."""
 
     async def start(settings: Settings) -> web.Application:
-        while running:
-            await running.pop().close()
-        app = create_app(settings, registry=CollectorRegistry())
-        server = TestServer(
-            app,
-            host="127.0.0.1",
-            port=settings.port,
-            access_log_class=AccessLogger,
-            access_log=logging.getLogger("throttle.access"),
-        )
-        await server.start_server()
-        running.append(server)
+        app = await serve_webhook(settings)
         await reconcile(app[QUEUE], policy("enrichment", portal=PORTAL, actionId=ACTION))
         await app[POLICY_INDEX].refresh()
         return app
 
-    yield start
-    while running:
-        await running.pop().close()
+    return start
 
 
 def _plan(executions: int) -> TrafficPlan:
