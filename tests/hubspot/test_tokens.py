@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -137,29 +138,33 @@ def _shared(pool: Any) -> Any:
     return factory
 
 
-async def _managers(
+@contextlib.asynccontextmanager
+async def _pods(
     n: int,
     store: TokenStore,
     url: str,
     session: aiohttp.ClientSession,
     redis_server: Any,
     metrics: Metrics,
-    margin: float,
-    probe_s: float = 5.0,
-) -> tuple[list[TokenManager], list[Any]]:
+    **options: Any,
+) -> AsyncIterator[list[TokenManager]]:
+    """`n` pods' token managers, each on its own Redis connection (closed afterwards);
+    `options` go to every `TokenManager`."""
     redis_clients = [redis_server.client() for _ in range(n)]
-    managers = [
-        TokenManager(
-            store,
-            HubSpotClient(session, url, "sim-client-id", "sim-client-secret"),
-            client,
-            metrics,
-            refresh_margin_s=margin,
-            config_probe_s=probe_s,
-        )
-        for client in redis_clients
-    ]
-    return managers, redis_clients
+    try:
+        yield [
+            TokenManager(
+                store,
+                HubSpotClient(session, url, "sim-client-id", "sim-client-secret"),
+                client,
+                metrics,
+                **options,
+            )
+            for client in redis_clients
+        ]
+    finally:
+        for client in redis_clients:
+            await client.aclose()
 
 
 async def test_refresh_before_expiry_exactly_once_across_three_pods(
@@ -174,8 +179,9 @@ async def test_refresh_before_expiry_exactly_once_across_three_pods(
     grant = sim.issue_tokens(77)
     await store.save(77, TokenGrant(grant["access_token"], grant["refresh_token"], 4))
     metrics = Metrics()
-    managers, clients = await _managers(3, store, running.url, session, redis_server, metrics, 300)
-    try:
+    async with _pods(
+        3, store, running.url, session, redis_server, metrics, refresh_margin_s=300
+    ) as managers:
         first = await asyncio.gather(*(m.access_token(77) for m in managers))
         assert set(first) == {grant["access_token"]}  # 4 s left, margin min(300, 2 s): fresh
         await asyncio.sleep(2.2)  # inside the margin, before expiry
@@ -190,9 +196,6 @@ async def test_refresh_before_expiry_exactly_once_across_three_pods(
         assert stored.refresh_token != grant["refresh_token"]  # the rotated one is kept
         assert sim.refresh_tokens[stored.refresh_token].revoked is False
         assert sample(metrics, "throttle_token_refreshes_total", result="ok") == 1
-    finally:
-        for client in clients:
-            await client.aclose()
 
 
 async def test_revoked_refresh_token_marks_portal_uninstalled(
@@ -207,8 +210,9 @@ async def test_revoked_refresh_token_marks_portal_uninstalled(
     await store.save(88, TokenGrant(grant["access_token"], grant["refresh_token"], 2))
     running.sim.revoke(88)
     metrics = Metrics()
-    managers, clients = await _managers(2, store, running.url, session, redis_server, metrics, 300)
-    try:
+    async with _pods(
+        2, store, running.url, session, redis_server, metrics, refresh_margin_s=300
+    ) as managers:
         await asyncio.sleep(1.1)
         results = await asyncio.gather(
             *(m.access_token(88) for m in managers), return_exceptions=True
@@ -226,9 +230,6 @@ async def test_revoked_refresh_token_marks_portal_uninstalled(
             await managers[0].access_token(88)
         with pytest.raises(NotInstalled):
             await managers[0].access_token(99)
-    finally:
-        for client in clients:
-            await client.aclose()
 
 
 async def test_a_401_forces_one_refresh(
@@ -266,10 +267,16 @@ async def test_refused_client_secret_uninstalls_nobody_and_clears_by_itself_once
     await store.save(66, TokenGrant(grant["access_token"], grant["refresh_token"], 4))
     sim.set_faults(reject_client_secret_seconds=3600)
     metrics = Metrics()
-    managers, clients = await _managers(
-        2, store, running.url, session, redis_server, metrics, 300, probe_s=3.0
-    )
-    try:
+    async with _pods(
+        2,
+        store,
+        running.url,
+        session,
+        redis_server,
+        metrics,
+        refresh_margin_s=300,
+        config_probe_s=3.0,
+    ) as managers:
         await asyncio.sleep(2.2)  # inside the margin (2 s): a refresh is due, the token valid
         kept = await asyncio.gather(*(m.access_token(66) for m in managers))
         assert kept == [grant["access_token"]] * 2  # used until it expires
@@ -312,9 +319,6 @@ async def test_refused_client_secret_uninstalls_nobody_and_clears_by_itself_once
         await managers[1].recheck()  # the dispatcher's loop asks again, traffic or not
         assert managers[1].config_fault() is None
         assert sim.portal(66).refresh_failures == 0  # the refresh token was never spent
-    finally:
-        for client in clients:
-            await client.aclose()
 
 
 async def test_recheck_asks_only_while_a_fault_is_on(
@@ -379,18 +383,10 @@ async def test_a_refresh_outlasting_the_lock_is_not_raced_by_a_second_refresher(
     await store.save(21, TokenGrant(grant["access_token"], grant["refresh_token"], 1800))
     sim.set_faults(token_answer_delay_ms=2500)
     metrics = Metrics()
-    clients = [redis_server.client() for _ in range(2)]
-    first, second = (
-        TokenManager(
-            store,
-            HubSpotClient(session, running.url, "sim-client-id", "sim-client-secret"),
-            client,
-            metrics,
-            lock_timeout_s=1.0,
-        )
-        for client in clients
-    )
-    try:
+    async with _pods(2, store, running.url, session, redis_server, metrics, lock_timeout_s=1.0) as (
+        first,
+        second,
+    ):
         refreshing = asyncio.create_task(first.access_token(21, rejected=grant["access_token"]))
         await asyncio.sleep(1.5)  # past the lock's timeout, HubSpot's answer still on its way
         second_token = await second.access_token(21, rejected=grant["access_token"])
@@ -405,9 +401,6 @@ async def test_a_refresh_outlasting_the_lock_is_not_raced_by_a_second_refresher(
         assert stored is not None
         assert sim.refresh_tokens[stored.refresh_token].revoked is False  # the live one is kept
         assert sample(metrics, "throttle_token_refreshes_total", result="ok") == 1
-    finally:
-        for client in clients:
-            await client.aclose()
 
 
 async def test_a_refresh_token_spent_by_a_refresher_that_lost_its_lock_uninstalls_nobody(
@@ -427,8 +420,9 @@ async def test_a_refresh_token_spent_by_a_refresher_that_lost_its_lock_uninstall
     await store.save(22, TokenGrant(grant["access_token"], grant["refresh_token"], 1800))
     sim.set_faults(token_answer_delay_ms=1500)
     metrics = Metrics()
-    managers, clients = await _managers(2, store, running.url, session, redis_server, metrics, 300)
-    try:
+    async with _pods(
+        2, store, running.url, session, redis_server, metrics, refresh_margin_s=300
+    ) as managers:
         refreshing = asyncio.create_task(
             managers[0].access_token(22, rejected=grant["access_token"])
         )
@@ -446,9 +440,6 @@ async def test_a_refresh_token_spent_by_a_refresher_that_lost_its_lock_uninstall
         stored = await store.load(22)
         assert stored is not None
         assert sim.refresh_tokens[stored.refresh_token].revoked is False
-    finally:
-        for client in clients:
-            await client.aclose()
 
 
 def _gauge(metrics: Metrics, kind: str) -> float | None:
