@@ -11,8 +11,9 @@ alternating rounds on the same server, so both see the same machine:
 - exact: the timed sleep ends `wake_early_s` early and the loop comes round until it is due;
   Redis' clock from the recent take with the shortest round trip.
 
-Lateness is measured on Redis' clock from the releases' own times: with `burst: 0` each release
-is due T after the one before, so δ = gap - T.
+The dispatcher's CPU (this process: the loop, its takes, the instant completer) shows what
+coming round without sleeping costs. Lateness is measured on Redis' clock from the releases'
+own times: with `burst: 0` each release is due T after the one before, so δ = gap - T.
 
     .venv/bin/python bench/wake.py [--seconds 20] [--rounds 3]
 """
@@ -102,15 +103,21 @@ async def one_round(redis: Any, variant: str, per_second: int, seconds: float, n
         redis_clock=RedisClock(max_age_s=max_age),
     )
     stop = asyncio.Event()
+    cpu = time.process_time()
     running = asyncio.create_task(dispatcher.run(stop))
     await asyncio.sleep(seconds)
     stop.set()
     await running
+    cpu = time.process_time() - cpu
     times = sorted(completer.released_us)
     interval_us = 1_000_000 / per_second
     gaps = [(b - a) - interval_us for a, b in itertools.pairwise(times)]
     achieved = (len(times) - 1) / ((times[-1] - times[0]) / 1e6)
-    return {"rate_error": 1 - achieved / per_second, "late_ms": [g / 1000 for g in gaps]}
+    return {
+        "rate_error": 1 - achieved / per_second,
+        "late_ms": [g / 1000 for g in gaps],
+        "cpu_share": cpu / seconds,
+    }
 
 
 async def bench(seconds: float, rounds: int) -> list[list[str]]:
@@ -141,6 +148,7 @@ async def bench(seconds: float, rounds: int) -> list[list[str]]:
                             f"{late[len(late) // 2]:.3f}",
                             f"{late[int(len(late) * 0.99)]:.3f}",
                             f"{error * 100:.2f}%",
+                            f"{statistics.mean(run['cpu_share'] for run in runs) * 100:.1f}%",
                         ]
                     )
         finally:
@@ -161,6 +169,7 @@ def main() -> None:
     for column in ("policy", "variant", "releases", "mean δ ms", "p50 δ ms", "p99 δ ms"):
         table.add_column(column, justify="right")
     table.add_column("rate lost", justify="right")
+    table.add_column("dispatcher CPU", justify="right")
     for row in rows:
         table.add_row(*row)
     console.print(table)
