@@ -34,11 +34,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.table import Table
+from take_cost import fill  # bench/ is on the path: these run as scripts
 
 from throttle.dispatcher.complete import CompletionResult
 from throttle.dispatcher.drain import Dispatcher, RedisClock
 from throttle.engine.policy import Policy
-from throttle.engine.queue import Queue, QueueItem, Released
+from throttle.engine.queue import Queue, Released
 from throttle.engine.registry import reconcile
 from throttle.metrics import Metrics
 from throttle_dev.localenv import RedisServer
@@ -58,29 +59,6 @@ class InstantCompleter:
         return CompletionResult(completed=[r.callback_id for r in items])
 
 
-async def backlog(queue: Queue, policy: Policy, count: int) -> None:
-    now = time.time()
-    for start in range(0, count, 100):
-        await asyncio.gather(
-            *(
-                queue.enqueue(
-                    QueueItem(
-                        callback_id=f"cb-{policy.name}-{i}",
-                        portal_id=policy.portal_id,
-                        action_definition_id=1,
-                        workflow_id=1,
-                        object_type="CONTACT",
-                        object_id=str(i),
-                        policy=policy.name,
-                        received_at=now,
-                    ),
-                    policy,
-                )
-                for i in range(start, min(start + 100, count))
-            )
-        )
-
-
 async def one_round(redis: Any, variant: str, per_second: int, seconds: float, n: int) -> dict:
     wake_early, max_age = VARIANTS[variant]
     policy = Policy.model_validate(
@@ -93,7 +71,7 @@ async def one_round(redis: Any, variant: str, per_second: int, seconds: float, n
     await redis.flushall()  # nothing left of the round before
     queue = Queue(redis)
     await reconcile(queue, policy)
-    await backlog(queue, policy, int(per_second * seconds * 1.5) + 10)
+    await fill(queue, policy, int(per_second * seconds * 1.5) + 10)
     completer = InstantCompleter()
     dispatcher = Dispatcher(
         queue,

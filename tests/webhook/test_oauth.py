@@ -13,10 +13,10 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from tests.fixtures.hubspot_simulator import RunningSimulator, StartSimulator
 from tests.fixtures.metric_samples import sample
+from tests.fixtures.webhook import serve_on
 from throttle.dispatcher.hubspot_completer import HubSpotCompleter
 from throttle.engine.queue import Released
 from throttle.hubspot.budget import PortalBudget
@@ -76,17 +76,7 @@ async def stack(
         TokenStore(pool, TokenCipher(settings.encryption_keys)), client, redis, metrics
     )
     app.add_routes(json_errors(routes()))
-    # The access logger `throttle webhook` runs with (no query strings: they carry OAuth codes).
-    from throttle.webhook_service.app import AccessLogger
-
-    server = TestServer(
-        app,
-        host="127.0.0.1",
-        port=settings.port,
-        access_log_class=AccessLogger,
-        access_log=logging.getLogger("throttle.access"),
-    )
-    await server.start_server()
+    server = await serve_on(app, settings.port)
     yield Stack(running, settings, app)
     await server.close()
 
