@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from throttle.engine import keys
+from throttle.engine.inline import InlineDecision
 from throttle.engine.policy import DEFAULT_POLICY_NAME, GLOBAL_PORTAL, Policy
 from throttle.engine.policy_index import registry_delete, registry_get, registry_put
 from throttle.engine.queue import Queue, RetireMode
@@ -59,6 +60,17 @@ async def reconcile(queue: Queue, policy: Policy) -> ReconcileResult:
         revision, changed = await registry_put(queue.scripts, policy), True
     params = await queue.apply_policy(policy.with_revision(revision))
     return ReconcileResult(changed=changed, revision=revision, params=params)
+
+
+async def ensure_inline(queue: Queue, decision: InlineDecision) -> None:
+    """Create or update an inline queue (engine/inline.py) on its first execution: its
+    parameters, its entry in the shard's inline index and its first release, in ONE script call
+    (they share the shard's slot). No registry revision: the webhook derives an inline queue's
+    policy from the execution's fields, so nothing waits for the index to reload it; a copy
+    written twice (two pods at once) is the same content, and the newest fields win."""
+    await queue.apply_policy(
+        decision.policy, inline_entry=decision.entry, not_before=decision.not_before
+    )
 
 
 async def reconcile_awaited(queue: Queue, sources: Mapping[str, Policy]) -> list[str]:
@@ -147,6 +159,7 @@ async def purge_portal_state(queue: Queue, portal_id: int) -> PortalState:
             )
         )
         dropped += int(result[0])
+        await queue.redis.hdel(keys.inline_queues(shard), pkey)
     events = 0
     for shard in sorted({keys.shard_of(pkey) for pkey in pkeys}):
         events += await _drop_events(queue.redis, shard, f"{portal_id}:")

@@ -21,6 +21,7 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from throttle.engine.inline import inline_values
 from throttle.webhook_service.errors import ErrorAnswer
 
 MAX_JSON_DEPTH = 32
@@ -241,3 +242,9 @@ def parse_execution(body: bytes) -> ExecutionPayload:
         return msgspec.convert(model.model_dump(by_alias=True), ExecutionPayload)
     except msgspec.ValidationError as exc:  # pragma: no cover - the models agree (tested)
         raise ErrorAnswer(400, "invalid_payload", str(exc)) from None
+
+
+def inline_fields(payload: ExecutionPayload) -> dict[str, str] | None:
+    """The inline-rate fields the execution carries (engine/inline.py), as text; None when it
+    carries none, as every execution of a definition registered before they existed."""
+    return inline_values(payload.input_fields)
