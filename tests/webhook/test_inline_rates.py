@@ -16,7 +16,6 @@ from throttle.dispatcher.hubspot_completer import output_fields
 from throttle.engine import keys
 from throttle.engine.inline_index import InlineNotes, inline_load
 from throttle.engine.policy import Policy
-from throttle.engine.queue import Released
 from throttle.webhook_service.appkeys import POLICY_INDEX, QUEUE
 
 WORKFLOW_A = 192814114
@@ -67,7 +66,8 @@ def assert_rate_holds(sim: Simulation, p: Policy, released: int) -> None:
 async def test_inline_rate_holds_over_a_hundred_periods(webhook: Webhook) -> None:
     await send(webhook, 206, "a", rate_count="2", rate_every="1", rate_unit="seconds")
     (name, (p, note)), *others = (await inline_queues(webhook)).items()
-    assert not others and note == ""
+    assert not others
+    assert note == ""
     assert name.startswith(f"inline.w{WORKFLOW_A}.a{ACTION_DEF}.")
     assert (p.rate.limit, p.rate.period.total_seconds(), p.rate.burst) == (2, 1.0, 0)
     assert (await webhook.app[QUEUE].stats(p)).depth == 206
@@ -108,7 +108,8 @@ async def test_the_portal_ceiling_clamps_the_rate_and_says_so(webhook: Webhook) 
     await send(webhook, 105, "a", rate_count="10", rate_unit="seconds")
     (p, note), *_ = (await inline_queues(webhook)).values()
     assert (p.rate.limit, p.rate.period.total_seconds()) == (1, 1.0)
-    assert p.daily_cap is not None and p.daily_cap.limit == 100_000
+    assert p.daily_cap is not None
+    assert p.daily_cap.limit == 100_000
     assert note == "rate 10 per 1 second clamped to the portal's ceiling of 1 per 1 second"
     sim = await release_all(webhook, [p], 110)
     assert_rate_holds(sim, p, 105)
@@ -124,7 +125,8 @@ async def test_the_ceiling_caps_the_daily_total(webhook: Webhook) -> None:
     await webhook.add_policy(policy("default", inline={"maxDailyTotal": 3}))
     await send(webhook, 10, "a", rate_count="100", rate_unit="minutes")
     (p, note), *_ = (await inline_queues(webhook)).values()
-    assert p.daily_cap is not None and p.daily_cap.limit == 3
+    assert p.daily_cap is not None
+    assert p.daily_cap.limit == 3
     assert "at most 3 a day" in note
     sim = await release_all(webhook, [p], 60)
     assert len(sim.completer.completed) == 3
@@ -169,13 +171,15 @@ async def test_a_named_policy_takes_precedence_over_inline_fields(webhook: Webho
     payload = inline_execution("cb-1", rate_count="5", rate_unit="minutes")
     payload["inputFields"]["policy"] = "enrichment"
     status, body = await webhook.post_action(payload)
-    assert status == 200 and body["outputFields"]["hs_execution_state"] == "BLOCK"
+    assert status == 200
+    assert body["outputFields"]["hs_execution_state"] == "BLOCK"
     assert await webhook.depth(named) == 1
     assert await inline_queues(webhook) == {}
     payload = inline_execution("cb-2", rate_count="5", rate_unit="minutes")
     payload["inputFields"]["policy"] = "no-such-policy"
     status, body = await webhook.post_action(payload)
-    assert status == 200 and body["outputFields"]["hs_execution_state"] == "BLOCK"
+    assert status == 200
+    assert body["outputFields"]["hs_execution_state"] == "BLOCK"
     assert len(await inline_queues(webhook)) == 1
 
 
@@ -183,7 +187,8 @@ async def test_inline_rates_switched_off_for_all(start_webhook: StartWebhook) ->
     webhook = await start_webhook(inline_rates_enabled=False)
     default = await webhook.add_policy(policy("default"))
     status, body = await webhook.post_action(inline_execution("cb-1", rate_count="5"))
-    assert status == 200 and body["outputFields"]["hs_execution_state"] == "BLOCK"
+    assert status == 200
+    assert body["outputFields"]["hs_execution_state"] == "BLOCK"
     assert await webhook.depth(default) == 1
     assert await inline_queues(webhook) == {}
 
@@ -192,18 +197,21 @@ async def test_inline_rates_switched_off_for_one_portal(webhook: Webhook) -> Non
     default = await webhook.add_policy(policy("default", inline={"enabled": False}))
     other = await webhook.add_policy(policy("default", portal=PORTAL + 1))
     status, _ = await webhook.post_action(inline_execution("cb-1", rate_count="5"))
-    assert status == 200 and await webhook.depth(default) == 1
+    assert status == 200
+    assert await webhook.depth(default) == 1
     payload = inline_execution("cb-2", rate_count="5")
     payload["origin"]["portalId"] = PORTAL + 1
     status, _ = await webhook.post_action(payload)
-    assert status == 200 and await webhook.depth(other) == 0
+    assert status == 200
+    assert await webhook.depth(other) == 0
     assert [p.portal_id for p, _n in (await inline_queues(webhook)).values()] == [PORTAL + 1]
 
 
 async def test_an_old_style_execution_writes_no_inline_queue(webhook: Webhook) -> None:
     p = await webhook.add_policy(policy())
     status, body = await webhook.post_action(execution())
-    assert status == 200 and body["outputFields"]["hs_execution_state"] == "BLOCK"
+    assert status == 200
+    assert body["outputFields"]["hs_execution_state"] == "BLOCK"
     assert await webhook.depth(p) == 1
     assert await inline_queues(webhook) == {}
     assert await webhook.app[POLICY_INDEX].redis.exists(keys.inline_queues(0)) == 0

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from throttle.dispatcher.complete import CompletionResult
-from throttle.engine.inline import is_inline
+from throttle.engine.inline import PREFIX as INLINE_PREFIX
 from throttle.engine.inline_index import InlineNotes
 from throttle.engine.queue import Released
 from throttle.hubspot.budget import BudgetGrant, PortalBudget
@@ -80,7 +80,7 @@ def output_fields(item: Released, notes: InlineNotes | None = None) -> dict[str,
         "throttle_wait_seconds": round(max(item.wait_seconds, 0.0)),
         "throttle_policy": item.policy,
     }
-    if is_inline(item.policy):
+    if item.policy.startswith(INLINE_PREFIX):
         fields["throttle_applied"] = "inline"
         note = notes.note(item.policy_key) if notes is not None else ""
         if note:
@@ -118,7 +118,7 @@ class HubSpotCompleter:
     async def _load_notes(self, items: Sequence[Released]) -> None:
         """The notes of the inline queues among `items`; without them (Redis unreachable) the
         completions still go, without the reason."""
-        inline = [item.policy_key for item in items if is_inline(item.policy)]
+        inline = [item.policy_key for item in items if item.policy.startswith(INLINE_PREFIX)]
         if self._notes is None or not inline:
             return
         try:

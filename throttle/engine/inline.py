@@ -17,7 +17,7 @@ takes the newest fields it is given (every workflow naming it shares one rate: t
 written).
 
 Every inline rate is held under the portal's ceiling (`InlineCeiling`, on the portal's `default`
-policy, else the global default's, else the `INLINE_MAX_RATE…` settings): a faster rate is clamped
+policy, else the global default's, else the `INLINE_MAX_PER_MINUTE` setting): a faster rate is clamped
 to it, a daily total above it is capped, and a bad value (zero, negative, text, an unknown unit
 or day) is replaced by the ceiling's own value. Nothing an execution carries can make it pass
 unthrottled; each such decision is a note (`InlineDecision.notes`) that the output fields and
@@ -35,7 +35,6 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from throttle.engine.calendars import DAYS, weekday_index
 from throttle.engine.policy import (
@@ -97,22 +96,6 @@ class InlineDecision:
 
 def is_inline(policy_name: str) -> bool:
     return policy_name.startswith(PREFIX)
-
-
-def inline_values(input_fields: Mapping[str, Any]) -> dict[str, str] | None:
-    """The inline fields an execution carries (as text, empty ones left out), or None when it
-    carries none: then it is an old-style execution, handled exactly as before."""
-    found: dict[str, str] | None = None
-    for name in FIELDS:
-        value = input_fields.get(name)
-        if value is None:
-            continue
-        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-        text = text.strip()
-        if text:
-            found = found if found is not None else {}
-            found[name] = text
-    return found
 
 
 def fields_hash(values: Mapping[str, str]) -> str:
