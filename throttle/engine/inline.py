@@ -17,11 +17,11 @@ takes the newest fields it is given (every workflow naming it shares one rate: t
 written).
 
 Every inline rate is held under the portal's ceiling (`InlineCeiling`, on the portal's `default`
-policy, else the global default's, else the `INLINE_MAX_PER_MINUTE` setting): a faster rate is clamped
-to it, a daily total above it is capped, and a bad value (zero, negative, text, an unknown unit
-or day) is replaced by the ceiling's own value. Nothing an execution carries can make it pass
-unthrottled; each such decision is a note (`InlineDecision.notes`) that the output fields and
-the history carry, so the builder can act on it.
+policy, else the global default's, else the `INLINE_MAX_PER_MINUTE` setting): a faster rate is
+clamped to it, a daily total above it is capped, and a bad value (zero, negative, text, an unknown
+unit or day) is replaced by the ceiling's own value. Nothing an execution carries can make it pass
+unthrottled; each such decision is a note (`InlineDecision.notes`) that the output fields and the
+history carry, so the builder can act on it.
 
 This module is pure: parsing, clamping and naming, no I/O.
 """
