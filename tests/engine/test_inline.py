@@ -14,6 +14,7 @@ from tests.fixtures.builders import item, policy
 from throttle.engine import keys
 from throttle.engine.inline import InlineDecision, ceiling_for, decide
 from throttle.engine.inline_index import InlineNotes, inline_load
+from throttle.engine.manifests import ManifestError, policy_from_spec
 from throttle.engine.policy import InlineCeiling, Rate
 from throttle.engine.queue import Queue
 from throttle.engine.queue_status import StatusReader
@@ -166,3 +167,8 @@ async def test_a_portals_default_policy_shows_its_inline_queues(redis: Any) -> N
     assert (figures.inline_queues, figures.inline_queue_depth) == (2, 2)
     assert (await OwnedPolicies(queue).figures(policy("other", portal=7))).inline_queues is None
     assert keys.inline_queues(0).endswith(":inline")
+
+
+def test_a_throttlepolicy_cannot_take_an_inline_queues_name() -> None:
+    with pytest.raises(ManifestError, match="inline queues"):
+        policy_from_spec("inline.w1.a2.abcdef12", {"portalId": 7, "rate": {"limit": 1}})

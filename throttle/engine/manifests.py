@@ -19,6 +19,7 @@ import yaml
 from pydantic import ValidationError
 
 from throttle.engine.durations import parse_duration
+from throttle.engine.inline import PREFIX as INLINE_PREFIX
 from throttle.engine.policy import Policy, policy_errors
 
 GROUP = "throttle.dev"
@@ -98,6 +99,8 @@ def crd_rule_errors(spec: Mapping[str, Any]) -> FieldErrors:
 def policy_from_spec(name: str | None, spec: Mapping[str, Any], source: str = "spec") -> Policy:
     """Validate a ThrottlePolicy spec as the engine's Policy (raises ManifestError)."""
     errors = crd_rule_errors(spec)
+    if name is not None and name.startswith(INLINE_PREFIX):
+        errors.append(("name", f"names starting with {INLINE_PREFIX!r} are the inline queues'"))
     data = {k: v for k, v in spec.items() if k not in _OPERATOR_ONLY}
     data["name"] = name
     try:
