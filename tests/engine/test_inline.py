@@ -19,6 +19,7 @@ from throttle.engine.policy import InlineCeiling, Rate
 from throttle.engine.queue import Queue
 from throttle.engine.queue_status import StatusReader
 from throttle.engine.registry import ensure_inline, purge_portal_state, reconcile
+from throttle.history.folding import fold_events
 from throttle.operator.owned_policies import OwnedPolicies
 
 NOW = 1_800_000_000.0
@@ -172,3 +173,14 @@ async def test_a_portals_default_policy_shows_its_inline_queues(redis: Any) -> N
 def test_a_throttlepolicy_cannot_take_an_inline_queues_name() -> None:
     with pytest.raises(ManifestError, match="inline queues"):
         policy_from_spec("inline.w1.a2.abcdef12", {"portalId": 7, "rate": {"limit": 1}})
+
+
+def test_the_note_is_kept_in_history() -> None:
+    body = item("cb-1", note="rate 9 per 1 second clamped").event_body().decode()
+    [row] = fold_events([{"t": "recv", "pol": "7:inline.q.x", "cb": "cb-1", "body": body}])
+    assert row.last_error == "rate 9 per 1 second clamped"
+    [plain] = fold_events(
+        [{"t": "recv", "pol": "7:p", "cb": "cb-2", "body": item("cb-2").event_body().decode()}]
+    )
+    assert plain.last_error is None
+    assert "note" not in item("cb-2").event_body().decode()  # old-style bodies unchanged
