@@ -41,18 +41,21 @@ def inline(
 
 
 @pytest.mark.parametrize(
-    ("values", "limit", "seconds"),
+    ("values", "limit", "seconds", "burst"),
     [
-        ({"rate_count": "20"}, 20, 60),  # every 1, minutes: the defaults
-        ({"rate_count": "3", "rate_every": "10", "rate_unit": "seconds"}, 3, 10),
-        ({"rate_count": "100", "rate_every": "1.5", "rate_unit": "Hours"}, 100, 5400),
-        ({"rate_count": "5", "rate_unit": "d"}, 5, 86400),
+        ({"rate_count": "20"}, 20, 60, 1),  # every 1, minutes: the defaults
+        ({"rate_count": "3", "rate_every": "10", "rate_unit": "seconds"}, 3, 10, 1),
+        ({"rate_count": "100", "rate_every": "1.5", "rate_unit": "Hours"}, 100, 5400, 0),
+        ({"rate_count": "5", "rate_unit": "d"}, 5, 86400, 0),
     ],
 )
-def test_fields_give_the_rate(values: dict[str, str], limit: int, seconds: float) -> None:
+def test_fields_give_the_rate(
+    values: dict[str, str], limit: int, seconds: float, burst: int
+) -> None:
+    """Releases under 10 s apart get `burst: 1`, which absorbs the dispatchers' jitter."""
     decision = inline(values)
     assert decision.notes == ()
-    assert decision.policy.rate == Rate(limit=limit, period=timedelta(seconds=seconds))
+    assert decision.policy.rate == Rate(limit=limit, period=timedelta(seconds=seconds), burst=burst)
     assert decision.policy.name.startswith("inline.w11.a22.")
 
 
@@ -150,7 +153,7 @@ async def test_one_script_call_writes_the_queue_its_entry_and_first_release(
     await notes.load([decision.policy.key])
     assert notes.note(decision.policy.key) == "a note"
     rows = await StatusReader(engine_redis).rows()
-    assert [(r.name, r.rate) for r in rows] == [(decision.policy.name, "2/1s")]
+    assert [(r.name, r.rate) for r in rows] == [(decision.policy.name, "2/1s +1")]
     await purge_portal_state(queue, 7)
     assert await inline_load(engine_redis) == []
 
