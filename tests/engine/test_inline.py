@@ -18,7 +18,12 @@ from throttle.engine.manifests import ManifestError, policy_from_spec
 from throttle.engine.policy import InlineCeiling, Rate
 from throttle.engine.queue import Queue
 from throttle.engine.queue_status import StatusReader
-from throttle.engine.registry import ensure_inline, purge_portal_state, reconcile
+from throttle.engine.registry import (
+    ensure_inline,
+    purge_portal_state,
+    reconcile,
+    reconcile_awaited,
+)
 from throttle.history.folding import fold_events
 from throttle.operator.owned_policies import OwnedPolicies
 
@@ -187,3 +192,15 @@ def test_the_note_is_kept_in_history() -> None:
     )
     assert plain.last_error is None
     assert "note" not in item("cb-2").event_body().decode()  # old-style bodies unchanged
+
+
+async def test_lost_parameters_of_an_inline_queue_are_written_again(engine_redis: Any) -> None:
+    queue = Queue(engine_redis)
+    decision = inline({"rate_count": "2", "rate_unit": "s"}, now=time.time())
+    await ensure_inline(queue, decision)
+    await engine_redis.delete(keys.params(decision.policy.key))
+    await queue.enqueue(item("cb-1", portal=7), decision.policy)
+    assert await queue.awaiting_params() == {decision.policy.key}
+    assert await reconcile_awaited(queue, {}) == [decision.policy.key]
+    assert await queue.awaiting_params() == set()
+    assert [r.callback_id for r in (await queue.take()).released] == ["cb-1"]
