@@ -204,3 +204,9 @@ async def test_lost_parameters_of_an_inline_queue_are_written_again(engine_redis
     assert await reconcile_awaited(queue, {}) == [decision.policy.key]
     assert await queue.awaiting_params() == set()
     assert [r.callback_id for r in (await queue.take()).released] == ["cb-1"]
+
+
+def test_a_ceilings_burst_may_not_exceed_its_limit_locally_either() -> None:
+    spec = {"portalId": 7, "rate": {"limit": 1}, "inline": {"maxRate": {"limit": 1, "burst": 2}}}
+    with pytest.raises(ManifestError, match=r"spec.inline.maxRate.burst"):
+        policy_from_spec("default", spec)
