@@ -7,7 +7,9 @@ HubSpot.
 
 Answers (HTTP 200 with a JSON body unless the request itself is bad):
 - queued or a duplicate callbackId → `BLOCK` with the policy's expiration (a duplicate is the
-  same answer, not enqueued twice);
+  same answer, not enqueued twice); an execution whose input fields carry an inline rate is
+  queued in its inline queue (`inline_rates.py`; a queue's first execution on a pod costs one
+  Redis round trip more, which writes it through the registry);
 - the queue is already longer than the expiration can drain → the policy's `overflow`:
   `Block` (queued anyway), `Continue` (`SUCCESS` now), `Fail` (`FAIL_CONTINUE` with a reason);
 - a portal never seen before → 503 while the installs are re-read at once (it may have installed
