@@ -216,3 +216,17 @@ async def test_an_old_style_execution_writes_no_inline_queue(webhook: Webhook) -
     assert await webhook.depth(p) == 1
     assert await inline_queues(webhook) == {}
     assert await webhook.app[POLICY_INDEX].redis.exists(keys.inline_queues(0)) == 0
+
+
+async def test_a_shared_queue_named_without_a_usable_rate_keeps_its_own(webhook: Webhook) -> None:
+    """One workflow's empty or bad fields must not change the rate the others set."""
+    await send(webhook, 1, "a", workflow=WORKFLOW_A, rate_count="5", queue_name="nightly")
+    await send(webhook, 1, "b", workflow=WORKFLOW_B, rate_count="zero", queue_name="nightly")
+    await send(webhook, 1, "c", workflow=WORKFLOW_B, queue_name="nightly")
+    [(p, note)] = (await inline_queues(webhook)).values()
+    assert (p.name, p.rate.limit, note) == ("inline.q.nightly", 5, "")
+    assert (await webhook.app[QUEUE].stats(p)).depth == 3
+    await send(webhook, 1, "d", workflow=WORKFLOW_B, rate_count="x", queue_name="fresh")
+    fresh = (await inline_queues(webhook))["inline.q.fresh"]
+    assert fresh[0].rate.limit == 600  # nothing to join: created at the ceiling's rate
+    assert "held at the portal's ceiling of 600 per 1 minute" in fresh[1]

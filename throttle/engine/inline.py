@@ -50,6 +50,8 @@ from throttle.engine.policy import (
 
 PREFIX = "inline."
 """Every inline queue's policy name starts with it; a `ThrottlePolicy`'s must not."""
+SHARED_PREFIX = PREFIX + "q."
+"""A builder-named shared queue's policy name: this, then the name."""
 
 COUNT_FIELD = "rate_count"
 EVERY_FIELD = "rate_every"
@@ -83,10 +85,18 @@ class InlineDecision:
     """Why the queue's rate is not exactly what the fields say (clamped, a bad value, ...)."""
     not_before: float = 0.0
     """Epoch seconds of the first release (0 = none): nothing is released earlier."""
+    ceiling_note: str = ""
+    """Set when the fields give no usable rate, so the ceiling's is used. A shared queue that
+    exists keeps its own rate instead (webhook_service/inline_rates.py): one workflow's empty
+    or bad fields must not change the rate every other workflow sharing the queue set."""
 
     @property
     def note(self) -> str:
-        return "; ".join(self.notes)
+        return "; ".join([*self.notes, self.ceiling_note] if self.ceiling_note else self.notes)
+
+    @property
+    def shared(self) -> bool:
+        return self.policy.name.startswith(SHARED_PREFIX)
 
     @property
     def entry(self) -> str:
@@ -132,9 +142,10 @@ def decide(
     notes: list[str] = []
     max_rate = ceiling.max_rate or _with_jitter_burst(default_max_per_minute, timedelta(minutes=1))
     rate = _rate(values, notes)
+    ceiling_note = ""
     if rate is None:
         rate = max_rate
-        notes.append(f"held at the portal's ceiling of {describe_rate(max_rate)}")
+        ceiling_note = f"held at the portal's ceiling of {describe_rate(max_rate)}"
     elif _per_second(rate) > _per_second(max_rate):
         ceiling_text = describe_rate(max_rate)
         notes.append(
@@ -163,7 +174,7 @@ def decide(
         schedule=schedule,
         expiration=ceiling.expiration,
     )
-    return InlineDecision(policy, tuple(notes), not_before)
+    return InlineDecision(policy, tuple(notes), not_before, ceiling_note)
 
 
 def describe_rate(rate: Rate) -> str:
@@ -281,7 +292,7 @@ def _queue_name(
     if wanted is not None:
         name = re.sub(r"[\s_]+", "-", wanted.strip().lower())
         if _QUEUE_NAME.match(name):
-            return f"{PREFIX}q.{name}"
+            return SHARED_PREFIX + name
         notes.append(
             f"queue name {_shown(wanted)} must be 1-40 letters, digits and dashes; "
             "this step's own queue is used"
