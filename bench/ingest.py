@@ -9,6 +9,8 @@ What runs (all real processes on this machine):
 - the webhook as `throttle webhook` (the production entry point and defaults: JSON log lines to
   a file, access log of errors only) with a global default policy applied through `reconcile`;
 - the same webhook with WEBHOOK_ACCESS_LOG=all (a JSON line for every request);
+- the first webhook again, every request carrying an inline rate instead of naming no policy
+  (`webhook, inline rates`: 1,000 inline queues, each written on its first execution);
 - a bare aiohttp app answering the same JSON to the same path (no verification, no Redis, no log).
 
 The load generator is this process: raw asyncio HTTP/1.1 keep-alive connections (uvloop) sending
@@ -79,8 +81,12 @@ def serve_bare(port: int) -> None:
 class Signer:
     """Builds one signed HubSpot execution request per call (unique callbackId)."""
 
-    def __init__(self, secret: str, public_url: str, host: str) -> None:
+    def __init__(
+        self, secret: str, public_url: str, host: str, inputs: dict[str, str] | None = None
+    ) -> None:
         from throttle.hubspot.signatures import sign_v3
+
+        self.inputs = inputs if inputs is not None else {"policy": ""}
 
         self.sign = sign_v3
         self.secret = secret
@@ -107,7 +113,7 @@ class Signer:
                     "objectType": "CONTACT",
                     "properties": {"email": "a@b.c"},
                 },
-                "inputFields": {"policy": ""},
+                "inputFields": self.inputs,
             },
             separators=(",", ":"),
         ).encode()
@@ -389,6 +395,8 @@ def main() -> None:
             )
             wait_http(f"http://127.0.0.1:{port}/readyz", procs[-1])
             targets[name] = Target(port, procs[-1].pid, redis_url)
+            if name == "webhook":  # the same process, every request with an inline rate
+                targets["webhook, inline rates"] = Target(port, procs[-1].pid, redis_url, True)
         bare = free_port()
         procs.append(subprocess.Popen([sys.executable, __file__, "--bare-port", str(bare)]))
         deadline = time.monotonic() + 20
@@ -439,6 +447,12 @@ class Target:
     port: int
     pid: int
     redis_url: str
+    inline: bool = False
+    """Its requests carry an inline rate (docs/policies.md, "Inline rates"): one inline queue
+    per portal and workflow (1,000), each created by its first execution."""
+
+
+INLINE_INPUTS = {"rate_count": "5", "rate_every": "1", "rate_unit": "seconds"}
 
 
 def can_pin() -> bool:
@@ -497,7 +511,12 @@ async def measure(
     public_url: str,
     args: argparse.Namespace,
 ) -> dict[str, Row]:
-    make = Signer(secret, public_url, "127.0.0.1:8080")
+    plain = Signer(secret, public_url, "127.0.0.1:8080")
+    inline = Signer(secret, public_url, "127.0.0.1:8080", INLINE_INPUTS)
+
+    def signer(target: Target) -> Signer:
+        return inline if target.inline else plain
+
     # The generator's own full GC passes (~50,000 objects imported) would stall every request
     # in flight, whichever target it measures: keep them off the measured latencies.
     gc.collect()
@@ -505,13 +524,13 @@ async def measure(
     # Warm up every target (connections, caches, scripts), then alternate rounds.
     stock = 50_000
     for target in targets.values():
-        warm = await closed_loop(target.port, make, args.connections, 1.5)
+        warm = await closed_loop(target.port, signer(target), args.connections, 1.5)
         stock = max(stock, int(warm.rate * args.duration * 1.3))
     best: dict[str, Result] = {}
     redis_us: dict[str, float] = {}
     for _ in range(args.rounds):
         for name, target in targets.items():
-            signed = Signed(make, stock)
+            signed = Signed(signer(target), stock)
             cpu, rcpu = process_cpu(target.pid), redis_cpu(target.redis_url)
             result = await closed_loop(target.port, signed, args.connections, args.duration)
             served = max(1, result.requests)
@@ -522,7 +541,7 @@ async def measure(
     rows: dict[str, Row] = {}
     for name, target in targets.items():
         half_rate = best[name].rate / 2
-        signed = Signed(make, int(half_rate * args.duration) + 1)
+        signed = Signed(signer(target), int(half_rate * args.duration) + 1)
         forks = redis_forks(target.redis_url)
         half = await open_loop(target.port, signed, half_rate, args.connections, args.duration)
         forks = redis_forks(target.redis_url) - forks

@@ -316,6 +316,20 @@ class Settings(BaseSettings):
         gt=0,
         description="How long a finished callbackId is still dropped as a duplicate.",
     )
+    inline_rates_enabled: bool = Field(
+        True,
+        description="Honour the rates workflow builders set in the action's own fields "
+        "(inline rates); false holds every execution by the portal's policies, as before "
+        "inline rates existed. A portal's own switch: its default policy's spec.inline.enabled.",
+    )
+    inline_max_per_minute: int = Field(
+        600,
+        ge=1,
+        le=60_000_000,
+        description="The ceiling of inline rates (releases per minute) for portals whose default "
+        "policy (and the global default) sets no spec.inline.maxRate; bad inline fields are "
+        "held at this rate.",
+    )
 
     @field_validator("allow_signature_v2_until")
     @classmethod

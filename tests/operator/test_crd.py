@@ -14,6 +14,7 @@ import yaml
 
 from tests.fixtures.kube_control_plane import KubeEnv
 from tests.fixtures.operator_thread import CRD_FILE, policy_manifest
+from throttle.engine.manifests import policy_from_spec
 
 pytestmark = [pytest.mark.kube, pytest.mark.usefixtures("throttle_crd")]
 
@@ -147,6 +148,24 @@ def test_every_feature_together_is_accepted(kube: KubeEnv, namespace: str) -> No
     assert spec["schedule"]["windows"][1]["end"] == "24:00"
 
 
+def test_the_inline_ceiling_is_accepted_with_defaults_and_reads_as_the_policys(
+    kube: KubeEnv, namespace: str
+) -> None:
+    manifest = policy_manifest("default", inline={"maxRate": {"limit": 60}, "maxDailyTotal": 5000})
+    create(kube, namespace, manifest)
+    spec = kube.kubectl_json("get", "tp", "default", "-n", namespace)["spec"]
+    assert spec["inline"] == {
+        "enabled": True,
+        "maxRate": {"limit": 60, "period": "1m", "burst": 0},
+        "maxDailyTotal": 5000,
+        "timeZone": "UTC",
+        "expiration": "P7D",
+    }
+    policy = policy_from_spec("default", spec)
+    assert policy.inline is not None
+    assert policy.inline.max_daily_total == 5000
+
+
 # (id, spec overrides, text the refusal must contain: the field and the reason)
 REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
     # CEL rules
@@ -230,6 +249,12 @@ REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
         ["spec.schedule.windows[0].days"],
     ),
     ("bad-zone-shape", {"dailyCap": {"limit": 10, "timeZone": "New York"}}, ["timeZone"]),
+    (
+        "inline-burst",
+        {"inline": {"maxRate": {"limit": 1, "burst": 2}}},
+        ["spec.inline.maxRate.burst", "must not exceed"],
+    ),
+    ("inline-total", {"inline": {"maxDailyTotal": 0}}, ["spec.inline.maxDailyTotal"]),
 ]
 
 

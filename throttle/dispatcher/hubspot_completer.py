@@ -33,6 +33,8 @@ from typing import Any, Protocol
 import aiohttp
 
 from throttle.dispatcher.complete import CompletionResult
+from throttle.engine.inline import PREFIX as INLINE_PREFIX
+from throttle.engine.inline_index import InlineNotes
 from throttle.engine.queue import Released
 from throttle.hubspot.budget import BudgetGrant, PortalBudget
 from throttle.hubspot.client import (
@@ -68,14 +70,22 @@ class TokenSource(Protocol):
     async def recheck(self) -> None: ...
 
 
-def output_fields(item: Released) -> dict[str, Any]:
-    """The action's output fields (action_definition.json) for a released execution."""
-    return {
+def output_fields(item: Released, notes: InlineNotes | None = None) -> dict[str, Any]:
+    """The action's output fields (action_definition.json) for a released execution; one of an
+    inline queue (engine/inline.py) also says so, and why its rate is not the fields' own (a
+    clamp, a bad value) when it is not."""
+    fields: dict[str, Any] = {
         "hs_execution_state": item.execution_state,
         "throttle_status": "released" if item.execution_state == "SUCCESS" else "failed",
         "throttle_wait_seconds": round(max(item.wait_seconds, 0.0)),
         "throttle_policy": item.policy,
     }
+    if item.policy.startswith(INLINE_PREFIX):
+        fields["throttle_applied"] = "inline"
+        note = notes.note(item.policy_key) if notes is not None else ""
+        if note:
+            fields["throttle_reason"] = note
+    return fields
 
 
 class HubSpotCompleter:
@@ -92,6 +102,7 @@ class HubSpotCompleter:
         token_retry_s: float = 5.0,
         batch_size: int = MAX_BATCH,
         unknown_grace_s: float = 120.0,
+        notes: InlineNotes | None = None,
     ) -> None:
         self._client = client
         self.tokens = tokens
@@ -102,6 +113,18 @@ class HubSpotCompleter:
         self._token_retry = token_retry_s
         self._batch_size = min(batch_size, MAX_BATCH)
         self._unknown_grace = unknown_grace_s
+        self._notes = notes
+
+    async def _load_notes(self, items: Sequence[Released]) -> None:
+        """The notes of the inline queues among `items`; without them (Redis unreachable) the
+        completions still go, without the reason."""
+        inline = [item.policy_key for item in items if item.policy.startswith(INLINE_PREFIX)]
+        if self._notes is None or not inline:
+            return
+        try:
+            await self._notes.load(inline)
+        except Exception as exc:
+            log.warning("inline queues' notes unavailable (%s)", type(exc).__name__)
 
     @property
     def call_timeout_s(self) -> float:
@@ -114,6 +137,7 @@ class HubSpotCompleter:
             return result
         by_id = {item.callback_id: item for item in items}
         ids = list(by_id)
+        await self._load_notes(items)
         # A stack of batches; splitting pushes the halves back on top, so order is kept.
         pending: list[_Job] = [
             _Job(ids[i : i + self._batch_size]) for i in range(0, len(ids), self._batch_size)
@@ -148,7 +172,7 @@ class HubSpotCompleter:
                 self._observe_budget_wait(portal_id)
                 result.budget_spent = not result.retry
                 return self._defer(result, _flatten(job, pending), grant.wait_seconds)
-            entries = [CallbackCompletion(i, output_fields(by_id[i])) for i in batch]
+            entries = [CallbackCompletion(i, output_fields(by_id[i], self._notes)) for i in batch]
             held = 0.0
             try:
                 # A lone callback goes to the single endpoint: its 404 (HubSpot does not know
@@ -330,7 +354,8 @@ def build_completer(
         metrics,
         refresh_margin_s=settings.hubspot_token_refresh_margin_seconds,
     )
-    return HubSpotCompleter(client, tokens, PortalBudget.from_settings(redis, settings), metrics)
+    budget = PortalBudget.from_settings(redis, settings)
+    return HubSpotCompleter(client, tokens, budget, metrics, notes=InlineNotes(redis))
 
 
 @dataclass

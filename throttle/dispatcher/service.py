@@ -21,6 +21,7 @@ from throttle.dispatcher.drain import Dispatcher, wait_any
 from throttle.dispatcher.history_writer import HistoryWriter
 from throttle.dispatcher.hubspot_completer import TokenSource, build_completer
 from throttle.dispatcher.reaper import LeaseReaper
+from throttle.engine.inline_index import inline_load
 from throttle.engine.layout import ensure_layout_when_reachable
 from throttle.engine.policy_index import registry_load
 from throttle.engine.queue import Queue
@@ -140,6 +141,7 @@ async def refresh_queue_metrics(
     while not stop.is_set():
         try:
             _, policies = await registry_load(queue.redis)
+            policies += [policy for policy, _note in await inline_load(queue.redis)]
             figures = await queue.stats_many(policies)
             metrics.queues.update(
                 QueueStat(p.portal_id, p.name, s.depth, s.in_flight, s.oldest_age_seconds)

@@ -15,6 +15,9 @@ single key is hot, and a dispatcher drains one shard per script call.
     throttle:{tN}:awaiting                  set   policies (`portal:name`) whose queues took
                                                   executions while Redis held no parameters for
                                                   them, or older ones (for the reconcilers)
+    throttle:{tN}:inline                    hash  inline queue policy key -> JSON {spec, note,
+                                                  notBefore} (engine/inline.py; written with the
+                                                  queue's parameters, in one script call)
     throttle:{tN}:p:<portal>:<name>:params  hash  rate parameters (policy_encoding.redis_fields)
     throttle:{tN}:p:<portal>:<name>:queues  set   queue ids of the policy ("shared", "wf<id>")
     throttle:{tN}:p:<portal>:<name>:meta    hash  callbackId -> "seq,enq_us,exp_us,attempts,qid"
@@ -90,6 +93,11 @@ def events_dropped(shard: int) -> str:
 
 def awaiting_params(shard: int) -> str:
     return shard_prefix(shard) + "awaiting"
+
+
+def inline_queues(shard: int) -> str:
+    """The shard's inline queues (policies named `inline.…`), by policy key: their entries."""
+    return shard_prefix(shard) + "inline"
 
 
 # --- per policy -----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import yaml
 from pydantic import ValidationError
 
 from throttle.engine.durations import parse_duration
+from throttle.engine.inline import PREFIX as INLINE_PREFIX
 from throttle.engine.policy import Policy, policy_errors
 
 GROUP = "throttle.dev"
@@ -82,6 +83,14 @@ def crd_rule_errors(spec: Mapping[str, Any]) -> FieldErrors:
     limit, burst = rate.get("limit"), rate.get("burst", 0)
     if isinstance(limit, int) and isinstance(burst, int) and burst > limit:
         errors.append(("spec.rate.burst", "rate.burst must not exceed rate.limit"))
+    inline = spec.get("inline")
+    ceiling = inline.get("maxRate") if isinstance(inline, Mapping) else None
+    if isinstance(ceiling, Mapping):
+        max_limit, max_burst = ceiling.get("limit"), ceiling.get("burst", 0)
+        if isinstance(max_limit, int) and isinstance(max_burst, int) and max_burst > max_limit:
+            errors.append(
+                ("spec.inline.maxRate.burst", "inline.maxRate.burst must not exceed its limit")
+            )
     cap = spec.get("dailyCap")
     if isinstance(cap, Mapping) and isinstance(limit, int) and _at_most_a_day(rate.get("period")):
         cap_limit = cap.get("limit")
@@ -98,6 +107,8 @@ def crd_rule_errors(spec: Mapping[str, Any]) -> FieldErrors:
 def policy_from_spec(name: str | None, spec: Mapping[str, Any], source: str = "spec") -> Policy:
     """Validate a ThrottlePolicy spec as the engine's Policy (raises ManifestError)."""
     errors = crd_rule_errors(spec)
+    if name is not None and name.startswith(INLINE_PREFIX):
+        errors.append(("name", f"names starting with {INLINE_PREFIX!r} are the inline queues'"))
     data = {k: v for k, v in spec.items() if k not in _OPERATOR_ONLY}
     data["name"] = name
     try:

@@ -142,6 +142,41 @@ class Schedule(_Spec):
         return check_zone(value)
 
 
+class InlineCeiling(_Spec):
+    """What a portal's platform team allows the workflow editor's inline rates (engine/inline.py).
+
+    Set on the portal's `default` policy (or on the global default, for every portal without
+    its own): every inline queue of the portal runs at most at `max_rate` and releases at most
+    `max_daily_total` a day (each queue on its own); `enabled: false` turns inline rates off for
+    the portal, so executions that carry them are held by the portal's policies as before.
+    """
+
+    enabled: bool = True
+    max_rate: Rate | None = None
+    """None: the `INLINE_MAX_RATE` setting."""
+    max_daily_total: int | None = Field(default=None, ge=1, le=100_000_000)
+    time_zone: str = "UTC"
+    """The clock an inline queue's release days are read on (HubSpot sends no portal zone)."""
+    expiration: Duration = Field(default=timedelta(days=7))
+    """How long HubSpot holds an execution of an inline queue (`hs_expiration_duration`)."""
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        return check_zone(value)
+
+    @field_validator("expiration")
+    @classmethod
+    def _expiration(cls, value: timedelta) -> timedelta:
+        return _check_expiration(value)
+
+
+def _check_expiration(value: timedelta) -> timedelta:
+    if not timedelta(minutes=1) <= value <= timedelta(days=90):
+        raise ValueError("must be between 1 minute (PT1M) and 90 days (P90D)")
+    return value
+
+
 class Policy(_Spec):
     """One throttle: which executions it holds and how fast it lets them go."""
 
@@ -157,6 +192,9 @@ class Policy(_Spec):
     expiration: Duration = Field(default=timedelta(days=7))
     overflow: Literal["Block", "Continue", "Fail"] = "Block"
     paused: bool = False
+    inline: InlineCeiling | None = None
+    """The ceiling of the portal's inline rates; read from the portal's (or the global)
+    `default` policy only."""
 
     _revision: int = PrivateAttr(default=0)
 
@@ -173,9 +211,7 @@ class Policy(_Spec):
     @field_validator("expiration")
     @classmethod
     def _expiration(cls, value: timedelta) -> timedelta:
-        if not timedelta(minutes=1) <= value <= timedelta(days=90):
-            raise ValueError("must be between 1 minute (PT1M) and 90 days (P90D)")
-        return value
+        return _check_expiration(value)
 
     # --- identity -------------------------------------------------------------------------------
     @property

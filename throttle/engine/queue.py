@@ -52,22 +52,26 @@ class QueueItem(NamedTuple):
     received_at: float = 0.0
     """Epoch seconds; 0 = now. Set when rebuilding queues from history (`throttle recover`)."""
     input_fields: Mapping[str, str] = _NO_INPUTS
+    note: str = ""
+    """Why it is held where it is, for the builder (an inline rate clamped, a bad value: see
+    engine/inline.py); kept in its history."""
 
     def event_body(self) -> bytes:
         """What history keeps of the execution (enough to rebuild the queue item): JSON, by
         msgspec rather than `json.dumps`, because it runs once per request (bench/RESULTS.md,
         "Engine")."""
-        return _JSON.encode(
-            {
-                "portal": self.portal_id,
-                "action": self.action_definition_id,
-                "workflow": self.workflow_id,
-                "objectType": self.object_type,
-                "objectId": self.object_id,
-                "requested": self.policy,
-                "inputs": dict(self.input_fields),
-            }
-        )
+        body = {
+            "portal": self.portal_id,
+            "action": self.action_definition_id,
+            "workflow": self.workflow_id,
+            "objectType": self.object_type,
+            "objectId": self.object_id,
+            "requested": self.policy,
+            "inputs": dict(self.input_fields),
+        }
+        if self.note:
+            body["note"] = self.note
+        return _JSON.encode(body)
 
 
 class EnqueueResult(NamedTuple):
@@ -430,8 +434,11 @@ class Queue:
         return sum(int(n) for n in await self.scripts.run_many(calls))
 
     # --- policies ---------------------------------------------------------------------------------
-    async def apply_policy(self, policy: Policy) -> Literal["stale", "unchanged", "written"]:
-        """Write the policy's parameters: for `engine/registry.py`, the one writer of them."""
+    async def apply_policy(
+        self, policy: Policy, *, inline_entry: str = "", not_before: float = 0.0
+    ) -> Literal["stale", "unchanged", "written"]:
+        """Write the policy's parameters: for `engine/registry.py`, the one writer of them.
+        An inline queue's entry and first release (engine/inline.py) go in the same call."""
         pkey = policy.key
         shard = keys.shard_of(pkey)
         result = await self.scripts.run(
@@ -440,11 +447,14 @@ class Queue:
                 keys.queues(pkey),
                 keys.due(shard),
                 keys.awaiting_params(shard),
+                keys.inline_queues(shard),
                 now_offset_ms=self.time_offset_ms,
                 prefix=keys.shard_prefix(shard),
                 policy=pkey,
                 revision=policy.revision,
                 content_hash=policy.content_hash,
+                entry=inline_entry,
+                not_before_us=round(not_before * 1_000_000),
                 fields=redis_fields(policy, time.time()),
             )
         )

@@ -1,10 +1,10 @@
 """`throttle status`: every policy's queue at a glance, straight from Redis.
 
-One row per active policy: its rate, what is queued and in flight, how long the oldest execution
-has waited, what was released (in total and today), and when the current queue will have drained
-at the policy's rate (window, daily cap and pause considered, by the same pure arithmetic the
-webhook uses for `overflow`). Read-only: it never changes a queue. The demo reads its live
-figures through the same `StatusReader`.
+One row per active policy and inline queue: its rate, what is queued and in flight, how long the
+oldest execution has waited, what was released (in total and today), and when the current queue
+will have drained at the policy's rate (window, daily cap and pause considered, by the same pure
+arithmetic the webhook uses for `overflow`). Read-only: it never changes a queue. The demo reads
+its live figures through the same `StatusReader`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from rich.table import Table
 from throttle.engine import keys
 from throttle.engine.calendars import local_day
 from throttle.engine.forecast import projected_wait
+from throttle.engine.inline_index import inline_load
 from throttle.engine.policy import Policy
 from throttle.engine.policy_index import registry_load
 from throttle.engine.queue import PolicyStats, Queue
@@ -99,7 +100,9 @@ class StatusReader:
         return cls(redis_client(settings))
 
     async def policies(self) -> list[Policy]:
+        """The registry's policies and the inline queues (named `inline.…`, engine/inline.py)."""
         _revision, found = await registry_load(self.redis)
+        found += [policy for policy, _note in await inline_load(self.redis)]
         return sorted(found, key=lambda p: (p.portal_id, p.name))
 
     async def row(self, policy: Policy) -> StatusRow:

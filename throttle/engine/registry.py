@@ -5,11 +5,13 @@ manifest reader, so a policy means the same thing whichever way it arrives. Idem
 same spec twice changes nothing (content hash); the registry revision orders writers, so an
 older copy never overwrites a newer one.
 
-The webhook never writes parameters. An execution that arrives while Redis holds none for its
-policy (Redis lost them; the global default's first execution for a portal, which gets its own
-copy of the default: its own queue and rate state) is queued and held, and its policy marked as
-awaiting parameters; `reconcile_awaited`, run by each writer beside its check that Redis still
-holds its policies, writes them and the queue is released at the policy's rate.
+The webhook writes parameters for one kind of policy only, and only through this module: an inline
+queue (engine/inline.py) on its first execution (`ensure_inline`). An execution that arrives while
+Redis holds none for its policy (Redis lost them; the global default's first execution for a
+portal, which gets its own copy of the default: its own queue and rate state) is queued and held,
+and its policy marked as awaiting parameters; `reconcile_awaited`, run by each writer beside its
+check that Redis still holds its policies, writes them and the queue is released at the policy's
+rate.
 
 A portal's purge (`purge_portal_state`) is not a retire: nothing is released, everything the
 portal's policies hold in Redis is dropped at once (lua/purge.lua).
@@ -17,12 +19,17 @@ portal's policies hold in Redis is dropped at once (lua/purge.lua).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from throttle.engine import keys
+from throttle.engine.inline import PREFIX as INLINE_PREFIX
+from throttle.engine.inline import InlineDecision
 from throttle.engine.policy import DEFAULT_POLICY_NAME, GLOBAL_PORTAL, Policy
 from throttle.engine.policy_index import registry_delete, registry_get, registry_put
 from throttle.engine.queue import Queue, RetireMode
@@ -61,13 +68,25 @@ async def reconcile(queue: Queue, policy: Policy) -> ReconcileResult:
     return ReconcileResult(changed=changed, revision=revision, params=params)
 
 
+async def ensure_inline(queue: Queue, decision: InlineDecision) -> None:
+    """Create or update an inline queue (engine/inline.py) on its first execution: its
+    parameters, its entry in the shard's inline index and its first release, in ONE script call
+    (they share the shard's slot). No registry revision: the webhook derives an inline queue's
+    policy from the execution's fields, so nothing waits for the index to reload it; a copy
+    written twice (two pods at once) is the same content, and the newest fields win."""
+    await queue.apply_policy(
+        decision.policy, inline_entry=decision.entry, not_before=decision.not_before
+    )
+
+
 async def reconcile_awaited(queue: Queue, sources: Mapping[str, Policy]) -> list[str]:
     """Write the parameters that queued executions await, for the policies `sources` (by key:
     the policies the caller is the writer of) define; returns the keys written.
 
     A policy of `sources` is reconciled; a portal's `default` that is not a policy of its own
     (nothing in the registry) gets the global default's parameters, when `sources` holds the
-    global default. Other marks are left for their own writer.
+    global default; an inline queue gets its parameters again from its entry
+    (`keys.inline_queues`). Other marks are left for their own writer.
     """
     global_key = keys.policy_key(GLOBAL_PORTAL, DEFAULT_POLICY_NAME)
     global_default = sources.get(global_key)
@@ -77,6 +96,9 @@ async def reconcile_awaited(queue: Queue, sources: Mapping[str, Policy]) -> list
         policy = sources.get(key)
         if policy is not None:
             await reconcile(queue, policy)
+        elif keys.split_policy_key(key)[1].startswith(INLINE_PREFIX):
+            if not await _restore_inline(queue, key):
+                continue  # no entry either: the webhook writes it again (inline_rates.py)
         else:
             portal, name = keys.split_policy_key(key)
             if global_default is None or name != DEFAULT_POLICY_NAME or portal == GLOBAL_PORTAL:
@@ -90,6 +112,22 @@ async def reconcile_awaited(queue: Queue, sources: Mapping[str, Policy]) -> list
         written.append(key)
         log.info("policy %s: parameters written for executions awaiting them", key)
     return written
+
+
+async def _restore_inline(queue: Queue, key: str) -> bool:
+    """Write an inline queue's parameters again from its entry (Redis lost the parameters)."""
+    raw = await queue.redis.hget(keys.inline_queues(keys.shard_of(key)), key)
+    if raw is None:
+        return False
+    try:
+        data = json.loads(raw)
+        policy = Policy.model_validate(data["spec"])
+        not_before = float(data.get("notBefore") or 0.0)
+    except (ValueError, KeyError, TypeError, ValidationError):
+        return False
+    entry = raw.decode() if isinstance(raw, bytes) else str(raw)
+    await queue.apply_policy(policy, inline_entry=entry, not_before=not_before)
+    return True
 
 
 async def retire(queue: Queue, policy: Policy, mode: RetireMode = "Drain") -> RetireResult:
@@ -147,6 +185,7 @@ async def purge_portal_state(queue: Queue, portal_id: int) -> PortalState:
             )
         )
         dropped += int(result[0])
+        await queue.redis.hdel(keys.inline_queues(shard), pkey)
     events = 0
     for shard in sorted({keys.shard_of(pkey) for pkey in pkeys}):
         events += await _drop_events(queue.redis, shard, f"{portal_id}:")

@@ -232,17 +232,20 @@ class Scripts:
         queues: str,
         due: str,
         awaiting: str,
+        inline: str,
         *,
         now_offset_ms: ClockShift,
         prefix: str,
         policy: str,
         revision: int,
         content_hash: str,
+        entry: str,
+        not_before_us: int,
         fields: dict[str, str],
     ) -> ScriptCall:
         flat = [v for item in fields.items() for v in item]
-        args = (now_offset_ms, prefix, policy, revision, content_hash, *flat)
-        return _call("apply_policy", (params, queues, due, awaiting), args)
+        args = (now_offset_ms, prefix, policy, revision, content_hash, entry, not_before_us, *flat)
+        return _call("apply_policy", (params, queues, due, awaiting, inline), args)
 
     @staticmethod
     def retire(

@@ -88,6 +88,8 @@ def fold_events(events: Iterable[dict[str, str]]) -> list[ExecutionRow]:
             r.object_type = body.get("objectType")
             r.object_id = None if body.get("objectId") is None else str(body.get("objectId"))
             r.input_fields = json.dumps(body.get("inputs") or {})
+            if body.get("note"):  # why it is held where it is (an inline rate's note)
+                r.last_error = str(body["note"])
             r.received_at = _ts(e.get("enq")) or ts
             r.expires_at = _ts(e.get("exp"))
             r.advance("queued")

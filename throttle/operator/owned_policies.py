@@ -14,6 +14,7 @@ they are the source of, each with where it came from (`owner`: a resource or a f
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -23,8 +24,9 @@ from datetime import UTC, datetime
 from throttle.engine import keys
 from throttle.engine import registry as engine
 from throttle.engine.forecast import projected_wait
+from throttle.engine.inline_index import inline_load
 from throttle.engine.manifests import OnDelete
-from throttle.engine.policy import Policy
+from throttle.engine.policy import DEFAULT_POLICY_NAME, GLOBAL_PORTAL, Policy
 from throttle.engine.queue import PolicyStats, Queue, RetireMode
 from throttle.operator.status_patch import QueueFigures
 
@@ -148,7 +150,16 @@ class OwnedPolicies:
     async def figures(self, policy: Policy) -> QueueFigures:
         """The policy's queue figures as status shows them."""
         stats = await self.queue.stats(policy)
-        return figures_from_stats(policy, stats)
+        figures = figures_from_stats(policy, stats)
+        if policy.name != DEFAULT_POLICY_NAME:
+            return figures
+        inline = [
+            p
+            for p, _note in await inline_load(self.queue.redis)
+            if policy.portal_id in (GLOBAL_PORTAL, p.portal_id)
+        ]
+        depth = sum(s.depth for s in await self.queue.stats_many(inline))
+        return dataclasses.replace(figures, inline_queues=len(inline), inline_queue_depth=depth)
 
 
 def tombstone(key: str) -> Policy:

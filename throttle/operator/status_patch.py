@@ -47,6 +47,10 @@ class QueueFigures:
     oldest_queued_seconds: float | None = None
     last_release_time: dt.datetime | None = None
     projected_drain_seconds: float | None = None
+    inline_queues: int | None = None
+    """A portal's default policy (the inline ceiling's home): the portal's inline queues (the
+    global default: every portal's); None for any other policy."""
+    inline_queue_depth: int = 0
 
 
 def rate_text(spec: Mapping[str, Any]) -> str:
@@ -144,6 +148,9 @@ def desired_status(
     status["oldestQueuedSeconds"] = _seconds(figures.oldest_queued_seconds) or 0
     drain = _seconds(figures.projected_drain_seconds)
     status["projectedDrainSeconds"] = drain if drain is not None else 0
+    if figures.inline_queues is not None:
+        status["inlineQueues"] = figures.inline_queues
+        status["inlineQueueDepth"] = figures.inline_queue_depth
     if figures.last_release_time is not None:
         status["lastReleaseTime"] = _timestamp(figures.last_release_time)
     elif "lastReleaseTime" in current:
@@ -158,6 +165,8 @@ FIGURE_KEYS = (
     "oldestQueuedSeconds",
     "projectedDrainSeconds",
     "lastReleaseTime",
+    "inlineQueues",
+    "inlineQueueDepth",
 )
 
 

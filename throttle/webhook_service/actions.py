@@ -7,7 +7,9 @@ HubSpot.
 
 Answers (HTTP 200 with a JSON body unless the request itself is bad):
 - queued or a duplicate callbackId → `BLOCK` with the policy's expiration (a duplicate is the
-  same answer, not enqueued twice);
+  same answer, not enqueued twice); an execution whose input fields carry an inline rate is
+  queued in its inline queue (`inline_rates.py`; a queue's first execution on a pod costs one
+  Redis round trip more, which writes it through the registry);
 - the queue is already longer than the expiration can drain → the policy's `overflow`:
   `Block` (queued anyway), `Continue` (`SUCCESS` now), `Fail` (`FAIL_CONTINUE` with a reason);
 - a portal never seen before → 503 while the installs are re-read at once (it may have installed
@@ -69,7 +71,8 @@ from throttle.webhook_service.appkeys import (
     VERIFIER,
 )
 from throttle.webhook_service.errors import ErrorAnswer, error_for, error_response
-from throttle.webhook_service.payloads import ExecutionPayload, parse_execution
+from throttle.webhook_service.inline_rates import InlineRates
+from throttle.webhook_service.payloads import ExecutionPayload, inline_fields, parse_execution
 from throttle.webhook_service.shedding import LoadShedder
 from throttle.webhook_service.verification import SignatureVerifier, refusal
 
@@ -246,6 +249,7 @@ class ActionEndpoint:
         self.index = app[POLICY_INDEX]
         self.resolver = PolicyResolver(self.index)
         self.queue = app[QUEUE]
+        self.inline = InlineRates(app[SETTINGS], self.index, self.queue)
 
     async def handle(self, request: web.Request) -> web.Response:
         shedder = self.shedder
@@ -262,11 +266,15 @@ class ActionEndpoint:
         try:
             payload = self.verified(request, body)
             name = requested_policy(payload)
-            policy = self.policy_for(payload, name)
+            inline = inline_fields(payload)
+            if inline is None:
+                policy, note = self.policy_for(payload, name), ""
+            else:
+                policy, note = await self.inline_policy(payload, name, inline)
             if policy is None:
                 policy = await self.looked_up(payload, name)
             if isinstance(policy, Policy):
-                result = await self.queue.enqueue(self.item(payload, name), policy)
+                result = await self.queue.enqueue(self.item(payload, name, note), policy)
                 kind, answer = self.answer_for(result)
             else:
                 kind, answer = policy
@@ -303,10 +311,37 @@ class ActionEndpoint:
         self.counts.signed(check.version, bool(check.secret_index))
         return parse_execution(body)
 
+    async def inline_policy(
+        self, payload: ExecutionPayload, name: str | None, values: dict[str, str]
+    ) -> tuple[Policy | Answer | None, str]:
+        """`policy_for` for an execution that carries inline-rate fields (inline_rates.py): its
+        inline queue, or the portal's policy when inline rates do not apply; and the note its
+        history keeps."""
+        refused = self.refused(payload)
+        if refused is not None:
+            return refused, ""
+        decision, note = await self.inline.route(payload, name, values)
+        if decision is None:
+            return self.policy_for(payload, name), note
+        return decision.policy, note
+
     def policy_for(self, payload: ExecutionPayload, name: str | None) -> Policy | Answer | None:
         """The policy to queue the execution in (`name`: the one its input fields ask for),
         the answer when it is not to be queued (the portal has not installed the app), or
         None when this pod's memory has no such policy: then `looked_up` decides."""
+        refused = self.refused(payload)
+        if refused is not None:
+            return refused
+        policy = self.resolver.resolve(
+            payload.origin.portal_id, payload.origin.action_definition_id, name
+        )
+        if policy is None or (name is not None and policy.name != name):
+            return None  # not in memory (never loaded, or created a moment ago elsewhere?)
+        return policy
+
+    def refused(self, payload: ExecutionPayload) -> Answer | None:
+        """The answer when the execution is not to be queued (the portal has not installed the
+        app); 503 while a portal's install may be on its way through another pod."""
         portal_id = payload.origin.portal_id
         if self.require_installed:
             state = self.installed.state(portal_id)
@@ -320,11 +355,7 @@ class ActionEndpoint:
                 )
             if state is not None and not state.installed:
                 return "not_installed", _encoded(failed(f"portal {portal_id}: {state.reason}"))
-
-        policy = self.resolver.resolve(portal_id, payload.origin.action_definition_id, name)
-        if policy is None or (name is not None and policy.name != name):
-            return None  # not in memory (never loaded, or created a moment ago elsewhere?)
-        return policy
+        return None
 
     async def looked_up(self, payload: ExecutionPayload, name: str | None) -> Policy | Answer:
         """Resolve again after a fresh read of the registry (`PolicyIndex.refresh_since`: one
@@ -339,7 +370,7 @@ class ActionEndpoint:
         return policy
 
     @staticmethod
-    def item(payload: ExecutionPayload, name: str | None) -> QueueItem:
+    def item(payload: ExecutionPayload, name: str | None, note: str = "") -> QueueItem:
         obj = payload.object
         return QueueItem(
             callback_id=payload.callback_id,
@@ -353,6 +384,7 @@ class ActionEndpoint:
                 k: v if isinstance(v, str) else json.dumps(v)
                 for k, v in payload.input_fields.items()
             },
+            note=note,
         )
 
     def answer_for(self, result: EnqueueResult) -> Answer:

@@ -15,12 +15,14 @@ message; `tests/webhook/test_payloads.py` checks that they agree.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any, TypeVar
 
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from throttle.engine.inline import FIELDS as INLINE_FIELDS
 from throttle.webhook_service.errors import ErrorAnswer
 
 MAX_JSON_DEPTH = 32
@@ -241,3 +243,20 @@ def parse_execution(body: bytes) -> ExecutionPayload:
         return msgspec.convert(model.model_dump(by_alias=True), ExecutionPayload)
     except msgspec.ValidationError as exc:  # pragma: no cover - the models agree (tested)
         raise ErrorAnswer(400, "invalid_payload", str(exc)) from None
+
+
+def inline_fields(payload: ExecutionPayload) -> dict[str, str] | None:
+    """The inline-rate fields the execution carries (engine/inline.py) as text, empty ones left
+    out; None when it carries none, as every execution of a definition registered before they
+    existed: then it is handled exactly as before."""
+    found: dict[str, str] | None = None
+    fields = payload.input_fields
+    for name in INLINE_FIELDS:
+        value = fields.get(name)
+        if value is None:
+            continue
+        text = (value if isinstance(value, str) else json.dumps(value, sort_keys=True)).strip()
+        if text:
+            found = found if found is not None else {}
+            found[name] = text
+    return found

@@ -106,7 +106,8 @@ async def drive(
         "actionUrl": stack.action_url,
         "executions": policy.executions,
         "portals": [policy.portal_id],
-        "policy": policy.name,
+        "policy": None if policy.inline_fields else policy.name,
+        "extra_input_fields": policy.inline_fields or {},
         "action_definition_id": policy.action_id or DEFAULT_ACTION_ID,
         "duplicate_ratio": options.duplicate_ratio,
         "concurrency": 6,
@@ -231,7 +232,7 @@ async def _wait_policies(probe: Probe, scenario: Scenario, console: Console) -> 
     for policy in scenario.policies:
         notes = f" ({'; '.join(policy.notes)})" if policy.notes else ""
         console.print(f"  {policy.name}: {policy.describe_rate()}{notes}")
-    wanted = {p.name for p in scenario.policies}
+    wanted = {p.name for p in scenario.policies if p.inline_fields is None}  # inline: on use
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if wanted <= await probe.known():

@@ -52,6 +52,9 @@ class DemoPolicy:
     """True when the policy must release nothing during the run (a closed window)."""
     resume_at: float | None = None
     notes: list[str] = field(default_factory=list)
+    inline_fields: dict[str, str] | None = None
+    """An inline-rate workflow (docs/policies.md, "Inline rates"): no manifest, the executions
+    carry these input fields; `manifest` only describes the rate they ask for."""
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -196,7 +199,33 @@ def render(source: Path, folder: Path, duration_s: float, now: datetime | None =
         policy.executions = planned_executions(policy, duration_s)
         policy.write()
         policies.append(policy)
+    policies.append(inline_workflow(duration_s))
     return Scenario(policies, duration_s, folder)
+
+
+INLINE_PORTAL = 20240005
+"""A portal of its own: beside another policy's traffic its completions would meet the portal's
+HubSpot API budget (100 calls per 10 s), which holds them back below the rate."""
+INLINE_FIELDS = {
+    "rate_count": "5",
+    "rate_every": "1",
+    "rate_unit": "seconds",
+    "queue_name": "newsletter",
+}
+
+
+def inline_workflow(duration_s: float) -> DemoPolicy:
+    """A workflow whose builder set the rate in the action's own fields: no manifest, no policy;
+    its executions land in the inline queue `inline.q.newsletter`, created by the first one
+    (`burst: 1`, as every inline rate with releases under 10 s apart: engine/inline.py)."""
+    manifest = {
+        "metadata": {"name": "inline.q.newsletter"},
+        "spec": {"portalId": INLINE_PORTAL, "rate": {"limit": 5, "period": "1s", "burst": 1}},
+    }
+    policy = DemoPolicy("inline.q.newsletter", manifest, Path(), inline_fields=dict(INLINE_FIELDS))
+    policy.notes.append("an inline rate: 5 every 1 second, set in the action's fields")
+    policy.executions = planned_executions(policy, duration_s)
+    return policy
 
 
 def planned_executions(policy: DemoPolicy, duration_s: float) -> int:

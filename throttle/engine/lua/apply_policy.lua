@@ -9,21 +9,29 @@
 -- KEYS[3]  due       zset  the shard's due schedule
 -- KEYS[4]  awaiting  set   the shard's policies waiting for parameters (see enqueue.lua); the
 --                          policy leaves it unless the call is stale
+-- KEYS[5]  inline    hash  the shard's inline queues' entries (engine/inline.py)
 -- ARGV[1]  now_offset_ms  added to Redis TIME; tests only, production passes 0
 -- ARGV[2]  prefix         the shard key prefix "throttle:{tN}:"
 -- ARGV[3]  policy         "portal:name"
 -- ARGV[4]  revision       registry revision of this copy (0 = unknown: applies unless newer stored)
 -- ARGV[5]  hash           content hash of the spec
--- ARGV[6..] field, value pairs (policy_encoding.redis_fields)
+-- ARGV[6]  entry          an inline queue's entry JSON, stored under `policy` in KEYS[5] ("" =
+--                         not an inline queue: KEYS[5] untouched)
+-- ARGV[7]  not_before_us  an inline queue's first release (0 = none): its queue "shared" holds
+--                         nothing before it (the queue state's `hold`, which take.lua honours)
+-- ARGV[8..] field, value pairs (policy_encoding.redis_fields)
 -- Returns 0 stale (a newer revision is stored; nothing written), 1 unchanged, 2 written
 
 local params_key, queues_key, due_key, awaiting_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local inline_key = KEYS[5]
 local now_offset_ms = ARGV[1]
 local prefix = ARGV[2]
 local pol = ARGV[3]
 local revision = tonumber(ARGV[4])
 local hash = ARGV[5]
-local first_field = 6
+local entry = ARGV[6]
+local not_before_us = tonumber(ARGV[7])
+local first_field = 8
 
 local now = clock_us(now_offset_ms)
 local now_ms = math.floor(now / 1000)
@@ -32,6 +40,13 @@ local stored = redis.call("HMGET", params_key, "rev", "hash", "lim")
 local stored_rev = tonumber(stored[1] or "0")
 if stored[3] and stored_rev > revision then return 0 end
 redis.call("SREM", awaiting_key, pol)
+if entry ~= "" then redis.call("HSET", inline_key, pol, entry) end
+if not_before_us > 0 then
+  local _, first_state = queue_keys(prefix, pol .. ":shared")
+  if not_before_us > tonumber(redis.call("HGET", first_state, "hold") or "0") then
+    redis.call("HSET", first_state, "hold", fmt(not_before_us))
+  end
+end
 if stored[3] and stored[2] == hash then
   if revision > stored_rev then redis.call("HSET", params_key, "rev", fmt(revision)) end
   return 1
