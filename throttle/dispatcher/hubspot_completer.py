@@ -75,6 +75,7 @@ def output_fields(item: Released) -> dict[str, Any]:
         "throttle_status": "released" if item.execution_state == "SUCCESS" else "failed",
         "throttle_wait_seconds": round(max(item.wait_seconds, 0.0)),
         "throttle_policy": item.policy,
+        **item.priority.output_fields(),
     }
 
 

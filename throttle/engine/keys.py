@@ -31,9 +31,9 @@ single key is hot, and a dispatcher drains one shard per script call.
     throttle:{tN}:p:<portal>:<name>:stats   hash  counters (received, released, acked, ...)
     throttle:{tN}:q:<portal>:<name>:<qid>:list   list  callback ids, head = next to release
     throttle:{tN}:q:<portal>:<name>:<qid>:state  hash  GCRA state, daily-cap count, hold-until, seq
-    throttle:{tN}:q:<portal>:<name>:<qid>:pq     zset  callback ids of priority 1-9 -> score (arrival
-                                                  us - priority x step; engine/priority.py); take
-                                                  merges it with the list (priority 0) by score
+    throttle:{tN}:q:<portal>:<name>:<qid>:pq     zset  callback ids of priority 1-9 -> score
+                                                  (arrival us - priority x step, priority.py);
+                                                  take merges it with the list (priority 0)
 
 A queue ref is `<portal>:<name>:<qid>`. The scripts that visit many queues of a shard (take, ack,
 reap) build the per-policy and per-queue keys from the shard prefix and the ref with exactly the

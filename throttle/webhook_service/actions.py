@@ -69,7 +69,11 @@ from throttle.webhook_service.appkeys import (
     VERIFIER,
 )
 from throttle.webhook_service.errors import ErrorAnswer, error_for, error_response
-from throttle.webhook_service.payloads import ExecutionPayload, parse_execution
+from throttle.webhook_service.payloads import (
+    ExecutionPayload,
+    execution_priority,
+    parse_execution,
+)
 from throttle.webhook_service.shedding import LoadShedder
 from throttle.webhook_service.verification import SignatureVerifier, refusal
 
@@ -341,6 +345,9 @@ class ActionEndpoint:
     @staticmethod
     def item(payload: ExecutionPayload, name: str | None) -> QueueItem:
         obj = payload.object
+        inputs = {
+            k: v if isinstance(v, str) else json.dumps(v) for k, v in payload.input_fields.items()
+        }
         return QueueItem(
             callback_id=payload.callback_id,
             portal_id=payload.origin.portal_id,
@@ -349,10 +356,8 @@ class ActionEndpoint:
             object_type=obj.object_type if obj else "",
             object_id=str(obj.object_id) if obj else "",
             policy=name,
-            input_fields={
-                k: v if isinstance(v, str) else json.dumps(v)
-                for k, v in payload.input_fields.items()
-            },
+            input_fields=inputs,
+            priority=execution_priority(inputs),
         )
 
     def answer_for(self, result: EnqueueResult) -> Answer:

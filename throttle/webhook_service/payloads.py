@@ -16,11 +16,14 @@ message; `tests/webhook/test_payloads.py` checks that they agree.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, TypeVar
 
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from throttle.engine.priority import FIELD as PRIORITY_FIELD
+from throttle.engine.priority import Priority, parse_priority
 from throttle.webhook_service.errors import ErrorAnswer
 
 MAX_JSON_DEPTH = 32
@@ -241,3 +244,10 @@ def parse_execution(body: bytes) -> ExecutionPayload:
         return msgspec.convert(model.model_dump(by_alias=True), ExecutionPayload)
     except msgspec.ValidationError as exc:  # pragma: no cover - the models agree (tested)
         raise ErrorAnswer(400, "invalid_payload", str(exc)) from None
+
+
+def execution_priority(inputs: Mapping[str, str]) -> Priority:
+    """The execution's place in its queue, from its input fields as the webhook keeps them
+    (what history stores, so `throttle recover` parses the same text). Any value is accepted:
+    one that is not a priority is held as NONE and its completion says why, never a 4xx."""
+    return parse_priority(inputs.get(PRIORITY_FIELD))
