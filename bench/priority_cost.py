@@ -37,7 +37,6 @@ from throttle.engine.priority import NOT_GIVEN, Priority
 from throttle.engine.queue import Queue, QueueItem
 from throttle_dev.localenv import RedisServer
 
-
 _IDS = itertools.count()
 """Callback ids unique across rounds (a repeated id would be deduplicated, not queued)."""
 
