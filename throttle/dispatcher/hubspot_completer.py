@@ -69,14 +69,17 @@ class TokenSource(Protocol):
 
 
 def output_fields(item: Released) -> dict[str, Any]:
-    """The action's output fields (action_definition.json) for a released execution."""
-    return {
+    """The action's output fields (action_definition.json) for a released execution; the
+    priority's only when the action sent one (an older action's are as they always were)."""
+    fields: dict[str, Any] = {
         "hs_execution_state": item.execution_state,
         "throttle_status": "released" if item.execution_state == "SUCCESS" else "failed",
         "throttle_wait_seconds": round(max(item.wait_seconds, 0.0)),
         "throttle_policy": item.policy,
-        **item.priority.output_fields(),
     }
+    if item.priority.given:
+        fields.update(item.priority.output_fields())
+    return fields
 
 
 class HubSpotCompleter:

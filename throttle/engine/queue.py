@@ -241,7 +241,7 @@ class Queue:
                 self.events_maxlen,
                 round(item.received_at * 1_000_000) if item.received_at else 0,
                 item.event_body(),
-                item.priority.tag,
+                "" if item.priority is NOT_GIVEN else item.priority.tag,
             ),
         )
         return EnqueueResult(_STATUS[int(status)], int(depth), policy, target.qid)
@@ -319,6 +319,7 @@ class Queue:
                     last_ref = ref
                 portal, policy, qid = ref.split(":", 2)
                 enqueued_us = int(raw[i + 2])
+                tag = _text(raw[i + 6])
                 released.append(
                     Released(
                         callback_id=_text(raw[i + 1]),
@@ -330,7 +331,7 @@ class Queue:
                         wait_seconds=max(0.0, (now_us - enqueued_us) / 1e6),
                         execution_state=_text(raw[i + 4]),
                         released_at_us=now_us,
-                        priority=Priority.from_tag(_text(raw[i + 6])),
+                        priority=Priority.from_tag(tag) if tag else NOT_GIVEN,
                     )
                 )
         return TakeResult(released, expired, next_due, redis_now, lags)

@@ -23,7 +23,7 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from throttle.engine.priority import FIELD as PRIORITY_FIELD
-from throttle.engine.priority import Priority, parse_priority
+from throttle.engine.priority import NOT_GIVEN, Priority, parse_priority
 from throttle.webhook_service.errors import ErrorAnswer
 
 MAX_JSON_DEPTH = 32
@@ -249,5 +249,7 @@ def parse_execution(body: bytes) -> ExecutionPayload:
 def execution_priority(inputs: Mapping[str, str]) -> Priority:
     """The execution's place in its queue, from its input fields as the webhook keeps them
     (what history stores, so `throttle recover` parses the same text). Any value is accepted:
-    one that is not a priority is held as NONE and its completion says why, never a 4xx."""
-    return parse_priority(inputs.get(PRIORITY_FIELD))
+    one that is not a priority is held as NONE and its completion says why, never a 4xx.
+    Without the field (every action registered before it existed) nothing is parsed."""
+    value = inputs.get(PRIORITY_FIELD)
+    return NOT_GIVEN if value is None else parse_priority(value)
