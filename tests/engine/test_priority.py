@@ -368,3 +368,19 @@ async def test_meta_with_a_priority_reads_as_release_0_1_0_reads_it(
     assert again[0].priority == Priority(7, True)
     assert await queue.ack(taken) == 0
     assert await queue.ack(again) == 1
+
+
+async def test_lua_builds_the_priority_keys_keys_py_names(queue: Queue, engine_redis: Any) -> None:
+    p = policy(scope="PerWorkflow")
+    await reconcile(queue, p)
+    await queue.enqueue(item("cb-1", workflow=42, priority=Priority(4, True)), p)
+    ref = keys.queue_ref(p.key, "wf42")
+    assert await engine_redis.zscore(keys.queue_priority(p.key, "wf42"), "cb-1") is not None
+    assert await engine_redis.sismember(keys.prioritized(keys.shard_of(p.key)), ref)
+    meta = (await engine_redis.hget(keys.meta(p.key), "cb-1")).decode()
+    assert meta.endswith(",0,wf42/p4")
+    taken = (await queue.take()).released
+    await queue.ack(taken)
+    assert not await engine_redis.exists(keys.queue_priority(p.key, "wf42"))
+    await queue.reap_expired_leases()  # an emptied queue leaves the shard's set
+    assert not await engine_redis.sismember(keys.prioritized(keys.shard_of(p.key)), ref)
