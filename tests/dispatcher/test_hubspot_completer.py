@@ -19,6 +19,7 @@ from tests.fixtures.metric_samples import sample
 from throttle.dispatcher.drain import ALREADY_COMPLETED_NOTE, Dispatcher
 from throttle.dispatcher.hubspot_completer import HubSpotCompleter
 from throttle.engine.policy import Policy
+from throttle.engine.priority import parse_priority
 from throttle.engine.queue import Queue, Released
 from throttle.engine.registry import reconcile
 from throttle.hubspot.budget import PortalBudget
@@ -47,6 +48,25 @@ async def test_1000_callbacks_in_10_requests(
         "throttle_policy": "enrich",
     }
     assert sample(metrics, "throttle_hubspot_callbacks_total", result="completed") == 1000
+
+
+async def test_the_completion_says_the_priority_and_why_it_was_not_used(
+    hubspot_sim: RunningSimulator, store: TokenStore, session: aiohttp.ClientSession, redis: Any
+) -> None:
+    """HubSpot sees the priority the record was held at; an unreadable one with the reason a
+    builder can act on; an action without the field gets exactly the fields it always got."""
+    plain, given, unreadable = released(3, 3)
+    given = replace(given, priority=parse_priority("HIGH"))
+    unreadable = replace(unreadable, priority=parse_priority("urgent"))
+    items = [plain, given, unreadable]
+    completer = await setup(hubspot_sim, store, session, redis, 3, items)
+    assert len((await completer.complete(3, items)).completed) == 3
+    seen = {i.callback_id: hubspot_sim.sim.callbacks[i.callback_id].output_fields for i in items}
+    assert "throttle_priority" not in seen[plain.callback_id]
+    assert seen[given.callback_id]["throttle_priority"] == 9
+    assert "throttle_priority_reason" not in seen[given.callback_id]
+    assert seen[unreadable.callback_id]["throttle_priority"] == 0
+    assert "not 0-9 or HIGH" in seen[unreadable.callback_id]["throttle_priority_reason"]
 
 
 async def test_a_bad_callback_does_not_sink_its_batch(

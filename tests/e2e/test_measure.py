@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -13,7 +14,7 @@ from throttle.engine.policy import Policy
 from throttle_dev.demo import measure
 from throttle_dev.demo.release_log import ReleaseLog
 from throttle_dev.demo.scenario import closed_window, open_window, period_seconds, render
-from throttle_dev.demo.verdict import PolicyResult
+from throttle_dev.demo.verdict import PolicyResult, PriorityResult
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -147,3 +148,35 @@ def test_release_log_reads_history_events() -> None:
     # a release after a hand-back replaces the earlier instant (one row per callback)
     log.apply_stream_entry({"t": "rel", "pol": "1:a", "cbs": "y", "ts": "5000000"})
     assert log.times("1:a") == [3.0, 5.0]
+
+
+def test_the_demo_priority_workflow_carries_a_priority_property(tmp_path: Path) -> None:
+    scenario = render(REPO / "deploy/examples/demo", tmp_path, 30.0)
+    queue = scenario.policy("priority")
+    assert queue.priorities == ["HIGH", "MEDIUM", "LOW", "NONE"]
+    assert all(not p.priorities for p in scenario.policies if p.name != "priority")
+
+
+def test_release_log_reads_each_execution_priority() -> None:
+    log = ReleaseLog()
+    for cb, value, enq in [("a", "HIGH", 1), ("b", None, 2), ("c", "HIGH", 3)]:
+        inputs = {} if value is None else {"priority": value}
+        body = json.dumps({"inputs": inputs})
+        log.apply_stream_entry(
+            {"t": "recv", "pol": "1:p", "cb": cb, "ts": "0", "enq": str(enq * 10**6), "body": body}
+        )
+    log.apply_stream_entry({"t": "rel", "pol": "1:p", "ts": str(10 * 10**6), "cbs": "a,b,c"})
+    assert log.waits_by_priority("1:p") == {"HIGH": [9.0, 7.0], "": [8.0]}
+
+
+def test_the_verdict_holds_higher_priorities_to_going_first() -> None:
+    def result(*rows: tuple[str, int, float]) -> PolicyResult:
+        return PolicyResult(
+            "priority", 1, "30/10s", 3.0,
+            priorities=[PriorityResult(v, released=n, wait_p50_s=w) for v, n, w in rows],
+        )  # fmt: skip
+
+    assert result(("HIGH", 40, 1.0), ("MEDIUM", 30, 9.0), ("LOW", 0, 0.0)).priority_problems() == []
+    inverted = result(("HIGH", 10, 12.0), ("MEDIUM", 30, 3.0)).priority_problems()
+    assert len(inverted) == 1
+    assert "HIGH" in inverted[0]

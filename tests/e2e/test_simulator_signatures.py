@@ -92,3 +92,22 @@ async def test_simulator_v2_signatures_verify_with_hubspot_sdk(aiohttp_server: A
             http_method="POST",
             signature_version="v2",
         )
+
+
+async def test_driver_sends_a_record_priority_property_as_the_priority_field(
+    aiohttp_server: Any,
+) -> None:
+    """A workflow mapping the record's `hs_priority` to the action's `priority` field: HubSpot
+    sends the record's value in `inputFields`; without `priorities` no field is sent."""
+    seen, url = await _capture(aiohttp_server, "/api/hubspot/action")
+    sim = Simulator(SimulatorConfig(client_secret="s3cr3t-client"))
+    async with Driver(sim, url) as driver:
+        plan = TrafficPlan(executions=4, concurrency=1, priorities=["HIGH", "NONE"], policy="p")
+        await driver.run(plan)
+        await driver.run(TrafficPlan(executions=1))
+    bodies = [json.loads(r["body"]) for r in seen]
+    sent = sorted(b["inputFields"].get("priority", "-") for b in bodies)
+    assert sent == ["-", "HIGH", "HIGH", "NONE", "NONE"]
+    for body in bodies[:4]:
+        assert body["inputFields"]["priority"] == body["object"]["properties"]["hs_priority"]
+    assert "priority" not in bodies[4]["inputFields"]

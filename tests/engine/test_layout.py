@@ -51,11 +51,12 @@ async def test_release_0_1_0_data_is_layout_1_and_gets_stamped(engine_redis: Any
     await queue.enqueue(QueueItem("cb-1", 7, 1, None, "CONTACT", "1"), policy)
     assert await read_layout(engine_redis) == LayoutState(1, 1, stamped=False)
 
-    assert await ensure_layout(engine_redis) == []
+    assert await ensure_layout(engine_redis) == [m.version for m in MIGRATIONS]
     state = await read_layout(engine_redis)
     assert (state.version, state.readable_by, state.stamped) == (CURRENT_LAYOUT, 1, True)
-    assert MIGRATIONS == ()  # layout 1 is the current one: nothing to migrate yet
+    # layout 2 (priorities) changed no data: the queue and its order are as they were
     assert (await queue.stats(policy)).depth == 1
+    assert [r.callback_id for r in (await queue.take()).released] == ["cb-1"]
 
 
 async def test_two_pods_starting_at_once_migrate_once(engine_redis: Any) -> None:
@@ -129,7 +130,7 @@ async def test_waits_for_redis_then_stamps(redis_server: Any) -> None:
         await asyncio.sleep(1.0)
         assert not waiting.done()
         redis_server.start()
-        assert await asyncio.wait_for(waiting, 30) == []
+        assert await asyncio.wait_for(waiting, 30) == [m.version for m in MIGRATIONS]
         assert (await read_layout(client)).stamped
     finally:
         if not redis_server._proc.running:

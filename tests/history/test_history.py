@@ -12,6 +12,7 @@ from tests.fixtures.builders import item, policy
 from tests.fixtures.metric_samples import sample
 from throttle.dispatcher.history_writer import HistoryWriter
 from throttle.engine import keys
+from throttle.engine.priority import parse_priority
 from throttle.engine.queue import Queue
 from throttle.engine.registry import reconcile, reconcile_awaited
 from throttle.history.migrations import migrate, pending_migrations
@@ -155,6 +156,35 @@ async def test_recover_rebuilds_lost_queues_without_duplicates(
         queue.time_offset_ms = 5000
         again = [r.callback_id for r in (await queue.take()).released]
         assert again == ["cb-2", "cb-3", "cb-4", "cb-5"]
+    finally:
+        await pool.close()
+        await w.close()
+
+
+async def test_recover_rebuilds_each_execution_at_its_priority(
+    engine_redis: Any, database_url: str
+) -> None:
+    """The priority comes back from history's copy of the inputs, parsed as the webhook did."""
+    await migrate(database_url)
+    queue = Queue(engine_redis)
+    p = policy(rate={"limit": 100, "period": "1s", "burst": 10})
+    await reconcile(queue, p)
+    for cb, value in [("none", None), ("low", "LOW"), ("high", "HIGH"), ("bad", "urgent")]:
+        inputs = {} if value is None else {"priority": value}
+        await queue.enqueue(item(cb, input_fields=inputs, priority=parse_priority(value)), p)
+    w = writer(engine_redis, database_url)
+    await w.ensure_groups()
+    while await w.step():
+        pass
+    pool = await create_pool(database_url)
+    try:
+        await engine_redis.flushall()
+        assert (await recover(queue, pool, {p.key: p})).queued == 4
+        await reconcile(queue, p)
+        queue.time_offset_ms = 5000
+        again = (await queue.take()).released
+        assert [r.callback_id for r in again] == ["high", "low", "none", "bad"]
+        assert [r.priority.tag for r in again] == ["9", "3", "", "0!"]
     finally:
         await pool.close()
         await w.close()

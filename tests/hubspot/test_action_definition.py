@@ -13,6 +13,8 @@ from typing import Any
 
 from throttle.dispatcher.hubspot_completer import output_fields
 from throttle.engine.policy import Policy
+from throttle.engine.priority import FIELD as PRIORITY_FIELD
+from throttle.engine.priority import NAMES, parse_priority
 from throttle.engine.queue import Released
 from throttle.webhook_service import actions
 
@@ -41,11 +43,13 @@ def test_every_output_field_sent_is_declared_and_labelled() -> None:
     released = Released(
         callback_id="cb", portal_id=1, policy="p", queue="q",
         enqueued_at=0.0, attempts=1, wait_seconds=3.0,
+        priority=parse_priority("not a priority"),
     )  # fmt: skip
     inline = replace(released, policy="inline.q.newsletter")  # an inline queue's completion
     sent = (
         set(output_fields(released)) | set(output_fields(inline)) | sent_by_webhook()
     ) - HUBSPOT_STATES
+    assert {"throttle_priority", "throttle_priority_reason"} <= sent
     declared = declared_outputs()
     assert sent <= set(declared), f"undeclared output fields: {sorted(sent - set(declared))}"
     labels = definition()["labels"]["en"]["outputFieldLabels"]
@@ -82,3 +86,17 @@ def test_every_status_option_is_a_value_throttle_sends() -> None:
         )  # fmt: skip
         sent.add(output_fields(released)["throttle_status"])
     assert options == sent, f"declared but never sent: {sorted(options - sent)}"
+
+
+def test_the_priority_field_takes_a_static_value_or_a_property() -> None:
+    """A builder picks a level or maps a record's property (HubSpot then sends its value);
+    every option offered is a priority the webhook reads."""
+    field = next(
+        f for f in definition()["inputFields"] if f["typeDefinition"]["name"] == PRIORITY_FIELD
+    )
+    assert field["supportedValueTypes"] == ["STATIC_VALUE", "OBJECT_PROPERTY"]
+    assert field["isRequired"] is False
+    values = [o["value"] for o in field["typeDefinition"]["options"]]
+    assert set(values) == set(NAMES) | {str(level) for level in range(10)}
+    assert all(parse_priority(v).readable for v in values)
+    assert PRIORITY_FIELD in definition()["labels"]["en"]["inputFieldLabels"]

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from datetime import UTC, datetime, timedelta
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.fixtures.webhook import ACTION_DEF, PORTAL, StartWebhook, Webhook, execution, policy
 from throttle.engine import keys
@@ -225,3 +229,61 @@ async def test_a_new_policy_is_used_as_soon_as_the_index_reloads(webhook: Webhoo
     _, body = await webhook.post_action(execution("cb-3"))
     assert body["outputFields"]["hs_expiration_duration"] == "P3D"
     assert await webhook.depth(p) == 1
+
+
+async def test_priority_orders_releases_from_the_webhook_on(webhook: Webhook) -> None:
+    """A static level, HubSpot's names from a property, nothing (an old action), a value that
+    is no priority: all are BLOCKed; the queue releases them by priority, the unreadable one
+    as NONE, after the NONE that came before it."""
+    p = await webhook.add_policy(policy(rate={"limit": 100, "period": "1s", "burst": 10}))
+    sent = [
+        ("old", None),
+        ("none", "NONE"),
+        ("bad", "urgent!"),
+        ("low", "low"),
+        ("seven", 7),
+        ("high", "HIGH"),
+    ]
+    for cb, value in sent:
+        inputs: dict[str, object] = {"policy": "enrichment"}
+        if value is not None:
+            inputs["priority"] = value
+        status, body = await webhook.post_action(execution(cb, inputFields=inputs))
+        assert (status, body["outputFields"]["hs_execution_state"]) == (200, "BLOCK")
+    assert await webhook.depth(p) == len(sent)
+    taken = (await webhook.app[QUEUE].take()).released
+    assert [r.callback_id for r in taken] == ["high", "seven", "low", "old", "none", "bad"]
+    assert [r.priority.output_fields().get("throttle_priority") for r in taken] == [
+        9,
+        7,
+        3,
+        None,
+        0,
+        0,
+    ]
+    assert "throttle_priority_reason" in taken[-1].priority.output_fields()
+
+
+FUZZED = itertools.count()
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=6,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(value=JSON_VALUES | st.sampled_from(["HIGH", " 9 ", "07", "5.0", "-0", "1e1", "NaN"]))
+async def test_any_priority_value_is_held_never_refused(webhook: Webhook, value: object) -> None:
+    """Whatever a property holds, the execution is held (BLOCK), never a 4xx or 5xx, and never
+    let through unthrottled."""
+    p = await webhook.add_policy(policy(expiration="PT6H"))
+    cb = f"fuzz-{next(FUZZED)}"
+    before = await webhook.depth(p)
+    status, body = await webhook.post_action(
+        execution(cb, inputFields={"policy": "enrichment", "priority": value})
+    )
+    assert (status, body["outputFields"]["hs_execution_state"]) == (200, "BLOCK")
+    assert await webhook.depth(p) == before + 1

@@ -73,7 +73,8 @@ class TokenSource(Protocol):
 def output_fields(item: Released, notes: InlineNotes | None = None) -> dict[str, Any]:
     """The action's output fields (action_definition.json) for a released execution; one of an
     inline queue (engine/inline.py) also says so, and why its rate is not the fields' own (a
-    clamp, a bad value) when it is not."""
+    clamp, a bad value) when it is not; the priority's only when the action sent one (an older
+    action's are as they always were)."""
     fields: dict[str, Any] = {
         "hs_execution_state": item.execution_state,
         "throttle_status": "released" if item.execution_state == "SUCCESS" else "failed",
@@ -85,6 +86,8 @@ def output_fields(item: Released, notes: InlineNotes | None = None) -> dict[str,
         note = notes.note(item.policy_key) if notes is not None else ""
         if note:
             fields["throttle_reason"] = note
+    if item.priority.given:
+        fields.update(item.priority.output_fields())
     return fields
 
 

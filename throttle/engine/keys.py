@@ -12,6 +12,11 @@ single key is hot, and a dispatcher drains one shard per script call.
                                                   token: take raises it on every release)
     throttle:{tN}:events                    stream history events (received, released, ...)
     throttle:{tN}:evdropped                 int   events dropped because the stream was full
+    throttle:{tN}:prioritized               set   queue refs that held executions with a priority
+                                                  (reap.lua puts any of them with executions but
+                                                  no due time back on the schedule: release
+                                                  0.1.0's take reads only the list and unschedules
+                                                  a queue whose list is empty)
     throttle:{tN}:awaiting                  set   policies (`portal:name`) whose queues took
                                                   executions while Redis held no parameters for
                                                   them, or older ones (for the reconcilers)
@@ -21,10 +26,17 @@ single key is hot, and a dispatcher drains one shard per script call.
     throttle:{tN}:p:<portal>:<name>:params  hash  rate parameters (policy_encoding.redis_fields)
     throttle:{tN}:p:<portal>:<name>:queues  set   queue ids of the policy ("shared", "wf<id>")
     throttle:{tN}:p:<portal>:<name>:meta    hash  callbackId -> "seq,enq_us,exp_us,attempts,qid"
+                                                  plus "/p<tag>" when the execution carried a
+                                                  priority (engine/priority.py `Priority.tag`;
+                                                  release 0.1.0 reads it as part of the qid and
+                                                  writes it back unchanged)
     throttle:{tN}:p:<portal>:<name>:done    zset  callbackId -> forget-after ms (dedupe when done)
     throttle:{tN}:p:<portal>:<name>:stats   hash  counters (received, released, acked, ...)
     throttle:{tN}:q:<portal>:<name>:<qid>:list   list  callback ids, head = next to release
     throttle:{tN}:q:<portal>:<name>:<qid>:state  hash  GCRA state, daily-cap count, hold-until, seq
+    throttle:{tN}:q:<portal>:<name>:<qid>:pq     zset  callback ids of priority 1-9 -> score
+                                                  (arrival us - priority x step, priority.py);
+                                                  take merges it with the list (priority 0)
 
 A queue ref is `<portal>:<name>:<qid>`. The scripts that visit many queues of a shard (take, ack,
 reap) build the per-policy and per-queue keys from the shard prefix and the ref with exactly the
@@ -100,6 +112,10 @@ def inline_queues(shard: int) -> str:
     return shard_prefix(shard) + "inline"
 
 
+def prioritized(shard: int) -> str:
+    return shard_prefix(shard) + "prioritized"
+
+
 # --- per policy -----------------------------------------------------------------------------------
 def _policy(pkey: str, suffix: str) -> str:
     return f"{shard_prefix(shard_of(pkey))}p:{pkey}:{suffix}"
@@ -132,6 +148,10 @@ def queue_list(pkey: str, qid: str) -> str:
 
 def queue_state(pkey: str, qid: str) -> str:
     return f"{shard_prefix(shard_of(pkey))}q:{pkey}:{qid}:state"
+
+
+def queue_priority(pkey: str, qid: str) -> str:
+    return f"{shard_prefix(shard_of(pkey))}q:{pkey}:{qid}:pq"
 
 
 # --- global ---------------------------------------------------------------------------------------

@@ -42,9 +42,10 @@ from throttle.engine import keys
 
 log = logging.getLogger(__name__)
 
-CURRENT_LAYOUT = 1
+CURRENT_LAYOUT = 2
 """The layout this code reads and writes. 1: the key layout documented in keys.py, as release
-0.1.0 left it."""
+0.1.0 left it. 2: priorities (engine/priority.py): a queue's priority set, the shard's
+`prioritized` set, meta's `/p<tag>` suffix."""
 LOCK_TIMEOUT_S = 300.0
 """A migrating pod holds the lock at most this long (then another may take over and rerun the
 idempotent step it was in)."""
@@ -64,7 +65,20 @@ class LayoutMigration:
     """Idempotent: called with the Redis client; may run again after a crash mid-way."""
 
 
-MIGRATIONS: tuple[LayoutMigration, ...] = ()
+async def _priorities(redis: Any) -> None:
+    """Layout 2 adds keys and a meta suffix that only executions with a priority get: the
+    queues that exist keep their lists, their order and their meta as they are."""
+
+
+MIGRATIONS: tuple[LayoutMigration, ...] = (
+    LayoutMigration(
+        2,
+        "priorities: a queue's priority set (`:pq`), the shard's `prioritized` set, meta's "
+        "`/p<tag>` suffix; existing queues unchanged",
+        readable_by=1,
+        apply=_priorities,
+    ),
+)
 """Every layout step after layout 1, in order. Add one with the change that needs it."""
 
 

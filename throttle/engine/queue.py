@@ -22,6 +22,7 @@ from throttle.engine import keys
 from throttle.engine.forecast import capacity_within
 from throttle.engine.policy import Policy
 from throttle.engine.policy_encoding import redis_fields
+from throttle.engine.priority import NOT_GIVEN, Priority
 from throttle.engine.scripts import ClockShift, Lease, ScriptCall, Scripts
 
 _JSON = msgspec.json.Encoder()
@@ -55,6 +56,9 @@ class QueueItem(NamedTuple):
     note: str = ""
     """Why it is held where it is, for the builder (an inline rate clamped, a bad value: see
     engine/inline.py); kept in its history."""
+    priority: Priority = NOT_GIVEN
+    """Its place in the queue (engine/priority.py); parsed from `input_fields` by the caller,
+    so history's copy of the inputs rebuilds it."""
 
     def event_body(self) -> bytes:
         """What history keeps of the execution (enough to rebuild the queue item): JSON, by
@@ -109,6 +113,7 @@ class Released:
     deleted with "complete now" (the execution never waited out the rate)."""
     released_at_us: int = 0
     """When the rate let it go, on Redis' clock (microseconds since the epoch)."""
+    priority: Priority = NOT_GIVEN
 
     @property
     def policy_key(self) -> str:
@@ -159,6 +164,8 @@ class _EnqueueTarget:
                 keys.queue_state(pkey, qid),
                 keys.stats(pkey),
                 keys.awaiting_params(shard),
+                keys.queue_priority(pkey, qid),
+                keys.prioritized(shard),
             ),
             prefix=keys.shard_prefix(shard),
             ref=keys.queue_ref(pkey, qid),
@@ -239,6 +246,7 @@ class Queue:
                 self.events_maxlen,
                 round(item.received_at * 1_000_000) if item.received_at else 0,
                 item.event_body(),
+                "" if item.priority is NOT_GIVEN else item.priority.tag,
             ),
         )
         return EnqueueResult(_STATUS[int(status)], int(depth), policy, target.qid)
@@ -309,13 +317,14 @@ class Queue:
                 next_due[shard] = float(raw[1]) / 1000
             expired += int(raw[2])
             last_ref = None
-            for i in range(3, len(raw), 6):
+            for i in range(3, len(raw), 7):
                 ref = _text(raw[i])
                 if ref != last_ref:
                     lags.append(max(0, int(raw[i + 5])) / 1000)
                     last_ref = ref
                 portal, policy, qid = ref.split(":", 2)
                 enqueued_us = int(raw[i + 2])
+                tag = _text(raw[i + 6])
                 released.append(
                     Released(
                         callback_id=_text(raw[i + 1]),
@@ -327,6 +336,7 @@ class Queue:
                         wait_seconds=max(0.0, (now_us - enqueued_us) / 1e6),
                         execution_state=_text(raw[i + 4]),
                         released_at_us=now_us,
+                        priority=Priority.from_tag(tag) if tag else NOT_GIVEN,
                     )
                 )
         return TakeResult(released, expired, next_due, redis_now, lags)

@@ -16,6 +16,8 @@ import asyncpg
 from throttle.engine import keys
 from throttle.engine.policy import Policy
 from throttle.engine.policy_index import registry_load
+from throttle.engine.priority import FIELD as PRIORITY_FIELD
+from throttle.engine.priority import parse_priority
 from throttle.engine.queue import QueueItem
 
 
@@ -32,7 +34,8 @@ async def recover(queue: Any, pool: asyncpg.Pool, policies: dict[str, Policy]) -
 
     Idempotent: an execution still queued or in flight in Redis (or finished and remembered
     for dedupe) is reported as already present, never queued twice. Executions keep their
-    original arrival time, so FIFO order and expiry are as before. `policies` maps
+    original arrival time and their priority (parsed from the stored inputs as the webhook
+    parsed them), so release order and expiry are as before. `policies` maps
     `portal:name` to the policy to use (from the registry or the local store).
     """
 
@@ -51,6 +54,7 @@ async def recover(queue: Any, pool: asyncpg.Pool, policies: dict[str, Policy]) -
             report.no_policy.append(r["callback_id"])
             continue
         inputs = r["input_fields"]
+        fields = json.loads(inputs) if isinstance(inputs, str) else dict(inputs or {})
         item = QueueItem(
             callback_id=r["callback_id"],
             portal_id=r["portal_id"],
@@ -59,7 +63,8 @@ async def recover(queue: Any, pool: asyncpg.Pool, policies: dict[str, Policy]) -
             object_type=r["object_type"] or "",
             object_id=r["object_id"] or "",
             received_at=r["received_at"].timestamp(),
-            input_fields=json.loads(inputs) if isinstance(inputs, str) else dict(inputs or {}),
+            input_fields=fields,
+            priority=parse_priority(fields.get(PRIORITY_FIELD)),
         )
         result = await queue.enqueue(item, policy, check_overflow=False)
         if result.status == "queued":

@@ -72,7 +72,12 @@ from throttle.webhook_service.appkeys import (
 )
 from throttle.webhook_service.errors import ErrorAnswer, error_for, error_response
 from throttle.webhook_service.inline_rates import InlineRates
-from throttle.webhook_service.payloads import ExecutionPayload, inline_fields, parse_execution
+from throttle.webhook_service.payloads import (
+    ExecutionPayload,
+    execution_priority,
+    inline_fields,
+    parse_execution,
+)
 from throttle.webhook_service.shedding import LoadShedder
 from throttle.webhook_service.verification import SignatureVerifier, refusal
 
@@ -372,6 +377,9 @@ class ActionEndpoint:
     @staticmethod
     def item(payload: ExecutionPayload, name: str | None, note: str = "") -> QueueItem:
         obj = payload.object
+        inputs = {
+            k: v if isinstance(v, str) else json.dumps(v) for k, v in payload.input_fields.items()
+        }
         return QueueItem(
             callback_id=payload.callback_id,
             portal_id=payload.origin.portal_id,
@@ -380,10 +388,8 @@ class ActionEndpoint:
             object_type=obj.object_type if obj else "",
             object_id=str(obj.object_id) if obj else "",
             policy=name,
-            input_fields={
-                k: v if isinstance(v, str) else json.dumps(v)
-                for k, v in payload.input_fields.items()
-            },
+            input_fields=inputs,
+            priority=execution_priority(inputs),
             note=note,
         )
 

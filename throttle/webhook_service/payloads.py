@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, TypeVar
 
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from throttle.engine.inline import FIELDS as INLINE_FIELDS
+from throttle.engine.priority import FIELD as PRIORITY_FIELD
+from throttle.engine.priority import NOT_GIVEN, Priority, parse_priority
 from throttle.webhook_service.errors import ErrorAnswer
 
 MAX_JSON_DEPTH = 32
@@ -260,3 +263,12 @@ def inline_fields(payload: ExecutionPayload) -> dict[str, str] | None:
             found = found if found is not None else {}
             found[name] = text
     return found
+
+
+def execution_priority(inputs: Mapping[str, str]) -> Priority:
+    """The execution's place in its queue, from its input fields as the webhook keeps them
+    (what history stores, so `throttle recover` parses the same text). Any value is accepted:
+    one that is not a priority is held as NONE and its completion says why, never a 4xx.
+    Without the field (every action registered before it existed) nothing is parsed."""
+    value = inputs.get(PRIORITY_FIELD)
+    return NOT_GIVEN if value is None else parse_priority(value)

@@ -13,6 +13,7 @@ instant only (PostgreSQL keeps one row per callback).
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ class Execution:
     policy_key: str
     received: float | None = None
     released: float | None = None
+    priority: str | None = None
+    """The action's `priority` input field as received (None: not given)."""
 
 
 @dataclass
@@ -53,16 +56,36 @@ class ReleaseLog:
             if e.policy_key == policy_key and e.released is not None and e.received is not None
         ]
 
+    def waits_by_priority(self, policy_key: str) -> dict[str, list[float]]:
+        """Waits of released executions, per the priority field they carried ("" = none)."""
+        found: dict[str, list[float]] = defaultdict(list)
+        for e in self.executions.values():
+            if e.policy_key == policy_key and e.released is not None and e.received is not None:
+                found[e.priority or ""].append(e.released - e.received)
+        return dict(found)
+
     def apply_stream_entry(self, fields: dict[str, str]) -> None:
         kind = fields.get("t")
         ts = int(fields.get("ts", "0")) / 1e6
         pol = fields.get("pol", "")
         if kind == "recv":
             enq = int(fields.get("enq", "0") or 0) / 1e6
-            self._get(fields.get("cb", ""), pol).received = enq or ts
+            execution = self._get(fields.get("cb", ""), pol)
+            execution.received = enq or ts
+            execution.priority = _priority(fields.get("body"))
         elif kind == "rel":
             for cb in event_callback_ids(fields):
                 self._get(cb, pol).released = ts
+
+
+def _priority(body: str | None) -> str | None:
+    """The priority input field of a "received" event's JSON body."""
+    try:
+        inputs = json.loads(body or "{}").get("inputs") or {}
+    except (ValueError, AttributeError):
+        return None
+    value = inputs.get("priority")
+    return None if value is None else str(value)
 
 
 def _text(value: Any) -> str:
@@ -91,7 +114,8 @@ async def read_postgres(database_url: str, log: ReleaseLog, portals: Iterable[in
         rows = await conn.fetch(
             "SELECT callback_id, portal_id, policy, "
             "extract(epoch FROM received_at)::float8 AS received, "
-            "extract(epoch FROM released_at)::float8 AS released "
+            "extract(epoch FROM released_at)::float8 AS released, "
+            "input_fields->>'priority' AS priority "
             "FROM action_executions WHERE portal_id = ANY($1::bigint[])",
             list(portals),
         )
@@ -102,6 +126,7 @@ async def read_postgres(database_url: str, log: ReleaseLog, portals: Iterable[in
         execution = log._get(row["callback_id"], keys.policy_key(row["portal_id"], row["policy"]))
         execution.received = row["received"]
         execution.released = row["released"]
+        execution.priority = row["priority"]
         released += row["released"] is not None
     return released
 

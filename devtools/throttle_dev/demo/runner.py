@@ -33,6 +33,7 @@ from throttle_dev.demo.verdict import (
     RATE_TOLERANCE,
     PolicyResult,
     PortalResult,
+    PriorityResult,
     all_problems,
     plot_releases,
     print_report,
@@ -112,6 +113,7 @@ async def drive(
         "duplicate_ratio": options.duplicate_ratio,
         "concurrency": 6,
         "workflow_ids": [192814114, 192814115, 192814116],
+        "priorities": policy.priorities,
     }
     timeout = aiohttp.ClientTimeout(total=None)
     async with session.post(
@@ -313,6 +315,8 @@ class Releases:
 
     times: dict[str, list[float]] = field(default_factory=dict)
     waits: dict[str, list[float]] = field(default_factory=dict)
+    priority_waits: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    """Per policy name, per priority value: the waits of its released executions."""
 
 
 async def _release_history(stack: Stack, scenario: Scenario) -> Releases:
@@ -330,6 +334,8 @@ async def _release_history(stack: Stack, scenario: Scenario) -> Releases:
         key = keys.policy_key(policy.portal_id, policy.name)
         releases.times[policy.name] = log.times(key)
         releases.waits[policy.name] = log.waits(key)
+        if policy.priorities:
+            releases.priority_waits[policy.name] = log.waits_by_priority(key)
     return releases
 
 
@@ -394,11 +400,27 @@ def _results(
             expect_none=policy.expect_none,
             tolerance=options.tolerance,
             notes=list(policy.notes),
+            priorities=_priority_results(policy, history),
         )
         result.lost = max(0, result.blocked - result.completed - result.held - result.failed)
         _measure_rate(result, policy, samples, release_times)
         results.append(result)
     return results, portals
+
+
+def _priority_results(policy: DemoPolicy, history: Releases) -> list[PriorityResult]:
+    """Per priority value of a policy whose records carry one: how many went, how long they
+    waited (in the order the records carried them, highest first)."""
+    waits = history.priority_waits.get(policy.name, {})
+    return [
+        PriorityResult(
+            value=value,
+            released=len(waits.get(value, [])),
+            wait_p50_s=measure.percentile(waits.get(value, []), 50),
+            wait_p90_s=measure.percentile(waits.get(value, []), 90),
+        )
+        for value in policy.priorities
+    ]
 
 
 def _measure_rate(

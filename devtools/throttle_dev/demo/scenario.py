@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 import yaml
 
 DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+PRIORITIES = ("HIGH", "MEDIUM", "LOW", "NONE")
 _PERIOD = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _ISO = re.compile(r"^P(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$")
 
@@ -51,6 +52,8 @@ class DemoPolicy:
     expect_none: bool = False
     """True when the policy must release nothing during the run (a closed window)."""
     resume_at: float | None = None
+    priorities: list[str] = field(default_factory=list)
+    """The records' priority property values, in turn (the action's `priority` field)."""
     notes: list[str] = field(default_factory=list)
     inline_fields: dict[str, str] | None = None
     """An inline-rate workflow (docs/policies.md, "Inline rates"): no manifest, the executions
@@ -192,6 +195,12 @@ def render(source: Path, folder: Path, duration_s: float, now: datetime | None =
                     f"window moved to {window['days'][0]} {window['start']}-{window['end']} "
                     f"{schedule['timeZone']}: open now"
                 )
+        if name == "priority":
+            policy.priorities = list(PRIORITIES)
+            policy.notes.append(
+                "records carry priority " + "/".join(PRIORITIES) + " in turn (their hs_priority "
+                "property, mapped to the action's priority field): higher ones go first"
+            )
         if spec.get("paused"):
             policy.resume_at = round(duration_s / 3, 1)
             policy.releasable_from = policy.resume_at

@@ -17,6 +17,16 @@ RATE_TOLERANCE = 0.02
 
 
 @dataclass
+class PriorityResult:
+    """One priority value of a policy whose records carry one."""
+
+    value: str
+    released: int = 0
+    wait_p50_s: float = 0.0
+    wait_p90_s: float = 0.0
+
+
+@dataclass
 class PolicyResult:
     name: str
     portal_id: int
@@ -42,6 +52,8 @@ class PolicyResult:
     expect_none: bool = False
     tolerance: float = RATE_TOLERANCE
     notes: list[str] = field(default_factory=list)
+    priorities: list[PriorityResult] = field(default_factory=list)
+    """Highest first, for a policy whose records carry a priority."""
 
     @property
     def rate_error(self) -> float | None:
@@ -70,6 +82,21 @@ class PolicyResult:
                 f"{self.name}: {self.max_window} releases in one period > limit + burst "
                 f"{self.window_bound}"
             )
+        return found + self.priority_problems()
+
+    def priority_problems(self) -> list[str]:
+        """Within the run (far shorter than one priority step, an hour), a higher priority
+        goes before every lower one: it waits less, and no fewer of it go."""
+        found = []
+        for higher, lower in zip(self.priorities, self.priorities[1:], strict=False):
+            if not lower.released:
+                continue
+            if higher.released < lower.released or higher.wait_p50_s > lower.wait_p50_s:
+                found.append(
+                    f"{self.name}: {higher.value} ({higher.released} released, wait p50 "
+                    f"{higher.wait_p50_s:.1f}s) did not go before {lower.value} "
+                    f"({lower.released}, {lower.wait_p50_s:.1f}s)"
+                )
         return found
 
 
@@ -157,6 +184,21 @@ def policy_table(policies: Sequence[PolicyResult]) -> Table:
     return table
 
 
+def priority_table(policy: PolicyResult) -> Table:
+    table = Table(title=f"Policy {policy.name}: releases by the records' priority (highest first)")
+    for column in ("priority", "released", "wait p50", "wait p90"):
+        table.add_column(column, justify="left" if column == "priority" else "right")
+    style = "red" if policy.priority_problems() else "green"
+    for row in policy.priorities:
+        table.add_row(
+            f"[{style}]{row.value}[/{style}]",
+            str(row.released),
+            f"{row.wait_p50_s:.1f}s",
+            f"{row.wait_p90_s:.1f}s",
+        )
+    return table
+
+
 def portal_table(portals: Sequence[PortalResult]) -> Table:
     table = Table(title="Per portal (as the HubSpot simulator saw it)")
     for column in (
@@ -194,6 +236,9 @@ def print_report(
     for p in policies:
         if p.notes:
             console.print(f"  [dim]{p.name}: {'; '.join(p.notes)}[/]")
+    for p in policies:
+        if p.priorities:
+            console.print(priority_table(p))
     console.print(portal_table(portals))
     if problems:
         console.print("[bold red]Problems:[/]")

@@ -59,6 +59,9 @@ class TrafficPlan:
     retry_backoff_s: float = 0.2
     timeout_s: float = 10.0
     extra_input_fields: dict[str, str] = field(default_factory=dict)
+    priorities: list[str] = field(default_factory=list)
+    """Values of the records' `hs_priority` property, in turn, sent as the action's `priority`
+    field resolved from that property (a workflow mapping it); empty = no priority field."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrafficPlan:
@@ -161,6 +164,10 @@ class Driver:
         if plan.policy is not None:
             input_fields["policy"] = plan.policy
         object_id = 900 + index
+        properties = {"email": f"contact{object_id}@example.com", "firstname": "Zoë"}
+        if plan.priorities:
+            properties["hs_priority"] = plan.priorities[index % len(plan.priorities)]
+            input_fields["priority"] = properties["hs_priority"]
         return {
             "callbackId": f"ap-{portal_id}-{uuid.uuid4().int % 10**11}-{self._sequence}-0",
             "origin": {
@@ -172,7 +179,7 @@ class Driver:
             "object": {
                 "objectId": object_id,
                 "objectType": plan.object_type,
-                "properties": {"email": f"contact{object_id}@example.com", "firstname": "Zoë"},
+                "properties": properties,
             },
             "inputFields": input_fields,
         }

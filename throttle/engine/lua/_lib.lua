@@ -26,9 +26,29 @@ local function policy_keys(prefix, pol)
            done = b .. "done", stats = b .. "stats" }
 end
 
+-- list (priority 0, FIFO), state, pq (priorities 1-9, by score)
 local function queue_keys(prefix, ref)
   local b = prefix .. "q:" .. ref .. ":"
-  return b .. "list", b .. "state"
+  return b .. "list", b .. "state", b .. "pq"
+end
+
+-- Seconds of arrival one priority level is worth, in microseconds: throttle/engine/priority.py's
+-- STEP_SECONDS (a test holds them equal). Release order is the lowest score first.
+local PRIORITY_STEP_US = 3600000000
+
+local function priority_score(enq, level)
+  return enq - level * PRIORITY_STEP_US
+end
+
+-- The priority tag meta carries after the qid ("" none, "N", "0!" unreadable) -> level
+local function tag_level(tag)
+  return tonumber(string.match(tag or "", "^(%d)") or "0")
+end
+
+-- Queued executions of a queue, both forms: the list's and the priority set's
+local function queue_depth(prefix, ref)
+  local list, _, pq = queue_keys(prefix, ref)
+  return redis.call("LLEN", list) + redis.call("ZCARD", pq)
 end
 
 -- "portal:name:qid" -> "portal:name", "qid"
@@ -36,14 +56,20 @@ local function split_ref(ref)
   return string.match(ref, "^(.*):([^:]*)$")
 end
 
--- meta value "seq,enqueued_us,expires_us,attempts,qid"
+-- meta value "seq,enqueued_us,expires_us,attempts,qid" plus "/p<tag>" when the execution
+-- carried a priority (release 0.1.0 reads that suffix as part of the qid and writes it back as
+-- it was). Returns seq, enq, exp, att, qid, tag ("" when none).
 local function meta_parse(m)
-  local seq, enq, exp, att, qid = string.match(m, "^(%d+),(%d+),(%d+),(%d+),(.*)$")
-  return tonumber(seq), tonumber(enq), tonumber(exp), tonumber(att), qid
+  local seq, enq, exp, att, rest = string.match(m, "^(%d+),(%d+),(%d+),(%d+),(.*)$")
+  local qid, tag = string.match(rest, "^(.*)/p(%d!?)$")
+  if not qid then qid, tag = rest, "" end
+  return tonumber(seq), tonumber(enq), tonumber(exp), tonumber(att), qid, tag
 end
 
-local function meta_format(seq, enq, exp, att, qid)
-  return fmt(seq) .. "," .. fmt(enq) .. "," .. fmt(exp) .. "," .. fmt(att) .. "," .. qid
+local function meta_format(seq, enq, exp, att, qid, tag)
+  local m = fmt(seq) .. "," .. fmt(enq) .. "," .. fmt(exp) .. "," .. fmt(att) .. "," .. qid
+  if tag and tag ~= "" then m = m .. "/p" .. tag end
+  return m
 end
 
 local function hash_table(key)
@@ -122,26 +148,42 @@ local function finish(leases, prefix, pk, ref, cb, att, done_until_ms, counter)
   if held then
     redis.call("HINCRBY", pk.stats, "inflight", -1)
   else
-    redis.call("LREM", (queue_keys(prefix, ref)), 1, cb)
+    local list, _, pq = queue_keys(prefix, ref)
+    if redis.call("LREM", list, 1, cb) == 0 then redis.call("ZREM", pq, cb) end
   end
   redis.call("ZADD", pk.done, fmt(done_until_ms), cb)
   redis.call("HINCRBY", pk.stats, counter, 1)
   return true
 end
 
--- Put items back at the head of their queues, oldest (lowest seq) first.
--- groups: ref -> list of {seq, callbackId}
+-- Put items back at the head of their queues, oldest (lowest seq) first; one with a priority
+-- of 1-9 goes back into the queue's priority set at its score (arrival and priority unchanged,
+-- so it stands where it stood), and its queue into the shard's `prioritized` set (reap.lua).
+-- groups: ref -> list of {seq, callbackId, enqueued_us, priority level}
 local function push_back(prefix, groups)
+  local prioritized = prefix .. "prioritized"
   for ref, items in pairs(groups) do
     table.sort(items, function(x, y) return x[1] > y[1] end)
-    local list = queue_keys(prefix, ref)
+    local list, _, pq = queue_keys(prefix, ref)
     local chunk = {}
     for i = 1, #items do
-      chunk[#chunk + 1] = items[i][2]
-      if #chunk == 500 then redis.call("LPUSH", list, unpack(chunk)); chunk = {} end
+      local it = items[i]
+      if it[4] > 0 then
+        redis.call("ZADD", pq, fmt(priority_score(it[3], it[4])), it[2])
+        redis.call("SADD", prioritized, ref)
+      else
+        chunk[#chunk + 1] = it[2]
+        if #chunk == 500 then redis.call("LPUSH", list, unpack(chunk)); chunk = {} end
+      end
     end
     if #chunk > 0 then redis.call("LPUSH", list, unpack(chunk)) end
   end
+end
+
+-- One item of push_back's groups, from its meta value.
+local function push_back_item(m, cb)
+  local seq, enq, _, _, _, tag = meta_parse(m)
+  return { seq, cb, enq, tag_level(tag) }
 end
 
 -- Time zones: "t:o,t:o,..." = UTC second of each offset change and the offset (seconds) from

@@ -61,10 +61,9 @@ local paused = redis.call("HGET", params_key, "paused") == "1"
 local qids = redis.call("SMEMBERS", queues_key)
 for i = 1, #qids do
   local ref = pol .. ":" .. qids[i]
-  local list = queue_keys(prefix, ref)
   if paused then
     redis.call("ZREM", due_key, ref)
-  elseif redis.call("LLEN", list) > 0 then
+  elseif queue_depth(prefix, ref) > 0 then
     redis.call("ZADD", due_key, now_ms, ref)
   end
 end

@@ -1,6 +1,8 @@
 -- enqueue.lua: accept one execution into its queue (the webhook's single round trip).
 -- Drops a duplicate callbackId (HubSpot retries), refuses when the queue is over the depth
--- that fits in the expiration (only for overflow Continue/Fail), appends to the queue, marks the
+-- that fits in the expiration (only for overflow Continue/Fail), appends to the queue (an
+-- execution with a priority of 1-9 goes into the queue's priority set instead, at its score:
+-- arrival minus priority x step, see throttle/engine/priority.py), marks the
 -- queue due in the shard's schedule (ZADD NX in the same script: the policy's keys and the
 -- shard's schedule share one hash tag, so this is one slot on Redis Cluster and no wake-up can be
 -- lost between two commands), and appends a "received" history event.
@@ -21,6 +23,8 @@
 -- KEYS[7]  state    hash  the queue's rate state (only its seq counter is used here)
 -- KEYS[8]  stats    hash  the policy's counters
 -- KEYS[9]  awaiting set   the shard's policies waiting for (current) parameters
+-- KEYS[10] pq       zset  the queue's executions of priority 1-9 -> score
+-- KEYS[11] prioritized set the shard's queues that held a priority (reap.lua reschedules them)
 -- ARGV[1]  now_offset_ms   added to Redis TIME; tests only, production passes 0
 -- ARGV[2]  prefix          the shard key prefix "throttle:{tN}:" (for the event stream)
 -- ARGV[3]  ref             queue ref "portal:name:qid"
@@ -33,16 +37,18 @@
 -- ARGV[9]  events_maxlen   bound of the shard's event stream (then events are dropped and counted)
 -- ARGV[10] enqueued_us     original arrival time when rebuilding from history (recover); 0 = now
 -- ARGV[11] event           the "received" event's JSON body (workflow, action, object, inputs)
+-- ARGV[12] priority        the priority tag: "" none given (meta exactly as before priorities),
+--                          "N" level N, "0!" unreadable (held as 0); levels 1-9 go to `pq`
 -- Returns {status, depth}
 --   status  1 queued, 0 duplicate, 2 overflow (not queued), 3 already expired (not queued)
---   depth   queue length after the call
+--   depth   queue length after the call (list and priority set)
 --
 -- Nothing here reads the queue's rate state: the caller decides overflow from max_depth (what
 -- the policy can release within its expiration), so the webhook's one round trip stays cheap.
 
 local due_key, params_key, meta_key, done_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local queues_key, list_key, state_key, stats_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local awaiting_key = KEYS[9]
+local awaiting_key, pq_key, prioritized_key = KEYS[9], KEYS[10], KEYS[11]
 local now_offset_ms = ARGV[1]
 local prefix = ARGV[2]
 local ref = ARGV[3]
@@ -54,6 +60,8 @@ local max_depth = tonumber(ARGV[8])
 local maxlen = ARGV[9]
 local enqueued = tonumber(ARGV[10])
 local body = ARGV[11]
+local tag = ARGV[12]
+local level = tag_level(tag)
 
 local now = clock_us(now_offset_ms)
 local now_ms = math.floor(now / 1000)
@@ -66,10 +74,10 @@ if not p[1] or tonumber(p[2] or "0") < revision then
 end
 
 if redis.call("HEXISTS", meta_key, cb) == 1 or redis.call("ZSCORE", done_key, cb) then
-  return { 0, redis.call("LLEN", list_key) }
+  return { 0, redis.call("LLEN", list_key) + redis.call("ZCARD", pq_key) }
 end
 
-local depth = redis.call("LLEN", list_key)
+local depth = redis.call("LLEN", list_key) + redis.call("ZCARD", pq_key)
 if max_depth >= 0 and depth >= max_depth then
   return { 2, depth }
 end
@@ -85,8 +93,14 @@ local old = redis.call("ZRANGEBYSCORE", done_key, "-inf", now_ms, "LIMIT", 0, 16
 if #old > 0 then redis.call("ZREM", done_key, unpack(old)) end
 
 local seq = redis.call("HINCRBY", state_key, "seq", 1)
-redis.call("HSET", meta_key, cb, meta_format(seq, enqueued, expires, 0, qid))
-depth = redis.call("RPUSH", list_key, cb)
+redis.call("HSET", meta_key, cb, meta_format(seq, enqueued, expires, 0, qid, tag))
+if level > 0 then
+  redis.call("ZADD", pq_key, fmt(priority_score(enqueued, level)), cb)
+  redis.call("SADD", prioritized_key, ref)
+else
+  redis.call("RPUSH", list_key, cb)
+end
+depth = depth + 1
 redis.call("SADD", queues_key, qid)
 if p[3] ~= "1" then
   redis.call("ZADD", due_key, "NX", now_ms, ref)

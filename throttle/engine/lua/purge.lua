@@ -25,8 +25,7 @@ local dropped = redis.call("HLEN", meta_key)
 local qids = redis.call("SMEMBERS", queues_key)
 for i = 1, #qids do
   local ref = pol .. ":" .. qids[i]
-  local list, state = queue_keys(prefix, ref)
-  redis.call("DEL", list, state)
+  redis.call("DEL", queue_keys(prefix, ref))
   redis.call("ZREM", due_key, ref)
 end
 -- a lease member is "ref|callbackId": it is the policy's when its ref is

@@ -1,5 +1,9 @@
 -- reap.lua: leases that ran out (their dispatcher died or stalled) go back to the head of their
--- queue, oldest first, and the queue is scheduled so another dispatcher releases them.
+-- queue, oldest first (one with a priority back into the queue's priority set at its score),
+-- and the queue is scheduled so another dispatcher releases them. Then every queue of the
+-- shard's `prioritized` set that holds executions but has no due time is scheduled again (a
+-- release-0.1.0 take, during a rollout, reads only the list and unschedules a queue whose list
+-- ran empty), and those that hold none leave the set.
 --
 -- KEYS[1]  leases  zset  the shard's leases ("ref|callbackId" -> deadline ms)
 -- KEYS[2]  due     zset  the shard's due schedule
@@ -7,7 +11,7 @@
 -- ARGV[2]  prefix         the shard key prefix "throttle:{tN}:"
 -- ARGV[3]  events_maxlen  bound of the shard's event stream (then events are dropped and counted)
 -- ARGV[4]  limit          return at most this many leases in this call
--- Returns the number of items returned to their queues
+-- Returns the number of items returned to their queues (the rescheduled queues not counted)
 
 local leases_key, due_key = KEYS[1], KEYS[2]
 local now_offset_ms = ARGV[1]
@@ -30,10 +34,9 @@ for i = 1, #expired do
   redis.call("HINCRBY", pk.stats, "inflight", -1)
   local m = redis.call("HGET", pk.meta, cb)
   if m then
-    local seq = meta_parse(m)
     if not groups[ref] then groups[ref] = {}; cbs_by_queue[ref] = {} end
     local g = groups[ref]
-    g[#g + 1] = { seq, cb }
+    g[#g + 1] = push_back_item(m, cb)
     local c = cbs_by_queue[ref]
     c[#c + 1] = cb
     count = count + 1
@@ -47,5 +50,20 @@ for ref, cbs in pairs(cbs_by_queue) do
   end
   emit(prefix, maxlen, { "t", "reap", "pol", pol, "q", qid, "ts", fmt(now),
                          "cbs", id_list(cbs) })
+end
+
+local prioritized = prefix .. "prioritized"
+local pqueues = redis.call("SMEMBERS", prioritized)
+for i = 1, #pqueues do
+  local ref = pqueues[i]
+  local _, _, pq = queue_keys(prefix, ref)
+  local params = policy_keys(prefix, (split_ref(ref))).params
+  local p = redis.call("HMGET", params, "lim", "paused")
+  if not p[1] or redis.call("ZCARD", pq) == 0 then
+    -- empty, or without parameters (apply_policy.lua schedules it when it writes them)
+    redis.call("SREM", prioritized, ref)
+  elseif p[2] ~= "1" then
+    redis.call("ZADD", due_key, "NX", now_ms, ref)
+  end
 end
 return count

@@ -36,10 +36,9 @@ for i = first_triple, #ARGV, 3 do
     local m = redis.call("HGET", pk.meta, cb)
     redis.call("HINCRBY", pk.stats, "inflight", -1)
     if m then
-      local seq = meta_parse(m)
       if not groups[ref] then groups[ref] = {}; cbs_by_queue[ref] = {} end
       local g = groups[ref]
-      g[#g + 1] = { seq, cb }
+      g[#g + 1] = push_back_item(m, cb)
       local c = cbs_by_queue[ref]
       c[#c + 1] = cb
       redis.call("HINCRBY", pk.stats, "requeued", 1)

@@ -32,8 +32,7 @@ local qids = redis.call("SMEMBERS", queues_key)
 if remaining == 0 then
   for i = 1, #qids do
     local ref = pol .. ":" .. qids[i]
-    local list, state = queue_keys(prefix, ref)
-    redis.call("DEL", list, state)
+    redis.call("DEL", queue_keys(prefix, ref))
     redis.call("ZREM", due_key, ref)
   end
   redis.call("DEL", params_key, queues_key, meta_key, done_key, stats_key)
@@ -46,7 +45,7 @@ if redis.call("EXISTS", params_key) == 1 then
              "paused", "0")
   for i = 1, #qids do
     local ref = pol .. ":" .. qids[i]
-    if redis.call("LLEN", (queue_keys(prefix, ref))) > 0 then
+    if queue_depth(prefix, ref) > 0 then
       if mode == "Drain" then
         redis.call("ZADD", due_key, "NX", now_ms, ref)
       else

@@ -19,11 +19,12 @@ local now = clock_us(now_offset_ms)
 local qids = redis.call("SMEMBERS", queues_key)
 local depth, oldest = 0, 0
 for i = 1, #qids do
-  local list = queue_keys(prefix, pol .. ":" .. qids[i])
-  depth = depth + redis.call("LLEN", list)
-  local head = redis.call("LINDEX", list, 0)
-  if head then
-    local m = redis.call("HGET", meta_key, head)
+  local list, _, pq = queue_keys(prefix, pol .. ":" .. qids[i])
+  depth = depth + redis.call("LLEN", list) + redis.call("ZCARD", pq)
+  -- the oldest: the list's head; of the priority set, its head (the next to go)
+  local heads = { redis.call("LINDEX", list, 0), redis.call("ZRANGE", pq, 0, 0)[1] }
+  for j = 1, 2 do
+    local m = heads[j] and redis.call("HGET", meta_key, heads[j])
     if m then
       local _, enq = meta_parse(m)
       if oldest == 0 or enq < oldest then oldest = enq end

@@ -1,7 +1,9 @@
 -- take.lua: release what the due queues of one shard may release now, atomically.
 -- For each queue due in the shard's schedule (oldest due first): applies pause, hold (retry
 -- backoff), schedule windows, the daily cap (reset at local midnight) and GCRA with burst;
--- pops that many items from the head (dropping expired ones as "expired"), leases them in the
+-- pops that many items from the head, the lowest score first across the queue's list
+-- (priority 0) and its priority set (throttle/engine/priority.py has the rule), dropping expired
+-- ones as "expired", leases them in the
 -- shard's lease index under their new attempt number (the holder's fencing token), and sets the
 -- queue's next due time exactly (or drops it from the schedule when it is empty or paused). Many
 -- dispatchers may call this at once: each item goes to one. A retiring policy with flush =
@@ -27,8 +29,9 @@
 --                         answer before the completion arrives); 0 = no minimum
 -- Returns {now_us, shard_next_due_ms (a string with a fraction; -1 = nothing scheduled),
 --          expired, released...}
---   where released is 6 values per item: ref, callbackId, enqueued_us, attempts (this one
---   included), execution state (SUCCESS unless flushed), lag_ms (how late the queue was taken)
+--   where released is 7 values per item: ref, callbackId, enqueued_us, attempts (this one
+--   included), execution state (SUCCESS unless flushed), lag_ms (how late the queue was taken),
+--   priority tag ("" none given, "N", "0!" unreadable; engine/priority.py)
 
 local due_key, leases_key = KEYS[1], KEYS[2]
 local now_offset_ms = ARGV[1]
@@ -69,7 +72,7 @@ for i = 1, #due, 2 do
     end
     params_cache[pol] = p
   end
-  local list, state = queue_keys(prefix, ref)
+  local list, state, pq = queue_keys(prefix, ref)
   local next_due = nil -- us; nil = drop from schedule
   local released = {}
   local attempts = {}
@@ -113,36 +116,78 @@ for i = 1, #due, 2 do
     local expired = {}
     local young_until = nil
     local lag = math.floor(now / 1000 - due_ms)
+    -- The next to go is the lower score of two heads (throttle/engine/priority.py): the list's
+    -- (priority 0, first in first out; popped, and pushed back if it does not go) and the
+    -- priority set's (read in chunks from rank `zn`; what went, expired or was already finished
+    -- is removed at the end, ranks 0 .. zn - 1).
+    local lcb, lm, lscore, list_done = nil, nil, 0, false
+    local zs, zi, zn, zcb, zm, zscore, z_done = {}, 1, 0, nil, nil, 0, false
     while #released < k and #expired < 1000 do
-      local cb = redis.call("LPOP", list)
-      if not cb then break end
-      local m = redis.call("HGET", pk.meta, cb)
-      if m then
-        local seq, enq, exp, att, mq = meta_parse(m)
-        if exp <= now then
-          expired[#expired + 1] = cb
-          redis.call("HDEL", pk.meta, cb)
-          redis.call("ZADD", pk.done, fmt(now_ms + done_ms), cb)
-        elseif flush == "" and enq + min_hold > now then
-          -- too young: back to the head; the queue is due when it is old enough
-          redis.call("LPUSH", list, cb)
-          young_until = enq + min_hold
-          break
+      while not lcb and not list_done do
+        local cb = redis.call("LPOP", list)
+        if not cb then
+          list_done = true
         else
-          att = att + 1
-          redis.call("HSET", pk.meta, cb, meta_format(seq, enq, exp, att, mq))
-          redis.call("ZADD", leases_key, fmt(now_ms + lease_ms), lease_member(ref, cb))
-          released[#released + 1] = cb
-          attempts[#attempts + 1] = att
-          out[#out + 1] = ref
-          out[#out + 1] = cb
-          out[#out + 1] = fmt(enq)
-          out[#out + 1] = att
-          out[#out + 1] = flush ~= "" and flush or "SUCCESS"
-          out[#out + 1] = lag
+          local m = redis.call("HGET", pk.meta, cb)
+          if m then -- else: finished meanwhile (ack of a reaped execution); dropped
+            local _, enq, _, _, _, tag = meta_parse(m)
+            lcb, lm, lscore = cb, m, priority_score(enq, tag_level(tag))
+          end
         end
       end
+      while not zcb and not z_done do
+        if zi > #zs then
+          zs = redis.call("ZRANGE", pq, zn, zn + math.max(1, k - #released) - 1, "WITHSCORES")
+          zi = 1
+          if #zs == 0 then z_done = true end
+        end
+        if not z_done then
+          local m = redis.call("HGET", pk.meta, zs[zi])
+          if m then
+            zcb, zm, zscore = zs[zi], m, tonumber(zs[zi + 1])
+          else
+            zi, zn = zi + 2, zn + 1
+          end
+        end
+      end
+      local from_list
+      if lcb and zcb then
+        from_list = lscore < zscore or (lscore == zscore and lcb < zcb)
+      elseif lcb or zcb then
+        from_list = lcb ~= nil
+      else
+        break
+      end
+      local cb, m = zcb, zm
+      if from_list then cb, m = lcb, lm end
+      local seq, enq, exp, att, mq, tag = meta_parse(m)
+      if flush == "" and exp > now and enq + min_hold > now then
+        -- too young: it stays at its place; the queue is due when it is old enough
+        young_until = enq + min_hold
+        break
+      end
+      if from_list then lcb = nil else zcb, zi, zn = nil, zi + 2, zn + 1 end
+      if exp <= now then
+        expired[#expired + 1] = cb
+        redis.call("HDEL", pk.meta, cb)
+        redis.call("ZADD", pk.done, fmt(now_ms + done_ms), cb)
+      else
+        att = att + 1
+        redis.call("HSET", pk.meta, cb, meta_format(seq, enq, exp, att, mq, tag))
+        redis.call("ZADD", leases_key, fmt(now_ms + lease_ms), lease_member(ref, cb))
+        released[#released + 1] = cb
+        attempts[#attempts + 1] = att
+        out[#out + 1] = ref
+        out[#out + 1] = cb
+        out[#out + 1] = fmt(enq)
+        out[#out + 1] = att
+        out[#out + 1] = flush ~= "" and flush or "SUCCESS"
+        out[#out + 1] = lag
+        out[#out + 1] = tag
+      end
     end
+    if lcb then redis.call("LPUSH", list, lcb) end
+    if zn > 0 then redis.call("ZREMRANGEBYRANK", pq, 0, zn - 1) end
     local r = #released
     budget = budget - r
     if #expired > 0 then
@@ -164,7 +209,7 @@ for i = 1, #due, 2 do
     end
     redis.call("HSET", state, "a", fmt(a), "n", fmt(n), "lim", p.lim, "per", p.per,
                "cday", fmt(cday), "ccnt", fmt(ccnt))
-    if redis.call("LLEN", list) > 0 then
+    if queue_depth(prefix, ref) > 0 then
       if blocked_until then
         next_due = blocked_until
       elseif flush ~= "" or r >= k and k < allowed then
