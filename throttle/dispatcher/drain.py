@@ -47,6 +47,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from throttle import tasks
 from throttle.dispatcher.complete import Completer, CompletionResult
 from throttle.engine import keys
 from throttle.engine.queue import Queue, Released
@@ -240,10 +241,7 @@ class Dispatcher:
         full = self._full.setdefault(portal, asyncio.Event())
         full.clear()
         try:
-            async with asyncio.timeout(left):
-                await full.wait()
-        except TimeoutError:
-            pass
+            await tasks.wait(full, left)
         finally:
             del self._full[portal]
 
