@@ -57,6 +57,7 @@ async def test_seed_complete_report_reset(
         assert "total" in await response.text()
     status, rows = await _json(http, "GET", base + "/_sim/completions?portalId=11")
     assert [r["callbackId"] for r in rows["completions"]] == ["c0", "c1"]
+    assert [r["request"] for r in rows["completions"]] == [1, 1]  # one request applied both
     await _json(http, "POST", base + "/_sim/reset")
     status, report = await _json(http, "GET", base + "/_sim/report")
     assert report["portals"] == []

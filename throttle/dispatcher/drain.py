@@ -5,6 +5,13 @@ goes to one dispatcher and every policy's rate holds however many take. Within a
 each portal has one sender task, so a slow or failing portal never holds up another, and what a
 portal's takes release while its previous HubSpot call is out goes together in the next call: a
 portal's API budget (about ten calls a second) buys full batches instead of one call per take.
+Calls, not callbacks, are what the budget counts, so a batch short of HubSpot's 100 does not go
+sooner than the budget's mean spacing after the portal's previous call from this dispatcher
+(`partial_gap`), filling meanwhile: partial batches never spend a portal's calls faster than its
+budget refills them. Spent faster (a trickle of releases sent as it comes), the budget's window
+runs dry early and then frees its calls in the same bunches, window after window; at each bunch
+only what the dispatcher holds (`max_held`) goes in full batches and the rest of the bunch's
+calls carry a few executions each, so a portal fed above its ceiling stayed near half of it.
 The number of executions held at once is bounded (back-pressure). Fairness across queues comes
 from `take` itself (a per-queue quota per call; a queue with more goes to the back of the
 schedule).
@@ -34,11 +41,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from throttle import tasks
 from throttle.dispatcher.complete import Completer, CompletionResult
 from throttle.engine import keys
 from throttle.engine.queue import Queue, Released
@@ -101,6 +110,10 @@ class Dispatcher:
     and re-send, a refused batch split): past it, or a margin before the lease it is known to
     hold ends if that comes first, the batch's outcome is unknown and it goes back to its
     queue. The batches after it are not touched."""
+    partial_gap: float = 0.0
+    """Seconds a batch short of `send_batch` waits after the portal's previous call from this
+    dispatcher, filling meanwhile (a full one goes at once): the budget's mean spacing,
+    HUBSPOT_BUDGET_WINDOW_SECONDS / HUBSPOT_PORTAL_BUDGET. 0: partial batches go at once."""
     shutdown_timeout: float = 20.0
     wake_early_s: float = 0.002
     """The timed sleep until a queue is due ends this long before it, and the dispatcher comes
@@ -113,6 +126,10 @@ class Dispatcher:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _outbox: dict[int, list[Released]] = field(default_factory=dict)
     _senders: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    _last_call: dict[int, float] = field(default_factory=dict)
+    """When (monotonic) each portal's latest batch left its outbox."""
+    _full: dict[int, asyncio.Event] = field(default_factory=dict)
+    """Set when a portal's outbox holds a full batch: a partial one waiting for it goes at once."""
     _holding: dict[str, Released] = field(default_factory=dict)
     """Every execution this dispatcher holds (released to it, not settled), by callback id."""
     _lease_until: dict[str, float] = field(default_factory=dict)
@@ -203,7 +220,10 @@ class Dispatcher:
             for r in items:
                 self._holding[r.callback_id] = r
                 self._lease_until[r.callback_id] = lease_until
-            self._outbox.setdefault(portal, []).extend(items)
+            outbox = self._outbox.setdefault(portal, [])
+            outbox.extend(items)
+            if len(outbox) >= self.send_batch and portal in self._full:
+                self._full[portal].set()
             if portal not in self._senders:
                 task = asyncio.create_task(self._send(portal))
                 self._senders[portal] = task
@@ -213,15 +233,20 @@ class Dispatcher:
 
     async def _send(self, portal: int) -> None:
         """The portal's one sender: one batch at a time from its outbox, each settled as soon
-        as HubSpot answers it, until the outbox stays empty."""
+        as HubSpot answers it, until the outbox stays empty for `partial_gap` after a call (so
+        the pacing of partial batches outlives a moment with nothing to send)."""
         try:
-            while self._outbox.get(portal):
-                outbox = self._outbox[portal]
+            while True:
+                await self._fill(portal)
+                outbox = self._outbox.get(portal)
+                if not outbox:
+                    break
                 if self._stopping:  # nothing new goes out: hand back what was never sent
                     self._outbox[portal] = []
                     await self._hand_back(outbox, 0.0, "dispatcher stopped before sending it")
                     break
                 batch, self._outbox[portal] = outbox[: self.send_batch], outbox[self.send_batch :]
+                self._last_call[portal] = time.monotonic()
                 wait = await self._complete(portal, batch)
                 if wait:  # the budget is spent: what waits goes with what the portal releases
                     await asyncio.sleep(wait)
@@ -232,8 +257,24 @@ class Dispatcher:
             raise
         finally:
             self._senders.pop(portal, None)
+            self._last_call.pop(portal, None)
             if not self._outbox.get(portal):
                 self._outbox.pop(portal, None)
+
+    async def _fill(self, portal: int) -> None:
+        """Let a partial batch (or an empty outbox) fill until `partial_gap` after the portal's
+        previous call; a full batch goes at once. What is released meanwhile goes with it."""
+        if len(self._outbox.get(portal, ())) >= self.send_batch:
+            return
+        left = self._last_call.get(portal, -math.inf) + self.partial_gap - time.monotonic()
+        if left <= 0 or self._stopping:
+            return
+        full = self._full.setdefault(portal, asyncio.Event())
+        full.clear()
+        try:
+            await tasks.wait(full, left)
+        finally:
+            del self._full[portal]
 
     async def _hand_back(self, items: Sequence[Released], delay: float, reason: str) -> None:
         """Items never sent go back to the head of their queues."""

@@ -85,6 +85,7 @@ async def run_dispatcher(
             portal_calls_per_second=(
                 settings.hubspot_portal_budget / settings.hubspot_budget_window_seconds
             ),
+            partial_gap=settings.hubspot_budget_window_seconds / settings.hubspot_portal_budget,
             # A batch's requests (a 401's refresh and re-send, a split) and the budget's waits;
             # its leases are renewed meanwhile, so this need not fit in one lease (the batch
             # is still cut off a margin before the lease it is known to hold runs out).

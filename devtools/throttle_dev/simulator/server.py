@@ -269,7 +269,13 @@ async def admin_report(request: web.Request) -> web.StreamResponse:
 async def admin_completions(request: web.Request) -> web.StreamResponse:
     portal = request.query.get("portalId")
     rows = [
-        {"callbackId": c.callback_id, "portalId": c.portal_id, "at": c.at, "via": c.via}
+        {
+            "callbackId": c.callback_id,
+            "portalId": c.portal_id,
+            "at": c.at,
+            "via": c.via,
+            "request": c.request,
+        }
         for c in _sim(request).completions
         if portal is None or str(c.portal_id) == portal
     ]

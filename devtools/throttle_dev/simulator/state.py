@@ -163,6 +163,9 @@ class Completion:
     at: float
     via: Literal["batch", "single"]
     output_fields: dict[str, Any]
+    request: int = 0
+    """The completion request that applied it (numbered from 1 since the last reset): what
+    batch sizes HubSpot saw, for the benchmarks' callbacks per request."""
 
 
 @dataclass
@@ -263,6 +266,7 @@ class Simulator:
         self.definitions: dict[int, dict[str, dict[str, Any]]] = {}
         self.archived: set[str] = set()
         self._definition_seq = 0
+        self._request_seq = 0
 
     def portal(self, portal_id: int) -> PortalStats:
         return self.stats.setdefault(portal_id, PortalStats())
@@ -606,14 +610,27 @@ class Simulator:
         elif kind == "unknown":
             stats.unknown += 1
 
-    def _apply(self, portal_id: int, callback_id: str, output: dict[str, Any], via: str) -> None:
+    def _apply(
+        self, portal_id: int, callback_id: str, output: dict[str, Any], via: str, request: int
+    ) -> None:
         callback = self.callbacks[callback_id]
         now = self.now()
         callback.completed_at = now
         callback.output_fields = dict(output)
         self.completions.append(
-            Completion(callback_id, portal_id, now, "batch" if via == "batch" else "single", output)
+            Completion(
+                callback_id,
+                portal_id,
+                now,
+                "batch" if via == "batch" else "single",
+                output,
+                request,
+            )
         )
+
+    def _next_request(self) -> int:
+        self._request_seq += 1
+        return self._request_seq
 
     def complete_batch(self, portal_id: int, body: Any) -> None:
         """All or nothing. Harsh: any bad input rejects the whole batch with 400."""
@@ -659,8 +676,9 @@ class Simulator:
                     errors=errors,
                 ),
             )
+        request = self._next_request()
         for entry in inputs:
-            self._apply(portal_id, entry["callbackId"], entry["outputFields"], "batch")
+            self._apply(portal_id, entry["callbackId"], entry["outputFields"], "batch", request)
 
     def complete_one(self, portal_id: int, callback_id: str, body: Any) -> None:
         output = body.get("outputFields") if isinstance(body, dict) else None
@@ -673,7 +691,7 @@ class Simulator:
             category = "OBJECT_NOT_FOUND" if kind == "unknown" else "VALIDATION_ERROR"
             raise ApiError(status, error_body(category, message))
         assert isinstance(output, dict)
-        self._apply(portal_id, callback_id, output, "single")
+        self._apply(portal_id, callback_id, output, "single", self._next_request())
 
     # --- action definitions ----------------------------------------------------------------------
     def check_developer(self, app_id: int, api_key: str | None) -> None:
