@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 
 from throttle.history.migrations import migrate
+from throttle.hubspot.action_definition import action_definition
 from throttle.hubspot.client import TokenGrant
 from throttle.hubspot.crypto import TokenCipher
 from throttle.hubspot.tokens import TokenStore, purge_disabled_tokens
@@ -106,12 +107,14 @@ def test_register_action_creates_then_updates(simulator_process: str, tmp_path: 
     policy = definition["inputFields"][0]["typeDefinition"]
     assert policy["optionsUrl"] == "https://throttle.example.com/api/hubspot/options"
     outputs = {f["typeDefinition"]["name"] for f in definition["outputFields"]}
-    assert outputs == {
+    declared = action_definition("https://throttle.example.com")["outputFields"]
+    assert outputs == {f["typeDefinition"]["name"] for f in declared}
+    assert {
         "throttle_status",
-        "throttle_wait_seconds",
-        "throttle_policy",
         "throttle_reason",
-    }
+        "throttle_priority",
+        "throttle_applied",
+    } <= outputs
     wrong = subprocess.run(
         [*THROTTLE, "hubspot", "register-action", "--app-id", "99"],
         env={**base, "HUBSPOT_DEVELOPER_API_KEY": "bad"},
