@@ -303,6 +303,22 @@ async def prepare(redis_url: str, database_url: str) -> None:
         await redis.aclose()
 
 
+def base_settings(redis_url: str, database_url: str, secret: str) -> dict[str, str]:
+    """A webhook's settings with fresh keys and tokens; `secret` is the HubSpot client secret
+    the generator signs with."""
+    return {
+        "redis_url": redis_url,
+        "database_url": database_url,
+        "hubspot_client_id": str(uuid.uuid4()),
+        "hubspot_client_secret": secret,
+        "encryption_key": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "secret_key_base": secrets.token_urlsafe(48),
+        "throttle_api_token": secrets.token_urlsafe(32),
+        "host": "127.0.0.1",
+        "log_format": "json",
+    }
+
+
 def settings_env(settings: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
     env["PYTHONUNBUFFERED"] = "1"
@@ -349,17 +365,7 @@ def main() -> None:
     try:
         secret = str(uuid.uuid4())
         targets: dict[str, Target] = {}
-        base = {
-            "redis_url": redis.url,
-            "database_url": postgres.url_for("throttle"),
-            "hubspot_client_id": str(uuid.uuid4()),
-            "hubspot_client_secret": secret,
-            "encryption_key": base64.b64encode(secrets.token_bytes(32)).decode(),
-            "secret_key_base": secrets.token_urlsafe(48),
-            "throttle_api_token": secrets.token_urlsafe(32),
-            "host": "127.0.0.1",
-            "log_format": "json",
-        }
+        base = base_settings(redis.url, postgres.url_for("throttle"), secret)
         for server in servers:
             asyncio.run(prepare(server.url, base["database_url"]))
         public_url = "http://127.0.0.1:8080"  # what HubSpot signed; every target is "behind" it

@@ -26,7 +26,6 @@ import asyncio
 import base64
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -41,6 +40,7 @@ from pathlib import Path
 
 from ingest import (
     Signer,
+    base_settings,
     can_pin,
     closed_loop,
     free_port,
@@ -162,15 +162,7 @@ def main() -> None:
         public_url = "http://127.0.0.1:8080"
         env = settings_env(
             {
-                "redis_url": redis.url,
-                "database_url": database_url,
-                "hubspot_client_id": str(uuid.uuid4()),
-                "hubspot_client_secret": secret,
-                "encryption_key": base64.b64encode(secrets.token_bytes(32)).decode(),
-                "secret_key_base": secrets.token_urlsafe(48),
-                "throttle_api_token": secrets.token_urlsafe(32),
-                "host": "127.0.0.1",
-                "log_format": "json",
+                **base_settings(redis.url, database_url, secret),
                 "public_url": public_url,
                 "port": str(port),
             }

@@ -99,21 +99,21 @@ def test_a_callback_from_another_browser_is_refused(live_webhook: LiveWebhook) -
     assert cookie
     before = live_webhook.fingerprint()
     with requests.Session() as victim:
-        response = victim.get(
-            live_webhook.url + "/api/oauth/callback",
-            params={"code": code, "state": state},
-            headers={"Accept": "application/json"},
-            timeout=30,
-        )
+
+        def follow_link() -> requests.Response:
+            """The victim opens the callback link the attacker sent."""
+            return victim.get(
+                live_webhook.url + "/api/oauth/callback",
+                params={"code": code, "state": state},
+                headers={"Accept": "application/json"},
+                timeout=30,
+            )
+
+        response = follow_link()
         assert response.status_code == 400, response.text
         assert "cookie is missing" in response.json()["detail"]
         victim.cookies.set("throttle_install", "a-cookie-of-another-install")
-        response = victim.get(
-            live_webhook.url + "/api/oauth/callback",
-            params={"code": code, "state": state},
-            headers={"Accept": "application/json"},
-            timeout=30,
-        )
+        response = follow_link()
         assert response.status_code == 400, response.text
         assert "another browser" in response.json()["detail"]
     assert _exchanges(live_webhook) == 0
