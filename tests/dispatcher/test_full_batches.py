@@ -62,7 +62,10 @@ async def test_a_portal_fed_above_its_ceiling_sends_full_batches(
             ids = [f"full-{i}" for i in range(sent, due)]
             for callback_id in ids:
                 hubspot_sim.sim.add_blocked(callback_id, PORTAL)
-            await asyncio.gather(*(queue.enqueue(queue_item(c, portal=PORTAL), p) for c in ids))
+            for start in range(0, len(ids), 16):  # a late turn must not exhaust the pool
+                chunk = ids[start : start + 16]
+                items = [queue_item(c, portal=PORTAL) for c in chunk]
+                await asyncio.gather(*(queue.enqueue(i, p) for i in items))
             sent = max(sent, due)
             await asyncio.sleep(0.01)
     finally:

@@ -101,7 +101,7 @@ async def test_window_across_fall_back(redis: Any) -> None:
 
 
 async def test_live_rate_change_has_no_catch_up_burst(redis: Any) -> None:
-    slow = policy(rate={"limit": 2, "period": "1s"})
+    slow = policy(rate={"limit": 2, "period": "1s", "burst": 0})  # exact counts below
     sim = Simulation(redis, [slow])
     queue = sim.queues[0]
     await reconcile(queue, slow)

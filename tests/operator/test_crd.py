@@ -68,7 +68,7 @@ def test_a_v1alpha1_manifest_still_applies_and_reads_as_v1beta1(
     assert as_beta["apiVersion"] == "throttle.dev/v1beta1"
     assert as_alpha["apiVersion"] == "throttle.dev/v1alpha1"
     assert as_beta["spec"] == as_alpha["spec"]
-    assert as_beta["spec"]["rate"] == {"limit": 5, "period": "1m", "burst": 0}
+    assert as_beta["spec"]["rate"] == {"limit": 5, "period": "1m"}  # the burst follows the rate
 
 
 def test_valid_manifest_gets_defaults(kube: KubeEnv, namespace: str) -> None:
@@ -82,7 +82,7 @@ def test_valid_manifest_gets_defaults(kube: KubeEnv, namespace: str) -> None:
     spec = kube.kubectl_json("get", "tp", "defaults", "-n", namespace)["spec"]
     assert spec == {
         "portalId": 1234,
-        "rate": {"limit": 5, "period": "1m", "burst": 0},
+        "rate": {"limit": 5, "period": "1m"},  # no stored burst: the model's default applies
         "dailyCap": {"limit": 100, "timeZone": "UTC"},
         "schedule": {
             "timeZone": "UTC",
@@ -94,6 +94,7 @@ def test_valid_manifest_gets_defaults(kube: KubeEnv, namespace: str) -> None:
         "paused": False,
         "onDelete": "Drain",
     }
+    assert policy_from_spec("defaults", spec).rate.burst == 0  # 12 s apart: strict
 
 
 def test_unknown_fields_are_refused_by_name(kube: KubeEnv, namespace: str) -> None:
@@ -156,7 +157,7 @@ def test_the_inline_ceiling_is_accepted_with_defaults_and_reads_as_the_policys(
     spec = kube.kubectl_json("get", "tp", "default", "-n", namespace)["spec"]
     assert spec["inline"] == {
         "enabled": True,
-        "maxRate": {"limit": 60, "period": "1m", "burst": 0},
+        "maxRate": {"limit": 60, "period": "1m"},
         "maxDailyTotal": 5000,
         "timeZone": "UTC",
         "expiration": "P7D",
@@ -164,6 +165,8 @@ def test_the_inline_ceiling_is_accepted_with_defaults_and_reads_as_the_policys(
     policy = policy_from_spec("default", spec)
     assert policy.inline is not None
     assert policy.inline.max_daily_total == 5000
+    assert policy.inline.max_rate is not None
+    assert policy.inline.max_rate.burst == 1  # 1 s apart: the jitter burst
 
 
 # (id, spec overrides, text the refusal must contain: the field and the reason)

@@ -141,7 +141,7 @@ async def test_apply_edit_status_and_columns(
     ]
     row = table[1].split()
     assert row[:2] == ["orders", "1234"]
-    assert "20/1m" in row
+    assert "20/1m+1" in row  # the burst in force: 1, releases are 3 s apart
     assert "True" in row
     assert (kube.kubectl("get", "throttle", "-n", namespace).stdout.split("\n")[1]).startswith(
         "orders"

@@ -52,7 +52,9 @@ async def test_apply_check_restore_retire_on_redis_cluster(redis_cluster: Any) -
 async def test_executions_wait_for_lost_parameters_and_go_once_restored(redis: Any) -> None:
     queue = Queue(redis)
     book = OwnedPolicies(queue)
-    own = policy_from_spec("own", {"portalId": 4100, "rate": {"limit": 2, "period": "1s"}})
+    own = policy_from_spec(
+        "own", {"portalId": 4100, "rate": {"limit": 2, "period": "1s", "burst": 0}}
+    )
     default = policy_from_spec("default", {"portalId": 0, "rate": {"limit": 3, "period": "1s"}})
     for p in (own, default):
         await book.apply(f"ns/{p.name}", "", p)

@@ -83,6 +83,9 @@ def test_figures_and_rate_text() -> None:
     assert shown["projectedDrainSeconds"] == 0  # unknown (inf) is not shown as a number
     assert rate_text(SPEC) == "10/1m"
     assert rate_text({"rate": {"limit": 5, "period": "10s", "burst": 2}}) == "5/10s+2"
+    # no burst in the spec: the column shows the default in force (1 for releases < 10 s apart)
+    assert rate_text({"rate": {"limit": 5, "period": "10s"}}) == "5/10s+1"
+    assert rate_text({"rate": {"limit": 5, "period": "10s", "burst": 0}}) == "5/10s"
 
 
 def test_drain_estimate() -> None:

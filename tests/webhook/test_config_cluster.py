@@ -73,7 +73,8 @@ async def test_create_patch_get_list_delete_resources(
     )
     assert patched.status == 200
     [obj] = resources(kube, namespace)
-    assert obj["spec"]["rate"] == {"limit": 7, "period": "PT10S", "burst": 0}
+    # written whole, with the burst in force (1: releases 1.4 s apart)
+    assert obj["spec"]["rate"] == {"limit": 7, "period": "PT10S", "burst": 1}
     assert obj["metadata"]["generation"] == 2
 
     got = await api.client.get(f"/api/config/{PORTAL}/42", headers=headers)

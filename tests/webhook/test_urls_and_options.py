@@ -211,7 +211,7 @@ async def test_options_list_search_and_page(webhook: Webhook) -> None:
     assert first["options"][0] == {
         "label": "enrichment",
         "value": "enrichment",
-        "description": "10 per PT1M",
+        "description": "10 per PT1M, burst 1",
     }
     status, second = await _options(webhook, options_request(after=first["after"]))
     seen = [o["value"] for o in first["options"] + second["options"]]

@@ -70,8 +70,6 @@ _UNIT_ALIASES = {u[:-1]: u for u in UNITS} | {
     "d": "days",
 }
 _QUEUE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
-JITTER_BURST_BELOW_S = 10.0
-"""An inline rate whose releases are closer than this gets `burst: 1` (`_with_jitter_burst`)."""
 MAX_VALUE_CHARS = 200
 """A field value longer than this is a bad value (and is not echoed whole in a note)."""
 
@@ -140,7 +138,7 @@ def decide(
     """The inline queue for these field values under this ceiling. Never fails: a bad value
     is replaced by the ceiling's and noted."""
     notes: list[str] = []
-    max_rate = ceiling.max_rate or _with_jitter_burst(default_max_per_minute, timedelta(minutes=1))
+    max_rate = ceiling.max_rate or Rate(limit=default_max_per_minute, period=timedelta(minutes=1))
     rate = _rate(values, notes)
     ceiling_note = ""
     if rate is None:
@@ -226,18 +224,7 @@ def _rate(values: Mapping[str, str], notes: list[str]) -> Rate | None:
     if not 1 <= seconds <= 31 * 86400:
         notes.append("the period (every times unit) must be between 1 second and 31 days")
         return None
-    return _with_jitter_burst(int(count), timedelta(seconds=round(seconds)))
-
-
-def _with_jitter_burst(limit: int, period: timedelta) -> Rate:
-    """The rate, with `burst: 1` when its releases are less than `JITTER_BURST_BELOW_S` apart.
-
-    Without a burst every release a dispatcher takes late (a few milliseconds on a busy host)
-    moves the whole schedule (`Rate`'s docstring): at 5 a second the demo measured 4% below the
-    rate. One saved release absorbs that jitter, so the builder gets the mean rate they set; a
-    window of the period may then release one more than the limit after an idle spell."""
-    spacing = period.total_seconds() / limit
-    return Rate(limit=limit, period=period, burst=1 if spacing < JITTER_BURST_BELOW_S else 0)
+    return Rate(limit=int(count), period=timedelta(seconds=round(seconds)))
 
 
 def _days(text: str | None, notes: list[str]) -> list[str] | None:

@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from pydantic import ValidationError
+
+from throttle.engine.policy import Rate
+
 
 class Outcome(Enum):
     """What the operator last managed to do with a resource's spec (the Ready reason)."""
@@ -54,10 +58,15 @@ class QueueFigures:
 
 
 def rate_text(spec: Mapping[str, Any]) -> str:
-    """`100/1m` or `100/1m+20` (with burst): the Rate printer column."""
+    """`100/1m` or `100/1m+20` (with burst): the Rate printer column.
+
+    The burst shown is the one in force, so a spec without one shows the default it gets."""
     rate = spec.get("rate") or {}
     text = f"{rate.get('limit', '?')}/{rate.get('period', '1m')}"
-    burst = rate.get("burst") or 0
+    try:
+        burst = Rate.model_validate(rate).burst
+    except ValidationError:
+        burst = rate.get("burst") or 0
     return f"{text}+{burst}" if burst else text
 
 

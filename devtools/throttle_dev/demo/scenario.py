@@ -18,6 +18,8 @@ from zoneinfo import ZoneInfo
 
 import yaml
 
+from throttle.engine.policy import Rate
+
 DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 PRIORITIES = ("HIGH", "MEDIUM", "LOW", "NONE")
 _PERIOD = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
@@ -83,7 +85,8 @@ class DemoPolicy:
 
     @property
     def burst(self) -> int:
-        return int(self.spec["rate"].get("burst", 0))
+        """The burst in force: a manifest without one gets the default its rate implies."""
+        return Rate.model_validate(self.spec["rate"]).burst
 
     @property
     def rate_per_s(self) -> float:
