@@ -182,7 +182,8 @@ def render(source: Path, folder: Path, duration_s: float, now: datetime | None =
             policy.notes.append(f"daily cap set to {cap} (half of what the rate allows in the run)")
         schedule = spec.get("schedule")
         if schedule:
-            local = now.astimezone(ZoneInfo(schedule.get("timeZone", "UTC")))
+            zone = schedule.setdefault("timeZone", "UTC")
+            local = now.astimezone(ZoneInfo(zone))
             if name == "after-hours":
                 schedule["windows"] = [closed_window(local)]
                 policy.expect_none = True
@@ -196,7 +197,7 @@ def render(source: Path, folder: Path, duration_s: float, now: datetime | None =
                 policy.releasable_until = open_for
                 policy.notes.append(
                     f"window moved to {window['days'][0]} {window['start']}-{window['end']} "
-                    f"{schedule['timeZone']}: open now"
+                    f"{zone}: open now"
                 )
         if name == "priority":
             policy.priorities = list(PRIORITIES)
