@@ -11,13 +11,17 @@ read that answer.
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.fixtures.kube_node import KubeNode
+from tests.fixtures.kube_control_plane import find_binaries
+from tests.fixtures.kube_node import K8S_VERSION, KubeNode, NodeAssets, NodeError, start_node
 
 pytestmark = [pytest.mark.node, pytest.mark.slow]
 
@@ -163,6 +167,25 @@ def test_pods_reach_the_api_server_through_the_kubernetes_service(
     assert "dial" not in said, said
 
 
+def _host_address() -> str:
+    route = subprocess.run(
+        ["ip", "-j", "-4", "route", "get", "1.1.1.1"], capture_output=True, text=True
+    )
+    routes = json.loads(route.stdout or "[]")
+    return str(routes[0]["prefsrc"]) if routes and "prefsrc" in routes[0] else "203.0.113.1"
+
+
+def test_pods_reach_nothing_outside_the_run(
+    kube_node: KubeNode, node_namespace: str, netcheck: str
+) -> None:
+    # The host's own address (not the veth's): a pod has no route there, so the connection is
+    # refused by routing, not by a closed port.
+    kube_node.kube.apply(_connect_job(node_namespace, "outside", f"{_host_address()}:22"))
+    assert _finished(kube_node, node_namespace, "outside") == "Failed"
+    said = _logs(kube_node, node_namespace, "outside")
+    assert "unreachable" in said or "no route to host" in said, said
+
+
 def test_the_network_stays_in_the_run_namespace(kube_node: KubeNode) -> None:
     host_links = subprocess.run(["ip", "-j", "link"], capture_output=True, text=True, check=True)
     names = {link["ifname"] for link in json.loads(host_links.stdout)}
@@ -175,3 +198,47 @@ def test_the_network_stays_in_the_run_namespace(kube_node: KubeNode) -> None:
         kube_node.in_netns("ip", "-j", "route"), capture_output=True, text=True, check=True
     )
     assert not [r for r in json.loads(routes.stdout) if r["dst"] == "default"]
+
+
+def _leftovers(suffix: str, workdir: Path) -> list[str]:
+    """Whatever a node named ``suffix`` in ``workdir`` could leave behind on the host."""
+    found = []
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    found += [f"netns {line}" for line in netns.splitlines() if f"thr-{suffix}" in line]
+    links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, text=True).stdout)
+    found += [f"link {link['ifname']}" for link in links if suffix in link["ifname"]]
+    mounts = Path("/proc/mounts").read_text().splitlines()
+    found += [f"mount {line}" for line in mounts if str(workdir) in line]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if str(workdir) in cmdline or f"thr-{suffix}" in cmdline:
+                found.append(f"process {entry.name}: {cmdline[:200]}")
+    return found
+
+
+def test_a_node_that_fails_to_start_leaves_nothing_behind(
+    kube_node: KubeNode, tmp_path: Path
+) -> None:
+    # The node's own binaries and images, but a kubelet that exits at once: the start fails
+    # after the namespace, the veth pair, the control plane and containerd (with its mounts) are
+    # up.
+    assets = tmp_path / "assets"
+    binaries = assets / f"k8s-{K8S_VERSION}"
+    binaries.mkdir(parents=True)
+    for name in ("kube-controller-manager", "kube-scheduler", "kube-proxy"):
+        (binaries / name).symlink_to(kube_node.assets.binary(name))
+    (binaries / "kubelet").write_text("#!/bin/sh\necho this kubelet is broken >&2\nexit 3\n")
+    os.chmod(binaries / "kubelet", 0o700)
+    (assets / "images").symlink_to(kube_node.assets.folder / "images")
+    suffix, workdir = secrets.token_hex(3), tmp_path / "work"
+    workdir.mkdir()
+
+    with pytest.raises(NodeError, match="kubelet exited"):
+        start_node(workdir, find_binaries(), NodeAssets(assets), suffix=suffix)
+
+    assert _leftovers(suffix, workdir) == []
+    assert (workdir / "node" / "kubelet.log").read_text().endswith("this kubelet is broken\n")
