@@ -49,6 +49,8 @@ DEMO_PORTAL = 20240001
 DEMO_POLICY = "enrichment"
 """The probe's action names the demo's `enrichment` policy, of portal DEMO_PORTAL."""
 
+ROLLED_ON_UPGRADE = ("webhook", "dispatcher", "operator", "hubspot-simulator")
+
 Loader = Callable[[str, Path], None]
 """Loads one image archive (name, path) into every node of the cluster."""
 
@@ -143,7 +145,7 @@ def container_state(status: dict[str, Any]) -> str:
 
 
 def wait_pods_ready(cluster: Cluster, timeout: float = 600) -> list[str]:
-    """Every pod of the namespace Ready (the migration Job's pods aside: they end, Ready never).
+    """Every pod of the namespace Ready (not the migration Job's, nor those being deleted).
     Prints what it still waits for every 15 s; returns the pods' names."""
     deadline = time.monotonic() + timeout
     last_said = 0.0
@@ -153,8 +155,8 @@ def wait_pods_ready(cluster: Cluster, timeout: float = 600) -> list[str]:
         names = []
         for pod in pods:
             owners = {o["kind"] for o in pod["metadata"].get("ownerReferences", [])}
-            if "Job" in owners:
-                continue
+            if "Job" in owners or pod["metadata"].get("deletionTimestamp"):
+                continue  # a Job's pod ends, never Ready; a pod being deleted is on its way out
             names.append(pod["metadata"]["name"])
             conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
             if conditions.get("Ready") != "True":
@@ -199,6 +201,18 @@ def wait_policies_ready(cluster: Cluster, names: Sequence[str], timeout: float =
         time.sleep(2)
 
 
+def wait_queue_shown(cluster: Cluster, policy: str, timeout: float = 45) -> None:
+    """Until the operator's status of `policy` shows a queue (it refreshes the figures
+    `kubectl get tp` shows every few seconds), so what is printed next is the live queue."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = cluster.kubectl_json("get", "throttlepolicy", policy).get("status", {})
+        if int(status.get("queueDepth") or 0) > 1:
+            return
+        time.sleep(2)
+    say(f"   (the status of {policy} showed no queue within {timeout:.0f}s)")
+
+
 def install_and_check(
     cluster: Cluster,
     load: Loader,
@@ -225,6 +239,16 @@ def install_and_check(
         "upgrade", "--install", cluster.release, str(CHART), "--create-namespace",
         "--values", str(VALUES_DEV), "--wait", "--timeout=10m", *sets,
     )  # fmt: skip
+    release = json.loads(cluster.helm("status", cluster.release, "--output=json"))
+    if release.get("version", 1) > 1:
+        # The images keep their tag (`dev`) whatever they hold, so an upgrade changes no pod
+        # template: restart the pods whose images may have been rebuilt. Not Redis and
+        # PostgreSQL: their data is on emptyDir volumes, which a new pod does not get back.
+        rolled = [f"deployment/{fullname}-{c}" for c in ROLLED_ON_UPGRADE]
+        say(f"   an upgrade: restarting {', '.join(rolled)} for the images just loaded")
+        cluster.kubectl("rollout", "restart", *rolled)
+        for name in rolled:
+            cluster.kubectl("rollout", "status", name, "--timeout=300s", timeout=330)
     pods = wait_pods_ready(cluster)
     say("   ready: " + ", ".join(sorted(pods)))
 
@@ -233,8 +257,8 @@ def install_and_check(
     job = f"Job/{fullname}-migrations"
     if hooks.get(job) != "Succeeded":
         raise CheckFailed(f"{job} did not succeed: hooks {hooks}")
-    postgres = hooks.get(f"Deployment/{fullname}-postgres")
-    say(f"   {job}: Succeeded (after the dev PostgreSQL hook: {postgres})")
+    postgres = hooks.get(f"Deployment/{fullname}-postgres") or "run at the install, not again"
+    say(f"   {job}: Succeeded (the dev PostgreSQL hook before it: {postgres})")
 
     say("==> 4. kubectl apply the demo's ThrottlePolicies (deploy/examples/demo)")
     cluster.kubectl("apply", "--filename", str(DEMO_POLICIES))
@@ -264,10 +288,21 @@ def install_and_check(
         raise CheckFailed(f"the action was not held and then completed: {result}")
 
     say(f"==> 6. what the cluster shows, while the dispatcher releases {traffic} more executions")
+    if traffic:
+        wait_queue_shown(cluster, DEMO_POLICY)
     say("$ kubectl get tp")
     say(cluster.kubectl("get", "throttlepolicies").rstrip())
     say(f"$ kubectl exec deploy/{fullname}-webhook -- throttle status")
-    say(cluster.kubectl("exec", f"deploy/{fullname}-webhook", "--", "throttle", "status").rstrip())
+    status = [
+        "exec",
+        f"deploy/{fullname}-webhook",
+        "--",
+        "env",
+        "COLUMNS=140",
+        "throttle",
+        "status",
+    ]
+    say(cluster.kubectl(*status).rstrip())
     return {"pods": pods, "hooks": hooks, "policies": policies, "probe": result}
 
 
