@@ -72,6 +72,7 @@ def test_deploy_docs_walk_through_make_kind() -> None:
         "throttle status",
         "dashboards/throttle.json",
         "kind delete cluster",
+        "kubectl -n throttle delete tp --all",
         "throttle_dev.cluster_check install-and-check",
     ):
         assert needed in section, needed
