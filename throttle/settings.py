@@ -222,6 +222,19 @@ class Settings(BaseSettings):
         description="Shed a share of HubSpot requests with 429 while the event loop lags more "
         "(0: never).",
     )
+    webhook_early_shed: bool = Field(
+        True,
+        description="Refuse shed HubSpot requests (429) at the connection, before they are "
+        "parsed: refusing then costs a small fraction of serving, so the pod keeps serving "
+        "near its sustainable rate when offered more.",
+    )
+    webhook_listen_backlog: int = Field(
+        1024,
+        ge=1,
+        description="Connections the kernel holds for the webhook until it accepts them (capped "
+        "by net.core.somaxconn); beyond it a new connection, a probe's too, waits for the "
+        "client's SYN retry (1 s, 3 s).",
+    )
     config_api_max_failures: int = Field(
         10, ge=1, description="Wrong-token attempts per client and window before 429 (config API)."
     )

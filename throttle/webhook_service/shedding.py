@@ -54,6 +54,7 @@ DECREASE = 0.9
 INCREASE = 0.02
 SHED = web.RequestKey("throttle_shed", bool)
 """Set on a shed request, so the access logger can skip it."""
+OVERLOADED_DETAIL = "the service is at capacity; retry later (nothing was queued)"
 SUSTAINED_SAMPLES = 5
 """Lag counts only when this many samples in a row exceed the threshold: one long pause (a GC,
 a slow DNS lookup, a blocked test) must not shed the requests that arrive right after it."""
@@ -127,20 +128,27 @@ class LoadShedder:
                 headers={"Connection": "close"},
             ) from None
 
+    def shed(self, endpoint: str) -> bool:
+        """Whether to shed a request of `endpoint` now; counted when it is. Asked by `refusal`,
+        and by early_shed.py at the connection, before aiohttp parses the request."""
+        reason = self.overloaded()
+        if reason is None:
+            return False
+        self.shed_total += 1
+        if self.on_shed is not None:
+            self.on_shed(endpoint, reason)
+        return True
+
     def refusal(self, request: web.Request, endpoint: str) -> web.Response | None:
         """The 429 for a request to shed now (counted, kept out of the access log), or None:
         then the caller serves it inside `inflight += 1 ... finally: inflight -= 1`."""
-        reason = self.overloaded()
-        if reason is None:
+        if not self.shed(endpoint):
             return None
-        self.shed_total += 1
         request[SHED] = True
-        if self.on_shed is not None:
-            self.on_shed(endpoint, reason)
         return error_response(
             429,
             "overloaded",
-            "the service is at capacity; retry later (nothing was queued)",
+            OVERLOADED_DETAIL,
             headers={"Retry-After": str(self.retry_after_s)},
         )
 
