@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import time
 from collections.abc import Iterator
 
@@ -162,3 +163,31 @@ def test_healthz_answers_through_a_burst_of_connections(serve_webhook: ServeWebh
             sock.close()
     assert status(answer) == 200
     assert waited < 0.9, f"/healthz answered after {waited:.2f} s"
+
+
+def test_clients_that_vanish_leave_no_slot_taken(
+    serve_webhook: ServeWebhook, paused: redis_sync.Redis
+) -> None:
+    """A slot is taken at the connection as soon as a request is admitted there; a client that
+    disconnects before its request is served (HubSpot giving up on a slow pod, with one more
+    request queued behind the one in service) must not keep it, or the pod would refuse
+    everything once enough clients had left."""
+    webhook = serve_webhook(webhook_max_inflight=4, webhook_shed_lag_ms=0)
+    paused.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
+    for _ in range(6):
+        sock = webhook.connect()
+        sock.sendall(webhook.action())  # in service: waits for Redis
+        time.sleep(0.05)
+        sock.sendall(webhook.action())  # queued behind it on the same connection
+        time.sleep(0.05)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # reset, not a polite close
+    paused.execute_command("CLIENT", "UNPAUSE")
+    time.sleep(0.5)
+    conn = webhook.connect()
+    answers = Answers(conn)
+    for _ in range(10):
+        conn.sendall(webhook.action())
+        answer = answers.next()
+        assert status(answer) == 200, answer[:300]
+    conn.close()

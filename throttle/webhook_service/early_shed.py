@@ -116,6 +116,7 @@ class ShedProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.inner.connection_lost(exc)
+        self.shedder.release_held(self.inner)
 
     def pause_writing(self) -> None:
         self.inner.pause_writing()
@@ -157,6 +158,10 @@ class ShedProtocol(asyncio.Protocol):
                 handled = end + len(HEAD_END)
             else:
                 self.dropping = False
+                if endpoint is not None and end + len(HEAD_END) + length <= size:
+                    # Admitted with its body here: its slot is taken now. One whose body is
+                    # still on its way takes it in its handler, once read (shedding.py).
+                    self.shedder.hold(self.inner)
             self.body_left = length
             at = end + len(HEAD_END)
         if handled < size:

@@ -73,6 +73,9 @@ class LoadShedder:
     """Share of new hot-path requests admitted (1.0 unless the loop lags)."""
     body_timeout_s: float = 10.0
     samples: deque[float] = field(default_factory=lambda: deque(maxlen=SUSTAINED_SAMPLES))
+    held: dict[object, int] = field(default_factory=dict, repr=False)
+    """Slots taken at the connection (early_shed.py) for requests whose handler has not claimed
+    them yet, per aiohttp protocol (`request.protocol`)."""
     dice: Callable[[], float] = field(default=random.random, repr=False)
     on_shed: Callable[[str, str], None] | None = field(default=None, repr=False)
 
@@ -139,6 +142,34 @@ class LoadShedder:
             self.on_shed(endpoint, reason)
         return True
 
+    def hold(self, protocol: object) -> None:
+        """Take a slot for a request admitted at its connection, before aiohttp parses it: the
+        next requests' decision must count it at once, not once its handler runs (by then
+        another loop iteration or two of arrivals would have been admitted on the same free
+        slots, and refused again in their handlers at the full cost)."""
+        self.inflight += 1
+        self.held[protocol] = self.held.get(protocol, 0) + 1
+
+    def claim(self, request: web.Request) -> bool:
+        """Whether a slot was held for `request` at its connection; it is then the caller's
+        to release (`inflight -= 1`), and the request is not shed again."""
+        held = self.held
+        if not held:
+            return False
+        protocol = request.protocol
+        count = held.get(protocol)
+        if not count:
+            return False
+        if count == 1:
+            del held[protocol]
+        else:
+            held[protocol] = count - 1
+        return True
+
+    def release_held(self, protocol: object) -> None:
+        """The connection closed: free the slots held for requests no handler will claim."""
+        self.inflight -= self.held.pop(protocol, 0)
+
     def refusal(self, request: web.Request, endpoint: str) -> web.Response | None:
         """The 429 for a request to shed now (counted, kept out of the access log), or None:
         then the caller serves it inside `inflight += 1 ... finally: inflight -= 1`."""
@@ -156,11 +187,17 @@ class LoadShedder:
         endpoint = path.rsplit("/", 1)[-1]
 
         async def shed(request: web.Request) -> web.StreamResponse:
-            refused = self.refusal(request, endpoint)
-            if refused is not None:
-                return refused
-            await self.read_body(request)
-            self.inflight += 1
+            held = self.claim(request)
+            if not held:
+                refused = self.refusal(request, endpoint)
+                if refused is not None:
+                    return refused
+            try:
+                await self.read_body(request)
+            except BaseException:
+                self.inflight -= held
+                raise
+            self.inflight += not held
             try:
                 response: web.StreamResponse = await handler(request)
             finally:
