@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 import redis as redis_sync
 
-from tests.fixtures.served_webhook import Answers, ServedWebhook, ServeWebhook
+from tests.fixtures.served_webhook import Answers, ServedWebhook, StartServedWebhook
 
 REFUSED = 1500
 ACCEPTED = 300
@@ -66,12 +66,12 @@ def hold_slots(webhook: ServedWebhook, slots: int) -> list[socket.socket]:
 
 
 def test_refusing_costs_a_fraction_of_serving(
-    serve_webhook: ServeWebhook, paused: redis_sync.Redis
+    start_served_webhook: StartServedWebhook, paused: redis_sync.Redis
 ) -> None:
     """Offered twice its sustainable rate, the webhook accepted a fifth of it: aiohttp parsed
     and dispatched every request before the shedder refused it, a refusal cost about half an
     accepted request, and the refusals took the core. Now they are refused at the connection."""
-    webhook = serve_webhook(webhook_max_inflight=1, webhook_shed_lag_ms=0)
+    webhook = start_served_webhook(webhook_max_inflight=1, webhook_shed_lag_ms=0)
     paused.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
     held = hold_slots(webhook, 1)
     conn = webhook.connect()
@@ -110,11 +110,11 @@ def test_refusing_costs_a_fraction_of_serving(
 
 
 def test_answers_stay_in_order_when_a_later_request_is_refused(
-    serve_webhook: ServeWebhook, paused: redis_sync.Redis
+    start_served_webhook: StartServedWebhook, paused: redis_sync.Redis
 ) -> None:
     """A request that arrives while an earlier one on its connection is still being served
     is not refused ahead of that one's answer (HTTP/1.1 answers in order)."""
-    webhook = serve_webhook(webhook_max_inflight=2, webhook_shed_lag_ms=0)
+    webhook = start_served_webhook(webhook_max_inflight=2, webhook_shed_lag_ms=0)
     paused.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
     conn = webhook.connect()
     answers = Answers(conn)
@@ -139,11 +139,11 @@ def test_answers_stay_in_order_when_a_later_request_is_refused(
     conn.close()
 
 
-def test_healthz_answers_through_a_burst_of_connections(serve_webhook: ServeWebhook) -> None:
+def test_healthz_answers_through_a_burst_of_connections(start_served_webhook: StartServedWebhook) -> None:
     """A burst of new connections while the loop is busy: beyond the listen backlog the kernel
     dropped the SYNs, the kubelet's probe among them, which then waited for the client's SYN
     retry (1 s, then 3 s) — longer than the probe's 1-3 s timeout."""
-    webhook = serve_webhook()
+    webhook = start_served_webhook()
     loop = webhook.loop
     assert loop is not None
     burst: list[socket.socket] = []
@@ -166,13 +166,13 @@ def test_healthz_answers_through_a_burst_of_connections(serve_webhook: ServeWebh
 
 
 def test_clients_that_vanish_leave_no_slot_taken(
-    serve_webhook: ServeWebhook, paused: redis_sync.Redis
+    start_served_webhook: StartServedWebhook, paused: redis_sync.Redis
 ) -> None:
     """A slot is taken at the connection as soon as a request is admitted there; a client that
     disconnects before its request is served (HubSpot giving up on a slow pod, with one more
     request queued behind the one in service) must not keep it, or the pod would refuse
     everything once enough clients had left."""
-    webhook = serve_webhook(webhook_max_inflight=4, webhook_shed_lag_ms=0)
+    webhook = start_served_webhook(webhook_max_inflight=4, webhook_shed_lag_ms=0)
     paused.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
     for _ in range(6):
         sock = webhook.connect()

@@ -22,7 +22,15 @@ the pod, and an operator must still be able to change a policy during an inciden
 
 A request's body is read, within `WEBHOOK_BODY_TIMEOUT_SECONDS` (408 beyond), before it takes
 an in-flight slot: counted while its body trickled in, a few slow senders (a byte a second each)
-would hold every slot and have HubSpot's own requests shed.
+would hold every slot and have HubSpot's own requests shed. One whose body came with its head
+takes its slot as early_shed.py admits it, at the connection (`hold`; its handler `claim`s it).
+
+Refusing must cost far less than serving, or under real overload the refusals take the core:
+early_shed.py answers the 429 at the connection, before aiohttp parses the request (the
+`refusal` here remains for requests that reach a handler unshed: a connection early_shed.py
+does not frame, or `WEBHOOK_EARLY_SHED=false`). The in-flight cap is what bounds an admitted
+request's wait on a saturated core (64 requests of ~0.3 ms of CPU each); the lag share then
+settles the admitted rate where the loop keeps up.
 
 The shedder guards HubSpot's routes (`LoadShedder.guard` wraps the options route; the action
 endpoint asks `LoadShedder.refusal` itself), not every request through a middleware: each
