@@ -45,9 +45,7 @@ def refusal_bytes(retry_after_s: int, *, close: bool) -> bytes:
         "HTTP/1.1 429 Too Many Requests\r\n"
         "Content-Type: application/json; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\n"
-        f"Retry-After: {retry_after_s}\r\n"
-        + ("Connection: close\r\n" if close else "")
-        + "\r\n"
+        f"Retry-After: {retry_after_s}\r\n" + ("Connection: close\r\n" if close else "") + "\r\n"
     )
     return head.encode() + body
 
@@ -84,14 +82,14 @@ class ShedProtocol(asyncio.Protocol):
     """One connection: aiohttp's protocol behind it, the early 429 in front of it."""
 
     __slots__ = (
-        "inner",
-        "shedder",
         "answers",
-        "transport",
         "body_left",
         "dropping",
-        "framed",
         "forwarded",
+        "framed",
+        "inner",
+        "shedder",
+        "transport",
     )
 
     def __init__(
@@ -124,8 +122,8 @@ class ShedProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.inner.resume_writing()
 
-    def eof_received(self) -> bool | None:
-        return self.inner.eof_received()
+    def eof_received(self) -> None:
+        self.inner.eof_received()  # aiohttp's keeps nothing open: the transport closes
 
     def data_received(self, data: bytes) -> None:
         if not self.framed:
@@ -149,7 +147,7 @@ class ShedProtocol(asyncio.Protocol):
             endpoint = self.hot(data, at) if handled == at else None
             if endpoint is not None and self.idle() and self.shedder.shed(endpoint):
                 close = header(data[at:end].lower(), b"connection:") == b"close"
-                assert self.transport is not None  # noqa: S101  # connection_made came first
+                assert self.transport is not None  # connection_made came first
                 self.transport.write(self.answers[close])
                 if close:
                     self.transport.close()
@@ -217,7 +215,7 @@ class ShedSite(web.BaseSite):
     async def start(self) -> None:
         await super().start()
         server = self._runner.server
-        assert server is not None  # noqa: S101  # the runner was set up (BaseSite checks)
+        assert server is not None  # the runner was set up (BaseSite checks)
         shedder = self._shedder
         retry_after = shedder.retry_after_s
         answers = (
