@@ -194,3 +194,36 @@ def test_clients_that_vanish_leave_no_slot_taken(
         answer = answers.next()
         assert status(answer) == 200, answer[:300]
     conn.close()
+
+
+def test_what_the_connection_cannot_frame_is_left_to_aiohttp(
+    start_served_webhook: StartServedWebhook, paused: redis_sync.Redis
+) -> None:
+    """A chunked body cannot be skipped with a byte count: that connection goes to aiohttp,
+    whose handler still sheds it. A client asking to close gets its 429, then the close."""
+    webhook = start_served_webhook(webhook_max_inflight=1, webhook_shed_lag_ms=0)
+    paused.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
+    held = hold_slots(webhook, 1)
+    raw = webhook.action()
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    head = head.replace(f"Content-Length: {len(payload)}".encode(), b"Transfer-Encoding: chunked")
+    chunked = head + b"\r\n\r\n" + f"{len(payload):x}\r\n".encode() + payload + b"\r\n0\r\n\r\n"
+    conn = webhook.connect()
+    answers = Answers(conn)
+    for _ in range(3):
+        conn.sendall(chunked)
+        refused = answers.next()
+        assert status(refused) == 429, refused[:300]
+        assert b"\r\nRetry-After: 1\r\n" in refused
+    conn.sendall(webhook.action())  # then framed requests on it: still answered in step
+    assert status(answers.next()) == 429
+    conn.close()
+
+    closing = webhook.connect()
+    closing.sendall(webhook.action(Connection="close"))
+    answer = Answers(closing).next()
+    assert status(answer) == 429, answer[:300]
+    assert closing.recv(100) == b"", "the connection is closed after the answer"
+    closing.close()
+    for sock in held:
+        sock.close()
