@@ -107,6 +107,7 @@ class ShedProtocol(asyncio.Protocol):
         self.framed = True
         """False once this connection carried something not framed here: pass-through."""
         self.forwarded = False
+        """Whether aiohttp has been given any of this connection's bytes."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -140,13 +141,14 @@ class ShedProtocol(asyncio.Protocol):
                     handled = at
                 continue
             end = data.find(HEAD_END, at)
-            length = body_length(data[at:end].lower()) if end >= 0 else None
+            head = data[at:end].lower() if end >= 0 else b""
+            length = body_length(head) if end >= 0 else None
             if length is None:
                 self.framed = False
                 break
             endpoint = self.hot(data, at) if handled == at else None
             if endpoint is not None and self.idle() and self.shedder.shed(endpoint):
-                close = header(data[at:end].lower(), b"connection:") == b"close"
+                close = header(head, b"connection:") == b"close"
                 assert self.transport is not None  # connection_made came first
                 self.transport.write(self.answers[close])
                 if close:
@@ -183,8 +185,13 @@ class ShedProtocol(asyncio.Protocol):
 
         aiohttp waits on `_waiter` exactly while its queue of parsed requests is empty and the
         previous one is answered; a connection that never forwarded anything is idle too (its
-        handler task may not have started yet). tests/webhook/test_early_shed.py pins this on
-        the installed aiohttp with pipelined requests."""
+        handler task may not have started yet). tests/webhook/test_overload.py pins this on
+        the installed aiohttp with pipelined requests.
+
+        Not while the client leaves its answers unread (writing paused): refusals written
+        faster than they are read would pile up in memory; aiohttp's own writer waits."""
+        if self.inner.writing_paused:
+            return False
         if not self.forwarded:
             return True
         waiter = getattr(self.inner, "_waiter", None)
