@@ -219,7 +219,7 @@ class Settings(BaseSettings):
         "an admitted request's wait (64 x ~0.3 ms of CPU each).",
     )
     webhook_shed_lag_ms: float = Field(
-        50.0,
+        500.0,
         ge=0,
         description="Shed a share of HubSpot requests with 429 while the event loop lags more "
         "(0: never).",
