@@ -320,7 +320,9 @@ def base_settings(redis_url: str, database_url: str, secret: str) -> dict[str, s
 
 
 def settings_env(settings: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+    # PYTHONPATH too: a worktree's bench must run the worktree's webhook, not the installed one.
+    kept = ("PATH", "HOME", "LANG", "TMPDIR", "PYTHONPATH")
+    env = {k: v for k, v in os.environ.items() if k in kept}
     env["PYTHONUNBUFFERED"] = "1"
     env.update({k.upper(): v for k, v in settings.items()})
     return env

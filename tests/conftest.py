@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.fixtures.hubspot_tokens",
     "tests.fixtures.webhook",
     "tests.fixtures.live_webhook",
+    "tests.fixtures.served_webhook",
     "tests.fixtures.reverse_proxy",
     "tests.fixtures.operator_thread",
     "tests.fixtures.helm_chart",

@@ -199,8 +199,8 @@ class Settings(BaseSettings):
     webhook_body_timeout_seconds: float = Field(
         10.0,
         gt=0,
-        description="Time a client has to send a HubSpot request's body (408 beyond); bodies "
-        "are read before the request counts against WEBHOOK_MAX_INFLIGHT.",
+        description="Time a client has to send a HubSpot request's body (408 beyond); a body "
+        "still arriving is read before the request counts against WEBHOOK_MAX_INFLIGHT.",
     )
     require_installed_portal: bool = Field(
         True,
@@ -212,15 +212,30 @@ class Settings(BaseSettings):
         "errors (status >= 400 or slower than 1 s), or off (true = all, false = off).",
     )
     webhook_max_inflight: int = Field(
-        256,
+        64,
         ge=1,
-        description="HubSpot requests a webhook pod serves at once; more are shed with 429.",
+        description="HubSpot requests a webhook pod serves at once (their wait for Redis "
+        "included); more are shed with 429. Offered more than the pod's CPU serves, it bounds "
+        "an admitted request's wait (64 x ~0.3 ms of CPU each).",
     )
     webhook_shed_lag_ms: float = Field(
         500.0,
         ge=0,
         description="Shed a share of HubSpot requests with 429 while the event loop lags more "
         "(0: never).",
+    )
+    webhook_early_shed: bool = Field(
+        True,
+        description="Refuse shed HubSpot requests (429) at the connection, before they are "
+        "parsed: refusing then costs a small fraction of serving, so the pod keeps serving "
+        "near its sustainable rate when offered more.",
+    )
+    webhook_listen_backlog: int = Field(
+        1024,
+        ge=1,
+        description="Connections the kernel holds for the webhook until it accepts them (capped "
+        "by net.core.somaxconn); beyond it a new connection, a probe's too, waits for the "
+        "client's SYN retry (1 s, 3 s).",
     )
     config_api_max_failures: int = Field(
         10, ge=1, description="Wrong-token attempts per client and window before 429 (config API)."

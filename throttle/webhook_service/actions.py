@@ -258,14 +258,17 @@ class ActionEndpoint:
 
     async def handle(self, request: web.Request) -> web.Response:
         shedder = self.shedder
-        refused = shedder.refusal(request, "action")
-        if refused is not None:
-            return refused
+        held = shedder.claim(request)  # a slot taken at the connection (early_shed.py)
+        if not held:
+            refused = shedder.refusal(request, "action")
+            if refused is not None:
+                return refused
         try:
             body = await shedder.read_body(request)  # before taking a slot (shedding.py)
         except Exception as exc:  # too slow (408), too large (413)
+            shedder.inflight -= held
             return error_for(request, exc)
-        shedder.inflight += 1
+        shedder.inflight += not held
         counts = self.counts
         started = time.perf_counter()
         try:

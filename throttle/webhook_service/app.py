@@ -49,6 +49,7 @@ from throttle.webhook_service import (
     actions,
     auth_limit,
     config_api,
+    early_shed,
     health,
     oauth,
     openapi,
@@ -384,7 +385,12 @@ async def run_webhook(
     async with contextlib.AsyncExitStack() as opened:
         opened.push_async_callback(runner.cleanup)
         await runner.setup()
-        await web.TCPSite(runner, settings.host, settings.port).start()
+        host, port, backlog = settings.host, settings.port, settings.webhook_listen_backlog
+        if settings.webhook_early_shed:
+            shedder = app[shedding.SHEDDER]
+            await early_shed.ShedSite(runner, host, port, shedder, backlog=backlog).start()
+        else:
+            await web.TCPSite(runner, host, port, backlog=backlog).start()
         log.info(
             "webhook listening on %s:%s for %s (config API: %s store)",
             settings.host,

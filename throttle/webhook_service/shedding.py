@@ -22,7 +22,15 @@ the pod, and an operator must still be able to change a policy during an inciden
 
 A request's body is read, within `WEBHOOK_BODY_TIMEOUT_SECONDS` (408 beyond), before it takes
 an in-flight slot: counted while its body trickled in, a few slow senders (a byte a second each)
-would hold every slot and have HubSpot's own requests shed.
+would hold every slot and have HubSpot's own requests shed. One whose body came with its head
+takes its slot as early_shed.py admits it, at the connection (`hold`; its handler `claim`s it).
+
+Refusing must cost far less than serving, or under real overload the refusals take the core:
+early_shed.py answers the 429 at the connection, before aiohttp parses the request (the
+`refusal` here remains for requests that reach a handler unshed: a connection early_shed.py
+does not frame, or `WEBHOOK_EARLY_SHED=false`). The in-flight cap is what bounds an admitted
+request's wait on a saturated core (64 requests of ~0.3 ms of CPU each); the lag share then
+settles the admitted rate where the loop keeps up.
 
 The shedder guards HubSpot's routes (`LoadShedder.guard` wraps the options route; the action
 endpoint asks `LoadShedder.refusal` itself), not every request through a middleware: each
@@ -54,6 +62,7 @@ DECREASE = 0.9
 INCREASE = 0.02
 SHED = web.RequestKey("throttle_shed", bool)
 """Set on a shed request, so the access logger can skip it."""
+OVERLOADED_DETAIL = "the service is at capacity; retry later (nothing was queued)"
 SUSTAINED_SAMPLES = 5
 """Lag counts only when this many samples in a row exceed the threshold: one long pause (a GC,
 a slow DNS lookup, a blocked test) must not shed the requests that arrive right after it."""
@@ -72,6 +81,9 @@ class LoadShedder:
     """Share of new hot-path requests admitted (1.0 unless the loop lags)."""
     body_timeout_s: float = 10.0
     samples: deque[float] = field(default_factory=lambda: deque(maxlen=SUSTAINED_SAMPLES))
+    held: dict[object, int] = field(default_factory=dict, repr=False)
+    """Slots taken at the connection (early_shed.py) for requests whose handler has not claimed
+    them yet, per aiohttp protocol (`request.protocol`)."""
     dice: Callable[[], float] = field(default=random.random, repr=False)
     on_shed: Callable[[str, str], None] | None = field(default=None, repr=False)
 
@@ -127,20 +139,55 @@ class LoadShedder:
                 headers={"Connection": "close"},
             ) from None
 
+    def shed(self, endpoint: str) -> bool:
+        """Whether to shed a request of `endpoint` now; counted when it is. Asked by `refusal`,
+        and by early_shed.py at the connection, before aiohttp parses the request."""
+        reason = self.overloaded()
+        if reason is None:
+            return False
+        self.shed_total += 1
+        if self.on_shed is not None:
+            self.on_shed(endpoint, reason)
+        return True
+
+    def hold(self, protocol: object) -> None:
+        """Take a slot for a request admitted at its connection, before aiohttp parses it: the
+        next requests' decision must count it at once, not once its handler runs (by then
+        another loop iteration or two of arrivals would have been admitted on the same free
+        slots, and refused again in their handlers at the full cost)."""
+        self.inflight += 1
+        self.held[protocol] = self.held.get(protocol, 0) + 1
+
+    def claim(self, request: web.Request) -> bool:
+        """Whether a slot was held for `request` at its connection; it is then the caller's
+        to release (`inflight -= 1`), and the request is not shed again."""
+        held = self.held
+        if not held:
+            return False
+        protocol = request.protocol
+        count = held.get(protocol)
+        if not count:
+            return False
+        if count == 1:
+            del held[protocol]
+        else:
+            held[protocol] = count - 1
+        return True
+
+    def release_held(self, protocol: object) -> None:
+        """The connection closed: free the slots held for requests no handler will claim."""
+        self.inflight -= self.held.pop(protocol, 0)
+
     def refusal(self, request: web.Request, endpoint: str) -> web.Response | None:
         """The 429 for a request to shed now (counted, kept out of the access log), or None:
         then the caller serves it inside `inflight += 1 ... finally: inflight -= 1`."""
-        reason = self.overloaded()
-        if reason is None:
+        if not self.shed(endpoint):
             return None
-        self.shed_total += 1
         request[SHED] = True
-        if self.on_shed is not None:
-            self.on_shed(endpoint, reason)
         return error_response(
             429,
             "overloaded",
-            "the service is at capacity; retry later (nothing was queued)",
+            OVERLOADED_DETAIL,
             headers={"Retry-After": str(self.retry_after_s)},
         )
 
@@ -148,11 +195,17 @@ class LoadShedder:
         endpoint = path.rsplit("/", 1)[-1]
 
         async def shed(request: web.Request) -> web.StreamResponse:
-            refused = self.refusal(request, endpoint)
-            if refused is not None:
-                return refused
-            await self.read_body(request)
-            self.inflight += 1
+            held = self.claim(request)
+            if not held:
+                refused = self.refusal(request, endpoint)
+                if refused is not None:
+                    return refused
+            try:
+                await self.read_body(request)
+            except BaseException:
+                self.inflight -= held
+                raise
+            self.inflight += not held
             try:
                 response: web.StreamResponse = await handler(request)
             finally:
