@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
@@ -59,9 +58,8 @@ REPO = Path(__file__).resolve().parents[1]
 CRD_FILE = REPO / "deploy" / "crds" / "throttlepolicies.yaml"
 NAMESPACE = "bench"
 PLURAL_PATH = f"/apis/throttle.dev/v1beta1/namespaces/{NAMESPACE}/throttlepolicies"
-READ_VERBS = {"GET", "LIST", "WATCH", "CONNECT"}
 CREATORS = 4
-console = Console()
+console = Console(width=200)
 
 
 def say(text: str) -> None:
@@ -120,31 +118,13 @@ def ready_count(kube: KubeEnv) -> tuple[int, int]:
     return len(items), ready
 
 
-def writes(kube: KubeEnv) -> Counter[str]:
-    """The API server's write requests so far, by `VERB resource[/subresource]`."""
-    counts: Counter[str] = Counter()
-    for family in text_string_to_metric_families(raw(kube, "/metrics")):
-        if family.name != "apiserver_request":
-            continue
-        for sample in family.samples:
-            if not sample.name.endswith("_total"):
-                continue
-            labels = sample.labels
-            if labels.get("verb") in READ_VERBS:
-                continue
-            what = labels.get("resource", "")
-            if labels.get("subresource"):
-                what += "/" + labels["subresource"]
-            counts[f"{labels.get('verb')} {what}"] += int(sample.value)
-    return counts
-
-
 def per_second(before: Counter[str], after: Counter[str], seconds: float) -> dict[str, float]:
     return {k: (after[k] - before[k]) / seconds for k in after if after[k] != before[k]}
 
 
-def describe(rates: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.2f}/s" for k, v in sorted(rates.items(), key=lambda kv: -kv[1]))
+def describe(rates: dict[str, float], unit: str = "/s") -> str:
+    ordered = sorted(rates.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{k} {v:.2f}{unit}" if unit else f"{k} {v:.0f}" for k, v in ordered)
 
 
 @dataclass
@@ -160,9 +140,16 @@ class PeakRss:
                     return int(line.split()[1]) * 1024
         return 0
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the process has used so far."""
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0.0
+
 
 def operator_metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310 - loopback  # nosec B310
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     return sum(
         s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name
@@ -226,6 +213,9 @@ class Row:
     rss_idle_mb: float = 0.0
     idle_writes: float = 0.0
     idle_detail: str = ""
+    ready_cpu_s: float = 0.0
+    idle_cpu: float = 0.0
+    ready_writes: int = 0
     resync_s: float = float("nan")
     resync_redis_writes: int = 0
     resync_rev_moved: bool = False
@@ -248,7 +238,7 @@ def run_one(n: int, args: argparse.Namespace, binaries: dict[str, str | None]) -
             assert op.pid is not None
             rss = PeakRss(op.pid)
             say(f"operator RSS before any policy: {rss.read('VmRSS') / 2**20:.0f} MB")
-            started = time.monotonic()
+            started, writes_at_start = time.monotonic(), kube.write_requests()
             creator = threading.Thread(target=create_all, args=(kube, n, folder))
             creator.start()
 
@@ -258,23 +248,33 @@ def run_one(n: int, args: argparse.Namespace, binaries: dict[str, str | None]) -
                 return ready >= n, f"{listed} created, {ready} Ready, operator RSS {mb:.0f} MB"
 
             row.ready_s = wait_until("all Ready", all_ready, args.timeout)
+            row.ready_cpu_s = rss.cpu_seconds()
             creator.join()
             row.create_s = time.monotonic() - started  # upper bound when Ready came first
+            row.ready_writes = sum(kube.write_requests().values()) - sum(writes_at_start.values())
+            say(
+                f"until all Ready: operator CPU {row.ready_cpu_s:.0f} s, "
+                f"{row.ready_writes} API writes (the {n} creates included)"
+            )
             say(f"settling {args.settle:.0f} s before sampling idle writes")
             time.sleep(args.settle)
-            before, t0 = writes(kube), time.monotonic()
+            before, t0, cpu0 = kube.write_requests(), time.monotonic(), rss.cpu_seconds()
             time.sleep(args.window)
-            after, t1 = writes(kube), time.monotonic()
+            after, t1 = kube.write_requests(), time.monotonic()
+            row.idle_cpu = (rss.cpu_seconds() - cpu0) / (t1 - t0)
             rates = per_second(before, after, t1 - t0)
             row.idle_writes = sum(rates.values())
             row.idle_detail = describe(rates)
-            say(f"idle writes: {row.idle_writes:.2f}/s ({row.idle_detail or 'none'})")
+            say(
+                f"idle writes: {row.idle_writes:.2f}/s ({row.idle_detail or 'none'}); "
+                f"operator CPU {row.idle_cpu:.1%} of a core"
+            )
             row.rss_peak_mb = rss.read("VmHWM") / 2**20
             row.rss_idle_mb = rss.read("VmRSS") / 2**20
         say("operator stopped; restarting it")
         dirty_before = int(sync.info("persistence")["rdb_changes_since_last_save"])
         rev_before = sync.get(keys.REGISTRY_REV)
-        api_before = writes(kube)
+        api_before = kube.write_requests()
         with operator_process(kube, server.url, folder, "op-2") as (op, port):
 
             def resynced() -> tuple[bool, str]:
@@ -283,13 +283,13 @@ def run_one(n: int, args: argparse.Namespace, binaries: dict[str, str | None]) -
 
             row.resync_s = wait_until("re-sync", resynced, args.timeout, every=1.0)
             time.sleep(2)  # what the re-sync's last patches still send
-            api_after = writes(kube)
+            api_after = kube.write_requests()
             row.resync_redis_writes = (
                 int(sync.info("persistence")["rdb_changes_since_last_save"]) - dirty_before
             )
             row.resync_rev_moved = sync.get(keys.REGISTRY_REV) != rev_before
             row.resync_api_writes = sum(api_after.values()) - sum(api_before.values())
-            row.resync_detail = describe(per_second(api_before, api_after, 1.0))
+            row.resync_detail = describe(per_second(api_before, api_after, 1.0), unit="")
             say(
                 f"re-sync: {row.resync_s:.1f} s; Redis writes {row.resync_redis_writes}; "
                 f"API writes {row.resync_api_writes} ({row.resync_detail or 'none'})"
@@ -316,17 +316,21 @@ def main() -> None:
     binaries = find_binaries()
     rows = [run_one(n, args, binaries) for n in args.policies]
     table = Table(
-        "policies", "all Ready s", "RSS peak MB", "RSS idle MB", "idle writes/s",
-        "re-sync s", "re-sync Redis writes", "re-sync API writes",
+        "policies", "all Ready s", "CPU s to Ready", "API writes to Ready", "RSS peak MB",
+        "RSS idle MB", "idle writes/s", "idle CPU", "re-sync s", "re-sync Redis writes",
+        "re-sync API writes",
         title=f"Operator at scale ({platform.python_version()}, {os.cpu_count()} cores)",
     )  # fmt: skip
     for r in rows:
         table.add_row(
             str(r.policies),
             f"{r.ready_s:.1f}",
+            f"{r.ready_cpu_s:.0f}",
+            str(r.ready_writes),
             f"{r.rss_peak_mb:.0f}",
             f"{r.rss_idle_mb:.0f}",
             f"{r.idle_writes:.2f}",
+            f"{r.idle_cpu:.1%}",
             f"{r.resync_s:.1f}",
             f"{r.resync_redis_writes}{' (registry rev moved)' if r.resync_rev_moved else ''}",
             str(r.resync_api_writes),

@@ -316,5 +316,15 @@ def operator_settings(settings: Settings) -> kopf.OperatorSettings:
     config.watching.server_timeout = 300
     config.watching.client_timeout = 330
     config.networking.request_timeout = 30
-    config.batching.error_delays = (1, 2, 5, 10)
+    config.queueing.error_delays = (1, 2, 5, 10)
+    # A worker per resource with events to process, not one per resource at once: 10,000
+    # resources applied together otherwise mean 10,000 concurrent handlers, each opening its own
+    # TLS connection to the API server (kopf's connection pool is unbounded), which costs more
+    # CPU and memory than the work itself. Events wait in their resource's queue meanwhile.
+    config.queueing.worker_limit = _WORKERS
+    config.posting.worker_limit = _WORKERS // 4
     return config
+
+
+_WORKERS = 40
+"""Resources kopf handles at once (see `operator_settings`)."""

@@ -40,6 +40,9 @@ RETIRE_MODES: dict[OnDelete, RetireMode] = {
 }
 """`spec.onDelete` → the engine's retire mode (the state the dispatcher completes them with)."""
 
+_CHECK_CHUNK = 1_000
+"""Policies per multi-key command of the loss check (bounds one command's time in Redis)."""
+
 _EXACT_DRAIN_LIMIT = 5_000
 """Beyond this depth the drain estimate is linear (the exact one walks every release)."""
 
@@ -132,16 +135,28 @@ class OwnedPolicies:
         return ApplyOutcome(written=result.changed or result.params == "written", result=result)
 
     async def missing(self) -> list[OwnedPolicy]:
-        """Entries whose parameters Redis no longer holds (one pipelined round trip)."""
+        """Entries whose parameters Redis no longer holds.
+
+        Per chunk of `_CHECK_CHUNK` policies, one multi-key EXISTS and one HMGET of the registry
+        answer "all there" (the usual case) in two commands, so 10,000 policies cost 20
+        commands per check instead of 20,000; only a chunk that lost something is looked at
+        policy by policy."""
         entries = [e for e in self.entries.values() if not e.retiring]
-        if not entries:
-            return []
-        async with self.queue.redis.pipeline(transaction=False) as pipe:
-            for entry in entries:
-                pipe.exists(keys.params(entry.policy.key))
-                pipe.hexists(keys.REGISTRY, entry.policy.key)
-            found = await pipe.execute()
-        return [e for i, e in enumerate(entries) if not (found[2 * i] and found[2 * i + 1])]
+        lost: list[OwnedPolicy] = []
+        redis = self.queue.redis
+        for start in range(0, len(entries), _CHECK_CHUNK):
+            chunk = entries[start : start + _CHECK_CHUNK]
+            names = [e.policy.key for e in chunk]
+            present = await redis.exists(*(keys.params(k) for k in names))
+            registered = await redis.hmget(keys.REGISTRY, names)
+            if present == len(chunk) and all(r is not None for r in registered):
+                continue
+            async with redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.exists(keys.params(name))
+                found = await pipe.execute()
+            lost += [e for e, f, r in zip(chunk, found, registered, strict=True) if not (f and r)]
+        return lost
 
     async def restore_missing(self) -> list[OwnedPolicy]:
         """Write back what Redis lost, then the parameters queued executions await (the global
