@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import shutil
@@ -102,13 +103,23 @@ def raw(kube: KubeEnv, path: str) -> str:
     return kube.kubectl("get", "--raw", path, timeout=300).stdout
 
 
-def ready_count(kube: KubeEnv) -> tuple[int, int]:
-    """(policies listed, of which Ready=True), from the API server's own table (its printer
-    columns: much less to encode and send than 10,000 full objects, every few seconds)."""
-    rows = kube.kubectl(
-        "get", "tp", "-n", NAMESPACE, "--no-headers", "--chunk-size=0", timeout=300
-    ).stdout.splitlines()
-    return len(rows), sum(1 for r in rows if " True " in f" {r} ")
+def ready_count(kube: KubeEnv) -> tuple[int, int] | None:
+    """(policies listed, of which Ready=True), from the API server's watch cache (not etcd);
+    None when the API server did not answer in time (it is busy: we ask again later)."""
+    path = f"/apis/throttle.dev/v1beta1/namespaces/{NAMESPACE}/throttlepolicies?resourceVersion=0"
+    try:
+        items = json.loads(kube.kubectl("get", "--raw", path, timeout=120).stdout)["items"]
+    except (subprocess.SubprocessError, ValueError):
+        return None
+    ready = sum(
+        1
+        for t in items
+        if any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in (t.get("status") or {}).get("conditions") or []
+        )
+    )
+    return len(items), ready
 
 
 def per_second(before: Counter[str], after: Counter[str], seconds: float) -> dict[str, float]:
@@ -236,7 +247,10 @@ def run_one(n: int, args: argparse.Namespace, binaries: dict[str, str | None]) -
             creator.start()
 
             def all_ready() -> tuple[bool, str]:
-                listed, ready = ready_count(kube)
+                counted = ready_count(kube)
+                if counted is None:
+                    return False, "the API server did not answer the list in time"
+                listed, ready = counted
                 mb = rss.read("VmRSS") / 2**20
                 return ready >= n, f"{listed} created, {ready} Ready, operator RSS {mb:.0f} MB"
 
