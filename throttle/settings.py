@@ -270,7 +270,14 @@ class Settings(BaseSettings):
         None, description="Name this replica holds the Lease under (default: host name and pid)."
     )
     operator_status_interval: float = Field(
-        10.0, gt=0, description="Seconds between status refreshes of each ThrottlePolicy."
+        10.0,
+        gt=0,
+        description="Seconds between rounds refreshing every ThrottlePolicy's queue figures.",
+    )
+    operator_status_writes_per_second: float = Field(
+        10.0,
+        gt=0,
+        description="Most status patches per second those rounds send (the stalest go first).",
     )
     operator_check_interval: float = Field(
         2.0, gt=0, description="Seconds between checks that Redis still holds every policy."

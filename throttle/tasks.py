@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 
@@ -43,3 +44,20 @@ async def wait(event: asyncio.Event, seconds: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+async def periodically(
+    what: str, seconds: float, step: Callable[[], Awaitable[Any]], log: logging.Logger
+) -> None:
+    """`step()` every `seconds`, until cancelled: a background loop that neither a Redis or
+    network error (logged as a warning) nor a bug (logged with its traceback) ends early."""
+    from redis.exceptions import RedisError
+
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await step()
+        except (RedisError, OSError) as exc:
+            log.warning("%s: %s", what, exc)
+        except Exception:
+            log.exception("%s failed; continuing", what)

@@ -496,3 +496,47 @@ def test_throttle_operator_command_runs_and_stops_cleanly(
     assert proc.returncode == 0, out
     lease = kube.kubectl_json("get", "lease", "throttle-operator", "-n", OPERATOR_NS)
     assert lease["spec"].get("holderIdentity") is None
+
+
+def status_writes(kube: KubeEnv) -> int:
+    """Status patches of ThrottlePolicies the API server has served so far (its own count)."""
+    return kube.write_requests()["PATCH throttlepolicies/status"]
+
+
+async def test_status_writes_only_on_change_within_the_budget(
+    kube: KubeEnv, namespace: str, redis: Any, start_operator: Callable[..., OperatorThread]
+) -> None:
+    """Counted from the API server's side: idle policies cost no status writes at all, and
+    busy ones (figures that move every second) no more than OPERATOR_STATUS_WRITES_PER_SECOND,
+    however many there are; a timer per resource patched each of them every interval."""
+    start_operator(operator_status_writes_per_second=2)  # a status round every second
+    names = [f"busy-{n}" for n in range(20)]
+    kube.apply([policy_manifest(n, rate={"limit": 1, "period": "1h"}) for n in names], namespace)
+
+    def all_ready() -> bool:
+        items = kube.kubectl_json("get", "tp", "-n", namespace)["items"]
+        return len(items) == len(names) and all(
+            condition(t, "Ready").get("status") == "True" for t in items
+        )
+
+    await eventually(all_ready, timeout=30)
+    await asyncio.sleep(1)  # the last handler's patch lands
+    before = status_writes(kube)
+    await asyncio.sleep(4)
+    assert status_writes(kube) == before  # idle: four rounds, nothing written
+
+    # One queued execution each: its age ticks every second, so every round finds all changed.
+    queue = Queue(redis)
+    for n in names:
+        tp = get_tp(kube, namespace, n)
+        await queue.enqueue(item(f"cb-{n}"), policy_from_resource(tp))
+    before, started = status_writes(kube), time.monotonic()
+    await asyncio.sleep(5)
+    written = status_writes(kube) - before
+    elapsed = time.monotonic() - started
+    assert 0 < written <= 2 * elapsed + 2, written  # 20 moving policies, 2 writes a second
+    # The stalest go first, so within the budget every resource gets its turn.
+    await eventually(
+        lambda: all(get_tp(kube, namespace, n)["status"]["queueDepth"] == 1 for n in names),
+        timeout=20,
+    )

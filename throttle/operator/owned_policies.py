@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -38,6 +39,9 @@ RETIRE_MODES: dict[OnDelete, RetireMode] = {
     "Fail": "FAIL_CONTINUE",
 }
 """`spec.onDelete` → the engine's retire mode (the state the dispatcher completes them with)."""
+
+_CHECK_CHUNK = 1_000
+"""Policies per multi-key command of the loss check (bounds one command's time in Redis)."""
 
 _EXACT_DRAIN_LIMIT = 5_000
 """Beyond this depth the drain estimate is linear (the exact one walks every release)."""
@@ -77,6 +81,10 @@ class OwnedPolicies:
 
     queue: Queue
     entries: dict[str, OwnedPolicy] = field(default_factory=dict)
+    """By `portal:name`; changed only through `_own` and `_drop`, which keep `_keys` in step."""
+    _keys: dict[str, str] = field(default_factory=dict)
+    """`owner` → `portal:name`: every handler call looks its resource up, and a scan of all
+    entries per call made 10,000 policies cost 10,000² steps per status round."""
 
     # ---- ownership ------------------------------------------------------------------------------
 
@@ -85,7 +93,19 @@ class OwnedPolicies:
         return entry.owner if entry else None
 
     def key_of(self, owner: str) -> str | None:
-        return next((k for k, e in self.entries.items() if e.owner == owner), None)
+        return self._keys.get(owner)
+
+    def _own(self, entry: OwnedPolicy) -> None:
+        replaced = self.entries.get(entry.policy.key)
+        if replaced is not None and self._keys.get(replaced.owner) == entry.policy.key:
+            del self._keys[replaced.owner]
+        self.entries[entry.policy.key] = entry
+        self._keys[entry.owner] = entry.policy.key
+
+    def _drop(self, key: str) -> None:
+        entry = self.entries.pop(key, None)
+        if entry is not None and self._keys.get(entry.owner) == key:
+            del self._keys[entry.owner]
 
     def claim(self, owner: str, created: str, policy: Policy) -> None:
         """Own `policy.key` for `owner`, unless an older source holds it (AlreadyClaimed)."""
@@ -96,8 +116,9 @@ class OwnedPolicies:
             log.warning("policy %s: %s is older than %s; it wins", policy.key, owner, entry.owner)
 
     def forget(self, owner: str) -> None:
-        for key in [k for k, e in self.entries.items() if e.owner == owner]:
-            del self.entries[key]
+        key = self._keys.get(owner)
+        if key is not None:
+            self._drop(key)
 
     # ---- engine calls ---------------------------------------------------------------------------
 
@@ -109,21 +130,33 @@ class OwnedPolicies:
         previous = self.key_of(owner)
         result = await engine.reconcile(self.queue, policy)
         if previous is not None and previous != policy.key:  # a source renamed its policy
-            self.entries.pop(previous, None)
-        self.entries[policy.key] = OwnedPolicy(owner, created, policy, generation)
+            self._drop(previous)
+        self._own(OwnedPolicy(owner, created, policy, generation))
         return ApplyOutcome(written=result.changed or result.params == "written", result=result)
 
     async def missing(self) -> list[OwnedPolicy]:
-        """Entries whose parameters Redis no longer holds (one pipelined round trip)."""
+        """Entries whose parameters Redis no longer holds.
+
+        Per chunk of `_CHECK_CHUNK` policies, one multi-key EXISTS and one HMGET of the registry
+        answer "all there" (the usual case) in two commands, so 10,000 policies cost 20
+        commands per check instead of 20,000; only a chunk that lost something is looked at
+        policy by policy."""
         entries = [e for e in self.entries.values() if not e.retiring]
-        if not entries:
-            return []
-        async with self.queue.redis.pipeline(transaction=False) as pipe:
-            for entry in entries:
-                pipe.exists(keys.params(entry.policy.key))
-                pipe.hexists(keys.REGISTRY, entry.policy.key)
-            found = await pipe.execute()
-        return [e for i, e in enumerate(entries) if not (found[2 * i] and found[2 * i + 1])]
+        lost: list[OwnedPolicy] = []
+        redis = self.queue.redis
+        for start in range(0, len(entries), _CHECK_CHUNK):
+            chunk = entries[start : start + _CHECK_CHUNK]
+            names = [e.policy.key for e in chunk]
+            present = await redis.exists(*(keys.params(k) for k in names))
+            registered = await redis.hmget(keys.REGISTRY, names)
+            if present == len(chunk) and all(r is not None for r in registered):
+                continue
+            async with redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.exists(keys.params(name))
+                found = await pipe.execute()
+            lost += [e for e, f, r in zip(chunk, found, registered, strict=True) if not (f and r)]
+        return lost
 
     async def restore_missing(self) -> list[OwnedPolicy]:
         """Write back what Redis lost, then the parameters queued executions await (the global
@@ -144,22 +177,34 @@ class OwnedPolicies:
             entry.retiring = True
         remaining = (await engine.retire(self.queue, policy, RETIRE_MODES[mode])).remaining
         if remaining == 0:
-            self.entries.pop(policy.key, None)
+            self._drop(policy.key)
         return remaining
 
     async def figures(self, policy: Policy) -> QueueFigures:
         """The policy's queue figures as status shows them."""
-        stats = await self.queue.stats(policy)
-        figures = figures_from_stats(policy, stats)
-        if policy.name != DEFAULT_POLICY_NAME:
+        return (await self.figures_many([policy]))[0]
+
+    async def figures_many(self, policies: Sequence[Policy]) -> list[QueueFigures]:
+        """Many policies' figures in a few round trips (the status sweep reads them all)."""
+        now = time.time()
+        stats = await self.queue.stats_many(policies)
+        figures = [figures_from_stats(p, s, now) for p, s in zip(policies, stats, strict=True)]
+        defaults = [i for i, p in enumerate(policies) if p.name == DEFAULT_POLICY_NAME]
+        if not defaults:
             return figures
-        inline = [
-            p
-            for p, _note in await inline_load(self.queue.redis)
-            if policy.portal_id in (GLOBAL_PORTAL, p.portal_id)
-        ]
-        depth = sum(s.depth for s in await self.queue.stats_many(inline))
-        return dataclasses.replace(figures, inline_queues=len(inline), inline_queue_depth=depth)
+        inline = [p for p, _note in await inline_load(self.queue.redis)]
+        depths = [s.depth for s in await self.queue.stats_many(inline)]
+        for i in defaults:
+            portal = policies[i].portal_id
+            mine = [
+                d
+                for p, d in zip(inline, depths, strict=True)
+                if portal in (GLOBAL_PORTAL, p.portal_id)
+            ]
+            figures[i] = dataclasses.replace(
+                figures[i], inline_queues=len(mine), inline_queue_depth=sum(mine)
+            )
+        return figures
 
 
 def tombstone(key: str) -> Policy:

@@ -151,20 +151,28 @@ def desired_status(
             if key in current:
                 status[key] = current[key]
         return status
-    status["queueDepth"] = figures.depth
-    status["inFlight"] = figures.in_flight
-    status["releasedTotal"] = figures.released_total
-    status["oldestQueuedSeconds"] = _seconds(figures.oldest_queued_seconds) or 0
-    drain = _seconds(figures.projected_drain_seconds)
-    status["projectedDrainSeconds"] = drain if drain is not None else 0
-    if figures.inline_queues is not None:
-        status["inlineQueues"] = figures.inline_queues
-        status["inlineQueueDepth"] = figures.inline_queue_depth
-    if figures.last_release_time is not None:
-        status["lastReleaseTime"] = _timestamp(figures.last_release_time)
-    elif "lastReleaseTime" in current:
-        status["lastReleaseTime"] = current["lastReleaseTime"]
+    status.update(figure_fields(figures, current))
     return status
+
+
+def figure_fields(figures: QueueFigures, current: Mapping[str, Any]) -> dict[str, Any]:
+    """The status keys the queue figures fill (what the status sweep alone keeps current)."""
+    fields: dict[str, Any] = {
+        "queueDepth": figures.depth,
+        "inFlight": figures.in_flight,
+        "releasedTotal": figures.released_total,
+        "oldestQueuedSeconds": _seconds(figures.oldest_queued_seconds) or 0,
+    }
+    drain = _seconds(figures.projected_drain_seconds)
+    fields["projectedDrainSeconds"] = drain if drain is not None else 0
+    if figures.inline_queues is not None:
+        fields["inlineQueues"] = figures.inline_queues
+        fields["inlineQueueDepth"] = figures.inline_queue_depth
+    if figures.last_release_time is not None:
+        fields["lastReleaseTime"] = _timestamp(figures.last_release_time)
+    elif "lastReleaseTime" in current:
+        fields["lastReleaseTime"] = current["lastReleaseTime"]
+    return fields
 
 
 FIGURE_KEYS = (
