@@ -23,7 +23,7 @@ $(BIN)/.installed: pyproject.toml devtools/pyproject.toml
 
 venv: $(BIN)/.installed  ## create the virtualenv with the package and dev tools
 
-deps:  ## install Redis, PostgreSQL, nginx, podman, mmdebstrap and runc from Debian's packages if missing
+deps:  ## install Redis, PostgreSQL, nginx, podman, mmdebstrap, runc, containerd, CNI plugins, iptables from Debian if missing
 	@bash scripts/deps.sh
 
 lock: venv  ## pin the image's dependencies, with hashes, from pyproject.toml (requirements.lock)
@@ -31,9 +31,11 @@ lock: venv  ## pin the image's dependencies, with hashes, from pyproject.toml (r
 	@$(BIN)/pip-compile -q --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url \
 		--no-emit-find-links --output-file requirements.lock pyproject.toml
 
-testenv:  ## build kube-apiserver, etcd, kubectl, helm and promtool from the Go module proxy (cached)
+testenv:  ## build kube-apiserver, etcd, kubectl, helm, promtool and the test node (kubelet, ...) from the Go module proxy (cached)
 	@bash scripts/testenv.sh
 	@bash scripts/promtool.sh
+	@echo "==> the test node: kubelet, kube-controller-manager, kube-scheduler, kube-proxy, CoreDNS, pause image (scripts/node-build.sh, cached)"
+	@bash scripts/node-build.sh >/dev/null
 
 lint: venv  ## ruff, mypy, duplicate code, bandit and pip-audit
 	@echo "==> ruff"

@@ -7,6 +7,7 @@ imports another); each fixture module is registered here once, whichever folders
 pytest_plugins = [
     "tests.fixtures.services",
     "tests.fixtures.kube_control_plane",
+    "tests.fixtures.kube_node",
     "tests.fixtures.hubspot_simulator",
     "tests.fixtures.engine_redis",
     "tests.fixtures.hubspot_tokens",
