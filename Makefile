@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 IMAGE ?= throttle:dev
 IMAGE_BASE ?= official
 
-.PHONY: help venv deps testenv lock lint format test test-fast image demo bench chaos clean
+.PHONY: help venv deps testenv lock lint format test test-fast image images kind demo bench chaos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ test-fast: venv deps  ## the suite without slow tests, no lint
 
 image:  ## build the image with docker or podman (IMAGE=throttle:dev; IMAGE_BASE=debian: no registry needed)
 	@IMAGE=$(IMAGE) IMAGE_BASE=$(IMAGE_BASE) bash scripts/image.sh
+
+images:  ## build the dev profile's images (throttle, simulator, Redis, PostgreSQL) as archives for a node or kind
+	@bash scripts/images.sh
 
 demo: venv deps  ## run everything locally with the HubSpot simulator driving traffic
 	@$(BIN)/python -m throttle_dev.demo --duration $(DURATION)

@@ -16,4 +16,5 @@ pytest_plugins = [
     "tests.fixtures.reverse_proxy",
     "tests.fixtures.operator_thread",
     "tests.fixtures.helm_chart",
+    "tests.fixtures.podman",
 ]

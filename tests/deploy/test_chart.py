@@ -19,6 +19,7 @@ from tests.fixtures.helm_chart import (
     CHART,
     REPO,
     VALUES_ALL,
+    VALUES_DEV,
     VALUES_REQUIRED,
     Helm,
     by_kind,
@@ -48,7 +49,9 @@ def load_chart_docs() -> Any:
 
 
 @pytest.mark.parametrize("strict", [False, True], ids=["lint", "lint-strict"])
-@pytest.mark.parametrize("values", [VALUES_REQUIRED, VALUES_ALL], ids=["default", "all-features"])
+@pytest.mark.parametrize(
+    "values", [VALUES_REQUIRED, VALUES_ALL, VALUES_DEV], ids=["default", "all-features", "dev"]
+)
 def test_helm_lint_is_clean(helm: Helm, strict: bool, values: Path) -> None:
     args: list[str | Path] = ["lint", CHART, "-f", values]
     if strict:
@@ -327,6 +330,13 @@ def test_every_value_is_documented_with_an_example_and_closed_in_the_schema() ->
 
 # Values that only matter together with another one (the example is tried with these set).
 NEEDS = {
+    "devStack.redisImage": ["devStack.enabled=true", "secrets.databaseUrl=postgresql://u:p@h/d"],
+    "devStack.postgresImage": ["devStack.enabled=true", "secrets.databaseUrl=postgresql://u:p@h/d"],
+    "devStack.simulatorImage": [
+        "devStack.enabled=true",
+        "secrets.databaseUrl=postgresql://u:p@h/d",
+    ],
+    "devStack.pullPolicy": ["devStack.enabled=true", "secrets.databaseUrl=postgresql://u:p@h/d"],
     "dispatcher.replicaCount": ["dispatcher.autoscaling.enabled=false"],
     "dispatcher.keda.prometheus.serverAddress": ["dispatcher.keda.enabled=true"],
 }
@@ -398,12 +408,15 @@ def test_chart_crds_are_byte_identical_copies_of_deploy_crds() -> None:
 # ---- pods: security, probes, secrets, settings --------------------------------------------------
 
 
-@pytest.mark.parametrize("which", ["default", "all"])
+@pytest.mark.parametrize("which", ["default", "all", "dev"])
 def test_pods_meet_the_restricted_pod_security_standard(
-    which: str, rendered_default: list[dict[str, Any]], rendered_all: list[dict[str, Any]]
+    which: str, request: pytest.FixtureRequest
 ) -> None:
-    specs = pod_specs(rendered_default if which == "default" else rendered_all)
-    assert set(specs) == {"webhook", "dispatcher", "operator", "migrations"}
+    specs = pod_specs(request.getfixturevalue(f"rendered_{which}"))
+    components = {"webhook", "dispatcher", "operator", "migrations"}
+    if which == "dev":
+        components |= {"redis", "postgres", "hubspot-simulator"}
+    assert set(specs) == components
     for component, spec in specs.items():
         pod = spec["securityContext"]
         assert pod["runAsNonRoot"] is True, component
@@ -722,3 +735,153 @@ def test_packaged_chart_carries_crds_dashboard_schema_and_readme(
         "throttle/templates/migrations/job.yaml",
     ):
         assert path in names, path
+
+
+# ---- the development profile (values-dev.yaml) --------------------------------------------------
+
+
+def hooks(obj: dict[str, Any]) -> tuple[set[str], int]:
+    """A hook object's events and weight."""
+    annotations = obj["metadata"].get("annotations", {})
+    events = set(filter(None, annotations.get("helm.sh/hook", "").split(",")))
+    return events, int(annotations.get("helm.sh/hook-weight", "0"))
+
+
+def test_dev_profile_says_it_is_not_for_production() -> None:
+    head = VALUES_DEV.read_text().split("\n\n", 1)[0]
+    assert "NOT FOR PRODUCTION" in head
+    values = (CHART / "values.yaml").read_text()
+    assert "devStack:" in values
+    assert "NOT for production" in values.split("devStack:", 1)[0].rsplit("\n\n", 1)[-1]
+
+
+def test_dev_profile_points_throttle_at_its_own_redis_postgres_and_simulator(
+    rendered_dev: list[dict[str, Any]],
+) -> None:
+    import base64
+    from urllib.parse import urlsplit
+
+    services = {
+        s["metadata"]["name"]: {p["port"] for p in s["spec"]["ports"]}
+        for s in by_kind(rendered_dev, "Service")
+    }
+    secret = {
+        k: base64.b64decode(v).decode()
+        for k, v in one(rendered_dev, "Secret", "throttle")["data"].items()
+    }
+    config = one(rendered_dev, "ConfigMap", "config")["data"]
+    for url, component in (
+        (secret["REDIS_URL"], "redis"),
+        (secret["DATABASE_URL"], "postgres"),
+        (config["HUBSPOT_API_BASE"], "hubspot-simulator"),
+        (config["HUBSPOT_APP_BASE"], "hubspot-simulator"),
+    ):
+        parts = urlsplit(url)
+        assert parts.hostname in services, f"{url}: no such Service"
+        assert parts.port in services[parts.hostname], url
+        [deployment] = [
+            d
+            for d in by_kind(rendered_dev, "Deployment")
+            if d["metadata"]["name"] == parts.hostname
+        ]
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selector["app.kubernetes.io/component"] == component
+        service = one(rendered_dev, "Service", parts.hostname)
+        assert service["spec"]["selector"] == selector
+    # The settings load as every component reads them.
+    settings = Settings(**{k.lower(): v for k, v in {**config, **secret}.items()})
+    assert settings.public_url == "http://localhost:8080"
+    # PostgreSQL is made with the user, password and database of DATABASE_URL.
+    database = urlsplit(secret["DATABASE_URL"])
+    pg = {
+        k: base64.b64decode(v).decode()
+        for k, v in one(rendered_dev, "Secret", "throttle-postgres")["data"].items()
+    }
+    assert pg == {
+        "POSTGRES_USER": database.username,
+        "POSTGRES_PASSWORD": database.password,
+        "POSTGRES_DB": database.path.strip("/"),
+    }
+    # The simulator signs with the app's client secret and answers as its app.
+    simulator = pod_specs(rendered_dev)["hubspot-simulator"]["containers"][0]
+    assert secret_refs(simulator) == {
+        "HUBSPOT_CLIENT_SECRET": {"name": "throttle", "key": "HUBSPOT_CLIENT_SECRET"}
+    }
+    assert simulator["envFrom"] == [{"configMapRef": {"name": "throttle-config"}}]
+
+
+def test_dev_profile_runs_local_images_with_volumes(rendered_dev: list[dict[str, Any]]) -> None:
+    images = {}
+    for component, spec in pod_specs(rendered_dev).items():
+        [container] = spec["containers"]
+        assert container["imagePullPolicy"] == "Never", component
+        assert container["image"].startswith("localhost/throttle"), component
+        images[component] = container["image"]
+        if component in ("redis", "postgres", "hubspot-simulator"):
+            assert container["readinessProbe"], component
+    assert images["redis"] == "localhost/throttle-redis:dev"
+    assert images["postgres"] == "localhost/throttle-postgres:dev"
+    assert images["hubspot-simulator"] == "localhost/throttle-simulator:dev"
+    assert {images[c] for c in ("webhook", "dispatcher", "operator", "migrations")} == {
+        "localhost/throttle:dev"
+    }
+    # Data on emptyDir volumes (no PersistentVolume needed on a laptop cluster).
+    specs = pod_specs(rendered_dev)
+    for component, path in (("redis", "/data"), ("postgres", "/var/lib/postgresql/data")):
+        [container] = specs[component]["containers"]
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in specs[component]["volumes"]}
+        assert volumes[mounts[path]]["emptyDir"] == {}, component
+        assert "args" not in container, "the image's own arguments (Redis: the AOF on)"
+    assert not by_kind(rendered_dev, "PersistentVolumeClaim")
+    # The Redis image's own arguments turn the append-only file on.
+    redis_cmd = [
+        rest
+        for word, rest in (
+            line.split(" ", 1)
+            for line in (REPO / "deploy/images/redis/Containerfile").read_text().splitlines()
+            if line.startswith("CMD ")
+        )
+    ]
+    assert redis_cmd
+    assert '"--appendonly", "yes"' in redis_cmd[0]
+
+
+def test_dev_profile_postgres_exists_before_the_migration_hook_runs(
+    rendered_dev: list[dict[str, Any]],
+) -> None:
+    """The migration Job is a pre-install hook: a PostgreSQL that were a plain object of the
+    release would not exist yet when it runs. The dev PostgreSQL is a pre-install hook of lower
+    weight, and only pre-install: an upgrade must not recreate it (its data is on an emptyDir)."""
+    job_events, job_weight = hooks(one(rendered_dev, "Job", "migrations"))
+    assert "pre-install" in job_events
+    postgres = [
+        o
+        for o in rendered_dev
+        if o["metadata"]["name"] == "throttle-postgres" and o["kind"] != "Deployment"
+    ] + [one(rendered_dev, "Deployment", "postgres")]
+    assert sorted(o["kind"] for o in postgres) == ["Deployment", "Secret", "Service"]
+    for obj in postgres:
+        events, weight = hooks(obj)
+        assert events == {"pre-install"}, obj["kind"]
+        assert weight < job_weight, obj["kind"]
+        assert weight < hooks(one(rendered_dev, "Secret", "migrations"))[1], obj["kind"]
+    # The migration pod is retried while PostgreSQL starts.
+    assert one(rendered_dev, "Job", "migrations")["spec"]["backoffLimit"] >= 5
+    # Everything else of the stack is a plain object of the release (helm uninstall removes it).
+    for component in ("redis", "hubspot-simulator"):
+        assert hooks(one(rendered_dev, "Deployment", component))[0] == set(), component
+
+
+def test_dev_stack_needs_a_database_url_with_a_password(helm: Helm) -> None:
+    for database_url in ("", "postgresql://throttle@db:5432/throttle"):
+        proc = helm.run(
+            "template", "rel", CHART, "-f", VALUES_DEV,
+            "--set", f"secrets.databaseUrl={database_url}",
+            check=False,
+        )  # fmt: skip
+        assert proc.returncode != 0
+        assert "ERROR: devStack.enabled" in proc.stderr, proc.stderr
+    # Off by default: nothing of it renders.
+    default = helm.template(values=[VALUES_REQUIRED])
+    assert not [o for o in default if o["metadata"]["name"].endswith(("-redis", "-postgres"))]

@@ -33,6 +33,7 @@ from tests.fixtures.helm_chart import (
     REPO,
     THIRD_PARTY_CRDS,
     VALUES_ALL,
+    VALUES_DEV,
     VALUES_REQUIRED,
     Helm,
     by_kind,
@@ -263,11 +264,11 @@ def can(kube: KubeEnv, user: str, verb: str, resource: str, namespace: str | Non
 # ---- server-side dry-run ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("which", ["default", "all-features"])
+@pytest.mark.parametrize("which", ["default", "all-features", "dev"])
 def test_every_rendered_object_passes_server_side_dry_run(
     kube: KubeEnv, helm: Helm, namespace: str, third_party_crds: None, which: str
 ) -> None:
-    values = [VALUES_ALL if which == "all-features" else VALUES_REQUIRED]
+    values = [{"all-features": VALUES_ALL, "dev": VALUES_DEV}.get(which, VALUES_REQUIRED)]
     objects = helm.template(values=values, namespace=namespace, extra=["--include-crds"])
     assert len(objects) > 15
     proc = kube.kubectl(

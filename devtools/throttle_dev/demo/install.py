@@ -8,6 +8,7 @@ portal approves (`portal_id`), the choice a real admin makes in HubSpot's accoun
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
@@ -32,15 +33,34 @@ async def _redirect(session: aiohttp.ClientSession, url: str, step: str) -> str:
         return location
 
 
-async def install_portal(session: aiohttp.ClientSession, webhook_url: str, portal_id: int) -> None:
-    """Run the install flow for one portal; raises InstallError naming the step that failed."""
+def _rewritten(url: str, rewrite: Mapping[str, str]) -> str:
+    for public, reachable in rewrite.items():
+        if url == public or url.startswith(public.rstrip("/") + "/"):
+            return reachable.rstrip("/") + url[len(public.rstrip("/")) :]
+    return url
+
+
+async def install_portal(
+    session: aiohttp.ClientSession,
+    webhook_url: str,
+    portal_id: int,
+    rewrite: Mapping[str, str] | None = None,
+) -> None:
+    """Run the install flow for one portal; raises InstallError naming the step that failed.
+
+    `rewrite` maps the base URLs the redirects name (the webhook's PUBLIC_URL, HubSpot's app base)
+    to the ones this client reaches them at, e.g. inside a cluster where PUBLIC_URL is a
+    port-forward's http://localhost:8080 and the webhook is its Service."""
+    rewrite = rewrite or {}
     authorize = await _redirect(session, f"{webhook_url}/api/oauth/authorize", "authorize")
     callback = await _redirect(
-        session, _with_query(authorize, portal_id=str(portal_id)), "HubSpot consent"
+        session,
+        _rewritten(_with_query(authorize, portal_id=str(portal_id)), rewrite),
+        "HubSpot consent",
     )
     if "error=" in urlsplit(callback).query:
         raise InstallError(f"HubSpot refused the install: {callback}")
-    async with session.get(callback, allow_redirects=False) as response:
+    async with session.get(_rewritten(callback, rewrite), allow_redirects=False) as response:
         if response.status != 200:
             body = (await response.text())[:300]
             raise InstallError(f"callback: HTTP {response.status}: {body}")

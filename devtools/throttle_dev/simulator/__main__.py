@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 
 import click
 
@@ -72,6 +73,9 @@ def main(
     click.echo(
         f"HubSpot simulator on http://{host}:{port} (app {config.app_id}); report: /_sim/report"
     )
+    # SIGTERM stops it as Ctrl-C does: as a container's PID 1 it would otherwise be ignored, and
+    # the pod would wait out its whole grace period on every delete.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(config, host, port, faults))
 

@@ -122,9 +122,13 @@ class Driver:
         action_url: str,
         session: aiohttp.ClientSession | None = None,
         client_secret: str | None = None,
+        sign_url: str | None = None,
     ) -> None:
         self.sim = sim
         self.action_url = action_url
+        self.sign_url = sign_url or action_url
+        """The URL signatures cover: the action URL HubSpot knows (the webhook's PUBLIC_URL),
+        when requests go elsewhere, e.g. straight to the webhook's Service inside a cluster."""
         self._client_secret = client_secret
         self._session = session
         self._owns_session = session is None
@@ -186,7 +190,7 @@ class Driver:
 
     def sign(self, body: bytes, version: str, url: str | None = None) -> dict[str, str]:
         """HubSpot's signature headers for a POST of `body` to `url` (the action URL)."""
-        url = url or self.action_url
+        url = url or self.sign_url
         if version == "v2":
             return {
                 "X-HubSpot-Signature": signatures.sign_v2(self.client_secret, "POST", url, body),

@@ -10,7 +10,8 @@ Admin API (JSON):
 - `POST /_sim/revoke` `{portalId, accessTokens?}` → revokes the portal's refresh tokens
 - `POST /_sim/callbacks` `{callbacks:[{callbackId, portalId, expiresInSeconds?}]}` → blocked
 - `POST /_sim/expire` `{callbackIds:[...]}`, `POST /_sim/reset`
-- `POST /_sim/drive` (a `TrafficPlan` as JSON, plus `actionUrl`) → runs the driver, its result
+- `POST /_sim/drive` (a `TrafficPlan` as JSON, plus `actionUrl` and optionally `signUrl`, the URL
+  signatures cover when it is not `actionUrl`) → runs the driver, its result
 - `POST /_sim/uninstall` `{portalId, webhookUrl}` → revokes tokens, sends the signed event
 """
 
@@ -347,10 +348,11 @@ async def admin_drive(request: web.Request) -> web.StreamResponse:
     body = await _json(request)
     try:
         action_url = str(body.pop("actionUrl"))
+        sign_url = body.pop("signUrl", None)
         plan = TrafficPlan.from_dict(body)
     except (KeyError, TypeError, ValueError) as exc:
         raise ApiError(400, error_body("VALIDATION_ERROR", f"bad plan: {exc}")) from None
-    async with Driver(_sim(request), action_url) as driver:
+    async with Driver(_sim(request), action_url, sign_url=sign_url and str(sign_url)) as driver:
         result = await driver.run(plan)
     return web.json_response(result.as_dict())
 
