@@ -37,6 +37,8 @@ STATUS_INTERVAL_S = 2
 
 @dataclass
 class Installed:
+    """The installed release and the ways the tests look at it from outside its pods."""
+
     node: KubeNode
     cluster: cluster_check.Cluster
     result: dict[str, Any]
@@ -234,15 +236,18 @@ def test_kubectl_get_tp_shows_live_queue_figures_and_throttle_status_agrees(
     executions = 120
     before = installed.report()
     installed.set_paused(True)
-    wait_for("the operator applied the pause", lambda: installed.ready_reason() == "Paused", 60)
-    installed.drive(executions)
-    # Held: the queue is exactly what was sent, on both sides.
-    wait_for(
-        "kubectl get tp shows the held queue", lambda: installed.get_tp_queued() == executions, 60
-    )
-    assert installed.throttle_status_queued() == executions
-
-    installed.set_paused(False)
+    try:
+        wait_for("the operator applied the pause", lambda: installed.ready_reason() == "Paused", 60)
+        installed.drive(executions)
+        # Held: the queue is exactly what was sent, on both sides.
+        wait_for(
+            "kubectl get tp shows the held queue",
+            lambda: installed.get_tp_queued() == executions,
+            60,
+        )
+        assert installed.throttle_status_queued() == executions
+    finally:
+        installed.set_paused(False)  # the next tests need the policy releasing
     seen: list[tuple[int, int]] = []
 
     def drained() -> bool:
