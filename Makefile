@@ -74,6 +74,27 @@ image:  ## build the image with docker or podman (IMAGE=throttle:dev; IMAGE_BASE
 images:  ## build the dev profile's images (throttle, simulator, Redis, PostgreSQL) as archives for a node or kind
 	@bash scripts/images.sh
 
+KIND_CLUSTER ?= throttle
+KIND_KUBECONFIG := .local/kind-$(KIND_CLUSTER).kubeconfig
+
+kind: venv  ## a kind cluster (Docker) with the dev profile installed, checked and showing traffic
+	@for tool in docker kind kubectl helm; do command -v $$tool >/dev/null || \
+		{ echo "kind: $$tool is not installed (docs/deploy.md, \"Try it on kind\")"; exit 1; }; done
+	@docker info >/dev/null 2>&1 || { echo "kind: no Docker engine answers (start Docker)"; exit 1; }
+	@echo "==> kind cluster '$(KIND_CLUSTER)' (created unless it exists; kubeconfig in $(KIND_KUBECONFIG))"
+	@kind get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' || kind create cluster --name '$(KIND_CLUSTER)' --wait 120s
+	@mkdir -p .local && kind get kubeconfig --name '$(KIND_CLUSTER)' > $(KIND_KUBECONFIG)
+	@echo "==> images built with docker, loaded with kind, the dev profile installed and checked (throttle_dev.cluster_check)"
+	@ENGINE=docker $(BIN)/python -m throttle_dev.cluster_check install-and-check \
+		--kubeconfig $(KIND_KUBECONFIG) --load 'kind load image-archive {archive} --name $(KIND_CLUSTER)'
+	@echo "==> look at it (KUBECONFIG=$(KIND_KUBECONFIG)):"
+	@echo "    kubectl -n throttle get tp --watch          the demo's policies, queued and in flight"
+	@echo "    kubectl -n throttle exec deploy/throttle-webhook -- throttle status"
+	@echo "    kubectl -n throttle port-forward svc/throttle-hubspot-simulator 8090  then http://localhost:8090/_sim/report?format=text"
+	@echo "    Grafana: import deploy/helm/throttle/dashboards/throttle.json (a Prometheus scraping the pods' /metrics),"
+	@echo "    or add --set monitoring.dashboard.enabled=true for a Grafana sidecar; docs/deploy.md has the rest"
+	@echo "    kind delete cluster --name $(KIND_CLUSTER)   when done"
+
 demo: venv deps  ## run everything locally with the HubSpot simulator driving traffic
 	@$(BIN)/python -m throttle_dev.demo --duration $(DURATION)
 

