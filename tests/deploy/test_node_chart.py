@@ -33,6 +33,8 @@ DISPATCHER_LEASE_S = 20
 """Shorter than the default minute, so a killed dispatcher's executions come back sooner."""
 STATUS_INTERVAL_S = 2
 """The operator's status refresh (10 s by default), so `kubectl get tp` follows a draining queue."""
+TRAFFIC = 200
+"""Executions install_and_check sends after its one action (`make kind`'s default)."""
 
 
 @dataclass
@@ -178,9 +180,18 @@ def installed(kube_node: KubeNode) -> Iterator[Installed]:
             f"settings.extraEnv.DISPATCHER_LEASE_SECONDS={DISPATCHER_LEASE_S:.1f}",
             f"settings.extraEnv.OPERATOR_STATUS_INTERVAL={STATUS_INTERVAL_S:.1f}",
         ],
+        traffic=TRAFFIC,
     )
     fullname = cluster_check.dev_profile()["fullnameOverride"]
-    yield Installed(kube_node, cluster, result, fullname)
+    installed = Installed(kube_node, cluster, result, fullname)
+    # The script's own traffic drains first, so each test starts from a quiet portal.
+    wait_for(
+        "the install-and-check traffic completed at the simulator",
+        lambda: (r := installed.report())["completed"] == r["blocked"],
+        240,
+        every=2,
+    )
+    yield installed
     cluster.kubectl("delete", "namespace", cluster.namespace, "--wait=false", check=False)
 
 
@@ -224,6 +235,7 @@ def test_one_signed_action_is_blocked_then_completed_at_the_simulator(installed:
     probe = installed.result["probe"]  # cluster_check step 5: sent from the simulator's pod
     assert probe["answer"] == "BLOCK", probe
     assert len(probe["completed"]) == 1, probe
+    assert probe["traffic"] == {"BLOCK": TRAFFIC}, probe  # the traffic that followed it
     # HubSpot's side, read from outside the pods: completed once.
     assert installed.completed_ids().count(probe["completed"][0]) == 1
     report = installed.report()
