@@ -15,7 +15,6 @@ import sys
 import tarfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -35,15 +34,6 @@ REFS = {
     "redis": "localhost/throttle-redis:dev",
     "postgres": "localhost/throttle-postgres:dev",
 }
-
-
-@pytest.fixture
-def containers() -> Iterator[list[str]]:
-    """Names of the containers a test started; each is removed afterwards."""
-    names: list[str] = []
-    yield names
-    for name in names:
-        podman("rm", "--force", "--time", "5", name)
 
 
 def start(names: list[str], *args: str) -> str:

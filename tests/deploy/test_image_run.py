@@ -16,7 +16,6 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -84,15 +83,6 @@ def env_file(redis_server: RedisServer, postgres_server: PostgresServer, tmp_pat
     }
     path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
     return path
-
-
-@pytest.fixture
-def containers() -> Iterator[list[str]]:
-    """Names of the containers a test started; each is removed afterwards."""
-    names: list[str] = []
-    yield names
-    for name in names:
-        podman("rm", "--force", "--time", "10", name)
 
 
 def run(image: str, env_file: Path, *args: str, extra: tuple[str, ...] = ()) -> str:
