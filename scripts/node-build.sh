@@ -44,23 +44,13 @@ if have_all; then
     exit 0
 fi
 
-GO="${GO:-$(command -v go || true)}"
-[[ -n "$GO" ]] || GO=/usr/local/go/bin/go
-[[ -x "$GO" ]] || { log "no Go toolchain found (set GO=/path/to/go)"; exit 1; }
-export GOTOOLCHAIN=local CGO_ENABLED=0
-
-mkdir -p "$CACHE"
-# One builder at a time (parallel pytest workers, two terminals).
-exec 9>"$CACHE/.lock"
-if ! flock -n 9; then
-    log "another build holds $CACHE/.lock; waiting for it"
-    flock 9
-fi
-WORK="$(mktemp -d "$CACHE/.build-XXXXXX")"
-trap 'rm -rf "$WORK"' EXIT
+# shellcheck source=scripts/go-build.sh
+. "$ROOT/scripts/go-build.sh"
+go_toolchain
+go_lock "$CACHE" .lock
 
 build_k8s() {
-    local missing start=$SECONDS minor patch gomod staging args=() m c pkgs=()
+    local missing start=$SECONDS c
     mapfile -t missing < <(missing_k8s)
     [[ ${#missing[@]} -eq 0 ]] && { log "cached: ${K8S_COMMANDS[*]} $K8S_VERSION"; return; }
     # The spike's kubelet (node/kubelet-<version>) is the same build: reuse it.
@@ -69,25 +59,10 @@ build_k8s() {
         mapfile -t missing < <(missing_k8s)
         [[ ${#missing[@]} -eq 0 ]] && return
     fi
-    IFS=. read -r _ minor patch <<<"${K8S_VERSION#v}"
     log "building ${missing[*]} $K8S_VERSION (a cold build takes many minutes)"
     mkdir -p "$WORK/k8s" && cd "$WORK/k8s"
-    "$GO" mod init throttle.local/node/k8s >/dev/null 2>&1
-    # As in scripts/testenv.sh: k8s.io/kubernetes replaces its staging modules with local
-    # folders, which a dependent module does not inherit; pin each to its published tag.
-    gomod="$("$GO" list -m -f '{{.GoMod}}' "k8s.io/kubernetes@$K8S_VERSION")"
-    staging="$(sed -n 's#^[[:space:]]*\(k8s\.io/[a-z0-9-]*\) => \./staging/.*#\1#p' "$gomod")"
-    [[ -n "$staging" ]] || { log "found no staging replaces in $gomod"; exit 1; }
-    for m in $staging; do args+=("-replace=$m=$m@v0.$minor.$patch"); done
-    "$GO" mod edit "${args[@]}"
-    for c in "${missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
-    "$GO" get -tool "${pkgs[@]/%/@$K8S_VERSION}" && "$GO" mod tidy
-    mkdir -p out
-    "$GO" build -trimpath -o out/ -ldflags "-s -w \
-        -X k8s.io/component-base/version.gitVersion=$K8S_VERSION \
-        -X k8s.io/component-base/version.gitMajor=1 \
-        -X k8s.io/component-base/version.gitMinor=$minor \
-        -X k8s.io/component-base/version.gitTreeState=clean" "${pkgs[@]}"
+    k8s_module throttle.local/node/k8s "$K8S_VERSION"
+    k8s_build "$K8S_VERSION" out "${missing[@]}"
     mkdir -p "$K8S_DIR"
     for c in "${missing[@]}"; do mv -f "out/$c" "$K8S_DIR/$c"; done
     log "built ${missing[*]} $K8S_VERSION in $((SECONDS - start))s → $K8S_DIR"

@@ -26,24 +26,15 @@ if [[ -x "$DIR/promtool" ]]; then
     exit 0
 fi
 
-GO="${GO:-$(command -v go || true)}"
-[[ -n "$GO" ]] || GO=/usr/local/go/bin/go
-[[ -x "$GO" ]] || { log "no Go toolchain found (set GO=/path/to/go)"; exit 1; }
-export GOTOOLCHAIN=local CGO_ENABLED=0
-
-mkdir -p "$TOOLS_ROOT"
-exec 9>"$TOOLS_ROOT/.promtool.lock"
-if ! flock -n 9; then
-    log "another build holds $TOOLS_ROOT/.promtool.lock; waiting for it"
-    flock 9
-fi
+# shellcheck source=scripts/go-build.sh
+. "$(dirname "$0")/go-build.sh"
+go_toolchain
+go_lock "$TOOLS_ROOT" .promtool.lock
 if [[ -x "$DIR/promtool" ]]; then  # built by whoever held the lock
     echo "$DIR/promtool"
     exit 0
 fi
 
-WORK="$(mktemp -d "$TOOLS_ROOT/.build-XXXXXX")"
-trap 'rm -rf "$WORK"' EXIT
 log "building promtool $VERSION with $("$GO" version) (a cold build takes several minutes)"
 # `go install pkg@version` refuses modules with replace directives (Prometheus has one), so build
 # inside the downloaded module as the main module, with its own go.mod, go.sum and replaces.

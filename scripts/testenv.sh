@@ -55,52 +55,19 @@ if have_all; then
     exit 0
 fi
 
-GO="${GO:-$(command -v go || true)}"
-[[ -n "$GO" ]] || GO=/usr/local/go/bin/go
-[[ -x "$GO" ]] || { log "no Go toolchain found (set GO=/path/to/go)"; exit 1; }
-export GOTOOLCHAIN=local CGO_ENABLED=0
-# GOPATH, GOMODCACHE and GOCACHE keep their defaults (~/go, ~/.cache/go-build) so later builds are warm.
-
-mkdir -p "$CACHE_ROOT"
-# One builder at a time (parallel pytest workers, two terminals).
-exec 9>"$CACHE_ROOT/.lock"
-if ! flock -n 9; then
-    log "another build holds $CACHE_ROOT/.lock; waiting for it"
-    flock 9
-fi
-
-WORK="$(mktemp -d "$CACHE_ROOT/.build-XXXXXX")"
-trap 'rm -rf "$WORK"' EXIT
+# shellcheck source=scripts/go-build.sh
+. "$(dirname "$0")/go-build.sh"
+go_toolchain
+go_lock "$CACHE_ROOT" .lock
 log "using $("$GO" version); building in $WORK"
-
-# Strip leading "v" and split "v1.35.4" → minor=35 patch=4.
-semver_parts() { local v="${1#v}"; IFS=. read -r MAJOR MINOR PATCH <<<"$v"; }
 
 build_k8s() {
     [[ -x "$K8S_DIR/kube-apiserver" && -x "$K8S_DIR/kubectl" ]] && { log "cached: k8s $K8S_VERSION"; return; }
     local start=$SECONDS dir="$WORK/k8s"
-    semver_parts "$K8S_VERSION"
-    local staging_version="v0.$MINOR.$PATCH"
-    log "building kube-apiserver + kubectl $K8S_VERSION (staging modules at $staging_version); a cold build takes many minutes"
+    log "building kube-apiserver + kubectl $K8S_VERSION; a cold build takes many minutes"
     mkdir -p "$dir" && cd "$dir"
-    "$GO" mod init throttle.local/testenv/k8s >/dev/null 2>&1
-    # k8s.io/kubernetes' go.mod replaces its staging modules with local folders, which a dependent
-    # module does not inherit: pin each one to its published tag instead.
-    local gomod
-    gomod="$("$GO" list -m -f '{{.GoMod}}' "k8s.io/kubernetes@$K8S_VERSION")"
-    local staging
-    staging="$(sed -n 's#^[[:space:]]*\(k8s\.io/[a-z0-9-]*\) => \./staging/.*#\1#p' "$gomod")"
-    [[ -n "$staging" ]] || { log "found no staging replaces in $gomod"; exit 1; }
-    local args=() m
-    for m in $staging; do args+=("-replace=$m=$m@$staging_version"); done
-    "$GO" mod edit "${args[@]}"
-    log "pinned $(wc -w <<<"$staging") staging modules; resolving dependencies"
-    "$GO" get -tool "k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION" "k8s.io/kubernetes/cmd/kubectl@$K8S_VERSION"
-    "$GO" mod tidy
-    log "compiling kube-apiserver + kubectl"
-    local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=$MAJOR -X k8s.io/component-base/version.gitMinor=$MINOR -X k8s.io/component-base/version.gitTreeState=clean"
-    mkdir -p out
-    "$GO" build -trimpath -ldflags "$ldflags" -o out/ k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
+    k8s_module throttle.local/testenv/k8s "$K8S_VERSION"
+    k8s_build "$K8S_VERSION" out kube-apiserver kubectl
     mkdir -p "$K8S_DIR"
     mv -f out/kube-apiserver out/kubectl "$K8S_DIR/"
     log "built k8s $K8S_VERSION in $((SECONDS - start))s → $K8S_DIR"
