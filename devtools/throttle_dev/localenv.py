@@ -17,10 +17,10 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import redis
 
@@ -125,6 +125,39 @@ def _wait(check: Any, what: str, proc: _Process, timeout: float = 30.0) -> None:
     raise ServiceError(f"{what} did not become ready in {timeout:.0f}s:\n{tail(proc.log_path)}")
 
 
+START_ATTEMPTS = 3
+"""A port `free_port` found free can be bound by any other process before the server binds it;
+a server on a port it picked itself moves to another one, at most this many times."""
+
+
+class _OnPort(Protocol):
+    port: int
+    _picked_port: bool
+    _proc: _Process
+
+    def argv(self) -> list[str]: ...
+
+
+def _start_on_port(
+    server: _OnPort, ready: Any, what: str, pick: Callable[[], int], **popen: Any
+) -> None:
+    """Start the server's process and wait until `ready()`; on a port it picked itself that
+    someone else bound first, pick another and start again. A restart keeps the port."""
+    for attempt in range(START_ATTEMPTS):
+        server._proc.start(server.argv(), **popen)
+        try:
+            _wait(ready, f"{what} on port {server.port}", server._proc)
+        except ServiceError as exc:
+            lost = server._picked_port and "Address already in use" in str(exc)
+            if not lost or attempt + 1 == START_ATTEMPTS:
+                raise
+            server._proc.stop()
+            server.port = pick()
+            continue
+        server._picked_port = False
+        return
+
+
 @dataclass
 class RedisServer:
     """A `redis-server` on 127.0.0.1; `appendonly` gives the durability the chart configures."""
@@ -139,8 +172,12 @@ class RedisServer:
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = self.port or (free_cluster_port() if self.cluster else free_port())
+        self._picked_port = not self.port
+        self.port = self.port or self._free_port()
         self._proc = _Process(f"redis:{self.port}", self.workdir / "redis.log")
+
+    def _free_port(self) -> int:
+        return free_cluster_port() if self.cluster else free_port()
 
     @property
     def url(self) -> str:
@@ -178,8 +215,7 @@ class RedisServer:
         return args + self.extra_args
 
     def start(self) -> RedisServer:
-        self._proc.start(self.argv())
-        _wait(lambda: self.sync_client().ping(), f"redis-server on port {self.port}", self._proc)
+        _start_on_port(self, lambda: self.sync_client().ping(), "redis-server", self._free_port)
         return self
 
     def stop(self, kill: bool = False) -> None:
@@ -295,6 +331,7 @@ class PostgresServer:
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._picked_port = not self.port
         self.port = self.port or free_port()
         self.datadir = self.workdir / "data"
         self._proc = _Process(f"postgres:{self.port}", self.workdir / "postgres.log")
@@ -339,32 +376,31 @@ class PostgresServer:
 
     def start(self) -> PostgresServer:
         self.init()
-        self._proc.start(
-            [
-                find_binary("postgres"),
-                "-D",
-                str(self.datadir),
-                "-p",
-                str(self.port),
-                "-h",
-                "127.0.0.1",
-                "-k",
-                str(self.workdir),
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "max_connections=300",
-                "-c",
-                "log_min_messages=warning",
-            ],
-            **_demote(),
-        )
-        _wait(self._ready, f"postgres on port {self.port}", self._proc)
+        _start_on_port(self, self._ready, "postgres", free_port, **_demote())
         return self
+
+    def argv(self) -> list[str]:
+        return [
+            find_binary("postgres"),
+            "-D",
+            str(self.datadir),
+            "-p",
+            str(self.port),
+            "-h",
+            "127.0.0.1",
+            "-k",
+            str(self.workdir),
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "max_connections=300",
+            "-c",
+            "log_min_messages=warning",
+        ]
 
     def _ready(self) -> bool:
         result = subprocess.run(
