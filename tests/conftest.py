@@ -18,4 +18,5 @@ pytest_plugins = [
     "tests.fixtures.operator_thread",
     "tests.fixtures.helm_chart",
     "tests.fixtures.podman",
+    "tests.fixtures.browser",
 ]
