@@ -12,6 +12,7 @@ pytest_plugins = [
     "tests.fixtures.engine_redis",
     "tests.fixtures.hubspot_tokens",
     "tests.fixtures.webhook",
+    "tests.fixtures.console",
     "tests.fixtures.live_webhook",
     "tests.fixtures.served_webhook",
     "tests.fixtures.reverse_proxy",

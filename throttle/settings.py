@@ -13,6 +13,7 @@ import binascii
 import dataclasses
 import hashlib
 import ipaddress
+import json
 import time
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -69,6 +70,33 @@ def parse_budget_overrides(text: str) -> dict[int, int]:
             raise ValueError(f"{part!r}: a portal's budget must be 1 to 110 calls per window")
         overrides[int(portal)] = int(limit)
     return overrides
+
+
+CONSOLE_ROLE_NAMES = ("viewer", "operator")
+
+
+def parse_console_roles(text: str) -> dict[int, dict[str, str]]:
+    """CONSOLE_ROLES → {portal: {email (lower case): role}}; emails compare case-blind, as
+    HubSpot's logins do."""
+    if not text.strip():
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise ValueError(
+            'is not JSON (e.g. {"12345": {"admin@example.com": "operator"}})'
+        ) from None
+    if not isinstance(data, dict):
+        raise ValueError('must be a JSON object {"<portal id>": {"<email>": "<role>"}}')
+    table: dict[int, dict[str, str]] = {}
+    for portal, users in data.items():
+        if not str(portal).isdigit() or not isinstance(users, dict):
+            raise ValueError(f"{portal!r}: each key is a portal id and each value an object")
+        for email, role in users.items():
+            if role not in CONSOLE_ROLE_NAMES:
+                raise ValueError(f"{portal}: {email!r} has role {role!r}, not viewer or operator")
+        table[int(portal)] = {str(e).lower(): str(r) for e, r in users.items()}
+    return table
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -253,6 +281,31 @@ class Settings(BaseSettings):
     )
     kubeconfig: str | None = Field(
         None, description="Kubeconfig for the config API's cluster mode (in-cluster if unset)."
+    )
+
+    # --- the console -----------------------------------------------------------------------------
+    console_session_key: SecretStr | None = Field(
+        None,
+        description="At least 32 characters; signs the console's session cookies, CSRF tokens "
+        "and console links. Unset: the console is off (its routes answer 404).",
+    )
+    console_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Serve the console (/console/) on this port of its own instead of under "
+        "PORT, so its load never shares a listener with the action endpoint.",
+    )
+    console_roles: str = Field(
+        "",
+        description='Console roles of users who sign in with HubSpot, as JSON {"<portal id>": '
+        '{"<user email>": "operator" or "viewer"}}; unlisted users are viewers.',
+    )
+    console_session_ttl: float = Field(
+        28_800.0,
+        ge=60,
+        le=30 * 86_400,
+        description="Seconds a console session lasts (its cookie's Max-Age); 8 hours by default.",
     )
 
     # --- the operator ----------------------------------------------------------------------------
@@ -465,6 +518,19 @@ class Settings(BaseSettings):
                 _decode_key(part)
         return value
 
+    @field_validator("console_session_key")
+    @classmethod
+    def _console_session_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters")
+        return value
+
+    @field_validator("console_roles")
+    @classmethod
+    def _console_roles(cls, value: str) -> str:
+        parse_console_roles(value)
+        return value
+
     @field_validator("hubspot_portal_budget_overrides")
     @classmethod
     def _budget_overrides(cls, value: str) -> str:
@@ -499,6 +565,10 @@ class Settings(BaseSettings):
         return parse_budget_overrides(self.hubspot_portal_budget_overrides)
 
     @property
+    def console_role_table(self) -> dict[int, dict[str, str]]:
+        return parse_console_roles(self.console_roles)
+
+    @property
     def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [
             ipaddress.ip_network(p.strip(), strict=False)
@@ -526,6 +596,7 @@ class Settings(BaseSettings):
                 self.secret_key_base,
                 self.throttle_api_token,
                 self.hubspot_developer_api_key,
+                self.console_session_key,
             )
             if s is not None
         ]

@@ -163,6 +163,7 @@ def generated_secrets() -> dict[str, str]:
         "encryption_key": base64.b64encode(secrets.token_bytes(32)).decode(),
         "secret_key_base": secrets.token_urlsafe(48),
         "throttle_api_token": secrets.token_urlsafe(32),
+        "console_session_key": secrets.token_urlsafe(40),
     }
 
 

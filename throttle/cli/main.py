@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from throttle import __version__
+from throttle.cli.console_commands import console_link
 from throttle.cli.history_commands import HISTORY_COMMANDS
 from throttle.cli.startup import refused_start, settings_for
 from throttle.settings import describe
@@ -134,6 +135,7 @@ def _history_commands() -> None:
 
 _hubspot_commands()
 _history_commands()
+main.add_command(console_link)
 
 
 if __name__ == "__main__":

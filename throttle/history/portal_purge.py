@@ -4,11 +4,12 @@ period (UNINSTALL_GRACE_DAYS) is over (the dispatchers' hourly pruning).
 What goes: everything Redis holds of the portal (`registry.purge_portal_state`: its policies,
 queued and in-flight executions, which are never released afterwards, buffered history events),
 then in one PostgreSQL transaction its OAuth tokens (the caller passes the HubSpot layer's
-delete, `hubspot.tokens.delete_portal_tokens`), its locally stored policies and its execution
-history, with a `portal_purges` row recording when, why and how much (migration 0012). The
-`hubspot_portals` row stays, with its status and uninstall reason but no domain or scopes, so
-support can still answer "what happened to portal P". ThrottlePolicy resources in a cluster are
-the platform team's configuration and are not touched.
+delete, `hubspot.tokens.delete_portal_tokens`), its locally stored policies, its console
+changes (who paused what) and its execution history, with a `portal_purges` row recording when,
+why and how much (migration 0012). The `hubspot_portals` row stays, with its status and
+uninstall reason but no domain or scopes, so support can still answer "what happened to portal
+P". ThrottlePolicy resources in a cluster are the platform team's configuration and are not
+touched.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ async def purge_portal(
     async with pool.acquire() as conn, conn.transaction():
         tokens = await delete_tokens(conn, portal_id)
         await conn.execute("DELETE FROM policies WHERE portal_id = $1", portal_id)
+        await conn.execute("DELETE FROM console_changes WHERE portal_id = $1", portal_id)
         deleted = await conn.execute(
             "DELETE FROM action_executions WHERE portal_id = $1", portal_id
         )

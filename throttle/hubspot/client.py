@@ -165,6 +165,8 @@ class TokenInfo:
     scopes: tuple[str, ...]
     expires_in: int
     hub_domain: str = ""
+    user: str = ""
+    """The email of the user who authorized (the console's sign-in learns who signed in)."""
 
 
 IntrospectResult = TokenInfo | Unauthorized | Retryable | RateLimited | Rejected
@@ -294,6 +296,7 @@ class HubSpotClient:
                 scopes=tuple(data.get("scopes") or ()),
                 expires_in=int(data.get("expires_in") or 0),
                 hub_domain=str(data.get("hub_domain") or ""),
+                user=str(data.get("user") or ""),
             )
         if outcome.status in (401, 404):
             return Unauthorized(f"introspection answered {outcome.status}", outcome.status)

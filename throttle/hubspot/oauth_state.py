@@ -44,23 +44,38 @@ class IssuedState:
     """For the starting browser's cookie; `verify` wants it back."""
 
 
-def _b64(data: bytes) -> str:
+def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+class PurposeSigner:
+    """HMAC-SHA256 under a key derived from a secret for one purpose, so a value signed for one
+    use (an OAuth state, a console session, a console link) never passes as another."""
+
+    def __init__(self, secret: str, purpose: bytes) -> None:
+        self._key = hmac.new(secret.encode(), purpose, hashlib.sha256).digest()
+
+    def sign(self, payload: str) -> str:
+        return b64url(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
+
+    def matches(self, payload: str, signature: str) -> bool:
+        """Constant time; False (never a TypeError) for a signature that is not ASCII."""
+        return signature.isascii() and hmac.compare_digest(self.sign(payload), signature)
+
+
 class OAuthStateSigner:
-    def __init__(self, secret_key_base: str, ttl_s: int = DEFAULT_TTL_S) -> None:
-        self._key = hmac.new(
-            secret_key_base.encode(), b"throttle oauth state v1", hashlib.sha256
-        ).digest()
+    def __init__(
+        self, secret_key_base: str, ttl_s: int = DEFAULT_TTL_S, purpose: bytes = b""
+    ) -> None:
+        self._signer = PurposeSigner(secret_key_base, b"throttle oauth state v1" + purpose)
         self.ttl_s = ttl_s
 
     def _sign(self, payload: str) -> str:
-        return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
+        return self._signer.sign(payload)
 
     @staticmethod
     def _binding(browser_key: str) -> str:
-        return _b64(hashlib.sha256(browser_key.encode()).digest()[:16])
+        return b64url(hashlib.sha256(browser_key.encode()).digest()[:16])
 
     def issue(self, now: float | None = None) -> IssuedState:
         now = time.time() if now is None else now

@@ -72,6 +72,7 @@ from throttle.webhook_service.appkeys import (
 )
 from throttle.webhook_service.autopipeline import AutoPipeline
 from throttle.webhook_service.config_store import ClusterConfigStore, LocalConfigStore
+from throttle.webhook_service.console import app as console
 from throttle.webhook_service.errors import fallback_routes, json_errors
 from throttle.webhook_service.portals import InstalledPortals
 from throttle.webhook_service.verification import SignatureVerifier
@@ -327,6 +328,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         *oauth.routes(),  # the HubSpot install flow (throttle/webhook_service/oauth.py)
     ]
     app.add_routes(json_errors(routes))
+    console.mount(app)  # /console/, its own sub-app, when on and without a port of its own
     app.add_routes(fallback_routes())
     return app
 
@@ -376,12 +378,11 @@ async def run_webhook(
     app = create_app(settings)
     app.on_startup.append(freeze_heap)  # after every cleanup context has started
     access_log = settings.webhook_access_log
-    runner = web.AppRunner(
-        app,
-        access_log=logging.getLogger("throttle.access") if access_log != "off" else None,
-        access_log_class=AccessLogger if access_log == "all" else ErrorAccessLogger,
-        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-    )
+    logging_kwargs: dict[str, Any] = {
+        "access_log": logging.getLogger("throttle.access") if access_log != "off" else None,
+        "access_log_class": AccessLogger if access_log == "all" else ErrorAccessLogger,
+    }
+    runner = web.AppRunner(app, **logging_kwargs, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     async with contextlib.AsyncExitStack() as opened:
         opened.push_async_callback(runner.cleanup)
         await runner.setup()
@@ -398,4 +399,12 @@ async def run_webhook(
             settings.public_url,
             settings.config_backend,
         )
+        if settings.console_session_key is not None and settings.console_port is not None:
+            # Its own listener, so a busy console never queues behind the action endpoint's
+            # connections (nor the reverse); the clients are the webhook app's.
+            console_runner = web.AppRunner(console.standalone_app(app), **logging_kwargs)
+            opened.push_async_callback(console_runner.cleanup)
+            await console_runner.setup()
+            await web.TCPSite(console_runner, host, settings.console_port).start()
+            log.info("console listening on %s:%s", host, settings.console_port)
         await stop.wait()

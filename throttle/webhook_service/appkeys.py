@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from throttle.engine.queue import Queue
     from throttle.hubspot.client import HubSpotClient
     from throttle.webhook_service.config_store import ConfigStore
+    from throttle.webhook_service.console.state import Console
     from throttle.webhook_service.portals import InstalledPortals
     from throttle.webhook_service.verification import SignatureVerifier
 
@@ -37,3 +38,5 @@ HTTP = web.AppKey("http_session", aiohttp.ClientSession)
 HUBSPOT: web.AppKey[HubSpotClient] = web.AppKey("hubspot")
 TOKENS: web.AppKey[Any] = web.AppKey("tokens")
 CONFIG_STORE: web.AppKey[ConfigStore] = web.AppKey("config_store")
+CONSOLE: web.AppKey[Console] = web.AppKey("console")
+"""On the console's own app: its signer, templates and the webhook app whose clients it uses."""

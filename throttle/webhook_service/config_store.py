@@ -1,6 +1,7 @@
 """Where the config API keeps policies: PostgreSQL locally, ThrottlePolicy resources in a cluster.
 
-Both backends answer the same questions (put, get, find by action, list, delete); neither writes
+Both backends answer the same questions (put, get, find by action, list, delete, pause or
+resume — the console's); neither writes
 Redis rate parameters itself except through the engine's one `reconcile` function:
 - `LocalConfigStore` stores the spec in the `policies` table, then applies it with `reconcile`
   (and `retire` on delete), exactly as the local manifest reader does.
@@ -65,6 +66,12 @@ class ConfigStore(Protocol):
     async def list(self, portal_id: int | None = None) -> list[Policy]: ...
 
     async def delete(self, portal_id: int, name: str) -> bool: ...
+
+    async def set_paused(self, portal_id: int, name: str, paused: bool) -> Policy | None: ...
+
+
+def paused_copy(policy: Policy, paused: bool) -> Policy:
+    return Policy.model_validate({**policy.spec(), "paused": paused})
 
 
 Apply = Callable[[Policy], Awaitable[Any]]
@@ -206,6 +213,13 @@ class LocalConfigStore:
             await self.retire(self._policy(row))
         return True
 
+    async def set_paused(self, portal_id: int, name: str, paused: bool) -> Policy | None:
+        """The stored policy paused or resumed (None: no such policy); nothing else changes."""
+        policy = await self.get(portal_id, name)
+        if policy is None:
+            return None
+        return (await self.put(paused_copy(policy, paused))).policy
+
     async def resync(self) -> int:
         """Apply every stored policy again (no-op when Redis already holds them), then what
         their queued executions await."""
@@ -346,6 +360,20 @@ class ClusterConfigStore:
 
     async def list(self, portal_id: int | None = None) -> list[Policy]:
         return [policy for _, policy in await self._objects(portal_id)]
+
+    async def set_paused(self, portal_id: int, name: str, paused: bool) -> Policy | None:
+        """Patch only `spec.paused` (a merge patch): whatever else the resource says stays."""
+        for obj, policy in await self._objects(portal_id):
+            if policy.name == name:
+                patch = {"spec": {"paused": paused}}
+                await self._call(
+                    self.api.patch_namespaced_custom_object,
+                    obj["metadata"]["name"],
+                    patch,
+                    _content_type="application/merge-patch+json",
+                )
+                return paused_copy(policy, paused)
+        return None
 
     async def delete(self, portal_id: int, name: str) -> bool:
         from kubernetes.client.exceptions import ApiException

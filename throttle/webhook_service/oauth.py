@@ -46,6 +46,7 @@ from throttle.hubspot.client import (
 )
 from throttle.hubspot.oauth_state import OAuthStateSigner, StateError
 from throttle.hubspot.tokens import StaleUninstall
+from throttle.settings import Settings
 from throttle.webhook_service.appkeys import (
     HUBSPOT,
     INSTALLED,
@@ -123,15 +124,20 @@ async def authorize(request: web.Request) -> web.StreamResponse:
         raise ErrorAnswer(503, "not_configured", "HUBSPOT_CLIENT_ID is not set")
     signer = _signer(request)
     issued = signer.issue()
-    params = {
-        "client_id": settings.hubspot_client_id,
-        "redirect_uri": _redirect_uri(request),
-        "scope": " ".join(SCOPES),
-        "state": issued.state,
-    }
-    found = web.HTTPFound(f"{settings.hubspot_app_base}/oauth/authorize?{urlencode(params)}")
+    found = web.HTTPFound(authorize_url(settings, _redirect_uri(request), issued.state))
     _set_browser_cookie(request, found, issued.browser_key, signer.ttl_s)
     raise found
+
+
+def authorize_url(settings: Settings, redirect_uri: str, state: str) -> str:
+    """HubSpot's authorize page for the app's client (the install, and the console's sign-in)."""
+    params = {
+        "client_id": settings.hubspot_client_id or "",
+        "redirect_uri": redirect_uri,
+        "scope": " ".join(SCOPES),
+        "state": state,
+    }
+    return f"{settings.hubspot_app_base}/oauth/authorize?{urlencode(params)}"
 
 
 async def callback(request: web.Request) -> web.StreamResponse:

@@ -25,6 +25,7 @@ from rich.table import Table
 from throttle.engine import keys
 from throttle.engine.queue_status import StatusReader
 from throttle.webhook_service.app import PORTALS_REFRESH_S
+from throttle.webhook_service.console.sessions import SessionSigner
 from throttle_dev.demo import measure
 from throttle_dev.demo.install import client_session, install_portal
 from throttle_dev.demo.release_log import read_release_log
@@ -192,6 +193,8 @@ async def _main(
         for portal in scenario.portals:
             await install_portal(session, stack.webhook_url, portal)
             console.print(f"  portal {portal}: installed (tokens stored encrypted)")
+        first = scenario.portals[0]
+        console.print(f"  console of portal {first} (operator, 8 h): {_console_link(stack, first)}")
         probe = Probe(stack, scenario)
         try:
             await _wait_policies(probe, scenario, console)
@@ -227,6 +230,15 @@ async def _main(
     )
     print_report(console, policies, portals, problems)
     return DemoOutcome(policies, portals, problems, plot, summary, time.monotonic() - started)
+
+
+def _console_link(stack: Stack, portal_id: int) -> str:
+    """What `throttle console-link --portal P --role operator` prints, for the demo's stack."""
+    key = stack.settings["console_session_key"]
+    token, _ = SessionSigner(key).issue(
+        "link", portal_id, "operator", "link:demo", time.time() + 8 * 3600
+    )
+    return f"{stack.webhook_url}/console/link?t={token}"
 
 
 async def _wait_policies(probe: Probe, scenario: Scenario, console: Console) -> None:

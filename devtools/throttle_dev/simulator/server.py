@@ -85,7 +85,8 @@ async def _json(request: web.Request) -> Any:
 async def authorize(request: web.Request) -> web.StreamResponse:
     """Approve at once and redirect back with a code (or the error HubSpot would send).
 
-    Simulator-only query parameters: `portal_id` (which account installs) and `deny=1`.
+    Simulator-only query parameters: `portal_id` (which account installs), `user_email` (who
+    authorizes: introspection's `user`) and `deny=1`.
     """
     query = request.query
     redirect_uri = query.get("redirect_uri", "")
@@ -100,7 +101,11 @@ async def authorize(request: web.Request) -> web.StreamResponse:
     except ValueError:
         raise ApiError(400, error_body("VALIDATION_ERROR", "portal_id must be a number")) from None
     code = _sim(request).authorize(
-        query.get("client_id", ""), redirect_uri, query.get("scope", ""), portal_id
+        query.get("client_id", ""),
+        redirect_uri,
+        query.get("scope", ""),
+        portal_id,
+        query.get("user_email"),
     )
     params = {"code": code}
     if state is not None:

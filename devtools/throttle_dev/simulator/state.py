@@ -103,6 +103,9 @@ class Faults:
             setattr(self, name, value)
 
 
+DEFAULT_USER = "sim-user@example.com"
+
+
 @dataclass
 class SimulatorConfig:
     """How the simulated HubSpot app and account behave (defaults follow the contract)."""
@@ -127,6 +130,9 @@ class SimulatorConfig:
     """Harsh: a rejected batch does not say which callbacks were at fault; clients must split."""
     max_expiration_s: float | None = None
     """Cap on a BLOCK's hs_expiration_duration (tests use seconds instead of days)."""
+    user_emails: dict[int, str] = field(default_factory=dict)
+    """The user who authorizes for each portal (introspection's `user`); others are
+    DEFAULT_USER. The authorize page's `user_email` parameter names one for that sign-in."""
     seed: int | None = None
     clock: Callable[[], float] = field(default=time.time, repr=False)
 
@@ -174,6 +180,7 @@ class AccessToken:
     expires_at: float
     scopes: tuple[str, ...]
     revoked: bool = False
+    user: str = ""
 
 
 @dataclass
@@ -181,6 +188,7 @@ class RefreshToken:
     portal_id: int
     scopes: tuple[str, ...]
     revoked: bool = False
+    user: str = ""
 
 
 @dataclass
@@ -190,6 +198,7 @@ class AuthCode:
     scopes: tuple[str, ...]
     expires_at: float
     used: bool = False
+    user: str = ""
 
 
 @dataclass
@@ -298,8 +307,9 @@ class Simulator:
         redirect_uri: str,
         scope: str,
         portal_id: int | None = None,
+        user_email: str | None = None,
     ) -> str:
-        """Approve an install: return a fresh authorization code for `redirect_uri`."""
+        """Approve an install (or a sign-in): a fresh authorization code for `redirect_uri`."""
         if client_id != self.config.client_id:
             raise ApiError(400, oauth_error("BAD_CLIENT_ID", "unknown client_id"))
         if not redirect_uri:
@@ -312,11 +322,13 @@ class Simulator:
                 400, oauth_error("BAD_SCOPES", f"missing required scopes: {' '.join(missing)}")
             )
         code = str(uuid.uuid4())
+        portal = portal_id or self.config.default_portal_id
         self.codes[code] = AuthCode(
-            portal_id or self.config.default_portal_id,
+            portal,
             redirect_uri,
             scopes,
             self.now() + self.config.auth_code_ttl_s,
+            user=user_email or self.config.user_emails.get(portal, DEFAULT_USER),
         )
         return code
 
@@ -342,7 +354,7 @@ class Simulator:
                     400, oauth_error("BAD_REDIRECT_URI", "redirect_uri does not match the code's")
                 )
             code.used = True
-            return self._grant(code.portal_id, code.scopes)
+            return self._grant(code.portal_id, code.scopes, user=code.user)
         if grant == "refresh_token":
             presented = form.get("refresh_token", "")
             refresh = self.refresh_tokens.get(presented)
@@ -355,20 +367,26 @@ class Simulator:
             self.portal(refresh.portal_id).refreshes += 1
             if self.config.rotate_refresh_tokens:
                 refresh.revoked = True
-                return self._grant(refresh.portal_id, refresh.scopes)
-            return self._grant(refresh.portal_id, refresh.scopes, refresh_token=presented)
+                return self._grant(refresh.portal_id, refresh.scopes, user=refresh.user)
+            return self._grant(
+                refresh.portal_id, refresh.scopes, refresh_token=presented, user=refresh.user
+            )
         raise ApiError(400, oauth_error("BAD_GRANT_TYPE", "unsupported grant_type"))
 
     def _grant(
-        self, portal_id: int, scopes: tuple[str, ...], refresh_token: str | None = None
+        self,
+        portal_id: int,
+        scopes: tuple[str, ...],
+        refresh_token: str | None = None,
+        user: str = DEFAULT_USER,
     ) -> dict[str, Any]:
         access = "C" + secrets.token_urlsafe(90)
         self.access_tokens[access] = AccessToken(
-            portal_id, self.now() + self.config.access_token_ttl_s, scopes
+            portal_id, self.now() + self.config.access_token_ttl_s, scopes, user=user
         )
         if refresh_token is None:
             refresh_token = f"na1-{uuid.uuid4().hex[:4]}-{uuid.uuid4()}"
-            self.refresh_tokens[refresh_token] = RefreshToken(portal_id, scopes)
+            self.refresh_tokens[refresh_token] = RefreshToken(portal_id, scopes, user=user)
         body: dict[str, Any] = {
             "token_type": "bearer",  # a type name  # nosec B105
             "access_token": access,
@@ -382,7 +400,8 @@ class Simulator:
 
     def issue_tokens(self, portal_id: int, scopes: Iterable[str] | None = None) -> dict[str, Any]:
         """Install a portal without the browser dance (tests, demo seeding)."""
-        grant = self._grant(portal_id, tuple(scopes or self.config.required_scopes))
+        user = self.config.user_emails.get(portal_id, DEFAULT_USER)
+        grant = self._grant(portal_id, tuple(scopes or self.config.required_scopes), user=user)
         return {**grant, "hub_id": portal_id}
 
     def introspect(self, token: str) -> dict[str, Any]:
@@ -392,7 +411,7 @@ class Simulator:
             raise ApiError(404, error_body("NOT_FOUND", "access token not found or expired"))
         return {
             "token": token,
-            "user": "sim-user@example.com",
+            "user": access.user or DEFAULT_USER,
             "hub_domain": f"portal-{access.portal_id}.example.com",
             "scopes": list(access.scopes),
             "hub_id": access.portal_id,
@@ -408,7 +427,7 @@ class Simulator:
             raise ApiError(404, error_body("NOT_FOUND", "refresh token not found"))
         return {
             "token": token,
-            "user": "sim-user@example.com",
+            "user": refresh.user or DEFAULT_USER,
             "hub_id": refresh.portal_id,
             "scopes": list(refresh.scopes),
             "client_id": self.config.client_id,

@@ -1,0 +1,63 @@
+"""How the console shows figures to people (`static/console.js` shows the live ones the same
+way): a wait as `3 min 20 s`, a count with thousands separators, a missing value as a dash."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+STATES = {
+    "releasing": "Releasing",
+    "idle": "Idle (nothing queued)",
+    "paused": "Paused",
+    "outside_window": "Outside its window",
+    "daily_cap_reached": "Daily cap reached",
+    "waiting_for_hubspot": "Waiting for HubSpot",
+}
+DASH = "—"
+
+
+def seconds(value: float | None) -> str:
+    """A duration; None (never: paused, or beyond the forecast) as `never`."""
+    if value is None or math.isinf(value):
+        return "never"
+    total = round(value)
+    if total < 60:
+        return f"{total} s"
+    if total < 3600:
+        return f"{total // 60} min {total % 60} s"
+    if total < 86400:
+        return f"{total // 3600} h {total % 3600 // 60} min"
+    return f"{total // 86400} d {total % 86400 // 3600} h"
+
+
+def count(value: int | None) -> str:
+    return DASH if value is None else f"{value:,}"
+
+
+def state(value: str) -> str:
+    return STATES.get(value, value)
+
+
+def when(value: datetime | None) -> str:
+    return DASH if value is None else value.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+
+
+def raw(value: Any) -> str:
+    """A cell's `data-value`: the value as `status --json` prints it; empty for null."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+FILTERS: dict[str, Callable[..., str]] = {
+    "seconds": seconds,
+    "count": count,
+    "state": state,
+    "when": when,
+    "raw": raw,
+}
