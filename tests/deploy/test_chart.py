@@ -3,6 +3,7 @@ context, secrets wiring, settings names, alerts (promtool) and the dashboard's m
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import re
@@ -271,6 +272,9 @@ def test_pdb_and_spread_for_webhook_and_dispatcher(rendered_default: list[dict[s
         ("settings.logLevel=LOUD", "logLevel"),
         ("image.pullPolicy=Sometimes", "pullPolicy"),
         ("webhook.port=70000", "port"),
+        ("console.sessionKey=short", "sessionKey"),
+        ("console.roles.12345.a@example\\.com=admin", "roles"),
+        ("console.roles.main.a@example\\.com=viewer", "propertyName 'main'"),
     ],
 )
 def test_schema_refuses_bad_values(helm: Helm, setting: str, message: str) -> None:
@@ -287,6 +291,11 @@ def test_schema_refuses_bad_values(helm: Helm, setting: str, message: str) -> No
         (["settings.publicUrl=http://throttle.example.com"], "must be https://"),
         # Without a public URL the webhook refuses to start: say so before the install.
         (["settings.publicUrl="], "set settings.publicUrl"),
+        (["console.enabled=true"], "console.enabled needs console.sessionKey"),
+        (
+            ["console.enabled=true", "console.existingSecret=mine", "console.port=8080"],
+            "console.port must differ from webhook.port",
+        ),
     ],
 )
 def test_bad_combinations_fail_with_a_clear_message(
@@ -299,6 +308,105 @@ def test_bad_combinations_fail_with_a_clear_message(
     assert proc.returncode != 0
     assert "ERROR:" in proc.stderr
     assert message in proc.stderr
+
+
+# ---- the console --------------------------------------------------------------------------------
+
+CONSOLE_KEY = "8c1f4e2a9b7d6c5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c"
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def test_console_values_set_its_env_secret_port_and_own_ingress_path(helm: Helm) -> None:
+    """The key reaches the webhook from a Secret of its own (never a ConfigMap); CONSOLE_PORT
+    opens a container and Service port of its own, where the console's own Ingress sends
+    /console, while the webhook's Ingress keeps HubSpot's paths."""
+    objects = helm.template(
+        values=[VALUES_ALL],
+        set_values=[
+            "console.enabled=true",
+            f"console.sessionKey={CONSOLE_KEY}",
+            "console.port=8081",
+            "console.roles.12345.ops@example\\.com=operator",
+            "console.roles.12345.analyst@example\\.com=viewer",
+        ],
+        extra=[
+            "--set-string",
+            "console.ingress.annotations.nginx\\.ingress\\.kubernetes\\.io/limit-rps=5",
+        ],
+    )
+    webhook = pod_specs(objects)["webhook"]["containers"][0]
+    env = env_of(webhook)
+    assert env["CONSOLE_SESSION_KEY"] == {
+        "secretKeyRef": {"name": "rel-throttle-console", "key": "CONSOLE_SESSION_KEY"}
+    }
+    assert env["CONSOLE_PORT"] == "8081"
+    assert json.loads(env["CONSOLE_ROLES"]) == {
+        "12345": {"ops@example.com": "operator", "analyst@example.com": "viewer"}
+    }
+    secret = one(objects, "Secret", "console")
+    assert base64.b64decode(secret["data"]["CONSOLE_SESSION_KEY"]).decode() == CONSOLE_KEY
+    for config in by_kind(objects, "ConfigMap"):
+        assert CONSOLE_KEY not in json.dumps(config), config["metadata"]["name"]
+    for component, spec in pod_specs(objects).items():
+        if (
+            component != "webhook"
+        ):  # only the webhook serves (and `throttle console-link` runs there)
+            assert not {n for n in env_of(spec["containers"][0]) if n.startswith("CONSOLE_")}
+    assert {"name": "console", "containerPort": 8081, "protocol": "TCP"} in webhook["ports"]
+    service = one(objects, "Service", "webhook")
+    assert {"name": "console", "port": 8081, "targetPort": "console", "protocol": "TCP"} in (
+        service["spec"]["ports"]
+    )
+    console = one(objects, "Ingress", "console")
+    assert console["metadata"]["annotations"] == {"nginx.ingress.kubernetes.io/limit-rps": "5"}
+    assert console["spec"]["tls"] == one(objects, "Ingress", "webhook")["spec"]["tls"]
+    [rule] = console["spec"]["rules"]
+    assert rule["host"] == "throttle.example.com"
+    assert rule["http"]["paths"] == [
+        {
+            "path": "/console",
+            "pathType": "Prefix",
+            "backend": {"service": {"name": "rel-throttle-webhook", "port": {"number": 8081}}},
+        }
+    ]
+    for rule in one(objects, "Ingress", "webhook")["spec"]["rules"]:
+        assert not _routed(rule["http"]["paths"], "/console/portals/1")
+        assert _routed(rule["http"]["paths"], "/api/hubspot/action")
+    webhook_policy = one(objects, "NetworkPolicy", "webhook")["spec"]["ingress"]
+    assert any(r["ports"] == [{"port": 8081, "protocol": "TCP"}] for r in webhook_policy)
+
+
+def test_console_under_the_webhooks_port_and_from_an_existing_secret(helm: Helm) -> None:
+    objects = helm.template(
+        values=[VALUES_REQUIRED],
+        set_values=[
+            "console.enabled=true",
+            "console.existingSecret=console-key",
+            "webhook.ingress.enabled=true",
+        ],
+    )
+    assert not [s for s in by_kind(objects, "Secret") if "console" in s["metadata"]["name"]]
+    webhook = pod_specs(objects)["webhook"]["containers"][0]
+    env = env_of(webhook)
+    assert env["CONSOLE_SESSION_KEY"] == {
+        "secretKeyRef": {"name": "console-key", "key": "CONSOLE_SESSION_KEY"}
+    }
+    assert "CONSOLE_PORT" not in env
+    assert "CONSOLE_ROLES" not in env
+    assert [p["name"] for p in webhook["ports"]] == ["http"]
+    [rule] = one(objects, "Ingress", "console")["spec"]["rules"]
+    [path] = rule["http"]["paths"]
+    assert path["path"] == "/console"
+    assert path["backend"]["service"]["port"] == {"number": 80}  # the webhook Service's port
+
+
+def test_console_is_off_by_default(rendered_default: list[dict[str, Any]]) -> None:
+    assert not [o for o in rendered_default if "console" in o["metadata"]["name"]]
+    for spec in pod_specs(rendered_default).values():
+        assert not {n for n in env_of(spec["containers"][0]) if n.startswith("CONSOLE_")}
 
 
 def test_generated_schema_and_readme_are_current() -> None:
@@ -339,6 +447,15 @@ NEEDS = {
     "devStack.pullPolicy": ["devStack.enabled=true", "secrets.databaseUrl=postgresql://u:p@h/d"],
     "dispatcher.replicaCount": ["dispatcher.autoscaling.enabled=false"],
     "dispatcher.keda.prometheus.serverAddress": ["dispatcher.keda.enabled=true"],
+    "console.sessionKey": ["console.enabled=true"],
+    "console.existingSecret": ["console.enabled=true"],
+    "console.port": ["console.enabled=true", f"console.sessionKey={CONSOLE_KEY}"],
+    "console.roles": ["console.enabled=true", f"console.sessionKey={CONSOLE_KEY}"],
+    "console.ingress.annotations": [
+        "console.enabled=true",
+        f"console.sessionKey={CONSOLE_KEY}",
+        "webhook.ingress.enabled=true",
+    ],
 }
 
 

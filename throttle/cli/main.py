@@ -80,17 +80,29 @@ def operator(namespace: tuple[str, ...], local: Path | None) -> None:
 @main.command()
 @click.option("--watch", "-w", is_flag=True, help="Refresh the table until Ctrl-C.")
 @click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds (--watch).")
-def status(watch: bool, interval: float) -> None:
-    """Policies at a glance: rate, queued, in flight, oldest wait, released, projected drain."""
+@click.option(
+    "--portal", type=click.IntRange(min=0), default=None, help="Only this portal's queues."
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the figures as JSON (as the console's)."
+)
+def status(watch: bool, interval: float, portal: int | None, as_json: bool) -> None:
+    """Policies at a glance: rate, state, queued, in flight, oldest wait, released, drain."""
     import asyncio
     import contextlib
+    import json
 
+    if as_json and watch:
+        raise click.BadOptionUsage("--json", "--json prints once; it cannot go with --watch")
     settings = settings_for("redis_url")
     # lazy: `throttle --help` in 0.3 s, not 1.0 s (bench/cli_startup.py)
-    from throttle.engine.queue_status import show
+    from throttle.engine.queue_status import read_json, show
 
+    if as_json:
+        click.echo(json.dumps(asyncio.run(read_json(settings, portal)), indent=2))
+        return
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(show(settings, watch, interval))
+        asyncio.run(show(settings, watch, interval, portal))
 
 
 @main.command(name="settings")

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from throttle import bounded_cache
 from throttle.engine import keys
 from throttle.engine.policy import Policy
+from throttle.engine.policy_index import decode_entries
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +36,25 @@ def _entry(raw: bytes | str | None) -> tuple[Policy, str] | None:
         return None
 
 
-async def inline_load(redis: Any) -> list[tuple[Policy, str]]:
-    """Every inline queue's policy and note ("" = none), from every shard, in one round trip."""
+async def inline_load(
+    redis: Any,
+    portal_id: int | None = None,
+    known: dict[Any, tuple[Policy, str]] | None = None,
+) -> list[tuple[Policy, str]]:
+    """Every inline queue's policy and note ("" = none), from every shard, in one round trip.
+
+    `portal_id` and `known` as in `policy_index.registry_load`: one portal's, picked by key
+    before decoding; entries already decoded, by their raw JSON."""
     async with redis.pipeline(transaction=False) as pipe:
         for shard in range(keys.SHARDS):
             pipe.hgetall(keys.inline_queues(shard))
         found = await pipe.execute()
-    out = [entry for entries in found for raw in entries.values() if (entry := _entry(raw))]
+    out = [e for entries in found for e in decode_entries(entries, _named, portal_id, known)]
     return sorted(out, key=lambda pair: pair[0].key)
+
+
+def _named(_name: Any, raw: bytes | str | None) -> tuple[Policy, str] | None:
+    return _entry(raw)
 
 
 class InlineNotes:

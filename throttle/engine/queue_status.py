@@ -1,20 +1,32 @@
 """`throttle status`: every policy's queue at a glance, straight from Redis.
 
 One row per active policy and inline queue: its rate, what is queued and in flight, how long the
-oldest execution has waited, what was released (in total and today), and when the current queue
+oldest execution has waited, what was released (in total and today), when the current queue
 will have drained at the policy's rate (window, daily cap and pause considered, by the same pure
-arithmetic the webhook uses for `overflow`). Read-only: it never changes a queue. The demo reads
-its live figures through the same `StatusReader`.
+arithmetic the webhook uses for `overflow`), and its state: why it is, or is not, releasing now.
+Read-only: it never changes a queue. The demo and the console's overview read their live figures
+through the same `StatusReader`, and `status_json` is the one shape `throttle status --json` and
+the console's `queues.json` print.
+
+The state is judged on the facts the releases are decided on, in the same order: take.lua's
+(the pause, the schedule window now, the daily cap of each queue today) and then the
+dispatcher's for the portal (a HubSpot hold after a 429, the portal's API budget spent in the
+rolling window, no installation with tokens in the webhook's mirror of the installs).
+
+Fast for a portal with 1,000 queues: a few pipelined round trips (the `stats` script calls in
+one, the daily-cap reads in two, the HubSpot facts in one), and decoded policies kept by their
+raw JSON between reads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from rich.console import Console
@@ -22,8 +34,9 @@ from rich.live import Live
 from rich.table import Table
 
 from throttle.engine import keys
-from throttle.engine.calendars import local_day
+from throttle.engine.calendars import in_window, local_day
 from throttle.engine.forecast import projected_wait
+from throttle.engine.inline import is_inline
 from throttle.engine.inline_index import inline_load
 from throttle.engine.policy import Policy
 from throttle.engine.policy_index import registry_load
@@ -31,13 +44,28 @@ from throttle.engine.queue import PolicyStats, Queue
 from throttle.engine.redis_client import redis_client
 from throttle.settings import Settings
 
+QueueState = Literal[
+    "releasing", "idle", "paused", "outside_window", "daily_cap_reached", "waiting_for_hubspot"
+]
+STATE_LABELS: dict[str, str] = {
+    "releasing": "releasing",
+    "idle": "idle",
+    "paused": "paused",
+    "outside_window": "outside its window",
+    "daily_cap_reached": "daily cap reached",
+    "waiting_for_hubspot": "waiting for HubSpot",
+}
+"""Each state as people read it (the table here, the console's cells)."""
+
 
 @dataclass(frozen=True)
 class StatusRow:
     portal_id: int
     name: str
+    kind: Literal["policy", "inline"]
     rate: str
     paused: bool
+    state: QueueState
     queued: int
     in_flight: int
     oldest_wait_s: float
@@ -47,6 +75,27 @@ class StatusRow:
     failed_total: int
     drain_s: float
     """Seconds until the current queue is released (inf: paused, or not within the horizon)."""
+
+
+@dataclass(frozen=True)
+class CapDay:
+    """A capped policy's day so far: released today over its queues, and whether every queue
+    that holds executions has reached the cap (so nothing goes before local midnight)."""
+
+    released_today: int
+    reached: bool
+
+
+@dataclass(frozen=True)
+class HubSpotBudgetTerms:
+    """The portals' API budgets as the dispatcher's `PortalBudget` takes calls from them."""
+
+    limit: int = 100
+    window_s: float = 10.0
+    overrides: Mapping[int, int] = field(default_factory=dict)
+
+    def limit_for(self, portal_id: int) -> int:
+        return self.overrides.get(portal_id, self.limit)
 
 
 def describe_rate(policy: Policy) -> str:
@@ -68,66 +117,190 @@ def _short(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+def queue_state(
+    policy: Policy,
+    stats: PolicyStats,
+    now: float,
+    cap_reached: bool = False,
+    hubspot_waiting: bool = False,
+) -> QueueState:
+    """Why the queue is or is not releasing now: take.lua's checks in take.lua's order (pause,
+    window, daily cap; those only matter while something is queued), then the dispatcher's for
+    the portal, which hold back what was released too."""
+    if policy.paused:
+        return "paused"
+    if stats.depth == 0 and stats.in_flight == 0:
+        return "idle"
+    if stats.depth > 0:
+        if policy.schedule is not None and not in_window(policy.schedule, now):
+            return "outside_window"
+        if cap_reached:
+            return "daily_cap_reached"
+    if hubspot_waiting:
+        return "waiting_for_hubspot"
+    return "releasing"
+
+
 def row_from_stats(
-    policy: Policy, stats: PolicyStats, now: float, today: int | None = None
+    policy: Policy,
+    stats: PolicyStats,
+    now: float,
+    cap_day: CapDay | None = None,
+    hubspot_waiting: bool = False,
 ) -> StatusRow:
     drain = 0.0 if stats.depth == 0 else projected_wait(policy, stats.depth, now)
+    reached = cap_day is not None and cap_day.reached
     return StatusRow(
         portal_id=policy.portal_id,
         name=policy.name,
+        kind="inline" if is_inline(policy.name) else "policy",
         rate=describe_rate(policy),
         paused=policy.paused,
+        state=queue_state(policy, stats, now, reached, hubspot_waiting),
         queued=stats.depth,
         in_flight=stats.in_flight,
         oldest_wait_s=stats.oldest_age_seconds,
         released_total=stats.released,
-        released_today=today,
+        released_today=None if cap_day is None else cap_day.released_today,
         completed_total=stats.acked,
         failed_total=stats.failed + stats.expired,
         drain_s=drain,
     )
 
 
-class StatusReader:
-    """Reads policies from the registry and their figures with the engine's `stats` script."""
+def status_json(rows: Iterable[StatusRow]) -> dict[str, Any]:
+    """What `throttle status --json` prints and the console's `queues.json` answers: the rows'
+    raw figures, `drain_s` null when never (paused, or beyond the horizon) and
+    `released_today` null when the policy has no daily cap."""
+    return {
+        "queues": [
+            {
+                "portal_id": row.portal_id,
+                "name": row.name,
+                "kind": row.kind,
+                "rate": row.rate,
+                "paused": row.paused,
+                "state": row.state,
+                "queued": row.queued,
+                "in_flight": row.in_flight,
+                "oldest_wait_s": round(row.oldest_wait_s, 3),
+                "released_total": row.released_total,
+                "released_today": row.released_today,
+                "completed_total": row.completed_total,
+                "failed_total": row.failed_total,
+                "drain_s": None if math.isinf(row.drain_s) else round(row.drain_s, 3),
+            }
+            for row in rows
+        ]
+    }
 
-    def __init__(self, redis: Any) -> None:
+
+class StatusReader:
+    """Reads policies from the registry and their figures with the engine's `stats` script.
+
+    Long-lived readers (the console, the demo) keep the policies they decoded, by raw JSON."""
+
+    def __init__(self, redis: Any, budget: HubSpotBudgetTerms | None = None) -> None:
         self.redis = redis
         self.queue = Queue(redis)
+        self.budget = budget or HubSpotBudgetTerms()
+        self._registry_known: dict[Any, tuple[int, Policy]] = {}
+        self._inline_known: dict[Any, tuple[Policy, str]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StatusReader:
-        return cls(redis_client(settings))
+        budget = HubSpotBudgetTerms(
+            settings.hubspot_portal_budget,
+            settings.hubspot_budget_window_seconds,
+            settings.hubspot_budget_overrides,
+        )
+        return cls(redis_client(settings), budget)
 
-    async def policies(self) -> list[Policy]:
-        """The registry's policies and the inline queues (named `inline.…`, engine/inline.py)."""
-        _revision, found = await registry_load(self.redis)
-        found += [policy for policy, _note in await inline_load(self.redis)]
+    async def policies(self, portal_id: int | None = None) -> list[Policy]:
+        """The registry's policies and the inline queues (named `inline.…`, engine/inline.py),
+        of one portal when given."""
+        (_revision, found), inline = await asyncio.gather(
+            registry_load(self.redis, portal_id, self._registry_known),
+            inline_load(self.redis, portal_id, self._inline_known),
+        )
+        found += [policy for policy, _note in inline]
         return sorted(found, key=lambda p: (p.portal_id, p.name))
 
-    async def row(self, policy: Policy) -> StatusRow:
+    async def rows(self, portal_id: int | None = None) -> list[StatusRow]:
+        return await self.rows_of(await self.policies(portal_id))
+
+    async def rows_of(self, policies: Sequence[Policy]) -> list[StatusRow]:
+        """The rows of these policies, read together: the `stats` calls, the daily counts and
+        the portals' HubSpot facts at once, each in pipelined round trips."""
         now = time.time()
-        stats = await self.queue.stats(policy)
-        return row_from_stats(policy, stats, now, await self.released_today(policy, now))
+        stats, cap_days, waiting = await asyncio.gather(
+            self.queue.stats_many(policies, chunk=1000),
+            self._cap_days([p for p in policies if p.daily_cap is not None], now),
+            self._hubspot_waiting({p.portal_id for p in policies}, now),
+        )
+        return [
+            row_from_stats(p, st, now, cap_days.get(p.key), p.portal_id in waiting)
+            for p, st in zip(policies, stats, strict=True)
+        ]
 
-    async def released_today(self, policy: Policy, now: float) -> int | None:
-        """Today's count under the daily cap (the engine counts per cap day only when capped)."""
-        if policy.daily_cap is None:
-            return None
-        today = local_day(ZoneInfo(policy.daily_cap.time_zone), now)
-        total = 0
-        for qid in await self.redis.smembers(keys.queues(policy.key)):
-            queue_id = qid.decode() if isinstance(qid, bytes) else str(qid)
-            day, count = await self.redis.hmget(
-                keys.queue_state(policy.key, queue_id), "cday", "ccnt"
-            )
-            if day is not None and int(day) == today:
-                total += int(count or 0)
-        return total
+    async def row(self, policy: Policy) -> StatusRow:
+        return (await self.rows_of([policy]))[0]
 
-    async def rows(self) -> list[StatusRow]:
-        policies = await self.policies()
-        return list(await asyncio.gather(*(self.row(p) for p in policies)))
+    async def _cap_days(self, capped: Sequence[Policy], now: float) -> dict[str, CapDay]:
+        """Each capped policy's count today, as take.lua keeps it: per queue (a PerWorkflow
+        policy caps each workflow's queue), in the queue state's `cday` / `ccnt`."""
+        if not capped:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for policy in capped:
+                pipe.smembers(keys.queues(policy.key))
+            members = await pipe.execute()
+        queues = [(p, _text(q)) for p, qids in zip(capped, members, strict=True) for q in qids]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for policy, qid in queues:
+                pipe.hmget(keys.queue_state(policy.key, qid), "cday", "ccnt")
+                pipe.llen(keys.queue_list(policy.key, qid))
+                pipe.zcard(keys.queue_priority(policy.key, qid))
+            found = await pipe.execute()
+        today = {p.key: local_day(ZoneInfo(_zone(p)), now) for p in capped}
+        counts: dict[str, int] = dict.fromkeys(today, 0)
+        open_: dict[str, bool] = {}  # a queue with executions still under the cap
+        for i, (policy, _qid) in enumerate(queues):
+            (day, count), listed, prioritized = found[3 * i : 3 * i + 3]
+            n = int(count or 0) if day is not None and int(day) == today[policy.key] else 0
+            counts[policy.key] += n
+            if listed + prioritized > 0:
+                limit = policy.daily_cap.limit if policy.daily_cap else 0
+                open_[policy.key] = open_.get(policy.key, False) or n < limit
+        return {key: CapDay(n, open_.get(key) is False) for key, n in counts.items()}
+
+    async def _hubspot_waiting(self, portals: set[int], now: float) -> set[int]:
+        """The portals the dispatcher cannot complete for now: held after a 429 (the hold's TTL
+        is the wait), the API budget spent within the rolling window (as
+        `hubspot_budget_take.lua` counts it), or not installed with tokens according to the
+        webhook's mirror of the installs (no mirror yet: not judged)."""
+        ordered = sorted(portals)
+        if not ordered:
+            return set()
+        window_ms = int(self.budget.window_s * 1000)
+        since = f"({int(now * 1000) - window_ms}"
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.INSTALLED_PORTALS)
+            for portal in ordered:
+                pipe.pttl(keys.hubspot_hold(portal))
+                pipe.zcount(keys.hubspot_budget(portal), since, "+inf")
+            found = await pipe.execute()
+        installed = _installed(found[0])
+        waiting = set()
+        for i, portal in enumerate(ordered):
+            hold_ms, calls = found[1 + 2 * i : 3 + 2 * i]
+            if (
+                int(hold_ms) > 0
+                or int(calls) >= self.budget.limit_for(portal)
+                or (installed is not None and portal not in installed)
+            ):
+                waiting.add(portal)
+        return waiting
 
     async def by_name(self, wanted: Iterable[tuple[int, str]]) -> dict[str, StatusRow | None]:
         """Rows of these (portal, name) policies; None for one not (yet) in the registry."""
@@ -140,6 +313,24 @@ class StatusReader:
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+
+def _zone(policy: Policy) -> str:
+    return policy.daily_cap.time_zone if policy.daily_cap else "UTC"
+
+
+def _installed(raw: bytes | str | None) -> set[int] | None:
+    """The installed portals of the webhook's mirror (`keys.INSTALLED_PORTALS`), None if none."""
+    if raw is None:
+        return None
+    try:
+        return {int(p) for p in json.loads(raw)["installed"]}
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _age(seconds: float) -> str:
@@ -159,13 +350,16 @@ def status_table(rows: Sequence[StatusRow], title: str = "Throttle policies") ->
     table.add_column("portal", justify="right")
     table.add_column("policy")
     table.add_column("rate")
+    table.add_column("state")
     for column in ("queued", "in flight", "oldest wait", "released", "today", "drain"):
         table.add_column(column, justify="right")
     for row in rows:
+        label = STATE_LABELS[row.state]
         table.add_row(
             str(row.portal_id),
-            row.name + (" [yellow](paused)[/]" if row.paused else ""),
+            row.name,
             row.rate,
+            label if row.state in ("releasing", "idle") else f"[yellow]{label}[/]",
             str(row.queued),
             str(row.in_flight),
             _age(row.oldest_wait_s) if row.queued else "-",
@@ -178,17 +372,29 @@ def status_table(rows: Sequence[StatusRow], title: str = "Throttle policies") ->
     return table
 
 
-async def show(settings: Settings, watch: bool, interval: float) -> None:
+async def read_json(settings: Settings, portal_id: int | None = None) -> dict[str, Any]:
+    """`throttle status --json`: `status_json` of every row (of one portal when given)."""
+    reader = StatusReader.from_settings(settings)
+    try:
+        return status_json(await reader.rows(portal_id))
+    finally:
+        await reader.close()
+
+
+async def show(
+    settings: Settings, watch: bool, interval: float, portal_id: int | None = None
+) -> None:
     reader = StatusReader.from_settings(settings)
     console = Console()
     try:
         if not watch:
-            console.print(status_table(await reader.rows()))
+            console.print(status_table(await reader.rows(portal_id)))
             return
         with Live(console=console, refresh_per_second=4, screen=False) as live:
             while True:
                 stamp = time.strftime("%H:%M:%S")
-                live.update(status_table(await reader.rows(), f"Throttle policies — {stamp}"))
+                rows = await reader.rows(portal_id)
+                live.update(status_table(rows, f"Throttle policies — {stamp}"))
                 await asyncio.sleep(interval)
     finally:
         await reader.close()

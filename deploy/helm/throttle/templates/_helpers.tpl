@@ -79,6 +79,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end }}
 
+{{/* The Secret holding CONSOLE_SESSION_KEY: console.existingSecret, else the chart's own. */}}
+{{- define "throttle.consoleSecretName" -}}
+{{- default (include "throttle.componentName" (dict "root" . "component" "console")) .Values.console.existingSecret -}}
+{{- end }}
+
+{{/* The webhook Service's port the console's Ingress routes to. */}}
+{{- define "throttle.consoleServicePort" -}}
+{{- default .Values.webhook.service.port .Values.console.port -}}
+{{- end }}
+
 {{/* The ConfigMap holding the non-secret settings. */}}
 {{- define "throttle.configName" -}}
 {{- printf "%s-config" (include "throttle.fullname" .) -}}
@@ -253,6 +263,12 @@ resources:
 {{- end -}}
 {{- if and $publicUrl (not (hasPrefix "https://" $publicUrl)) (not (regexMatch "^http://(localhost|127\\.0\\.0\\.1)([:/]|$)" $publicUrl)) -}}
 {{- fail "ERROR: settings.publicUrl must be https:// (HubSpot only calls HTTPS)" -}}
+{{- end -}}
+{{- if and .Values.console.enabled (not .Values.console.sessionKey) (not .Values.console.existingSecret) -}}
+{{- fail "ERROR: console.enabled needs console.sessionKey (at least 32 characters) or console.existingSecret (a Secret with the key CONSOLE_SESSION_KEY)" -}}
+{{- end -}}
+{{- if and .Values.console.enabled .Values.console.port (eq (int .Values.console.port) (int .Values.webhook.port)) -}}
+{{- fail "ERROR: console.port must differ from webhook.port (0 serves the console under the webhook's port)" -}}
 {{- end -}}
 {{- if and .Values.webhook.configApi.clusterMode (not .Values.webhook.serviceAccount.create) (not .Values.webhook.serviceAccount.name) -}}
 {{- fail "ERROR: webhook.configApi.clusterMode needs the webhook's own ServiceAccount (webhook.serviceAccount.create or .name)" -}}
