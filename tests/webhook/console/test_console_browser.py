@@ -85,7 +85,9 @@ def fetch(browser: WebDriver, method: str, path: str, form: dict[str, str] | Non
         const init = {method, credentials: "same-origin", redirect: "manual",
                       headers: {"Accept": "text/html"}};
         if (form !== null) init.body = new URLSearchParams(form);
-        fetch(url, init).then((r) => done(r.status)).catch((e) => done(String(e)));
+        fetch(url, init)
+          .then((r) => done(r.type === "opaqueredirect" ? "a redirect (accepted)" : r.status))
+          .catch((e) => done(String(e)));
         """,
         method,
         path,
@@ -225,6 +227,7 @@ def test_an_operator_link_pauses_and_resumes_what_hubspot_sees_released_by_keybo
         timeout=20,
     )
     assert browser.execute_script("return window.sameDocument") is True
+    look(browser, screenshot, "overview-releasing")
 
     wait_for(lambda: len(console.completed(PORTAL_C, "enrichment")) >= 3, "enrichment releasing")
     browser.get(queue_page(console, PORTAL_C, "enrichment"))
@@ -254,10 +257,21 @@ def test_an_operator_link_pauses_and_resumes_what_hubspot_sees_released_by_keybo
     time.sleep(6)
     assert len(console.completed(PORTAL_C, "enrichment")) == paused_at, "released while paused"
     assert len(console.completed(PORTAL_C, "background")) > background_at, "the engine stopped"
+    screenshot("queue-paused")
     changes = browser.find_element(By.CSS_SELECTOR, "table#changes").text
     assert "Olivia Operator" in changes
     assert "pause" in changes.lower()
 
+    # The overview says so too, beside background still releasing.
+    browser.get(overview(console, PORTAL_C))
+    wait_for(
+        lambda: raw(queue_table(browser)["enrichment"]["state"]) == "paused",
+        "the overview shows enrichment paused",
+    )
+    assert raw(queue_table(browser)["background"]["state"]) == "releasing"
+    screenshot("overview-paused")
+
+    browser.get(queue_page(console, PORTAL_C, "enrichment"))
     browser.find_element(By.ID, "resume").click()
     wait_for(lambda: browser.find_elements(By.ID, "pause"), "the pause button after resuming")
     wait_for(
