@@ -20,5 +20,5 @@ pytest_plugins = [
     "tests.fixtures.helm_chart",
     "tests.fixtures.podman",
     "tests.fixtures.browser",
-    "tests.fixtures.console_stack",
+    "tests.fixtures.console_processes",
 ]
