@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import time
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from click.testing import CliRunner
 
 from tests.fixtures.console import (
     PORTAL_A,
@@ -21,11 +23,11 @@ from tests.fixtures.console import (
     cookie_attributes,
     parse_html,
 )
+from throttle.cli.main import main
 from throttle.engine.queue import Queue
 from throttle.engine.queue_status import StatusReader
 from throttle.logs import RedactingFilter
 from throttle.webhook_service.appkeys import REDIS as REDIS_KEY
-from throttle.webhook_service.console.figures import portal_queues
 from throttle.webhook_service.console.sessions import SessionSigner
 from throttle_dev.localenv import free_port
 
@@ -255,14 +257,21 @@ async def test_overview_shows_the_status_figures_of_its_portal_only(
     table = page.by_id("queues")
     rows = {tr.attrs["data-queue"]: tr for tr in table.find_all("tr") if "data-queue" in tr.attrs}
     assert set(rows) == {"enrichment", "slow"}
-    expected = await portal_queues(StatusReader(redis), PORTAL_A)
+    printed = await asyncio.to_thread(  # the CLI runs its own event loop
+        CliRunner().invoke,
+        main,
+        ["status", "--json", "--portal", str(PORTAL_A)],
+        env={"REDIS_URL": console_stack.settings.redis_url or ""},
+    )
+    assert printed.exit_code == 0, printed.output
+    expected = json.loads(printed.output)
     async with viewer.get(f"/console/portals/{PORTAL_A}/queues.json") as r:
         live = await r.json()
     assert [q["name"] for q in live["queues"]] == ["enrichment", "slow"]
     assert live["portal_id"] == PORTAL_A
     for q in expected["queues"]:
         cells = {td.attrs["data-field"]: td for td in rows[q["name"]].find_all("td")}
-        for name in ("rate", "state", "queued", "in_flight", "released_today"):
+        for name in ("rate", "state", "queued", "in_flight", "released_today", "drain_s"):
             value = q[name]
             shown = "" if value is None else str(value)
             assert cells[name].attrs["data-value"] == shown, (q["name"], name)

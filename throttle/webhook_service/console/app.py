@@ -10,12 +10,13 @@ answered by a middleware of this app only, so the action endpoint pays nothing f
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.resources import files
 from pathlib import Path
 
 from aiohttp import web
 
+from throttle.engine.queue_status import StatusReader
 from throttle.webhook_service.appkeys import CONSOLE, SETTINGS
 from throttle.webhook_service.console import pages, signin, steering
 from throttle.webhook_service.console.context import (
@@ -61,12 +62,23 @@ async def console_errors(request: web.Request, handler: Handler) -> web.StreamRe
     return response
 
 
+async def reader_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The figures' reader: the same construction as `throttle status`, so the same figures,
+    on a Redis connection pool of the console's own (its reads never wait behind the action
+    endpoint's auto-pipelined writes)."""
+    console = app[CONSOLE]
+    console.status_reader = StatusReader.from_settings(console.settings)
+    yield
+    await console.status_reader.close()
+
+
 def create_console_app(host: web.Application) -> web.Application:
     settings = host[SETTINGS]
     key = settings.console_session_key
     assert key is not None, "the console is mounted only with CONSOLE_SESSION_KEY set"
     app = web.Application(middlewares=[console_errors])
     app[CONSOLE] = Console(host, settings, SessionSigner(key.get_secret_value()), templates())
+    app.cleanup_ctx.append(reader_ctx)
     app.add_routes([*signin.routes, *pages.routes, *steering.routes])
     static = Path(str(files("throttle.webhook_service.console").joinpath("static")))
     app.router.add_static("/static/", static)

@@ -9,7 +9,7 @@ import jinja2
 from aiohttp import web
 
 from throttle.engine.queue_status import StatusReader
-from throttle.webhook_service.appkeys import CONSOLE, REDIS
+from throttle.webhook_service.appkeys import CONSOLE
 from throttle.webhook_service.console import formatting
 from throttle.webhook_service.console.sessions import Session, SessionError
 from throttle.webhook_service.console.state import Console
@@ -34,11 +34,9 @@ def console_of(request: web.Request) -> Console:
 
 
 def reader(request: web.Request) -> StatusReader:
-    """One reader over the webhook's Redis client for the console's life."""
-    console = console_of(request)
-    if console.status_reader is None:
-        console.status_reader = StatusReader(console.host[REDIS])
-    return console.status_reader
+    status_reader = console_of(request).status_reader
+    assert status_reader is not None, "opened by the console app's cleanup context"
+    return status_reader
 
 
 def wants_json(request: web.Request) -> bool:

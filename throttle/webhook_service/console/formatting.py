@@ -8,14 +8,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-STATES = {
-    "releasing": "Releasing",
-    "idle": "Idle (nothing queued)",
-    "paused": "Paused",
-    "outside_window": "Outside its window",
-    "daily_cap_reached": "Daily cap reached",
-    "waiting_for_hubspot": "Waiting for HubSpot",
-}
+from throttle.engine.queue_status import STATE_LABELS
+
 DASH = "—"
 
 
@@ -38,7 +32,7 @@ def count(value: int | None) -> str:
 
 
 def state(value: str) -> str:
-    return STATES.get(value, value)
+    return STATE_LABELS.get(value, value)
 
 
 def when(value: datetime | None) -> str:

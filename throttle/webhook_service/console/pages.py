@@ -83,8 +83,8 @@ async def queues_json(request: web.Request) -> web.Response:
 
 
 async def _policy(request: web.Request, portal_id: int, name: str) -> Policy:
-    for policy in await reader(request).policies():
-        if policy.portal_id == portal_id and policy.name == name:
+    for policy in await reader(request).policies(portal_id):
+        if policy.name == name:
             return policy
     raise ConsoleError(404, "not_found", f"portal {portal_id} has no queue named {name!r}")
 

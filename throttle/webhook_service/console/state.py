@@ -20,4 +20,5 @@ class Console:
     signer: SessionSigner
     templates: jinja2.Environment
     status_reader: StatusReader | None = None
-    """Made at first use (`context.reader`): the Redis client opens after this app is built."""
+    """`throttle status`'s reader, made as `throttle status` makes it (its own Redis client,
+    the HubSpot budget terms of the settings), open while the app runs (`app.reader_ctx`)."""

@@ -4,10 +4,10 @@
   "use strict";
   var table = document.getElementById("queues");
   if (!table || !table.dataset.source) { return; }
-  var STATES = {
-    releasing: "Releasing", idle: "Idle (nothing queued)", paused: "Paused",
-    outside_window: "Outside its window", daily_cap_reached: "Daily cap reached",
-    waiting_for_hubspot: "Waiting for HubSpot"
+  var STATES = {  // queue_status.STATE_LABELS
+    releasing: "releasing", idle: "idle", paused: "paused",
+    outside_window: "outside its window", daily_cap_reached: "daily cap reached",
+    waiting_for_hubspot: "waiting for HubSpot"
   };
   function seconds(v) {
     if (v === null || v === undefined) { return "never"; }
