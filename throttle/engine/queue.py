@@ -200,6 +200,9 @@ class PolicyStats:
     expired: int
     requeued: int
     last_release_at: float | None
+    queue_days: tuple[tuple[int, int, int], ...] = ()
+    """When asked for (`stats_many(..., per_queue=True)`): each queue's cap day (-1: none yet),
+    its count that day and its depth, as take.lua keeps them."""
 
 
 @dataclass
@@ -509,23 +512,41 @@ class Queue:
     async def stats(self, policy: Policy) -> PolicyStats:
         return (await self.stats_many([policy]))[0]
 
-    async def stats_many(self, policies: Sequence[Policy], chunk: int = 500) -> list[PolicyStats]:
-        """Figures of many policies, `chunk` script calls per round trip."""
-        out: list[PolicyStats] = []
-        for start in range(0, len(policies), chunk):
-            calls = [
-                Scripts.stats(
-                    keys.queues(p.key),
-                    keys.meta(p.key),
-                    keys.stats(p.key),
-                    now_offset_ms=self.time_offset_ms,
-                    prefix=keys.shard_prefix(keys.shard_of(p.key)),
-                    policy=p.key,
+    async def stats_many(
+        self, policies: Sequence[Policy], chunk: int = 250, per_queue: bool = False
+    ) -> list[PolicyStats]:
+        """Figures of many policies: one `stats` call per shard and `chunk` policies, all in one
+        round trip (a pipeline; per node on a Cluster). `per_queue`: also each queue's daily
+        count, for the policies with a daily cap."""
+        by_shard: dict[int, list[int]] = defaultdict(list)
+        for i, p in enumerate(policies):
+            by_shard[keys.shard_of(p.key)].append(i)
+        order: list[int] = []
+        calls: list[ScriptCall] = []
+        for shard, indexes in sorted(by_shard.items()):
+            for start in range(0, len(indexes), chunk):
+                part = indexes[start : start + chunk]
+                part_policies = [policies[i] for i in part]
+                calls.append(
+                    Scripts.stats(
+                        [
+                            (keys.queues(p.key), keys.meta(p.key), keys.stats(p.key))
+                            for p in part_policies
+                        ],
+                        now_offset_ms=self.time_offset_ms,
+                        prefix=keys.shard_prefix(shard),
+                        policies=[
+                            (p.key, per_queue and p.daily_cap is not None) for p in part_policies
+                        ],
+                    )
                 )
-                for p in policies[start : start + chunk]
-            ]
-            out += [_policy_stats(raw) for raw in await self.scripts.run_many(calls)]
-        return out
+                order += part
+        out: list[PolicyStats | None] = [None] * len(policies)
+        answers = await self.scripts.run_many(calls) if calls else []
+        found = (figures for answer in answers for figures in answer)
+        for i, raw in zip(order, found, strict=True):
+            out[i] = _policy_stats(raw)
+        return [s for s in out if s is not None]
 
     async def redis_time(self) -> float:
         """Redis' clock plus the test offset, as the scripts see it (epoch seconds)."""
@@ -538,7 +559,8 @@ class Queue:
 
 def _policy_stats(raw: Sequence[Any]) -> PolicyStats:
     now_us, depth, oldest_us, queues = int(raw[0]), int(raw[1]), int(raw[2]), int(raw[3])
-    counters = {_text(raw[i]): int(raw[i + 1]) for i in range(4, len(raw) - 1, 2)}
+    pairs, days = raw[4], raw[5]
+    counters = {_text(pairs[i]): int(pairs[i + 1]) for i in range(0, len(pairs) - 1, 2)}
     last = counters.get("last_release_us")
     return PolicyStats(
         depth=depth,
@@ -552,6 +574,9 @@ def _policy_stats(raw: Sequence[Any]) -> PolicyStats:
         expired=counters.get("expired", 0),
         requeued=counters.get("requeued", 0),
         last_release_at=last / 1e6 if last else None,
+        queue_days=tuple(
+            (int(days[i]), int(days[i + 1]), int(days[i + 2])) for i in range(0, len(days), 3)
+        ),
     )
 
 

@@ -13,9 +13,9 @@ The state is judged on the facts the releases are decided on, in the same order:
 dispatcher's for the portal (a HubSpot hold after a 429, the portal's API budget spent in the
 rolling window, no installation with tokens in the webhook's mirror of the installs).
 
-Fast for a portal with 1,000 queues: a few pipelined round trips (the `stats` script calls in
-one, the daily-cap reads in two, the HubSpot facts in one), and decoded policies kept by their
-raw JSON between reads.
+Fast for a portal with 1,000 queues: five round trips (the registry's revision and entries, the
+inline queues, one `stats` call per shard carrying the daily counts too, the HubSpot facts),
+and decoded policies kept by their raw JSON between reads.
 """
 
 from __future__ import annotations
@@ -168,6 +168,21 @@ def row_from_stats(
     )
 
 
+def cap_day(policy: Policy, stats: PolicyStats, now: float) -> CapDay | None:
+    """A capped policy's day from its queues' counts (None: no daily cap). take.lua counts the
+    cap per queue (a PerWorkflow policy caps each workflow's queue), in the local day of the
+    cap's time zone."""
+    if policy.daily_cap is None:
+        return None
+    today = local_day(ZoneInfo(policy.daily_cap.time_zone), now)
+    counts = [(count if day == today else 0, depth) for day, count, depth in stats.queue_days]
+    holding = [count for count, depth in counts if depth > 0]
+    return CapDay(
+        released_today=sum(count for count, _depth in counts),
+        reached=bool(holding) and all(c >= policy.daily_cap.limit for c in holding),
+    )
+
+
 def status_json(rows: Iterable[StatusRow]) -> dict[str, Any]:
     """What `throttle status --json` prints and the console's `queues.json` answers: the rows'
     raw figures, `drain_s` null when never (paused, or beyond the horizon) and
@@ -230,49 +245,20 @@ class StatusReader:
         return await self.rows_of(await self.policies(portal_id))
 
     async def rows_of(self, policies: Sequence[Policy]) -> list[StatusRow]:
-        """The rows of these policies, read together: the `stats` calls, the daily counts and
-        the portals' HubSpot facts at once, each in pipelined round trips."""
+        """The rows of these policies, read together: the `stats` calls (one per shard, with
+        the capped policies' daily counts) and the portals' HubSpot facts, one round trip each."""
         now = time.time()
-        stats, cap_days, waiting = await asyncio.gather(
-            self.queue.stats_many(policies, chunk=1000),
-            self._cap_days([p for p in policies if p.daily_cap is not None], now),
+        stats, waiting = await asyncio.gather(
+            self.queue.stats_many(policies, per_queue=True),
             self._hubspot_waiting({p.portal_id for p in policies}, now),
         )
         return [
-            row_from_stats(p, st, now, cap_days.get(p.key), p.portal_id in waiting)
+            row_from_stats(p, st, now, cap_day(p, st, now), p.portal_id in waiting)
             for p, st in zip(policies, stats, strict=True)
         ]
 
     async def row(self, policy: Policy) -> StatusRow:
         return (await self.rows_of([policy]))[0]
-
-    async def _cap_days(self, capped: Sequence[Policy], now: float) -> dict[str, CapDay]:
-        """Each capped policy's count today, as take.lua keeps it: per queue (a PerWorkflow
-        policy caps each workflow's queue), in the queue state's `cday` / `ccnt`."""
-        if not capped:
-            return {}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for policy in capped:
-                pipe.smembers(keys.queues(policy.key))
-            members = await pipe.execute()
-        queues = [(p, _text(q)) for p, qids in zip(capped, members, strict=True) for q in qids]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for policy, qid in queues:
-                pipe.hmget(keys.queue_state(policy.key, qid), "cday", "ccnt")
-                pipe.llen(keys.queue_list(policy.key, qid))
-                pipe.zcard(keys.queue_priority(policy.key, qid))
-            found = await pipe.execute()
-        today = {p.key: local_day(ZoneInfo(_zone(p)), now) for p in capped}
-        counts: dict[str, int] = dict.fromkeys(today, 0)
-        open_: dict[str, bool] = {}  # a queue with executions still under the cap
-        for i, (policy, _qid) in enumerate(queues):
-            (day, count), listed, prioritized = found[3 * i : 3 * i + 3]
-            n = int(count or 0) if day is not None and int(day) == today[policy.key] else 0
-            counts[policy.key] += n
-            if listed + prioritized > 0:
-                limit = policy.daily_cap.limit if policy.daily_cap else 0
-                open_[policy.key] = open_.get(policy.key, False) or n < limit
-        return {key: CapDay(n, open_.get(key) is False) for key, n in counts.items()}
 
     async def _hubspot_waiting(self, portals: set[int], now: float) -> set[int]:
         """The portals the dispatcher cannot complete for now: held after a 429 (the hold's TTL
@@ -315,10 +301,6 @@ class StatusReader:
         await self.redis.aclose()
 
 
-def _zone(policy: Policy) -> str:
-    return policy.daily_cap.time_zone if policy.daily_cap else "UTC"
-
-
 def _installed(raw: bytes | str | None) -> set[int] | None:
     """The installed portals of the webhook's mirror (`keys.INSTALLED_PORTALS`), None if none."""
     if raw is None:
@@ -327,10 +309,6 @@ def _installed(raw: bytes | str | None) -> set[int] | None:
         return {int(p) for p in json.loads(raw)["installed"]}
     except (ValueError, KeyError, TypeError):
         return None
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _age(seconds: float) -> str:

@@ -284,16 +284,17 @@ class Scripts:
 
     @staticmethod
     def stats(
-        queues: str,
-        meta: str,
-        stats: str,
+        policy_keys: Sequence[tuple[str, str, str]],
         *,
         now_offset_ms: ClockShift,
         prefix: str,
-        policy: str,
+        policies: Sequence[tuple[str, bool]],
     ) -> ScriptCall:
-        args = (now_offset_ms, prefix, policy)
-        return _call("stats", (queues, meta, stats), args)
+        """`policy_keys`: each policy's (queues, meta, stats), all of one shard; `policies`:
+        each one's `portal:name` and whether its queues' daily counts are wanted."""
+        flat_keys = [k for triple in policy_keys for k in triple]
+        flat = [v for name, per_queue in policies for v in (name, "1" if per_queue else "0")]
+        return _call("stats", flat_keys, (now_offset_ms, prefix, *flat))
 
     @staticmethod
     def registry_put(registry: str, rev: str, *, policy_key: str, spec: str) -> ScriptCall:
