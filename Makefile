@@ -23,7 +23,7 @@ $(BIN)/.installed: pyproject.toml devtools/pyproject.toml
 
 venv: $(BIN)/.installed  ## create the virtualenv with the package and dev tools
 
-deps:  ## install Redis, PostgreSQL, nginx, podman, mmdebstrap, runc, containerd, CNI plugins, iptables from Debian if missing
+deps:  ## install Redis, PostgreSQL, nginx, podman, mmdebstrap, runc, containerd, CNI plugins, iptables, chromium + chromedriver from Debian if missing
 	@bash scripts/deps.sh
 
 lock: venv  ## pin the image's dependencies, with hashes, from pyproject.toml (requirements.lock)

@@ -3,8 +3,10 @@
 # nginx (the reverse proxy in front of the webhook in tests/deploy/test_proxy.py), and the container
 # tools that build and run the image (tests/deploy/test_image_run.py, `make image`): podman, runc
 # and mmdebstrap, and what the real test node runs (tests/fixtures/kube_node.py): containerd, the
-# CNI plugins, iptables (kube-proxy's rules) and iproute2 (its network namespace), all from
-# Debian's packages. Does nothing when they are already there.
+# CNI plugins, iptables (kube-proxy's rules) and iproute2 (its network namespace), and headless
+# Chromium with its WebDriver (the console's browser tests, tests/fixtures/browser.py: Selenium
+# drives Debian's build, never a browser it downloads), all from Debian's packages. Does nothing
+# when they are already there.
 set -euo pipefail
 
 need=()
@@ -19,8 +21,10 @@ for tool in podman runc mmdebstrap containerd iptables; do
 done
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if [ ${#need[@]} -eq 0 ]; then
-  echo "deps: redis-server, PostgreSQL, nginx, podman, runc, mmdebstrap, containerd, CNI plugins and iptables already installed"
+  echo "deps: redis-server, PostgreSQL, nginx, podman, runc, mmdebstrap, containerd, CNI plugins, iptables, chromium and chromedriver already installed"
   exit 0
 fi
 sudo=""

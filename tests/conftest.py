@@ -19,4 +19,6 @@ pytest_plugins = [
     "tests.fixtures.operator_thread",
     "tests.fixtures.helm_chart",
     "tests.fixtures.podman",
+    "tests.fixtures.browser",
+    "tests.fixtures.console_processes",
 ]

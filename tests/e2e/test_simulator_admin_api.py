@@ -58,6 +58,9 @@ async def test_seed_complete_report_reset(
     status, rows = await _json(http, "GET", base + "/_sim/completions?portalId=11")
     assert [r["callbackId"] for r in rows["completions"]] == ["c0", "c1"]
     assert [r["request"] for r in rows["completions"]] == [1, 1]  # one request applied both
+    assert [r["outputFields"] for r in rows["completions"]] == [
+        {"hs_execution_state": "SUCCESS"}
+    ] * 2
     await _json(http, "POST", base + "/_sim/reset")
     status, report = await _json(http, "GET", base + "/_sim/report")
     assert report["portals"] == []

@@ -281,6 +281,7 @@ async def admin_completions(request: web.Request) -> web.StreamResponse:
             "at": c.at,
             "via": c.via,
             "request": c.request,
+            "outputFields": c.output_fields,
         }
         for c in _sim(request).completions
         if portal is None or str(c.portal_id) == portal
