@@ -3,13 +3,17 @@ test controls (Redis TIME plus the scripts' debug offset)."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime
 from typing import Any
 
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
 from tests.fixtures.builders import item, policy
 from tests.fixtures.simulation import Simulation, max_in_window
-from throttle.engine.calendars import in_window
-from throttle.engine.policy import Policy
+from throttle.engine.calendars import DAYS, in_window, window_spans
+from throttle.engine.policy import Policy, Schedule
 from throttle.engine.registry import reconcile
 
 
@@ -151,3 +155,51 @@ async def test_pause_holds_and_resume_continues(redis: Any) -> None:
     ids = [r.callback_id for r in sim.completer.completed]
     assert sorted(ids) == sorted(f"{p.name}-{i}" for i in range(30))
     assert len(set(ids)) == 30
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    windows=st.lists(
+        st.tuples(
+            st.sets(st.integers(0, 6), min_size=1),
+            st.integers(0, 1439),
+            st.integers(1, 1440),
+        ).filter(lambda w: w[1] < w[2]),
+        min_size=1,
+        max_size=4,
+    ),
+    zone=st.sampled_from(["America/New_York", "Europe/Paris", "Asia/Kolkata", "UTC"]),
+    start=st.floats(utc("2027-03-10T00:00:00"), utc("2027-11-10T00:00:00")),
+)
+@example(  # windows that meet: at noon, and at midnight from Monday into Tuesday
+    windows=[({0, 1}, 540, 720), ({0, 1}, 720, 1020), ({0}, 1200, 1440), ({1}, 0, 240)],
+    zone="Europe/Paris",
+    start=utc("2027-03-28T00:00:00"),  # the week Paris moves to summer time
+)
+def test_window_spans_are_exactly_the_open_instants(
+    windows: list[tuple[set[int], int, int]], zone: str, start: float
+) -> None:
+    """The spans the forecast walks (built a day at a time, merged on the fly) are ordered,
+    apart, and open exactly where the engine's membership test is, overlapping windows and
+    windows that meet at midnight included."""
+    schedule = Schedule.model_validate(
+        {
+            "timeZone": zone,
+            "windows": [
+                {
+                    "days": [DAYS[d] for d in sorted(days)],
+                    "start": f"{a // 60:02d}:{a % 60:02d}",
+                    "end": f"{b // 60:02d}:{b % 60:02d}",
+                }
+                for days, a, b in windows
+            ],
+        }
+    )
+    end = start + 9 * 86400
+    spans = list(window_spans(schedule, start, end))
+    for (_a1, b1), (a2, _b2) in itertools.pairwise(spans):
+        assert b1 < a2, spans  # ordered, and adjacent spans merged
+    t = start
+    while t < end:
+        assert in_window(schedule, t) == any(a <= t < b for a, b in spans), t
+        t += 599.0  # not a divisor of a minute or an hour: samples every offset in a window

@@ -119,7 +119,9 @@ def in_window(schedule: WeeklySchedule, t: float) -> bool:
 def window_spans(
     schedule: WeeklySchedule, start: float, end: float
 ) -> Iterator[tuple[float, float]]:
-    """Merged [a, b) UTC intervals inside `start`..`end` where the schedule is open.
+    """Merged [a, b) UTC intervals inside `start`..`end` where the schedule is open, in order,
+    made one local day at a time: a caller that stops at the first spans it needs (the forecast,
+    for a queue that drains today) never builds the rest of the horizon.
 
     Built from local wall-clock windows, so a window crossing a DST change is an hour shorter
     or longer in real time, exactly as the Lua membership test sees it.
@@ -127,10 +129,11 @@ def window_spans(
     zone = ZoneInfo(schedule.time_zone)
     first = local_day(zone, start) - 1
     last = local_day(zone, end) + 1
-    spans: list[tuple[float, float]] = []
+    current: tuple[float, float] | None = None
     for day in range(first, last + 1):
         weekday = (day + 3) % 7
         base = datetime(1970, 1, 1) + timedelta(days=day)
+        spans: list[tuple[float, float]] = []
         for w in schedule.windows:
             if weekday not in w.weekdays:
                 continue
@@ -139,11 +142,14 @@ def window_spans(
             a, b = max(a, start), min(b, end)
             if a < b:
                 spans.append((a, b))
-    spans.sort()
-    merged: list[tuple[float, float]] = []
-    for a, b in spans:
-        if merged and a <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-        else:
-            merged.append((a, b))
-    yield from merged
+        # A day's windows start within that day, so every span of a later day starts after
+        # every start of this one: merging in this order is merging the sorted whole.
+        for a, b in sorted(spans):
+            if current is not None and a <= current[1]:
+                current = (current[0], max(current[1], b))
+                continue
+            if current is not None:
+                yield current
+            current = (a, b)
+    if current is not None:
+        yield current
