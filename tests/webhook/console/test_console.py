@@ -24,8 +24,10 @@ from tests.fixtures.console import (
     parse_html,
 )
 from throttle.cli.main import main
+from throttle.engine.policy import Policy
 from throttle.engine.queue import Queue
 from throttle.engine.queue_status import StatusReader
+from throttle.engine.registry import reconcile
 from throttle.logs import RedactingFilter
 from throttle.webhook_service.appkeys import REDIS as REDIS_KEY
 from throttle.webhook_service.console.sessions import SessionSigner
@@ -352,6 +354,27 @@ async def test_inline_queue_says_it_cannot_be_paused_here(
     async with operator.post(path + "/pause", data={"csrf_token": csrf}) as r:
         assert r.status == 409
         assert "workflow" in parse_html(await r.text()).by_id("error").text()
+
+
+async def test_a_policy_from_a_manifest_file_offers_no_pause_button(
+    console_stack: ConsoleStack, redis: Any
+) -> None:
+    """Locally, `throttle operator --local` applies manifest files straight to the registry; the
+    config store does not hold them, so a Pause button there could only answer 404."""
+    from_file = Policy.model_validate(
+        {"name": "from-file", "portalId": PORTAL_A, "rate": {"limit": 60, "period": "1m"}}
+    )
+    await reconcile(Queue(redis), from_file)  # what the local operator does with a file
+    await console_stack.add_policy("from-api", PORTAL_A)
+    operator = await console_stack.enter(PORTAL_A, "operator")
+    base = f"/console/portals/{PORTAL_A}/queues"
+    page = await console_stack.page(operator, f"{base}/from-file")
+    assert page.dom.has_id("manifest-note")
+    assert "spec.paused" in page.dom.by_id("manifest-note").text()
+    assert not page.dom.has_id("pause-form")
+    page = await console_stack.page(operator, f"{base}/from-api")
+    assert page.dom.has_id("pause-form")
+    assert not page.dom.has_id("manifest-note")
 
 
 async def test_console_is_off_without_its_key(start_console: StartConsole) -> None:

@@ -19,7 +19,8 @@ from throttle.engine.inline import PREFIX as INLINE_PREFIX
 from throttle.engine.policy import Policy
 from throttle.history.console_changes import recent_changes
 from throttle.history.timeline import lookup, recent_failures, releases_per_minute
-from throttle.webhook_service.appkeys import DB_POOL
+from throttle.webhook_service.appkeys import CONFIG_STORE, DB_POOL
+from throttle.webhook_service.config_store import ConfigStoreUnavailable
 from throttle.webhook_service.console.chart import releases_chart
 from throttle.webhook_service.console.context import (
     ConsoleError,
@@ -89,6 +90,17 @@ async def _policy(request: web.Request, portal_id: int, name: str) -> Policy:
     raise ConsoleError(404, "not_found", f"portal {portal_id} has no queue named {name!r}")
 
 
+async def _steerable(request: web.Request, portal_id: int, name: str) -> bool:
+    """Whether pause/resume can reach the policy: the config store holds it (a ThrottlePolicy in
+    a cluster; locally, one made through the config API). A policy the local operator reads from
+    a manifest file is changed in that file, so its page offers no button that would answer 404.
+    A store that does not answer now is assumed to hold it; the POST then says what happened."""
+    try:
+        return await console_of(request).host[CONFIG_STORE].get(portal_id, name) is not None
+    except ConfigStoreUnavailable:
+        return True
+
+
 def settings_rows(policy: Policy) -> list[tuple[str, str]]:
     """The policy's spec as (term, description) pairs, nested fields flattened with dots."""
     rows: list[tuple[str, str]] = []
@@ -128,6 +140,9 @@ async def queue_page(request: web.Request) -> web.Response:
         portal_id=portal_id,
         name=name,
         inline=name.startswith(INLINE_PREFIX),
+        steerable=me.operator
+        and not name.startswith(INLINE_PREFIX)
+        and await _steerable(request, portal_id, name),
         row=row,
         fields=FIELDS,
         settings=settings_rows(policy),
