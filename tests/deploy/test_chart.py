@@ -199,10 +199,15 @@ def test_network_policies(rendered_all: list[dict[str, Any]]) -> None:
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "prometheus"}}}
     ]
     webhook = policies["rel-throttle-webhook"]
-    assert webhook["ingress"] == [
-        {"ports": [{"port": 8080, "protocol": "TCP"}], "from": ingress_ns},
-        {"ports": [{"port": 8080, "protocol": "TCP"}], "from": prometheus},
-    ]
+    # The console on its own port is reached from the ingress controller's namespace only.
+    assert sorted(webhook["ingress"], key=str) == sorted(
+        [
+            {"ports": [{"port": 8080, "protocol": "TCP"}], "from": ingress_ns},
+            {"ports": [{"port": 8081, "protocol": "TCP"}], "from": ingress_ns},
+            {"ports": [{"port": 8080, "protocol": "TCP"}], "from": prometheus},
+        ],
+        key=str,
+    )
     for component in ("dispatcher", "operator"):
         assert policies[f"rel-throttle-{component}"]["ingress"] == [
             {"ports": [{"port": 9090, "protocol": "TCP"}], "from": prometheus}
@@ -594,6 +599,13 @@ def test_each_component_reads_only_the_secrets_it_needs(rendered_all: list[dict[
     secret = one(rendered_all, "Secret", "rel-throttle")
     for component, names in wanted.items():
         refs = secret_refs(specs[component]["containers"][0])
+        # The console's key, in a Secret of its own, is read by the webhook pods alone.
+        console = refs.pop("CONSOLE_SESSION_KEY", None)
+        assert (console is not None) == (component == "webhook"), component
+        assert console is None or console == {
+            "name": "rel-throttle-console",
+            "key": "CONSOLE_SESSION_KEY",
+        }
         assert set(refs) == names, component
         for name, ref in refs.items():
             assert ref["key"] == name
