@@ -11,7 +11,6 @@ figures, which they read before and after.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -122,16 +121,15 @@ class Installed:
         return int(value) if value.isdigit() else -1
 
     def throttle_status_queued(self, name: str = POLICY) -> int:
-        """The `queued` column of `throttle status` run in the webhook's pod."""
+        """What `throttle status --json` run in the webhook's pod says is queued."""
         out = self.kubectl(
             "exec", f"deploy/{self.fullname}-webhook", "--",
-            "env", "COLUMNS=200", "throttle", "status",
+            "throttle", "status", "--json", "--portal", str(PORTAL),
         )  # fmt: skip
-        for line in out.splitlines():
-            cells = [c.strip() for c in re.split(r"[│┃|]", line)]
-            if len(cells) > 4 and cells[2].split(" ")[0] == name:  # "enrichment (paused)"
-                return int(cells[4])
-        raise AssertionError(f"no row for {name} in `throttle status`:\n{out}")
+        for row in json.loads(out)["queues"]:
+            if row["name"] == name:
+                return int(row["queued"])
+        raise AssertionError(f"no row for {name} in `throttle status --json`:\n{out}")
 
     def ready_reason(self, name: str = POLICY) -> str | None:
         conditions = self.policy_status(name).get("conditions", [])
