@@ -116,6 +116,27 @@ def in_window(schedule: WeeklySchedule, t: float) -> bool:
     )
 
 
+@lru_cache(maxsize=16384)
+def _day_spans(
+    time_zone: str, windows: tuple[tuple[frozenset[int], int, int], ...], day: int
+) -> tuple[tuple[float, float], ...]:
+    """One local day's windows as UTC [a, b) instants, sorted: the same for every policy with
+    this schedule, every time the forecast walks past that day (`throttle status` and the
+    console ask it for a thousand queues at a time), so computed once."""
+    zone = ZoneInfo(time_zone)
+    weekday = (day + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+    base = datetime(1970, 1, 1) + timedelta(days=day)
+    spans = [
+        (
+            (base + timedelta(minutes=start)).replace(tzinfo=zone).timestamp(),
+            (base + timedelta(minutes=end)).replace(tzinfo=zone).timestamp(),
+        )
+        for weekdays, start, end in windows
+        if weekday in weekdays
+    ]
+    return tuple(sorted(spans))
+
+
 def window_spans(
     schedule: WeeklySchedule, start: float, end: float
 ) -> Iterator[tuple[float, float]]:
@@ -129,22 +150,17 @@ def window_spans(
     zone = ZoneInfo(schedule.time_zone)
     first = local_day(zone, start) - 1
     last = local_day(zone, end) + 1
+    windows = tuple((frozenset(w.weekdays), w.start_minute, w.end_minute) for w in schedule.windows)
     current: tuple[float, float] | None = None
     for day in range(first, last + 1):
-        weekday = (day + 3) % 7
-        base = datetime(1970, 1, 1) + timedelta(days=day)
-        spans: list[tuple[float, float]] = []
-        for w in schedule.windows:
-            if weekday not in w.weekdays:
-                continue
-            a = (base + timedelta(minutes=w.start_minute)).replace(tzinfo=zone).timestamp()
-            b = (base + timedelta(minutes=w.end_minute)).replace(tzinfo=zone).timestamp()
-            a, b = max(a, start), min(b, end)
-            if a < b:
-                spans.append((a, b))
+        spans = [
+            (max(a, start), min(b, end))
+            for a, b in _day_spans(schedule.time_zone, windows, day)
+            if a < end and b > start
+        ]
         # A day's windows start within that day, so every span of a later day starts after
         # every start of this one: merging in this order is merging the sorted whole.
-        for a, b in sorted(spans):
+        for a, b in spans:
             if current is not None and a <= current[1]:
                 current = (current[0], max(current[1], b))
                 continue
