@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.kube_node import KubeNode
+from tests.fixtures.operator_thread import wait_for
 from throttle.history.migrations import migration_files
 from throttle_dev import cluster_check
 
@@ -145,18 +146,6 @@ def _counts(report: dict[str, Any], *names: str) -> dict[str, Any]:
     return {name: report.get(name) for name in names}
 
 
-def wait_for(what: str, check: Any, timeout: float, every: float = 1.0) -> Any:
-    """Poll `check()` until it returns something truthy; fail naming `what` and the last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f}s (last: {value!r})")
-        time.sleep(every)
-
-
 @pytest.fixture(scope="module")
 def installed(kube_node: KubeNode) -> Iterator[Installed]:
     """The dev profile installed by cluster_check.install_and_check (steps 1-6, what `make kind`
@@ -184,8 +173,8 @@ def installed(kube_node: KubeNode) -> Iterator[Installed]:
     installed = Installed(kube_node, cluster, result, fullname)
     # The script's own traffic drains first, so each test starts from a quiet portal.
     wait_for(
-        "the install-and-check traffic completed at the simulator",
         lambda: (r := installed.report())["completed"] == r["blocked"],
+        "the install-and-check traffic completed at the simulator",
         240,
         every=2,
     )
@@ -247,13 +236,19 @@ def test_kubectl_get_tp_shows_live_queue_figures_and_throttle_status_agrees(
     before = installed.report()
     installed.set_paused(True)
     try:
-        wait_for("the operator applied the pause", lambda: installed.ready_reason() == "Paused", 60)
+        wait_for(
+            lambda: installed.ready_reason() == "Paused",
+            "the operator applied the pause",
+            60,
+            every=1.0,
+        )
         installed.drive(executions)
         # Held: the queue is exactly what was sent, on both sides.
         wait_for(
-            "kubectl get tp shows the held queue",
             lambda: installed.get_tp_queued() == executions,
+            "kubectl get tp shows the held queue",
             60,
+            every=1.0,
         )
         assert installed.throttle_status_queued() == executions
     finally:
@@ -264,7 +259,7 @@ def test_kubectl_get_tp_shows_live_queue_figures_and_throttle_status_agrees(
         seen.append((installed.get_tp_queued(), installed.throttle_status_queued()))
         return seen[-1] == (0, 0)
 
-    wait_for("the queue drained", drained, 180, every=0.5)
+    wait_for(drained, "the queue drained", 180, every=0.5)
     # Live while it flowed: `kubectl get tp` showed the queue part-way down, and so did
     # `throttle status` (read from Redis just after, so never above the operator's figure).
     tp_between = [tp for tp, _ in seen if 0 < tp < executions]
@@ -274,9 +269,10 @@ def test_kubectl_get_tp_shows_live_queue_figures_and_throttle_status_agrees(
     for tp, st in seen:
         assert st <= tp or tp == -1, seen  # the operator's figure lags Redis, never leads it
     after = wait_for(
-        "every held execution completed at the simulator",
         lambda: (r := installed.report())["completed"] - before["completed"] == executions and r,
+        "every held execution completed at the simulator",
         120,
+        every=1.0,
     )
     assert _counts(after, "duplicates", "never_completed") == {
         "duplicates": 0,
@@ -303,9 +299,10 @@ def test_killing_the_active_operator_hands_the_lease_to_the_other_replica(
     killed_at = time.monotonic()
     installed.kubectl("delete", "pod", active[0], "--grace-period=0", "--force", "--wait=false")
     new_holder = wait_for(
-        "the standby operator holds the Lease",
         lambda: standby in (h := str(_lease(installed).get("holderIdentity"))) and h,
+        "the standby operator holds the Lease",
         duration + 30,
+        every=1.0,
     )
     took = time.monotonic() - killed_at
     # Taken once the dead holder's record went stale: within one lease duration of its last
@@ -334,8 +331,8 @@ def test_a_dispatcher_killed_mid_batch_loses_and_repeats_nothing(installed: Inst
         (dispatcher,) = [p["metadata"]["name"] for p in installed.pods("dispatcher")]
         installed.drive(executions)
         started = wait_for(
-            "the backlog is being released",
             lambda: (n := installed.report()["completed"] - before["completed"]) >= 10 and n,
+            "the backlog is being released",
             120,
             every=0.3,
         )
@@ -346,7 +343,6 @@ def test_a_dispatcher_killed_mid_batch_loses_and_repeats_nothing(installed: Inst
         assert at_kill < executions, f"released all {at_kill} before the kill (started {started})"
 
         wait_for(
-            "a replacement dispatcher Ready",
             lambda: [
                 p
                 for p in installed.pods("dispatcher")
@@ -356,12 +352,15 @@ def test_a_dispatcher_killed_mid_batch_loses_and_repeats_nothing(installed: Inst
                     for c in p["status"].get("conditions", [])
                 )
             ],
+            "a replacement dispatcher Ready",
             120,
+            every=1.0,
         )
         report = wait_for(
-            "every BLOCKed execution completed after the replacement drained",
             lambda: (r := installed.report())["completed"] == r["blocked"] and r,
+            "every BLOCKed execution completed after the replacement drained",
             DISPATCHER_LEASE_S + 240,
+            every=1.0,
         )
     finally:
         installed.simulator("/_sim/faults", {"latency_ms": 0})

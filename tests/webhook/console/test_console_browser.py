@@ -28,8 +28,8 @@ from tests.fixtures.console_processes import (
     PORTAL_B,
     PORTAL_C,
     ConsoleProcesses,
-    wait_for,
 )
+from tests.fixtures.operator_thread import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -43,9 +43,15 @@ def wants_json(request: web.Request) -> bool:
     return request.path.endswith(".json") or "application/json" in request.headers.get("Accept", "")
 
 
-def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
+def render(
+    request: web.Request, template: str, me: Session | None, status: int = 200, **context: Any
+) -> web.Response:
+    """A page for the session `me` (None: nobody signed in), with the CSRF token its forms carry
+    (the sign-out form is on every page)."""
     console = console_of(request)
-    text = console.templates.get_template(template).render(prefix=PREFIX, **context)
+    csrf = console.signer.csrf_token(me) if me else ""
+    page = console.templates.get_template(template)
+    text = page.render(prefix=PREFIX, me=me, csrf=csrf, **context)
     return web.Response(status=status, text=text, content_type="text/html")
 
 
@@ -55,10 +61,7 @@ def error_page(request: web.Request, status: int, error: str, detail: str) -> we
     session = None
     with contextlib.suppress(SessionError):  # an error page shows who is signed in, if anyone
         session = current_session(request)
-    csrf = console_of(request).signer.csrf_token(session) if session else ""
-    return render(
-        request, "error.html", status, status_code=status, detail=detail, me=session, csrf=csrf
-    )
+    return render(request, "error.html", session, status, status_code=status, detail=detail)
 
 
 def current_session(request: web.Request) -> Session:

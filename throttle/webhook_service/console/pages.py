@@ -69,8 +69,7 @@ async def overview(request: web.Request) -> web.Response:
     return render(
         request,
         "overview.html",
-        me=me,
-        csrf=console_of(request).signer.csrf_token(me),
+        me,
         portal_id=portal_id,
         queues=figures["queues"],
         fields=FIELDS,
@@ -135,8 +134,7 @@ async def queue_page(request: web.Request) -> web.Response:
     return render(
         request,
         "queue.html",
-        me=me,
-        csrf=console_of(request).signer.csrf_token(me),
+        me,
         portal_id=portal_id,
         name=name,
         inline=name.startswith(INLINE_PREFIX),
@@ -185,8 +183,7 @@ async def lookup_page(request: web.Request) -> web.Response:
     return render(
         request,
         "lookup.html",
-        me=me,
-        csrf=console_of(request).signer.csrf_token(me),
+        me,
         portal_id=portal_id,
         query=query,
         searched=bool(query),

@@ -79,7 +79,7 @@ async def home(request: web.Request) -> web.StreamResponse:
 
 async def sign_in(request: web.Request) -> web.Response:
     hubspot = bool(console_of(request).settings.hubspot_client_id)
-    return render(request, "sign_in.html", me=None, hubspot=hubspot)
+    return render(request, "sign_in.html", None, hubspot=hubspot)
 
 
 async def oauth_start(request: web.Request) -> web.StreamResponse:
