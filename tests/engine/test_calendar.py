@@ -176,12 +176,23 @@ async def test_pause_holds_and_resume_continues(redis: Any) -> None:
     zone="Europe/Paris",
     start=utc("2027-03-28T00:00:00"),  # the week Paris moves to summer time
 )
+@example(  # a window ending in the hour New York skips: closed from the jump, not at 03:10
+    windows=[({0, 1, 2, 3, 4, 5, 6}, 0, 130)],
+    zone="America/New_York",
+    start=utc("2027-03-13T00:00:00"),
+)
+@example(  # windows in the hour New York repeats: open in both passes, closed between them
+    windows=[({6}, 60, 90), ({6}, 95, 180)],
+    zone="America/New_York",
+    start=utc("2027-11-06T00:00:00"),
+)
 def test_window_spans_are_exactly_the_open_instants(
     windows: list[tuple[set[int], int, int]], zone: str, start: float
 ) -> None:
     """The spans the forecast walks (built a day at a time, merged on the fly) are ordered,
-    apart, and open exactly where the engine's membership test is, overlapping windows and
-    windows that meet at midnight included."""
+    apart, and open exactly where the engine's membership test is, overlapping windows,
+    windows that meet at midnight and windows in the hours daylight saving skips or repeats
+    included."""
     schedule = Schedule.model_validate(
         {
             "timeZone": zone,

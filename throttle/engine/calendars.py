@@ -120,21 +120,37 @@ def in_window(schedule: WeeklySchedule, t: float) -> bool:
 def _day_spans(
     time_zone: str, windows: tuple[tuple[frozenset[int], int, int], ...], day: int
 ) -> tuple[tuple[float, float], ...]:
-    """One local day's windows as UTC [a, b) instants, sorted: the same for every policy with
-    this schedule, every time the forecast walks past that day (`throttle status` and the
-    console ask it for a thousand queues at a time), so computed once."""
-    zone = ZoneInfo(time_zone)
+    """One local day's windows as UTC [a, b) instants, sorted and apart: the same for every
+    policy with this schedule, every time the forecast walks past that day (`throttle status`
+    and the console ask it for a thousand queues at a time), so computed once.
+
+    Made from the zone's offset pieces, the way `in_window` reads the clock (the offset at the
+    instant itself): a window ending in the hour clocks skip closes when they jump, and one
+    covering the hour clocks repeat is open through both passes of it, not across the gap
+    between them.
+    """
     weekday = (day + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
-    base = datetime(1970, 1, 1) + timedelta(days=day)
-    spans = [
-        (
-            (base + timedelta(minutes=start)).replace(tzinfo=zone).timestamp(),
-            (base + timedelta(minutes=end)).replace(tzinfo=zone).timestamp(),
-        )
-        for weekdays, start, end in windows
-        if weekday in weekdays
-    ]
-    return tuple(sorted(spans))
+    local_minutes = [(a, b) for weekdays, a, b in windows if weekday in weekdays]
+    if not local_minutes:
+        return ()
+    midnight = day * 86400  # the day's start in local seconds
+    # Every instant whose local date is `day` lies within a day of its local midnight.
+    pieces = transitions(time_zone, midnight - 86400, midnight + 2 * 86400)
+    bounds = [float(t) for t, _ in pieces[1:]] + [float(midnight + 2 * 86400)]
+    spans: list[tuple[float, float]] = []
+    for (piece_start, offset), piece_end in zip(pieces, bounds, strict=True):
+        for start_minute, end_minute in local_minutes:
+            lo = max(float(midnight + start_minute * 60 - offset), piece_start)
+            hi = min(float(midnight + end_minute * 60 - offset), piece_end)
+            if lo < hi:
+                spans.append((lo, hi))
+    merged: list[tuple[float, float]] = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return tuple(merged)
 
 
 def window_spans(

@@ -71,8 +71,14 @@ def raw(value: str) -> Any:
 
 
 def error_text(browser: WebDriver) -> str:
-    found = browser.find_elements(By.ID, "error")
-    assert found, f"{browser.current_url} shows no #error: {browser.page_source[:500]}"
+    """The error the page shows, once it shows one: a click that submits a form returns before
+    the browser has parsed the answer, so the page is read again until its `#error` is there."""
+    try:
+        found = wait_for(lambda: browser.find_elements(By.ID, "error"), "an #error", timeout=5)
+    except AssertionError:
+        raise AssertionError(
+            f"{browser.current_url} shows no #error: {browser.page_source[:500]}"
+        ) from None
     return str(found[0].text)
 
 
