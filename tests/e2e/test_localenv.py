@@ -5,8 +5,9 @@ moves to another port instead of failing the run; a port the caller chose is nev
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,32 +29,33 @@ def taken() -> Iterator[list[socket.socket]]:
         sock.close()
 
 
-def test_redis_moves_off_a_port_taken_after_it_was_picked(
-    tmp_path: Path, taken: list[socket.socket]
+def redis_answers(server: RedisServer) -> bool:
+    """A Redis client reaches it, and a restart keeps the port its clients know."""
+    if not server.sync_client().ping():
+        return False
+    server.restart()
+    return bool(server.sync_client().ping())
+
+
+def postgres_answers(server: PostgresServer) -> bool:
+    return server.psql("select 1").strip() == "1"
+
+
+@pytest.mark.parametrize(
+    ("make", "answers"),
+    [(RedisServer, redis_answers), (PostgresServer, postgres_answers)],
+    ids=["redis", "postgres"],
+)
+def test_a_server_moves_off_a_port_taken_after_it_was_picked(
+    tmp_path: Path, taken: list[socket.socket], make: Any, answers: Callable[[Any], bool]
 ) -> None:
-    server = RedisServer(tmp_path / "redis")
+    server = make(tmp_path / "data")
     picked = server.port
     taken.append(_occupy(picked))
     server.start()
     try:
         assert server.port != picked
-        assert server.sync_client().ping()
-        server.restart()  # a restart keeps the port its clients know
-        assert server.sync_client().ping()
-    finally:
-        server.stop()
-
-
-def test_postgres_moves_off_a_port_taken_after_it_was_picked(
-    tmp_path: Path, taken: list[socket.socket]
-) -> None:
-    server = PostgresServer(tmp_path / "pg")
-    picked = server.port
-    taken.append(_occupy(picked))
-    server.start()
-    try:
-        assert server.port != picked
-        assert server.psql("select 1").strip() == "1"
+        assert answers(server)
     finally:
         server.stop()
 
