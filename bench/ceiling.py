@@ -43,6 +43,7 @@ from typing import Any
 
 import aiohttp
 import yaml
+from e2e import manifest, wait_policies
 from rich.console import Console
 from rich.table import Table
 
@@ -97,18 +98,6 @@ class Row:
 
     def median_size(self) -> float:
         return statistics.median(self.sizes) if self.sizes else 0.0
-
-
-def manifest() -> dict[str, Any]:
-    return {
-        "apiVersion": "throttle.dev/v1beta1",
-        "kind": "ThrottlePolicy",
-        "metadata": {"name": POLICY},
-        "spec": {
-            "portalId": PORTAL,
-            "rate": {"limit": 100_000, "period": "1s", "burst": 100_000},
-        },
-    }
 
 
 async def sim_json(
@@ -174,21 +163,6 @@ def feeder(
     out.put(asyncio.run(feed(simulator_url, action_url, secret, rate, seconds, seed)))
 
 
-async def wait_policy(stack: Stack) -> None:
-    from throttle.engine.queue_status import StatusReader
-
-    reader = StatusReader.from_settings(stack.settings_object())
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if any(p.portal_id == PORTAL for p in await reader.policies()):
-                return
-            await asyncio.sleep(0.1)
-        raise RuntimeError("the reconciler did not apply the bench policy in 30 s")
-    finally:
-        await reader.close()
-
-
 async def first_completion(session: aiohttp.ClientSession, simulator_url: str) -> float:
     """When (simulator clock) the portal's first completion was applied."""
     deadline = time.monotonic() + 60
@@ -208,8 +182,8 @@ async def measure(
     sim = stack.simulator_url
     async with client_session() as session:
         await install_portal(session, stack.webhook_url, PORTAL)
-        (folder / f"{POLICY}.yaml").write_text(yaml.safe_dump(manifest()))
-        await wait_policy(stack)
+        (folder / f"{POLICY}.yaml").write_text(yaml.safe_dump(manifest(POLICY, PORTAL, False)))
+        await wait_policies(stack, [PORTAL], paused=False)
         await asyncio.sleep(PORTALS_REFRESH_S + 1.5)  # the webhook learns installs on a timer
         await sim_json(session, sim, "POST", "/_sim/faults", {"latency_ms": latency_ms})
         secret = settings.hubspot_client_secret
